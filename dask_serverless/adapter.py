@@ -1,0 +1,110 @@
+"""Dask graph (expression, HighLevelGraph or dict; legacy tuples or Task spec) -> DAG."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+from dask._task_spec import Alias, DataNode, GraphNode, Task, convert_legacy_graph
+from dask.core import flatten
+from dask.order import order
+from dask.utils import funcname, key_split
+
+from .dag import DAG, TaskNode
+
+
+def graph_and_annotations(dsk: Any) -> tuple[Mapping, dict[str, dict]]:
+    """Materialise what a scheduler ``get`` receives: (dict graph, annotations by type)."""
+    annotations: dict[str, dict] = {}
+    if hasattr(dsk, "__dask_annotations__"):
+        annotations = dict(dsk.__dask_annotations__() or {})
+    if not isinstance(dsk, Mapping):
+        dsk = dsk.__dask_graph__()
+    if hasattr(dsk, "layers"):  # HighLevelGraph given directly
+        from dask.highlevelgraph import HighLevelGraph
+
+        if isinstance(dsk, HighLevelGraph):
+            for layer in dsk.layers.values():
+                for name, value in (layer.annotations or {}).items():
+                    per_key = annotations.setdefault(name, {})
+                    for k in layer:
+                        per_key[k] = value(k) if callable(value) else value
+        dsk = dict(dsk)
+    return dsk, annotations
+
+
+def to_dag(dsk: Any, keys: Any) -> DAG:
+    """Convert the graph, cull it to what ``keys`` (possibly nested lists) need, order it."""
+    graph, annotations = graph_and_annotations(dsk)
+    wanted = list(flatten(keys)) if isinstance(keys, list) else [keys]
+    graph = convert_legacy_graph(dict(graph))
+    missing = [k for k in wanted if k not in graph]
+    if missing:
+        raise KeyError(f"requested keys are not in the graph: {missing[:5]!r}")
+    needed = _cull(graph, wanted)
+    priority = order(needed) if len(needed) > 1 else {k: 0 for k in needed}
+    ordered = sorted(needed, key=priority.__getitem__)
+    ids = {k: i for i, k in enumerate(ordered)}
+    per_task = annotations.get("serverless", {})
+    tasks = []
+    for i, k in enumerate(ordered):
+        node = needed[k]
+        deps = tuple(sorted(ids[d] for d in node.dependencies))
+        if deps and deps[-1] >= i:  # dask.order should never produce this
+            return _to_dag_plain_topo(needed, wanted, per_task)
+        tasks.append(TaskNode(i, k, node, _name(node), deps, (), dict(per_task.get(k) or {})))
+    return DAG(tasks, [ids[k] for k in wanted])
+
+
+def _to_dag_plain_topo(needed: dict, wanted: list, per_task: dict) -> DAG:
+    ordered: list[Hashable] = []
+    seen: set = set()
+    for root in wanted:
+        stack = [(root, False)]
+        while stack:
+            k, done = stack.pop()
+            if done:
+                ordered.append(k)
+                continue
+            if k in seen:
+                continue
+            seen.add(k)
+            stack.append((k, True))
+            stack.extend((d, False) for d in needed[k].dependencies if d not in seen)
+    ids = {k: i for i, k in enumerate(ordered)}
+    tasks = [
+        TaskNode(i, k, needed[k], _name(needed[k]),
+                 tuple(sorted(ids[d] for d in needed[k].dependencies)), (),
+                 dict(per_task.get(k) or {}))
+        for i, k in enumerate(ordered)
+    ]
+    return DAG(tasks, [ids[k] for k in wanted])
+
+
+def _cull(graph: dict[Hashable, GraphNode], wanted: list) -> dict[Hashable, GraphNode]:
+    needed: dict[Hashable, GraphNode] = {}
+    stack = list(wanted)
+    while stack:
+        k = stack.pop()
+        if k in needed:
+            continue
+        try:
+            node = graph[k]
+        except KeyError:
+            raise KeyError(f"task key {k!r} is referenced but missing from the graph") from None
+        needed[k] = node
+        stack.extend(d for d in node.dependencies if d not in needed)
+    return needed
+
+
+def _name(node: GraphNode) -> str:
+    if isinstance(node, Task):
+        try:
+            return funcname(node.func)
+        except Exception:
+            return key_split(node.key)
+    if isinstance(node, Alias):
+        return "alias"
+    if isinstance(node, DataNode):
+        return "data"
+    return type(node).__name__.lower()

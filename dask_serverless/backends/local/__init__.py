@@ -1,0 +1,65 @@
+"""The embedded default backend: Lambda-like subprocess containers on this machine."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+from ... import config
+from ...errors import WorkerCrashedError
+from ...plan import ResourceConfig
+from ...storage.store import RunStore, connect
+from ...worker.executor import error_record
+from ...worker.payload import Invocation
+from .pool import LocalPool
+
+logger = logging.getLogger(__name__)
+
+
+def _crash_reason(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = str(-returncode)
+        hint = " (killed: out of memory or by a signal)" if name == "SIGKILL" else ""
+        return f"was killed by {name}{hint}"
+    return f"exited with code {returncode}"
+
+
+def report_crash(inv: Invocation, info: dict) -> None:
+    """Tell the run's client that ``inv``'s container died (stored as the run's error)."""
+    task = info.get("task_id")
+    where = f" while running task id {task}" if task is not None else ""
+    exc = WorkerCrashedError(
+        f"worker {inv.worker_id} (memory_mb={inv.memory_mb}) {_crash_reason(info['returncode'])}"
+        f"{where}; container log tail:\n{info.get('log_tail', '')[-800:]}")
+    store = RunStore(connect(inv.redis_url), inv.run_id)
+    record = error_record(exc, f"<task id {task}>" if task is not None else "<worker>",
+                          inv.worker_id, inv.memory_mb)
+    store.fail(record)
+
+
+class LocalBackend:
+    """Subprocess containers; ``serverless.local.*`` configures size and keep-alive."""
+
+    name = "local"
+
+    def __init__(self, max_containers: int | None = None, keep_alive: float | None = None):
+        cpus = os.cpu_count() or 2
+        self.max_containers = max_containers or config.get("local.max-containers") or 2 * cpus
+        self.pool = LocalPool(self.max_containers, keep_alive or config.get("local.keep-alive"),
+                              on_crash=report_crash)
+
+    def invoke_many(self, invocations: list[Invocation]) -> None:
+        self.pool.invoke_many(invocations)
+
+    def warm_up(self, config: ResourceConfig, count: int = 1) -> None:
+        self.pool.warm_up(config.memory_mb, count)
+
+    def default_parallelism(self) -> int:
+        return min(self.max_containers, os.cpu_count() or 2)
+
+    def close(self) -> None:
+        self.pool.close()

@@ -1,0 +1,87 @@
+"""Entry point of a local "container": a long-lived worker subprocess, like a Lambda
+execution environment. Started by ``LocalPool``; talks to it over two pipes.
+
+Messages are pickled tuples. From the pool: ("run", invocation_bytes) and ("exit",).
+To the pool: ("ready", startup_s), ("invoke", [invocation_bytes, ...]),
+("done", report_dict, was_cold).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import resource
+import sys
+import time
+from dataclasses import asdict
+from multiprocessing.connection import Connection
+
+_T0 = time.perf_counter()
+
+
+def _vm_size_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _preload() -> None:
+    import dask  # noqa: F401
+    import dask._task_spec  # noqa: F401
+
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        pass
+
+
+def _cap_memory(memory_mb: int) -> None:
+    """Cap the address space at what the runtime uses now plus the config's memory."""
+    limit = _vm_size_bytes() + memory_mb * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+class _PipeInvoker:
+    def __init__(self, conn: Connection):
+        self.conn = conn
+
+    def invoke_many(self, invocations) -> None:
+        self.conn.send_bytes(pickle.dumps(("invoke", [i.dumps() for i in invocations])))
+
+
+def main(argv: list[str]) -> None:
+    read_fd, write_fd, status_path, memory_mb = int(argv[0]), int(argv[1]), argv[2], int(argv[3])
+    rx, tx = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
+    sys.stdout = sys.stderr  # user prints go to the container log
+    _preload()
+    from dask_serverless.worker.executor import execute
+    from dask_serverless.worker.payload import Invocation
+
+    _cap_memory(memory_mb)
+    status_fd = os.open(status_path, os.O_WRONLY | os.O_CREAT, 0o600)
+
+    def on_task_start(tid: int) -> None:
+        os.pwrite(status_fd, b"%-23d\n" % tid, 0)
+
+    invoker = _PipeInvoker(tx)
+    tx.send_bytes(pickle.dumps(("ready", time.perf_counter() - _T0)))
+    cold = True
+    while True:
+        try:
+            msg = pickle.loads(rx.recv_bytes())
+        except EOFError:
+            return
+        if msg[0] == "exit":
+            return
+        inv = Invocation.loads(msg[1])
+        os.pwrite(status_fd, b" " * 23 + b"\n", 0)
+        report = execute(inv, invoker, on_task_start)
+        report.extra["cold"] = cold
+        tx.send_bytes(pickle.dumps(("done", asdict(report), cold)))
+        cold = False
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,292 @@
+"""A Lambda-like pool of subprocess containers, keyed by memory config.
+
+Invoking with no idle container of the config is a real cold start (spawn + imports); an
+idle one is reused warm until ``keep_alive`` expires. At most ``max_containers`` live at
+once; further invocations queue. Invocations from workers arrive over their pipes, so the
+pool plays the part of the Lambda service for the whole machine.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+
+from ...worker.payload import Invocation
+
+logger = logging.getLogger(__name__)
+
+CrashHandler = Callable[[Invocation, dict], None]
+ReportHandler = Callable[[Invocation, dict, bool], None]
+
+
+class _Container:
+    __slots__ = ("id", "memory_mb", "proc", "tx", "rx", "state", "current", "idle_since",
+                 "status_path", "log_path", "startup_s", "invocations")
+
+    def __init__(self, cid: int, memory_mb: int):
+        self.id, self.memory_mb = cid, memory_mb
+        self.state = "starting"  # starting -> idle <-> busy -> dead
+        self.current: Invocation | None = None
+        self.idle_since = time.monotonic()
+        self.startup_s = 0.0
+        self.invocations = 0
+
+
+class LocalPool:
+    """Subprocess containers that execute invocations; see module docstring."""
+
+    def __init__(self, max_containers: int, keep_alive: float,
+                 on_crash: CrashHandler | None = None, on_done: ReportHandler | None = None,
+                 env: dict[str, str] | None = None):
+        self.max_containers = max_containers
+        self.keep_alive = keep_alive
+        self.on_crash = on_crash
+        self.on_done = on_done
+        self._lock = threading.Lock()
+        self._containers: list[_Container] = []
+        self._pending: deque[Invocation] = deque()
+        self._ids = itertools.count()
+        self._dir = tempfile.mkdtemp(prefix="dask-serverless-pool-")
+        self._closed = False
+        self._env = dict(os.environ)
+        self._env.setdefault("OPENBLAS_NUM_THREADS", "1")
+        self._env.setdefault("OMP_NUM_THREADS", "1")
+        self._env.setdefault("MKL_NUM_THREADS", "1")
+        self._env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        self._env.update(env or {})
+        self.cold_starts = 0
+        self.warm_starts = 0
+        self._reaper = threading.Thread(target=self._reap_loop, daemon=True,
+                                        name="dask-serverless-reaper")
+        self._reaper.start()
+
+    # -- public ------------------------------------------------------------------------
+    def invoke_many(self, invocations: list[Invocation]) -> None:
+        for inv in invocations:
+            self._submit(inv)
+
+    def warm_up(self, memory_mb: int, count: int = 1) -> None:
+        """Start containers of ``memory_mb`` (they come up idle and warm for reuse)."""
+        with self._lock:
+            for _ in range(count):
+                if len(self._alive()) >= self.max_containers:
+                    break
+                self._spawn(memory_mb, None)
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            alive = self._alive()
+            return {"containers": len(alive), "idle": sum(c.state == "idle" for c in alive),
+                    "busy": sum(c.state == "busy" for c in alive),
+                    "pending": len(self._pending), "cold_starts": self.cold_starts,
+                    "warm_starts": self.warm_starts}
+
+    def kill_busy(self, sig: int = signal.SIGKILL) -> int:
+        """Kill every busy container (fault injection for tests); returns how many."""
+        with self._lock:
+            busy = [c for c in self._containers if c.state == "busy"]
+        for c in busy:
+            os.kill(c.proc.pid, sig)
+        return len(busy)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            containers, self._containers = self._containers, []
+            self._pending.clear()
+        for c in containers:
+            self._retire(c)
+        for c in containers:
+            try:
+                c.proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                c.proc.kill()
+
+    # -- dispatch ----------------------------------------------------------------------
+    def _alive(self) -> list[_Container]:
+        return [c for c in self._containers if c.state != "dead"]
+
+    def _submit(self, inv: Invocation) -> None:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the local worker pool is closed")
+            target = self._place(inv)
+            if target is None:
+                self._pending.append(inv)
+                return
+            if target.state == "starting":
+                return  # sent when the container reports ready
+        self._send(target, inv)
+
+    def _place(self, inv: Invocation) -> _Container | None:
+        """Pick (or spawn) a container for ``inv``; marks it busy. Caller holds the lock."""
+        for c in self._containers:
+            if c.state == "idle" and c.memory_mb == inv.memory_mb:
+                c.state, c.current = "busy", inv
+                self.warm_starts += 1
+                return c
+        alive = self._alive()
+        if len(alive) >= self.max_containers:
+            idle_other = [c for c in alive if c.state == "idle"]
+            if not idle_other:
+                return None
+            victim = min(idle_other, key=lambda c: c.idle_since)
+            self._containers.remove(victim)
+            self._retire(victim)
+        self.cold_starts += 1
+        return self._spawn(inv.memory_mb, inv)
+
+    def _spawn(self, memory_mb: int, inv: Invocation | None) -> _Container:
+        c = _Container(next(self._ids), memory_mb)
+        c.current = inv
+        c.status_path = os.path.join(self._dir, f"c{c.id}.status")
+        c.log_path = os.path.join(self._dir, f"c{c.id}.log")
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        with open(c.log_path, "wb") as log:
+            c.proc = subprocess.Popen(
+                [sys.executable, "-m", "dask_serverless.backends.local.container",
+                 str(to_child_r), str(from_child_w), c.status_path, str(memory_mb)],
+                pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL,
+                stdout=log, stderr=log, env=self._env, close_fds=True,
+            )
+        os.close(to_child_r)
+        os.close(from_child_w)
+        c.tx = Connection(to_child_w, readable=False)
+        c.rx = Connection(from_child_r, writable=False)
+        self._containers.append(c)
+        threading.Thread(target=self._read_loop, args=(c,), daemon=True,
+                         name=f"dask-serverless-container-{c.id}").start()
+        return c
+
+    def _send(self, c: _Container, inv: Invocation) -> None:
+        c.invocations += 1
+        try:
+            c.tx.send_bytes(pickle.dumps(("run", inv.dumps())))
+        except OSError:
+            pass  # the reader thread sees the death and reports the crash
+
+    def _next_for(self, c: _Container) -> Invocation | None:
+        """Container ``c`` became idle: give it queued work. Caller holds the lock."""
+        for i, inv in enumerate(self._pending):
+            if inv.memory_mb == c.memory_mb:
+                del self._pending[i]
+                c.state, c.current = "busy", inv
+                self.warm_starts += 1
+                return inv
+        c.state, c.current, c.idle_since = "idle", None, time.monotonic()
+        if self._pending:  # queued work needs another config: make room for it
+            inv = self._pending.popleft()
+            self._containers.remove(c)
+            self._retire(c)
+            self.cold_starts += 1
+            self._spawn(inv.memory_mb, inv)
+        return None
+
+    # -- per-container reader thread ---------------------------------------------------------
+    def _read_loop(self, c: _Container) -> None:
+        while True:
+            try:
+                msg = pickle.loads(c.rx.recv_bytes())
+            except (EOFError, OSError):
+                self._on_exit(c)
+                return
+            kind = msg[0]
+            if kind == "invoke":
+                for data in msg[1]:
+                    self._submit_from_worker(Invocation.loads(data))
+            elif kind == "ready":
+                c.startup_s = msg[1]
+                with self._lock:
+                    inv = c.current
+                    if inv is None:
+                        c.state, c.idle_since = "idle", time.monotonic()
+                        inv = self._next_for(c)
+                    else:
+                        c.state = "busy"
+                if inv is not None:
+                    self._send(c, inv)
+            elif kind == "done":
+                finished = c.current
+                if self.on_done is not None and finished is not None:
+                    self.on_done(finished, msg[1], msg[2])
+                with self._lock:
+                    inv = self._next_for(c)
+                if inv is not None:
+                    self._send(c, inv)
+
+    def _submit_from_worker(self, inv: Invocation) -> None:
+        try:
+            self._submit(inv)
+        except RuntimeError:
+            logger.debug("pool closed; dropped invocation of worker %s", inv.worker_id)
+
+    def _on_exit(self, c: _Container) -> None:
+        returncode = c.proc.wait()
+        with self._lock:
+            was_retired = c.state == "dead"
+            c.state = "dead"
+            inv = c.current
+            if c in self._containers:
+                self._containers.remove(c)
+            nxt = None if self._closed else (self._pending.popleft() if self._pending else None)
+            if nxt is not None:
+                self.cold_starts += 1
+                self._spawn(nxt.memory_mb, nxt)
+        if was_retired or inv is None or self._closed:
+            return
+        info = {"returncode": returncode, "memory_mb": c.memory_mb, "container": c.id,
+                "task_id": self._read_status(c), "log_tail": self._log_tail(c)}
+        logger.warning("container %s (memory %s MB) died with code %s while running worker %s",
+                       c.id, c.memory_mb, returncode, inv.worker_id)
+        if self.on_crash is not None:
+            self.on_crash(inv, info)
+
+    def _retire(self, c: _Container) -> None:
+        c.state = "dead"
+        try:
+            c.tx.send_bytes(pickle.dumps(("exit",)))
+        except OSError:
+            pass
+
+    def _reap_loop(self) -> None:
+        period = max(0.05, min(1.0, self.keep_alive / 4))
+        while not self._closed:
+            time.sleep(period)
+            now = time.monotonic()
+            with self._lock:
+                expired = [c for c in self._containers
+                           if c.state == "idle" and now - c.idle_since > self.keep_alive]
+                for c in expired:
+                    self._containers.remove(c)
+                    self._retire(c)
+
+    @staticmethod
+    def _read_status(c: _Container) -> int | None:
+        try:
+            with open(c.status_path) as f:
+                text = f.read().strip()
+            return int(text) if text else None
+        except (OSError, ValueError):
+            return None
+
+    @staticmethod
+    def _log_tail(c: _Container, size: int = 2000) -> str:
+        try:
+            with open(c.log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - size))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""

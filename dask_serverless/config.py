@@ -1,0 +1,74 @@
+"""The ``serverless`` namespace in ``dask.config``: defaults, lookup and validation.
+
+Every option can also be set with an environment variable, the Dask way:
+``DASK_SERVERLESS__REDIS_URL=redis://...`` sets ``serverless.redis-url``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dask
+import dask.config
+
+DEFAULTS: dict[str, Any] = {
+    "serverless": {
+        "backend": "local",  # "local" | "lambda"
+        "redis-url": None,  # None: start an embedded private Redis
+        "planner": "wukong",
+        "planner-options": {},
+        "optimizations": [],
+        "memory": 1024,  # default worker memory (MB)
+        "parallelism": None,  # max concurrent workers a planner aims for; None: backend's
+        "payload-inline-bytes": 64 * 1024,  # DAG / inputs smaller than this travel inline
+        "output-ttl": 3600,  # seconds intermediates live in Redis at most
+        "deadline": 3600.0,  # seconds a compute may take before it is failed
+        "poll-interval": 0.5,  # seconds between fallback checks while waiting
+        "local": {
+            "max-containers": None,  # None: 2 x CPU count
+            "keep-alive": 300.0,  # seconds an idle container stays warm
+        },
+        "embedded": {
+            "prefer": "redis-server",  # "redis-server" | "fakeredis"
+        },
+    }
+}
+
+dask.config.update_defaults(DEFAULTS)
+
+_CHOICES = {
+    "backend": ("local", "lambda"),
+    "embedded.prefer": ("redis-server", "fakeredis"),
+}
+
+
+class ConfigError(ValueError):
+    """A ``serverless.*`` configuration value is not allowed."""
+
+
+def get(name: str, override: Any = None) -> Any:
+    """Return ``serverless.<name>`` (``override`` wins when not None), validated."""
+    value = override if override is not None else dask.config.get(f"serverless.{name}")
+    _validate(name, value)
+    return value
+
+
+def _validate(name: str, value: Any) -> None:
+    if name in _CHOICES and value not in _CHOICES[name]:
+        raise ConfigError(
+            f"serverless.{name} = {value!r} is not allowed; choose one of {_CHOICES[name]}"
+        )
+    positive = {"memory", "payload-inline-bytes", "output-ttl", "deadline", "poll-interval",
+                "local.keep-alive"}
+    if name in positive and (not isinstance(value, int | float) or value <= 0):
+        raise ConfigError(f"serverless.{name} = {value!r} must be a positive number")
+    if name in ("parallelism", "local.max-containers") and value is not None and (
+        not isinstance(value, int) or value < 1
+    ):
+        raise ConfigError(f"serverless.{name} = {value!r} must be a positive integer or None")
+    if name == "redis-url" and value is not None and not str(value).startswith(
+        ("redis://", "rediss://", "unix://")
+    ):
+        raise ConfigError(
+            f"serverless.redis-url = {value!r} must start with redis://, rediss:// or unix://"
+        )

@@ -1,0 +1,98 @@
+"""Our DAG: tasks with integer ids in a topological order, their edges and annotations.
+
+A task id is its position in ``DAG.tasks``; every dependency has a smaller id than its
+dependents, so iterating ids in order is a valid execution order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+
+Key = Hashable
+
+
+@dataclass(slots=True)
+class TaskNode:
+    """One task: its Dask key, the runnable Dask task spec node and its edges (ids)."""
+
+    id: int
+    key: Key
+    node: Any  # dask._task_spec.GraphNode; ``node(values)`` runs it
+    func_name: str
+    deps: tuple[int, ...] = ()
+    dependents: tuple[int, ...] = ()
+    annotations: dict[str, Any] = field(default_factory=dict)
+
+
+class DAG:
+    """Tasks in topological order plus the ids of the requested outputs."""
+
+    def __init__(self, tasks: Sequence[TaskNode], outputs: Iterable[int]):
+        self.tasks: list[TaskNode] = list(tasks)
+        self.outputs: list[int] = list(dict.fromkeys(outputs))
+        self.output_set = frozenset(self.outputs)
+        self.key_to_id: dict[Key, int] = {t.key: t.id for t in self.tasks}
+        dependents: list[list[int]] = [[] for _ in self.tasks]
+        for t in self.tasks:
+            for d in t.deps:
+                if d >= t.id:
+                    raise ValueError(f"task {t.key!r} depends on a later task: not topological")
+                dependents[d].append(t.id)
+        for t, ds in zip(self.tasks, dependents, strict=True):
+            t.dependents = tuple(ds)
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __repr__(self) -> str:
+        return f"<DAG tasks={len(self)} outputs={len(self.outputs)} roots={len(self.roots())}>"
+
+    def roots(self) -> list[int]:
+        return [t.id for t in self.tasks if not t.deps]
+
+    def edges(self) -> int:
+        return sum(len(t.deps) for t in self.tasks)
+
+    def signature(self) -> str:
+        """Stable hash of the structure and function names (not of keys or data)."""
+        h = hashlib.sha256()
+        for t in self.tasks:
+            h.update(f"{t.func_name}|{','.join(map(str, t.deps))};".encode())
+        h.update(f"out:{sorted(self.outputs)}".encode())
+        return h.hexdigest()[:16]
+
+    def critical_path(self, weight: Sequence[float] | None = None) -> tuple[float, list[int]]:
+        """Longest path by task weight (default 1 per task): (length, task ids)."""
+        w = weight if weight is not None else [1.0] * len(self.tasks)
+        best = [0.0] * len(self.tasks)
+        prev = [-1] * len(self.tasks)
+        for t in self.tasks:
+            start, p = 0.0, -1
+            for d in t.deps:
+                if best[d] > start:
+                    start, p = best[d], d
+            best[t.id] = start + w[t.id]
+            prev[t.id] = p
+        if not self.tasks:
+            return 0.0, []
+        end = max(range(len(best)), key=best.__getitem__)
+        path = []
+        while end != -1:
+            path.append(end)
+            end = prev[end]
+        return best[path[0]], path[::-1]
+
+    def dumps(self) -> bytes:
+        """Serialise once; each distinct function object is pickled once (pickle memo)."""
+        return cloudpickle.dumps(self, protocol=5)
+
+    @staticmethod
+    def loads(data: bytes) -> DAG:
+        import pickle
+
+        return pickle.loads(data)

@@ -1,0 +1,19 @@
+"""Exceptions a user of dask-serverless may see."""
+
+from __future__ import annotations
+
+
+class ServerlessError(RuntimeError):
+    """Base class of our own errors."""
+
+
+class WorkerCrashedError(ServerlessError):
+    """A worker process died while running tasks (killed, segfault, out of memory)."""
+
+
+class DeadlineExceededError(ServerlessError, TimeoutError):
+    """A compute did not finish before ``serverless.deadline``."""
+
+
+class RedisUnavailableError(ServerlessError, ConnectionError):
+    """The configured Redis cannot be reached."""

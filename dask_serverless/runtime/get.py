@@ -1,0 +1,117 @@
+"""``serverless_get``: a Dask scheduler ``get`` that runs graphs on serverless workers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from dask.callbacks import local_callbacks, unpack_callbacks
+
+from .. import config, session
+from ..adapter import graph_and_annotations, to_dag
+from ..dag import DAG
+from ..plan import Plan
+from ..planners import get_planner
+from .run import Run
+
+logger = logging.getLogger(__name__)
+
+last_run: Run | None = None  # the most recent run in this process (for summaries)
+
+
+def serverless_get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
+                   plan: Plan | None = None, backend: str | None = None,
+                   redis_url: str | None = None, memory: int | None = None,
+                   parallelism: int | None = None, deadline: float | None = None,
+                   **kwargs: Any) -> Any:
+    """Compute ``keys`` of the Dask graph ``dsk`` on serverless workers.
+
+    Use like any Dask scheduler: ``dask.compute(x, scheduler=serverless_get)``. Keyword
+    arguments override the ``serverless.*`` config for this call (``planner``, ``plan``,
+    ``backend``, ``redis_url``, ``memory``, ``parallelism``, ``deadline``).
+    """
+    global last_run
+    with local_callbacks(callbacks) as cbs:
+        start_cbs, start_state_cbs, pretask_cbs, posttask_cbs, finish_cbs = \
+            unpack_callbacks(cbs)
+        graph, _ = graph_and_annotations(dsk) if cbs else (None, None)
+        dag = to_dag(dsk, keys)
+        started = []
+        state: dict[str, Any] = {}
+        succeeded = False
+        try:
+            for cb in cbs:
+                if cb[0]:
+                    cb[0](graph)
+                started.append(cb)
+            the_plan = plan or make_plan(dag, planner, backend, memory, parallelism)
+            state = _callback_state(dag)
+            for f in start_state_cbs:
+                if f:
+                    f(graph, state)
+            on_progress = None
+            if pretask_cbs or posttask_cbs:
+                on_progress = _progress_reporter(dag, graph, state, pretask_cbs, posttask_cbs)
+            run = Run(dag, the_plan, session.backend(backend), session.redis_url(redis_url),
+                      ttl=config.get("output-ttl"),
+                      inline_bytes=config.get("payload-inline-bytes"),
+                      deadline=config.get("deadline", deadline),
+                      poll_interval=config.get("poll-interval"), on_progress=on_progress)
+            last_run = run
+            values = run.execute()
+            results = {dag.tasks[t].key: v for t, v in zip(dag.outputs, values, strict=True)}
+            if on_progress is not None:
+                on_progress(None)  # tasks whose progress message was not seen
+            state["cache"] = results
+            succeeded = True
+        finally:
+            for cb in started:
+                if cb[4]:
+                    cb[4](graph, state, not succeeded)
+    return _nested_get(keys, results)
+
+
+def make_plan(dag: DAG, planner: Any = None, backend: str | None = None,
+              memory: int | None = None, parallelism: int | None = None) -> Plan:
+    """Plan ``dag`` with the configured (or given) planner."""
+    chosen = get_planner(planner or config.get("planner"))
+    width = config.get("parallelism", parallelism) or session.backend(backend).default_parallelism()
+    return chosen.plan(dag, parallelism=width, memory_mb=config.get("memory", memory))
+
+
+def _callback_state(dag: DAG) -> dict[str, Any]:
+    keys = [t.key for t in dag.tasks]
+    return {"cache": {}, "ready": [], "running": set(), "finished": set(),
+            "released": set(), "waiting": {k: set() for k in keys},
+            "waiting_data": {}, "dependencies": {t.key: {dag.tasks[d].key for d in t.deps}
+                                                 for t in dag.tasks},
+            "dependents": {t.key: {dag.tasks[d].key for d in t.dependents}
+                           for t in dag.tasks}}
+
+
+def _progress_reporter(dag: DAG, graph: Mapping | None, state: dict, pretask, posttask):
+    done: set[int] = set()
+
+    def report(ids: list[int] | None) -> None:
+        if ids is None:  # end of run: everything finished
+            ids = [t for t in range(len(dag)) if t not in done]
+        for tid in ids:
+            if tid in done:
+                continue
+            done.add(tid)
+            key = dag.tasks[tid].key
+            state["waiting"].pop(key, None)
+            for f in pretask:
+                f(key, graph, state)
+            state["finished"].add(key)
+            for f in posttask:
+                f(key, None, graph, state, "serverless")
+
+    return report
+
+
+def _nested_get(keys: Any, results: dict) -> Any:
+    if isinstance(keys, list):
+        return [_nested_get(k, results) for k in keys]
+    return results[keys]

@@ -1,0 +1,148 @@
+"""The client side of one run: store the spec, invoke root workers, wait, collect.
+
+Waiting listens on the run's pub/sub channel and, every ``poll_interval``, also checks
+the error key and the set of finished outputs, so a lost message cannot hang the caller.
+Every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from ..backends import Backend
+from ..dag import DAG
+from ..errors import DeadlineExceededError
+from ..layout import Layout, build_layout
+from ..plan import Plan
+from ..storage import serialize
+from ..storage.store import RunStore, connect
+from ..worker.payload import Invocation, RunSpec
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[list[int]], None]
+
+
+class Run:
+    """Execute ``plan`` for ``dag`` on ``backend`` with intermediates in ``redis_url``."""
+
+    def __init__(self, dag: DAG, plan: Plan, backend: Backend, redis_url: str, *,
+                 ttl: int = 3600, inline_bytes: int = 64 * 1024, deadline: float = 3600.0,
+                 poll_interval: float = 0.5, on_progress: ProgressCallback | None = None):
+        plan.validate(dag)
+        self.dag, self.plan, self.backend = dag, plan, backend
+        self.redis_url = redis_url
+        self.run_id = uuid.uuid4().hex[:16]
+        self.layout: Layout = build_layout(dag, plan)
+        self.ttl, self.inline_bytes = ttl, inline_bytes
+        self.deadline, self.poll_interval = deadline, poll_interval
+        self.on_progress = on_progress
+        self.store = RunStore(connect(redis_url), self.run_id, ttl)
+        self.submit_time = 0.0
+        self.makespan = 0.0
+
+    def execute(self) -> list[Any]:
+        """Run to completion; return output values in ``dag.outputs`` order."""
+        pubsub = self.store.r.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(self.store.keys.events)
+        ok = False
+        try:
+            self.submit_time = time.time()
+            self._submit()
+            self._wait(pubsub)
+            values = self._collect()
+            self.makespan = time.time() - self.submit_time
+            ok = True
+            return values
+        finally:
+            if not ok:
+                self.store.cancel()
+            pubsub.close()
+            self._cleanup()
+
+    # -- steps ------------------------------------------------------------------------
+    def _submit(self) -> None:
+        spec = RunSpec(self.dag, self.plan, self.layout, self.ttl, self.inline_bytes,
+                       self.on_progress is not None)
+        blob = spec.dumps()
+        inline = len(blob) <= self.inline_bytes
+        if not inline:
+            self.store.put_spec(blob)
+        now = time.time()
+        invocations = [
+            Invocation(self.run_id, wid, self.plan.workers[wid].config.memory_mb,
+                       self.redis_url, roots, blob if inline else None, {}, "client", now)
+            for wid, roots in self.layout.root_groups.items()
+        ]
+        logger.debug("run %s: %d tasks, %d root invocations, spec %d bytes (%s)",
+                     self.run_id, len(self.dag), len(invocations), len(blob),
+                     "inline" if inline else "redis")
+        self.backend.invoke_many(invocations)
+
+    def _wait(self, pubsub) -> None:
+        n_out = len(self.dag.outputs)
+        deadline = time.monotonic() + self.deadline
+        next_check = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= next_check:
+                self._raise_if_failed()
+                if self.store.outputs_done() >= n_out:
+                    return
+                next_check = now + self.poll_interval
+            if now >= deadline:
+                raise DeadlineExceededError(
+                    f"run {self.run_id} did not finish within serverless.deadline="
+                    f"{self.deadline}s; {n_out - self.store.outputs_done()} of {n_out} "
+                    "outputs still pending")
+            msg = pubsub.get_message(timeout=min(self.poll_interval, deadline - now))
+            if msg is None:
+                continue
+            event = json.loads(msg["data"])
+            kind = event.get("kind")
+            if kind == "error":
+                self._raise_if_failed()
+            elif kind == "outputs":
+                next_check = 0.0
+            elif kind == "tasks" and self.on_progress is not None:
+                self.on_progress(event["ids"])
+
+    def _raise_if_failed(self) -> None:
+        record = self.store.get_error()
+        if record is None:
+            return
+        info = serialize.loads(record)
+        try:
+            exc = serialize.loads(info["exception"])
+        except Exception:  # the exception's class is not importable here
+            exc = RuntimeError(info["traceback"])
+        if isinstance(exc, BaseException):
+            exc.add_note(f"[dask-serverless] task {info['key']} failed on worker "
+                         f"{info['worker']} (memory_mb={info['memory_mb']}); worker "
+                         f"traceback:\n{info['traceback']}")
+            raise exc
+        raise RuntimeError(info["traceback"])
+
+    def _collect(self) -> list[Any]:
+        blobs = self.store.get_outputs(self.dag.outputs)
+        values = []
+        for tid, blob in zip(self.dag.outputs, blobs, strict=True):
+            if blob is None:
+                raise RuntimeError(f"output {self.dag.tasks[tid].key!r} of run {self.run_id} "
+                                   "is missing from Redis")
+            values.append(serialize.loads(blob))
+        return values
+
+    def _cleanup(self) -> None:
+        layout = self.layout
+        try:
+            self.store.cleanup([t for t in range(len(self.dag)) if layout.upload[t]],
+                               [t for t in range(len(self.dag)) if layout.is_entry[t]])
+        except Exception:  # never hide the run's own outcome
+            logger.warning("run %s: could not delete its Redis keys", self.run_id,
+                           exc_info=True)

@@ -1,0 +1,50 @@
+"""Every Redis key and channel name, in one place.
+
+A run's keys share the hash tag ``{run_id}``, so in a Redis Cluster one run lives in one
+slot: fan-in scripts and pipelines touch one node.
+"""
+
+from __future__ import annotations
+
+
+class RunKeys:
+    """Key names for one run: ``ds:{run_id}:<kind>[:<task id>]``."""
+
+    __slots__ = ("prefix", "run_id")
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self.prefix = f"ds:{{{run_id}}}:"
+
+    def output(self, task_id: int) -> str:
+        return f"{self.prefix}o:{task_id}"
+
+    def fanin(self, task_id: int) -> str:
+        return f"{self.prefix}f:{task_id}"
+
+    def fired(self, task_id: int) -> str:
+        return f"{self.prefix}x:{task_id}"
+
+    @property
+    def dag(self) -> str:
+        return f"{self.prefix}dag"
+
+    @property
+    def error(self) -> str:
+        return f"{self.prefix}error"
+
+    @property
+    def cancel(self) -> str:
+        return f"{self.prefix}cancel"
+
+    @property
+    def outputs_done(self) -> str:
+        return f"{self.prefix}nout"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}events"
+
+    @property
+    def pattern(self) -> str:
+        return f"{self.prefix}*"

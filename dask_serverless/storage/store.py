@@ -1,0 +1,116 @@
+"""A run's data in Redis: outputs (write-once), fan-in counters, errors, events.
+
+Fan-in protocol: a producer adds itself to the consumer's set and reads its size in one
+MULTI/EXEC (a retried producer never counts twice); whoever sees the set complete then
+claims the consumer with ``SET NX`` so exactly one invocation runs it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis
+
+from .keys import RunKeys
+
+_CLIENTS: dict[str, redis.Redis] = {}
+
+
+def connect(url: str) -> redis.Redis:
+    """A cached client for ``url`` (one connection pool per URL per process)."""
+    client = _CLIENTS.get(url)
+    if client is None:
+        client = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=0)
+        _CLIENTS[url] = client
+    return client
+
+
+class RunStore:
+    """Redis operations of one run, used by both the client and the workers."""
+
+    def __init__(self, client: redis.Redis, run_id: str, ttl: int = 3600):
+        self.r = client
+        self.keys = RunKeys(run_id)
+        self.ttl = ttl
+
+    # -- outputs -------------------------------------------------------------------
+    def get_outputs(self, task_ids: Sequence[int]) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        for i in range(0, len(task_ids), 1000):
+            out.extend(self.r.mget([self.keys.output(t) for t in task_ids[i:i + 1000]]))
+        return out
+
+    def publish_outputs(self, outputs: Iterable[tuple[int, bytes]], final: Iterable[int],
+                        fanins: Sequence[tuple[int, int]]) -> list[int]:
+        """Write outputs (NX), mark final ones done, register ``(producer, consumer)``
+        fan-in edges; one round trip. Returns the set sizes seen for each fan-in edge."""
+        k = self.keys
+        pipe = self.r.pipeline(transaction=True)
+        for tid, data in outputs:
+            pipe.set(k.output(tid), data, nx=True, ex=self.ttl)
+        final = list(final)
+        if final:
+            pipe.sadd(k.outputs_done, *final)
+            pipe.expire(k.outputs_done, self.ttl)
+        for producer, consumer in fanins:
+            pipe.sadd(k.fanin(consumer), producer)
+            pipe.scard(k.fanin(consumer))
+            pipe.expire(k.fanin(consumer), self.ttl)
+        res = pipe.execute()
+        if not fanins:
+            return []
+        return [int(x) for x in res[-3 * len(fanins) + 1::3]]
+
+    def claim(self, consumers: Sequence[int]) -> list[bool]:
+        """Claim fan-in consumers whose sets are complete; True where this caller won."""
+        pipe = self.r.pipeline(transaction=False)
+        for c in consumers:
+            pipe.set(self.keys.fired(c), 1, nx=True, ex=self.ttl)
+        return [bool(x) for x in pipe.execute()]
+
+    def outputs_done(self) -> int:
+        return int(self.r.scard(self.keys.outputs_done))
+
+    # -- DAG -------------------------------------------------------------------------
+    def put_spec(self, blob: bytes) -> None:
+        self.r.set(self.keys.dag, blob, ex=self.ttl)
+
+    def get_spec(self) -> bytes:
+        blob = self.r.get(self.keys.dag)
+        if blob is None:
+            raise RuntimeError(f"run {self.keys.run_id}: its DAG is gone from Redis "
+                               "(run finished, cancelled or expired)")
+        return blob
+
+    # -- errors, cancellation, events ---------------------------------------------------
+    def fail(self, record: bytes) -> bool:
+        """Store the run's first error (later ones are dropped) and wake the client."""
+        first = bool(self.r.set(self.keys.error, record, nx=True, ex=self.ttl))
+        self.event({"kind": "error"})
+        return first
+
+    def get_error(self) -> bytes | None:
+        return self.r.get(self.keys.error)
+
+    def cancel(self) -> None:
+        self.r.set(self.keys.cancel, 1, ex=self.ttl)
+
+    def cancelled(self) -> bool:
+        return bool(self.r.exists(self.keys.cancel))
+
+    def event(self, message: dict[str, Any]) -> None:
+        self.r.publish(self.keys.events, json.dumps(message))
+
+    def cleanup(self, task_ids_with_outputs: Iterable[int], entry_ids: Iterable[int]) -> int:
+        """Delete the run's keys (all but the cancel flag, which expires by itself)."""
+        k = self.keys
+        names = [k.dag, k.error, k.outputs_done]
+        names += [k.output(t) for t in task_ids_with_outputs]
+        for e in entry_ids:
+            names += [k.fanin(e), k.fired(e)]
+        deleted = 0
+        for i in range(0, len(names), 2000):
+            deleted += int(self.r.unlink(*names[i:i + 2000]))
+        return deleted

@@ -1,0 +1,275 @@
+"""Run one invocation: a worker's ready tasks and everything that becomes ready locally.
+
+The same code runs in every backend (local containers, AWS Lambda). It downloads only
+inputs it does not hold, uploads only outputs another group or the client needs,
+registers fan-ins atomically and invokes the workers of entry tasks it made ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..storage import serialize
+from ..storage.store import RunStore, connect
+from .payload import Invocation, RunSpec
+
+logger = logging.getLogger(__name__)
+
+_SPECS: OrderedDict[str, RunSpec] = OrderedDict()  # per-container cache of run specs
+_SPEC_CACHE_SIZE = 4
+_FINAL_FLUSH_BYTES = 8 * 2**20
+_CANCEL_CHECK_S = 0.2
+_PROGRESS_S = 0.1
+
+
+class Invoker(Protocol):
+    def invoke_many(self, invocations: list[Invocation]) -> None: ...
+
+
+@dataclass
+class InvocationReport:
+    """What a worker tells its backend when an invocation ends."""
+
+    run_id: str
+    worker_id: str
+    tasks: int = 0
+    failed: bool = False
+    cancelled: bool = False
+    invoked: int = 0
+    spec_fetch_s: float = 0.0
+    start_time: float = 0.0
+    end_time: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def load_spec(inv: Invocation, store: RunStore) -> tuple[RunSpec, float]:
+    spec = _SPECS.get(inv.run_id)
+    if spec is not None:
+        return spec, 0.0
+    t0 = time.perf_counter()
+    spec = RunSpec.loads(inv.spec if inv.spec is not None else store.get_spec())
+    _SPECS[inv.run_id] = spec
+    while len(_SPECS) > _SPEC_CACHE_SIZE:
+        _SPECS.popitem(last=False)
+    return spec, time.perf_counter() - t0
+
+
+def error_record(exc: BaseException, key: Any, worker_id: str, memory_mb: int) -> bytes:
+    """Pickle the task's exception (or a stand-in) with the worker-side traceback."""
+    tb = "".join(traceback.format_exception(exc))
+    try:
+        exc_bytes = serialize.dumps(exc)
+        serialize.loads(exc_bytes)
+    except Exception:
+        exc_bytes = serialize.dumps(RuntimeError(f"{type(exc).__name__}: {exc}"))
+    return serialize.dumps({"exception": exc_bytes, "traceback": tb, "key": repr(key),
+                            "worker": worker_id, "memory_mb": memory_mb})
+
+
+def execute(inv: Invocation, invoker: Invoker,
+            on_task_start: Callable[[int], None] | None = None) -> InvocationReport:
+    """Execute ``inv``; errors are stored in Redis for the client, never raised."""
+    report = InvocationReport(inv.run_id, inv.worker_id, start_time=time.time())
+    store = RunStore(connect(inv.redis_url), inv.run_id)
+    try:
+        spec, report.spec_fetch_s = load_spec(inv, store)
+    except Exception as exc:
+        store.fail(error_record(exc, "<run spec>", inv.worker_id, inv.memory_mb))
+        report.failed = True
+        return report
+    store.ttl = spec.ttl
+    if not inv.warmup:
+        try:
+            _Execution(inv, spec, store, invoker, on_task_start, report).run()
+        except BaseException as exc:  # noqa: BLE001 - infrastructure errors reach the client too
+            report.failed = True
+            store.fail(error_record(exc, f"<worker {inv.worker_id}>", inv.worker_id,
+                                    inv.memory_mb))
+    report.end_time = time.time()
+    return report
+
+
+class _Execution:
+    """State of one invocation while it runs (see ``execute``)."""
+
+    def __init__(self, inv: Invocation, spec: RunSpec, store: RunStore, invoker: Invoker,
+                 on_task_start: Callable[[int], None] | None, report: InvocationReport):
+        self.inv, self.spec, self.store, self.invoker = inv, spec, store, invoker
+        self.on_task_start = on_task_start
+        self.report = report
+        self.tasks = spec.dag.tasks
+        self.layout = spec.layout
+        self.local: dict[int, Any] = {}
+        self.local_bytes: dict[int, bytes] = {}  # pickled outputs kept to inline downstream
+        self.remaining: dict[int, int] = {}
+        self.refs: dict[int, int] = {}
+        self.final: list[tuple[int, bytes]] = []
+        self.final_bytes = 0
+        self.progress: list[int] = []
+        my = spec.plan.workers[inv.worker_id]
+        self.config = my.config
+
+    # -- main loop ---------------------------------------------------------------------
+    def run(self) -> None:
+        ready = list(reversed(self.inv.start))
+        self._fetch_inputs(self.inv.start)
+        next_cancel_check = time.monotonic() + _CANCEL_CHECK_S
+        next_progress = time.monotonic() + _PROGRESS_S
+        while ready:
+            now = time.monotonic()
+            if now >= next_cancel_check:
+                next_cancel_check = now + _CANCEL_CHECK_S
+                if self.store.cancelled():
+                    self.report.cancelled = True
+                    return
+            if self.spec.report_tasks and self.progress and now >= next_progress:
+                next_progress = now + _PROGRESS_S
+                self._flush_progress()
+            tid = ready.pop()
+            task = self.tasks[tid]
+            if self.on_task_start is not None:
+                self.on_task_start(tid)
+            missing = [d for d in task.deps if d not in self.local]
+            if missing:
+                self._fetch_inputs_of(missing)
+            try:
+                value = task.node({self.tasks[d].key: self.local[d] for d in task.deps})
+            except BaseException as exc:  # noqa: BLE001 - every failure goes to the client
+                self._fail(exc, task.key)
+                return
+            self.report.tasks += 1
+            for d in task.deps:
+                self._release(d)
+            ready.extend(self._finished(tid, value))
+        self._flush_final()
+        if self.spec.report_tasks:
+            self._flush_progress()
+
+    # -- inputs ------------------------------------------------------------------------
+    def _fetch_inputs(self, start: list[int]) -> None:
+        wanted = sorted({d for s in start for d in self.tasks[s].deps})
+        for d, data in self.inv.inputs.items():
+            self.local[d] = serialize.loads(data)
+        self._fetch_inputs_of([d for d in wanted if d not in self.local])
+
+    def _fetch_inputs_of(self, ids: list[int]) -> None:
+        if not ids:
+            return
+        blobs = self.store.get_outputs(ids)
+        for d, blob in zip(ids, blobs, strict=True):
+            if blob is None:
+                raise RuntimeError(
+                    f"worker {self.inv.worker_id}: input {self.tasks[d].key!r} is missing "
+                    f"from Redis (run {self.inv.run_id} cancelled or expired?)")
+            self.local[d] = serialize.loads(blob)
+
+    def _release(self, tid: int) -> None:
+        left = self.refs.get(tid)
+        if left is None:
+            return
+        if left <= 1:
+            self.refs.pop(tid, None)
+            self.local.pop(tid, None)
+            self.local_bytes.pop(tid, None)
+        else:
+            self.refs[tid] = left - 1
+
+    # -- outputs -----------------------------------------------------------------------
+    def _finished(self, tid: int, value: Any) -> list[int]:
+        """Store what must be stored; return tasks now ready in this invocation."""
+        layout = self.layout
+        task = self.tasks[tid]
+        if self.spec.report_tasks:
+            self.progress.append(tid)
+        local_deps = layout.local_dependents[tid]
+        entries = layout.entry_dependents[tid]
+        if local_deps:
+            self.local[tid] = value
+            self.refs[tid] = len(local_deps)
+        ready: list[int] = []
+        for d in local_deps:
+            left = self.remaining.get(d, len(self.tasks[d].deps)) - 1
+            if left == 0:
+                self.remaining.pop(d, None)
+                ready.append(d)
+            else:
+                self.remaining[d] = left
+        if not layout.upload[tid]:
+            return ready
+        try:
+            data = serialize.dumps(value)
+        except Exception as exc:
+            raise TypeError(f"output of task {task.key!r} cannot be pickled: {exc}") from exc
+        is_final = tid in self.spec.dag.output_set
+        if not entries:
+            self.final.append((tid, data))
+            self.final_bytes += len(data)
+            if self.final_bytes >= _FINAL_FLUSH_BYTES:
+                self._flush_final()
+            return ready
+        final = [tid] if is_final else []
+        fanins = [(tid, e) for e in entries if len(self.tasks[e].deps) > 1]
+        sizes = self.store.publish_outputs([(tid, data)], final, fanins)
+        complete = [c for (_, c), n in zip(fanins, sizes, strict=True)
+                    if n == len(self.tasks[c].deps)]
+        won = self.store.claim(complete) if complete else []
+        fired = [e for e in entries if len(self.tasks[e].deps) == 1]
+        fired += [c for c, w in zip(complete, won, strict=True) if w]
+        if len(data) <= self.spec.inline_bytes:
+            self.local_bytes[tid] = data
+        return ready + self._dispatch(fired, value, tid)
+
+    def _dispatch(self, fired: list[int], value: Any, producer: int) -> list[int]:
+        """Run fired entries here when the plan allows it; invoke their workers otherwise."""
+        plan = self.spec.plan
+        run_here: list[int] = []
+        remote: dict[str, list[int]] = {}
+        for e in fired:
+            spec = plan.worker_of(e)
+            if spec.id == self.inv.worker_id or (spec.floating and spec.config == self.config):
+                run_here.append(e)
+            else:
+                remote.setdefault(spec.id, []).append(e)
+        if run_here:
+            self.local[producer] = value
+            self.refs[producer] = self.refs.get(producer, 0) + len(run_here)
+        if remote:
+            self._invoke(remote)
+        return run_here
+
+    def _invoke(self, remote: dict[str, list[int]]) -> None:
+        invs = []
+        for wid, starts in remote.items():
+            inline = {d: self.local_bytes[d] for s in starts for d in self.tasks[s].deps
+                      if d in self.local_bytes}
+            invs.append(Invocation(
+                self.inv.run_id, wid, self.spec.plan.workers[wid].config.memory_mb,
+                self.inv.redis_url, starts, None, inline, self.inv.worker_id, time.time()))
+        self.report.invoked += len(invs)
+        self.invoker.invoke_many(invs)
+
+    def _flush_final(self) -> None:
+        if self.final:
+            self.store.publish_outputs(self.final, [t for t, _ in self.final], [])
+            self.store.event({"kind": "outputs"})
+            self.final, self.final_bytes = [], 0
+
+    def _flush_progress(self) -> None:
+        if self.progress:
+            self.store.event({"kind": "tasks", "ids": self.progress})
+            self.progress = []
+
+    def _fail(self, exc: BaseException, key: Any) -> None:
+        if isinstance(exc, MemoryError):
+            exc.add_note(f"task {key!r} ran out of memory on worker {self.inv.worker_id} "
+                         f"with config {self.config} (memory_mb={self.config.memory_mb})")
+        self.report.failed = True
+        if self.spec.report_tasks:
+            self._flush_progress()
+        self.store.fail(error_record(exc, key, self.inv.worker_id, self.config.memory_mb))
