@@ -33,7 +33,7 @@ def serverless_get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
     """
     global last_run
     with local_callbacks(callbacks) as cbs:
-        start_cbs, start_state_cbs, pretask_cbs, posttask_cbs, finish_cbs = \
+        _start_cbs, start_state_cbs, pretask_cbs, posttask_cbs, _finish_cbs = \
             unpack_callbacks(cbs)
         graph, _ = graph_and_annotations(dsk) if cbs else (None, None)
         dag = to_dag(dsk, keys)

@@ -87,7 +87,7 @@ def execute(inv: Invocation, invoker: Invoker,
     if not inv.warmup:
         try:
             _Execution(inv, spec, store, invoker, on_task_start, report).run()
-        except BaseException as exc:  # noqa: BLE001 - infrastructure errors reach the client too
+        except BaseException as exc:
             report.failed = True
             store.fail(error_record(exc, f"<worker {inv.worker_id}>", inv.worker_id,
                                     inv.memory_mb))
@@ -140,7 +140,7 @@ class _Execution:
                 self._fetch_inputs_of(missing)
             try:
                 value = task.node({self.tasks[d].key: self.local[d] for d in task.deps})
-            except BaseException as exc:  # noqa: BLE001 - every failure goes to the client
+            except BaseException as exc:
                 self._fail(exc, task.key)
                 return
             self.report.tasks += 1

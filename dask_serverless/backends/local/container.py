@@ -28,7 +28,7 @@ def _vm_size_bytes() -> int:
 
 
 def _preload() -> None:
-    import dask  # noqa: F401
+    import dask
     import dask._task_spec  # noqa: F401
 
     try:

@@ -8,6 +8,7 @@ pool plays the part of the Lambda service for the whole machine.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -31,8 +32,20 @@ ReportHandler = Callable[[Invocation, dict, bool], None]
 
 
 class _Container:
-    __slots__ = ("id", "memory_mb", "proc", "tx", "rx", "state", "current", "idle_since",
-                 "status_path", "log_path", "startup_s", "invocations")
+    __slots__ = (
+        "current",
+        "id",
+        "idle_since",
+        "invocations",
+        "log_path",
+        "memory_mb",
+        "proc",
+        "rx",
+        "startup_s",
+        "state",
+        "status_path",
+        "tx",
+    )
 
     def __init__(self, cid: int, memory_mb: int):
         self.id, self.memory_mb = cid, memory_mb
@@ -255,10 +268,8 @@ class LocalPool:
 
     def _retire(self, c: _Container) -> None:
         c.state = "dead"
-        try:
+        with contextlib.suppress(OSError):
             c.tx.send_bytes(pickle.dumps(("exit",)))
-        except OSError:
-            pass
 
     def _reap_loop(self) -> None:
         period = max(0.05, min(1.0, self.keep_alive / 4))

@@ -1,0 +1,79 @@
+"""Shared fixtures: a real redis-server per test session, a fakeredis TCP server, and a
+``serverless`` config pointing at either."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+
+import dask
+import pytest
+import redis
+
+from dask_serverless.storage.embedded import free_port
+
+
+def _wait(url: str, timeout: float = 10.0) -> None:
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A private real redis-server on a free port: yields its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    tmp = tempfile.mkdtemp(prefix="ds-test-redis-")
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", tmp],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    _wait(url)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def fake_redis_server():
+    """fakeredis's TCP server in a thread: yields its URL."""
+    from fakeredis import TcpFakeServer
+
+    port = free_port()
+    server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    url = f"redis://127.0.0.1:{port}/0"
+    _wait(url)
+    yield url
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(params=["redis-server", "fakeredis"])
+def any_redis(request):
+    """Each test using this runs twice: on real redis-server and on fakeredis."""
+    name = "redis_server" if request.param == "redis-server" else "fake_redis_server"
+    url = request.getfixturevalue(name)
+    with dask.config.set({"serverless.redis-url": url}):
+        yield url
+
+
+@pytest.fixture
+def real_redis(redis_server):
+    with dask.config.set({"serverless.redis-url": redis_server}):
+        yield redis_server
