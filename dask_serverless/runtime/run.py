@@ -14,10 +14,16 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import redis
+
 from ..backends import Backend
 from ..dag import DAG
 from ..errors import DeadlineExceededError
 from ..layout import Layout, build_layout
+from ..metrics.cost import Prices
+from ..metrics.records import RunRecord
+from ..metrics.runs import record_run
+from ..metrics.store import MetricsStore
 from ..plan import Plan
 from ..storage import serialize
 from ..storage.store import RunStore, connect
@@ -33,7 +39,8 @@ class Run:
 
     def __init__(self, dag: DAG, plan: Plan, backend: Backend, redis_url: str, *,
                  ttl: int = 3600, inline_bytes: int = 64 * 1024, deadline: float = 3600.0,
-                 poll_interval: float = 0.5, on_progress: ProgressCallback | None = None):
+                 poll_interval: float = 0.5, on_progress: ProgressCallback | None = None,
+                 metrics_url: str | None = None, metrics_wait: float = 2.0):
         plan.validate(dag)
         self.dag, self.plan, self.backend = dag, plan, backend
         self.redis_url = redis_url
@@ -43,6 +50,9 @@ class Run:
         self.deadline, self.poll_interval = deadline, poll_interval
         self.on_progress = on_progress
         self.store = RunStore(connect(redis_url), self.run_id, ttl)
+        self.metrics_url, self.metrics_wait = metrics_url, metrics_wait
+        self.record: RunRecord | None = None  # what was recorded (when metrics are on)
+        self.roots: list[str] = []  # ids of the invocations the client made
         self.submit_time = 0.0
         self.makespan = 0.0
 
@@ -62,13 +72,16 @@ class Run:
         finally:
             if not ok:
                 self.store.cancel()
+                self.makespan = time.time() - self.submit_time
             pubsub.close()
             self._cleanup()
+            if self.metrics_url is not None:
+                self._record(ok)
 
     # -- steps ------------------------------------------------------------------------
     def _submit(self) -> None:
         spec = RunSpec(self.dag, self.plan, self.layout, self.ttl, self.inline_bytes,
-                       self.on_progress is not None)
+                       self.on_progress is not None, self.metrics_url)
         blob = spec.dumps()
         inline = len(blob) <= self.inline_bytes
         if not inline:
@@ -82,6 +95,7 @@ class Run:
         logger.debug("run %s: %d tasks, %d root invocations, spec %d bytes (%s)",
                      self.run_id, len(self.dag), len(invocations), len(blob),
                      "inline" if inline else "redis")
+        self.roots = [inv.id for inv in invocations]
         self.backend.invoke_many(invocations)
 
     def _wait(self, pubsub) -> None:
@@ -146,3 +160,16 @@ class Run:
         except Exception:  # never hide the run's own outcome
             logger.warning("run %s: could not delete its Redis keys", self.run_id,
                            exc_info=True)
+
+    def _record(self, ok: bool) -> None:
+        """Store the run record; a failed run waits less for workers that may be gone."""
+        run = RunRecord(self.run_id, self.dag.signature(), self.plan.planner,
+                        dict(self.plan.options), self.backend.name, len(self.dag),
+                        len(self.plan.workers), self.submit_time, self.makespan,
+                        "ok" if ok else "failed")
+        wait = self.metrics_wait if ok else min(self.metrics_wait, 0.2)
+        try:
+            self.record = record_run(MetricsStore.from_url(self.metrics_url), run,
+                                     self.roots, wait, Prices.from_config())
+        except (redis.RedisError, OSError) as exc:
+            logger.warning("run %s: could not record its metrics: %s", self.run_id, exc)

@@ -15,6 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from dask.sizeof import sizeof
+
+from ..metrics.recorder import InvocationRecorder
 from ..storage import serialize
 from ..storage.store import RunStore, connect
 from .payload import Invocation, RunSpec
@@ -42,6 +45,7 @@ class InvocationReport:
     failed: bool = False
     cancelled: bool = False
     invoked: int = 0
+    cold: bool = False
     spec_fetch_s: float = 0.0
     start_time: float = 0.0
     end_time: float = 0.0
@@ -73,9 +77,14 @@ def error_record(exc: BaseException, key: Any, worker_id: str, memory_mb: int) -
 
 
 def execute(inv: Invocation, invoker: Invoker,
-            on_task_start: Callable[[int], None] | None = None) -> InvocationReport:
-    """Execute ``inv``; errors are stored in Redis for the client, never raised."""
-    report = InvocationReport(inv.run_id, inv.worker_id, start_time=time.time())
+            on_task_start: Callable[[int], None] | None = None, *,
+            cold: bool = False) -> InvocationReport:
+    """Execute ``inv``; errors are stored in Redis for the client, never raised.
+
+    ``cold``: this is the first invocation of a new container (the backend knows).
+    Metrics (when the run records them) are written in one pipeline at the end.
+    """
+    report = InvocationReport(inv.run_id, inv.worker_id, cold=cold, start_time=time.time())
     store = RunStore(connect(inv.redis_url), inv.run_id)
     try:
         spec, report.spec_fetch_s = load_spec(inv, store)
@@ -84,14 +93,18 @@ def execute(inv: Invocation, invoker: Invoker,
         report.failed = True
         return report
     store.ttl = spec.ttl
+    recorder = InvocationRecorder(inv, cold) if spec.metrics_url else None
     if not inv.warmup:
         try:
-            _Execution(inv, spec, store, invoker, on_task_start, report).run()
+            _Execution(inv, spec, store, invoker, on_task_start, report, recorder).run()
         except BaseException as exc:
             report.failed = True
             store.fail(error_record(exc, f"<worker {inv.worker_id}>", inv.worker_id,
                                     inv.memory_mb))
     report.end_time = time.time()
+    if recorder is not None:
+        recorder.flush(connect(spec.metrics_url), recorder.record(
+            report.start_time, report.end_time, report.spec_fetch_s, report.failed))
     return report
 
 
@@ -99,17 +112,19 @@ class _Execution:
     """State of one invocation while it runs (see ``execute``)."""
 
     def __init__(self, inv: Invocation, spec: RunSpec, store: RunStore, invoker: Invoker,
-                 on_task_start: Callable[[int], None] | None, report: InvocationReport):
+                 on_task_start: Callable[[int], None] | None, report: InvocationReport,
+                 recorder: InvocationRecorder | None = None):
         self.inv, self.spec, self.store, self.invoker = inv, spec, store, invoker
         self.on_task_start = on_task_start
         self.report = report
+        self.rec = recorder
         self.tasks = spec.dag.tasks
         self.layout = spec.layout
         self.local: dict[int, Any] = {}
         self.local_bytes: dict[int, bytes] = {}  # pickled outputs kept to inline downstream
         self.remaining: dict[int, int] = {}
         self.refs: dict[int, int] = {}
-        self.final: list[tuple[int, bytes]] = []
+        self.final: list[tuple[int, bytes]] = []  # outputs only the client needs
         self.final_bytes = 0
         self.progress: list[int] = []
         my = spec.plan.workers[inv.worker_id]
@@ -135,18 +150,24 @@ class _Execution:
             task = self.tasks[tid]
             if self.on_task_start is not None:
                 self.on_task_start(tid)
+            start = time.time()
             missing = [d for d in task.deps if d not in self.local]
             if missing:
                 self._fetch_inputs_of(missing)
+            t0 = time.perf_counter()
             try:
                 value = task.node({self.tasks[d].key: self.local[d] for d in task.deps})
             except BaseException as exc:
                 self._fail(exc, task.key)
                 return
+            exec_s = time.perf_counter() - t0
             self.report.tasks += 1
             for d in task.deps:
                 self._release(d)
             ready.extend(self._finished(tid, value))
+            if self.rec is not None:
+                self.rec.task(task, start, exec_s, time.time(),
+                              bool(self.final) and self.final[-1][0] == tid)
         self._flush_final()
         if self.spec.report_tasks:
             self._flush_progress()
@@ -156,18 +177,25 @@ class _Execution:
         wanted = sorted({d for s in start for d in self.tasks[s].deps})
         for d, data in self.inv.inputs.items():
             self.local[d] = serialize.loads(data)
+        if self.rec is not None and self.inv.inputs:
+            self.rec.arrived_inputs(list(self.inv.inputs),
+                                    [len(b) for b in self.inv.inputs.values()], "inline")
         self._fetch_inputs_of([d for d in wanted if d not in self.local])
 
     def _fetch_inputs_of(self, ids: list[int]) -> None:
         if not ids:
             return
+        t0 = time.perf_counter()
         blobs = self.store.get_outputs(ids)
+        seconds = time.perf_counter() - t0
         for d, blob in zip(ids, blobs, strict=True):
             if blob is None:
                 raise RuntimeError(
                     f"worker {self.inv.worker_id}: input {self.tasks[d].key!r} is missing "
                     f"from Redis (run {self.inv.run_id} cancelled or expired?)")
             self.local[d] = serialize.loads(blob)
+        if self.rec is not None:
+            self.rec.arrived_inputs(ids, [len(b) for b in blobs], "redis", seconds)
 
     def _release(self, tid: int) -> None:
         left = self.refs.get(tid)
@@ -200,12 +228,17 @@ class _Execution:
                 ready.append(d)
             else:
                 self.remaining[d] = left
+        rec = self.rec
         if not layout.upload[tid]:
+            if rec is not None:
+                rec.output(tid, sizeof(value))
             return ready
         try:
             data = serialize.dumps(value)
         except Exception as exc:
             raise TypeError(f"output of task {task.key!r} cannot be pickled: {exc}") from exc
+        if rec is not None:
+            rec.output(tid, len(data))
         is_final = tid in self.spec.dag.output_set
         if not entries:
             self.final.append((tid, data))
@@ -215,10 +248,16 @@ class _Execution:
             return ready
         final = [tid] if is_final else []
         fanins = [(tid, e) for e in entries if len(self.tasks[e].deps) > 1]
+        t0 = time.perf_counter()
         sizes = self.store.publish_outputs([(tid, data)], final, fanins)
+        t1 = time.perf_counter()
         complete = [c for (_, c), n in zip(fanins, sizes, strict=True)
                     if n == len(self.tasks[c].deps)]
         won = self.store.claim(complete) if complete else []
+        if rec is not None:
+            rec.uploaded(len(data), t1 - t0)
+            if complete:
+                rec.claimed(time.perf_counter() - t1)
         fired = [e for e in entries if len(self.tasks[e].deps) == 1]
         fired += [c for c, w in zip(complete, won, strict=True) if w]
         if len(data) <= self.spec.inline_bytes:
@@ -252,11 +291,17 @@ class _Execution:
                 self.inv.run_id, wid, self.spec.plan.workers[wid].config.memory_mb,
                 self.inv.redis_url, starts, None, inline, self.inv.worker_id, time.time()))
         self.report.invoked += len(invs)
+        if self.rec is not None:
+            self.rec.invoked_ids([i.id for i in invs])
         self.invoker.invoke_many(invs)
 
     def _flush_final(self) -> None:
         if self.final:
+            t0 = time.perf_counter()
             self.store.publish_outputs(self.final, [t for t, _ in self.final], [])
+            if self.rec is not None:
+                self.rec.batch_uploaded([(t, len(d)) for t, d in self.final],
+                                        time.perf_counter() - t0)
             self.store.event({"kind": "outputs"})
             self.final, self.final_bytes = [], 0
 

@@ -25,6 +25,13 @@ class Invocation:
     invoke_time: float = 0.0
     warmup: bool = False  # pre-warm: start the container, run nothing
 
+    @property
+    def id(self) -> str:
+        """Unique within a run: each task starts in exactly one invocation."""
+        if not self.start:
+            return f"{self.worker_id}:warmup:{self.invoke_time!r}"
+        return f"{self.worker_id}:{self.start[0]}"
+
     def dumps(self) -> bytes:
         return pickle.dumps(self, protocol=5)
 
@@ -43,6 +50,7 @@ class RunSpec:
     ttl: int
     inline_bytes: int
     report_tasks: bool
+    metrics_url: str | None = None  # where workers record metrics; None: not recorded
 
     def dumps(self) -> bytes:
         import cloudpickle

@@ -1,9 +1,10 @@
 """Entry point of a local "container": a long-lived worker subprocess, like a Lambda
 execution environment. Started by ``LocalPool``; talks to it over two pipes.
 
-Messages are pickled tuples. From the pool: ("run", invocation_bytes) and ("exit",).
-To the pool: ("ready", startup_s), ("invoke", [invocation_bytes, ...]),
-("done", report_dict, was_cold).
+Messages are pickled tuples. From the pool: ("run", invocation_bytes, cold) and ("exit",);
+``cold`` is true for the invocation the container was spawned for (a pre-warmed
+container's first invocation is warm). To the pool: ("ready", startup_s),
+("invoke", [invocation_bytes, ...]), ("done", report_dict, was_cold).
 """
 
 from __future__ import annotations
@@ -67,7 +68,6 @@ def main(argv: list[str]) -> None:
 
     invoker = _PipeInvoker(tx)
     tx.send_bytes(pickle.dumps(("ready", time.perf_counter() - _T0)))
-    cold = True
     while True:
         try:
             msg = pickle.loads(rx.recv_bytes())
@@ -75,12 +75,10 @@ def main(argv: list[str]) -> None:
             return
         if msg[0] == "exit":
             return
-        inv = Invocation.loads(msg[1])
+        inv, cold = Invocation.loads(msg[1]), msg[2]
         os.pwrite(status_fd, b" " * 23 + b"\n", 0)
-        report = execute(inv, invoker, on_task_start)
-        report.extra["cold"] = cold
+        report = execute(inv, invoker, on_task_start, cold=cold)
         tx.send_bytes(pickle.dumps(("done", asdict(report), cold)))
-        cold = False
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ ReportHandler = Callable[[Invocation, dict, bool], None]
 
 class _Container:
     __slots__ = (
+        "cold",
         "current",
         "id",
         "idle_since",
@@ -51,6 +52,7 @@ class _Container:
         self.id, self.memory_mb = cid, memory_mb
         self.state = "starting"  # starting -> idle <-> busy -> dead
         self.current: Invocation | None = None
+        self.cold = False  # the next invocation sent is the one it was spawned for
         self.idle_since = time.monotonic()
         self.startup_s = 0.0
         self.invocations = 0
@@ -162,7 +164,7 @@ class LocalPool:
 
     def _spawn(self, memory_mb: int, inv: Invocation | None) -> _Container:
         c = _Container(next(self._ids), memory_mb)
-        c.current = inv
+        c.current, c.cold = inv, inv is not None
         c.status_path = os.path.join(self._dir, f"c{c.id}.status")
         c.log_path = os.path.join(self._dir, f"c{c.id}.log")
         to_child_r, to_child_w = os.pipe()
@@ -185,8 +187,9 @@ class LocalPool:
 
     def _send(self, c: _Container, inv: Invocation) -> None:
         c.invocations += 1
+        cold, c.cold = c.cold, False
         try:
-            c.tx.send_bytes(pickle.dumps(("run", inv.dumps())))
+            c.tx.send_bytes(pickle.dumps(("run", inv.dumps(), cold)))
         except OSError:
             pass  # the reader thread sees the death and reports the crash
 
