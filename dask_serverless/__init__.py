@@ -7,9 +7,10 @@
 
 from . import config  # noqa: F401  (registers the ``serverless`` config defaults)
 from .dag import DAG, TaskNode
+from .hints import hints
 from .plan import Plan, ResourceConfig, WorkerSpec
 from .runtime import serverless_get
 
 __version__ = "0.1.0"
 
-__all__ = ["DAG", "Plan", "ResourceConfig", "TaskNode", "WorkerSpec", "serverless_get"]
+__all__ = ["DAG", "Plan", "ResourceConfig", "TaskNode", "WorkerSpec", "hints", "serverless_get"]
