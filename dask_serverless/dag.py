@@ -59,12 +59,23 @@ class DAG:
         return sum(len(t.deps) for t in self.tasks)
 
     def signature(self) -> str:
-        """Stable hash of the structure and function names (not of keys or data)."""
-        h = hashlib.sha256()
-        for t in self.tasks:
-            h.update(f"{t.func_name}|{','.join(map(str, t.deps))};".encode())
-        h.update(f"out:{sorted(self.outputs)}".encode())
-        return h.hexdigest()[:16]
+        """Stable hash of the structure and function names, not of keys, data or task
+        order (which ``dask.order`` may break differently in another process): a task's
+        label hashes its function name and its dependencies' labels; the signature hashes
+        the sorted labels of all tasks and of the outputs."""
+        labels: list[bytes] = []
+        for t in self.tasks:  # topological: dependencies are labelled first
+            h = hashlib.blake2b(t.func_name.encode(), digest_size=16)
+            for label in sorted(labels[d] for d in t.deps):
+                h.update(label)
+            labels.append(h.digest())
+        whole = hashlib.sha256()
+        for label in sorted(labels):
+            whole.update(label)
+        whole.update(b"outputs")
+        for label in sorted(labels[o] for o in self.outputs):
+            whole.update(label)
+        return whole.hexdigest()[:16]
 
     def critical_path(self, weight: Sequence[float] | None = None) -> tuple[float, list[int]]:
         """Longest path by task weight (default 1 per task): (length, task ids)."""
