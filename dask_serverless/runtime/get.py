@@ -57,7 +57,9 @@ def serverless_get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
                       ttl=config.get("output-ttl"),
                       inline_bytes=config.get("payload-inline-bytes"),
                       deadline=config.get("deadline", deadline),
-                      poll_interval=config.get("poll-interval"), on_progress=on_progress)
+                      poll_interval=config.get("poll-interval"),
+                      redis_grace=config.get("redis-grace"),
+                      max_output_bytes=config.get("max-output-bytes"), on_progress=on_progress)
             last_run = run
             values = run.execute()
             results = {dag.tasks[t].key: v for t, v in zip(dag.outputs, values, strict=True)}
