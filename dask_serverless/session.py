@@ -14,7 +14,7 @@ from .backends import Backend, create_backend
 from .errors import RedisUnavailableError
 from .metrics.server import MetricsServer
 from .storage.embedded import EmbeddedRedis
-from .storage.store import connect
+from .storage.store import connect, redact
 
 logger = logging.getLogger(__name__)
 
@@ -74,11 +74,15 @@ def _check(url: str, option: str) -> None:
     try:
         connect(url).ping()
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-        raise RedisUnavailableError(f"cannot reach Redis at {url!r} ({option}): {exc}") from exc
+        raise RedisUnavailableError(
+            f"cannot reach Redis at {redact(url)!r} ({option}): {exc}") from exc
     _checked_urls.add(url)
 
 
-def backend(name: str | None = None) -> Backend:
+def backend(name: str | Backend | None = None) -> Backend:
+    """The process-wide backend of that name (a Backend instance is returned as is)."""
+    if name is not None and not isinstance(name, str):
+        return name
     name = config.get("backend", name)
     with _lock:
         b = _backends.get(name)

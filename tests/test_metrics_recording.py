@@ -3,7 +3,6 @@ complete, consistent with each other and with the real sizes of the data."""
 
 from __future__ import annotations
 
-import pickle
 import time
 
 import dask
@@ -19,6 +18,7 @@ from dask_serverless.metrics.predictor import Predictor
 from dask_serverless.metrics.reader import MetricsReader
 from dask_serverless.plan import ResourceConfig
 from dask_serverless.runtime import get as get_mod
+from dask_serverless.storage import serialize
 
 SIZES = [1000, 2000, 3000, 4000]
 SLEEP = {"load": 0.02, "grow": 0.03, "combine": 0.02}
@@ -46,7 +46,8 @@ def workflow():
 
 
 def expected_bytes(value, uploaded: bool) -> int:
-    return len(pickle.dumps(value, protocol=5)) if uploaded else sizeof(value)
+    """What crossed to Redis (sealed pickle) when uploaded, else dask's sizeof."""
+    return len(serialize.dumps(value)) if uploaded else sizeof(value)
 
 
 def run_once():

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from dask.sizeof import sizeof
 
+from ..errors import OutputTooLargeError, RunDataLostError
 from ..metrics.recorder import InvocationRecorder
 from ..storage import serialize
 from ..storage.store import RunStore, connect
@@ -24,7 +25,8 @@ from .payload import Invocation, RunSpec
 
 logger = logging.getLogger(__name__)
 
-_SPECS: OrderedDict[str, RunSpec] = OrderedDict()  # per-container cache of run specs
+# per-container cache: run id -> (spec, its bytes when small enough to forward inline)
+_SPECS: OrderedDict[str, tuple[RunSpec, bytes | None]] = OrderedDict()
 _SPEC_CACHE_SIZE = 4
 _FINAL_FLUSH_BYTES = 8 * 2**20
 _CANCEL_CHECK_S = 0.2
@@ -52,16 +54,19 @@ class InvocationReport:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def load_spec(inv: Invocation, store: RunStore) -> tuple[RunSpec, float]:
-    spec = _SPECS.get(inv.run_id)
-    if spec is not None:
-        return spec, 0.0
+def load_spec(inv: Invocation, store: RunStore) -> tuple[RunSpec, bytes | None, float]:
+    """The run's spec from the container cache, the invocation, or Redis."""
+    cached = _SPECS.get(inv.run_id)
+    if cached is not None:
+        return cached[0], cached[1], 0.0
     t0 = time.perf_counter()
-    spec = RunSpec.loads(inv.spec if inv.spec is not None else store.get_spec())
-    _SPECS[inv.run_id] = spec
+    blob = inv.spec if inv.spec is not None else store.get_spec()
+    spec = RunSpec.loads(blob)
+    forward = blob if len(blob) <= spec.inline_bytes else None
+    _SPECS[inv.run_id] = (spec, forward)
     while len(_SPECS) > _SPEC_CACHE_SIZE:
         _SPECS.popitem(last=False)
-    return spec, time.perf_counter() - t0
+    return spec, forward, time.perf_counter() - t0
 
 
 def error_record(exc: BaseException, key: Any, worker_id: str, memory_mb: int) -> bytes:
@@ -87,7 +92,7 @@ def execute(inv: Invocation, invoker: Invoker,
     report = InvocationReport(inv.run_id, inv.worker_id, cold=cold, start_time=time.time())
     store = RunStore(connect(inv.redis_url), inv.run_id)
     try:
-        spec, report.spec_fetch_s = load_spec(inv, store)
+        spec, spec_blob, report.spec_fetch_s = load_spec(inv, store)
     except Exception as exc:
         store.fail(error_record(exc, "<run spec>", inv.worker_id, inv.memory_mb))
         report.failed = True
@@ -96,7 +101,8 @@ def execute(inv: Invocation, invoker: Invoker,
     recorder = InvocationRecorder(inv, cold) if spec.metrics_url else None
     if not inv.warmup:
         try:
-            _Execution(inv, spec, store, invoker, on_task_start, report, recorder).run()
+            _Execution(inv, spec, spec_blob, store, invoker, on_task_start, report,
+                       recorder).run()
         except BaseException as exc:
             report.failed = True
             store.fail(error_record(exc, f"<worker {inv.worker_id}>", inv.worker_id,
@@ -111,10 +117,12 @@ def execute(inv: Invocation, invoker: Invoker,
 class _Execution:
     """State of one invocation while it runs (see ``execute``)."""
 
-    def __init__(self, inv: Invocation, spec: RunSpec, store: RunStore, invoker: Invoker,
+    def __init__(self, inv: Invocation, spec: RunSpec, spec_blob: bytes | None,
+                 store: RunStore, invoker: Invoker,
                  on_task_start: Callable[[int], None] | None, report: InvocationReport,
                  recorder: InvocationRecorder | None = None):
         self.inv, self.spec, self.store, self.invoker = inv, spec, store, invoker
+        self.spec_blob = spec_blob
         self.on_task_start = on_task_start
         self.report = report
         self.rec = recorder
@@ -190,9 +198,10 @@ class _Execution:
         seconds = time.perf_counter() - t0
         for d, blob in zip(ids, blobs, strict=True):
             if blob is None:
-                raise RuntimeError(
+                raise RunDataLostError(
                     f"worker {self.inv.worker_id}: input {self.tasks[d].key!r} is missing "
-                    f"from Redis (run {self.inv.run_id} cancelled or expired?)")
+                    f"from Redis (run {self.inv.run_id} cancelled, expired or Redis "
+                    "restarted)")
             self.local[d] = serialize.loads(blob)
         if self.rec is not None:
             self.rec.arrived_inputs(ids, [len(b) for b in blobs], "redis", seconds)
@@ -237,6 +246,10 @@ class _Execution:
             data = serialize.dumps(value)
         except Exception as exc:
             raise TypeError(f"output of task {task.key!r} cannot be pickled: {exc}") from exc
+        if len(data) > self.spec.max_output_bytes:
+            raise OutputTooLargeError(
+                f"output of task {task.key!r} is {len(data)} bytes, over "
+                f"serverless.max-output-bytes={self.spec.max_output_bytes}")
         if rec is not None:
             rec.output(tid, len(data))
         is_final = tid in self.spec.dag.output_set
@@ -253,7 +266,7 @@ class _Execution:
         t1 = time.perf_counter()
         complete = [c for (_, c), n in zip(fanins, sizes, strict=True)
                     if n == len(self.tasks[c].deps)]
-        won = self.store.claim(complete) if complete else []
+        won = self.store.claim(complete, self.inv.id) if complete else []
         if rec is not None:
             rec.uploaded(len(data), t1 - t0)
             if complete:
@@ -289,7 +302,8 @@ class _Execution:
                       if d in self.local_bytes}
             invs.append(Invocation(
                 self.inv.run_id, wid, self.spec.plan.workers[wid].config.memory_mb,
-                self.inv.redis_url, starts, None, inline, self.inv.worker_id, time.time()))
+                self.inv.redis_url, starts, self.spec_blob, inline, self.inv.worker_id,
+                time.time()))
         self.report.invoked += len(invs)
         if self.rec is not None:
             self.rec.invoked_ids([i.id for i in invs])

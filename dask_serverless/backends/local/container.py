@@ -57,6 +57,7 @@ def main(argv: list[str]) -> None:
     rx, tx = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
     sys.stdout = sys.stderr  # user prints go to the container log
     _preload()
+    from dask_serverless.storage.serialize import TamperedPayloadError
     from dask_serverless.worker.executor import execute
     from dask_serverless.worker.payload import Invocation
 
@@ -75,7 +76,13 @@ def main(argv: list[str]) -> None:
             return
         if msg[0] == "exit":
             return
-        inv, cold = Invocation.loads(msg[1]), msg[2]
+        try:
+            inv = Invocation.loads(msg[1])
+        except TamperedPayloadError as exc:
+            sys.stderr.write(f"refused invocation: {exc}\n")
+            tx.send_bytes(pickle.dumps(("refused", str(exc))))
+            continue
+        cold = msg[2]
         os.pwrite(status_fd, b" " * 23 + b"\n", 0)
         report = execute(inv, invoker, on_task_start, cold=cold)
         tx.send_bytes(pickle.dumps(("done", asdict(report), cold)))
