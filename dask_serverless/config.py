@@ -83,6 +83,22 @@ def get(name: str, override: Any = None) -> Any:
     return value
 
 
+def validate_all() -> None:
+    """Check every ``serverless.*`` value now, so bad config fails before any work."""
+    for name in _leaf_names(DEFAULTS["serverless"]):
+        get(name)
+
+
+def _leaf_names(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    names = []
+    for k, v in tree.items():
+        if isinstance(v, dict) and k not in ("planner-options",):
+            names += _leaf_names(v, f"{prefix}{k}.")
+        else:
+            names.append(prefix + k)
+    return names
+
+
 def _validate(name: str, value: Any) -> None:
     if name in _CHOICES and value not in _CHOICES[name]:
         raise ConfigError(

@@ -32,6 +32,7 @@ def serverless_get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
     ``backend``, ``redis_url``, ``memory``, ``parallelism``, ``deadline``).
     """
     global last_run
+    config.validate_all()
     with local_callbacks(callbacks) as cbs:
         _start_cbs, start_state_cbs, pretask_cbs, posttask_cbs, _finish_cbs = \
             unpack_callbacks(cbs)
