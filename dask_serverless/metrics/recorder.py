@@ -113,7 +113,8 @@ class InvocationRecorder:
         return InvocationRecord(
             inv.run_id, inv.id, inv.worker_id, inv.invoker, inv.memory_mb, inv.invoke_time,
             start_time, end_time, self.cold, spec_fetch_s, len(self.rows), self.invoked,
-            self.upload_bytes, self.download_bytes, self.inline_bytes, failed, inv.warmup)
+            self.upload_bytes, self.download_bytes, self.inline_bytes, failed, inv.warmup,
+            inv.attempt)
 
     def flush(self, client: redis.Redis, record: InvocationRecord) -> None:
         """Write the invocation record and its task rows in one pipeline; a failure is

@@ -107,6 +107,7 @@ class InvocationRecord:
     inline_bytes: int = 0  # inputs that came inside the invocation payload
     failed: bool = False
     warmup: bool = False
+    attempt: int = 0  # a retried invocation keeps its id; each attempt is recorded
 
     @property
     def startup_s(self) -> float:

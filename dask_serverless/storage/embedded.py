@@ -71,6 +71,7 @@ class EmbeddedRedis:
 
         port = free_port()
         self._fake = TcpFakeServer(("127.0.0.1", port), server_type="redis")
+        self._fake.daemon_threads = True  # stop() must not wait for clients still connected
         threading.Thread(target=self._fake.serve_forever, daemon=True,
                          name="dask-serverless-fakeredis").start()
         url = f"redis://127.0.0.1:{port}/0"
