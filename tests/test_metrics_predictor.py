@@ -196,3 +196,19 @@ def test_bad_hint_names_the_problem():
     with pytest.raises(ValueError, match="io='cubic'"):
         Predictor(settings=Settings()).hint("f", io="cubic")
     assert math.isfinite(Predictor(settings=Settings()).output_bytes("f", 0))
+
+
+def test_observed_sizes_use_their_own_samples_between_them_the_fit():
+    """A cost curve that is no power law (cache effects): seen sizes predict themselves."""
+    rng = random.Random(11)
+    truth = {1e5: 0.010, 1e6: 0.200, 1e7: 0.400}
+    samples = [TaskSample("f", int(x), int(x), y * (1 + rng.gauss(0, 0.03)), 1024, 0)
+               for x, y in truth.items() for _ in range(10)]
+    p = Predictor(samples, settings=Settings())
+    for x, y in truth.items():
+        pred = p.exec_time("f", x, MB1)
+        assert pred == pytest.approx(y, rel=0.05) and pred.source == "observed"
+    between = p.exec_time("f", 3e6, MB1)
+    assert between.source == "fit" and between == pytest.approx(p.exec_fit("f")(3e6, 1024))
+    assert between != p.exec_time("f", 1e6, MB1)
+    assert p.exec_time("f", 1e6, ResourceConfig(2048)).source == "fit"  # other config

@@ -13,9 +13,10 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 MAX_BINS = 12
+LOCAL_WIDTH = 0.05  # log units (~5%): sizes this close count as "the same size"
 _TINY = 1e-9
 
 
@@ -92,7 +93,9 @@ class Point:
 
 @dataclass(frozen=True, slots=True)
 class PowerFit:
-    """``y = a * x^b * scale(m)``; ``scale`` is ``m^c`` when ``c`` was learned."""
+    """``y = a * x^b * scale(m)``; ``scale`` is ``m^c`` when ``c`` was learned. At an input
+    size and config already observed ``min_samples`` times, the observed percentile is
+    used instead (``local``): it holds where the curve is no exact power law."""
 
     a: float
     b: float
@@ -101,12 +104,23 @@ class PowerFit:
     samples: int
     spread: float  # scaled MAD of the inliers' log residuals
     b_learned: bool
+    local: dict[tuple[float, int], float] = field(default_factory=dict)  # -> log y
 
     def __call__(self, x: float, m: float = 1.0) -> float:
+        scale = self.rule(m) if self.rule else 1.0
+        seen = self.local.get((m, _cell(x)))
+        if seen is not None:
+            return math.exp(seen) * scale
         y = self.a * max(x, 1.0) ** self.b
-        if self.c is not None:
-            return y * m ** self.c
-        return y * (self.rule(m) if self.rule else 1.0)
+        return y * m ** self.c if self.c is not None else y * scale
+
+    def observed(self, x: float, m: float = 1.0) -> bool:
+        """Whether ``__call__(x, m)`` comes from samples at this very size."""
+        return (m, _cell(x)) in self.local
+
+
+def _cell(x: float) -> int:
+    return round(math.log(max(x, 1.0)) / LOCAL_WIDTH)
 
 
 def fit_power(points: Sequence[Point], *, q: float, threshold: float, min_samples: int,
@@ -162,8 +176,14 @@ def fit_power(points: Sequence[Point], *, q: float, threshold: float, min_sample
     spread = 1.4826 * weighted_quantile([abs(r - med) for r in r_in], w_in, 0.5)
     b = beta[1] if learn_b else fallback_b
     c = beta[-1] if learn_c else None
+    cells: dict[tuple[float, int], list[int]] = {}
+    for i, p in enumerate(points):  # each cell drops its own outliers
+        cells.setdefault((p.m, _cell(p.x)), []).append(i)
+    local = {key: robust_center([ly[i] for i in members], [ws[i] for i in members], q,
+                                threshold)[0]
+             for key, members in cells.items() if len(members) >= min_samples}
     return PowerFit(math.exp(beta[0]), b, c, rule if use_rule else None, len(idx), spread,
-                    learn_b)
+                    learn_b, local)
 
 
 def _residuals(beta: list[float], design: Callable[[int], list[float]],

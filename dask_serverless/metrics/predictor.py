@@ -5,7 +5,8 @@ Every method returns a ``Prediction``: a float that also says how many samples i
 its spread (in the prediction's unit: the value times ``exp(scaled MAD of the log
 residuals) - 1``) and where it came from (``source``: ``"fit"``, ``"fit+hint"``,
 ``"fit+default"`` when the input-size exponent came from a hint or the default,
-``"hint"`` / ``"default"`` with no samples at all).
+``"observed"`` at an input size seen often enough, ``"hint"`` / ``"default"`` with no
+samples at all).
 
 Samples weigh ``0.5 ** (age / half_life)``, ``age`` counting runs back from the newest,
 so after a change the new regime wins within about ``half_life`` runs. Outliers are
@@ -294,7 +295,9 @@ class Predictor:
     def _from_fit(self, fit: PowerFit, x: float, m: float, function: str,
                   kind: str) -> Prediction:
         value = fit(x, m)
-        if fit.b_learned:
+        if fit.observed(x, m):
+            source = "observed"
+        elif fit.b_learned:
             source = "fit"
         else:
             source = "fit+hint" if kind in self._hints.get(function, {}) else "fit+default"
