@@ -10,7 +10,9 @@ from .dag import DAG, TaskNode
 from .hints import hints
 from .plan import Plan, ResourceConfig, WorkerSpec
 from .runtime import serverless_get
+from .runtime.enable import disable_dask_serverless, enable_dask_serverless
 
 __version__ = "0.1.0"
 
-__all__ = ["DAG", "Plan", "ResourceConfig", "TaskNode", "WorkerSpec", "hints", "serverless_get"]
+__all__ = ["DAG", "Plan", "ResourceConfig", "TaskNode", "WorkerSpec",
+           "disable_dask_serverless", "enable_dask_serverless", "hints", "serverless_get"]

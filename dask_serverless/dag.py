@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
+from dask.utils import key_split
 
 Key = Hashable
 
@@ -37,6 +38,7 @@ class DAG:
         self.outputs: list[int] = list(dict.fromkeys(outputs))
         self.output_set = frozenset(self.outputs)
         self.key_to_id: dict[Key, int] = {t.key: t.id for t in self.tasks}
+        self._signature: str | None = None
         dependents: list[list[int]] = [[] for _ in self.tasks]
         for t in self.tasks:
             for d in t.deps:
@@ -60,22 +62,22 @@ class DAG:
 
     def signature(self) -> str:
         """Stable hash of the structure and function names, not of keys, data or task
-        order (which ``dask.order`` may break differently in another process): a task's
-        label hashes its function name and its dependencies' labels; the signature hashes
-        the sorted labels of all tasks and of the outputs."""
-        labels: list[bytes] = []
-        for t in self.tasks:  # topological: dependencies are labelled first
-            h = hashlib.blake2b(t.func_name.encode(), digest_size=16)
-            for label in sorted(labels[d] for d in t.deps):
-                h.update(label)
-            labels.append(h.digest())
-        whole = hashlib.sha256()
-        for label in sorted(labels):
-            whole.update(label)
-        whole.update(b"outputs")
-        for label in sorted(labels[o] for o in self.outputs):
-            whole.update(label)
-        return whole.hexdigest()[:16]
+        order: each task hashes its function name with its dependencies' hashes (sorted),
+        so the same program on other data gets the same signature."""
+        if self._signature is None:
+            node_hash: list[bytes] = []
+            for t in self.tasks:
+                label = f"{t.func_name}|{key_split(t.key)}"
+                h = hashlib.blake2b(label.encode(), digest_size=12)
+                for d in sorted(node_hash[d] for d in t.deps):
+                    h.update(d)
+                node_hash.append(h.digest())
+            top = hashlib.blake2b(digest_size=8)
+            for digest in sorted(node_hash[o] for o in self.outputs):
+                top.update(digest)
+            top.update(len(self.tasks).to_bytes(8, "little"))
+            self._signature = top.hexdigest()
+        return self._signature
 
     def critical_path(self, weight: Sequence[float] | None = None) -> tuple[float, list[int]]:
         """Longest path by task weight (default 1 per task): (length, task ids)."""
