@@ -200,3 +200,29 @@ def test_failed_run_is_recorded_as_failed(any_redis):
     assert rec is not None and rec.status == "failed"
     stored = MetricsStore.from_url(any_redis).run(rec.run_id)
     assert stored.status == "failed" and stored.invocations >= 1
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("metrics.percentile", 150, "between 0 and 100"),
+    ("metrics.half-life", 0, "positive number"),
+    ("metrics.min-samples", 1.5, "positive integer"),
+    ("metrics.prices.gb-second", -1, ">= 0"),
+    ("metrics.redis-url", "http://x", "must start with redis://"),
+])
+def test_bad_metrics_config_fails_before_any_work(real_redis, key, value, message):
+    from dask_serverless.config import ConfigError
+
+    with dask.config.set({f"serverless.{key}": value}), \
+            pytest.raises(ConfigError, match=f"serverless.{key}.*{message}"):
+        dask.compute(workflow(), scheduler=serverless_get)
+
+
+def test_bad_hints_name_the_problem():
+    from dask_serverless.plan import PlanError
+
+    with pytest.raises(ValueError, match="io='cubic'"):
+        dask_serverless.hints(io="cubic")
+    with pytest.raises(PlanError, match="memory_mb=99"):
+        dask_serverless.hints(memory=99)
+    wrapped = dask_serverless.hints(io="constant")(len)  # builtins get a wrapper
+    assert wrapped([1, 2]) == 2 and wrapped.__name__ == "len"
