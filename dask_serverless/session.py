@@ -95,6 +95,9 @@ def close() -> None:
     """Stop the backends and the embedded Redis this process started; let go of the
     metrics server (stopped when no other process uses it)."""
     global _embedded, _metrics_server
+    from .runtime.run import wait_for_records
+
+    wait_for_records()  # run records still being written need the metrics Redis
     with _lock:
         for b in _backends.values():
             b.close()

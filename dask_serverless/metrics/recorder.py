@@ -17,7 +17,7 @@ import redis
 
 from ..dag import TaskNode
 from ..worker.payload import Invocation
-from .records import TASK_FIELDS, InvocationRecord
+from .records import TASK_FIELDS, InvocationRecord, micros
 from .store import MetricsStore
 
 logger = logging.getLogger(__name__)
@@ -29,11 +29,12 @@ _UPLOAD_S = TASK_FIELDS.index("upload_s")
 class InvocationRecorder:
     """Records of one invocation (see module docstring)."""
 
-    def __init__(self, inv: Invocation, cold: bool):
+    def __init__(self, inv: Invocation, cold: bool, t0: float):
         self.inv = inv
         self.cold = cold
+        self.t0 = t0  # the invocation's start: task rows hold times relative to it
         self.rows: list[list[Any]] = []
-        self.arrived: dict[int, tuple[int, str, float]] = {}  # fetched, no consumer yet
+        self.arrived: dict[int, tuple[int, str, int]] = {}  # fetched, no consumer yet (µs)
         self.sizes: dict[int, int] = {}  # bytes of each value this invocation held
         self.invoked: list[str] = []
         self.upload_bytes = self.download_bytes = self.inline_bytes = 0
@@ -52,7 +53,7 @@ class InvocationRecorder:
         """Inputs reached this worker; one round trip's time is shared by size."""
         total = sum(sizes)
         for d, n in zip(ids, sizes, strict=True):
-            self.arrived[d] = (n, source, seconds * n / total if total else 0.0)
+            self.arrived[d] = (n, source, micros(seconds * n / total) if total else 0)
             self.sizes[d] = n
         if source == "redis":
             self.download_bytes += total
@@ -82,11 +83,13 @@ class InvocationRecorder:
         for d in task.deps:
             got = self.arrived.pop(d, None)
             if got is None:
-                inputs.append([d, self.sizes.get(d, 0), "local", 0.0])
+                inputs.append([d, self.sizes.get(d, 0), "local", 0])
             else:
                 inputs.append([d, got[0], got[1], got[2]])
-        row = [task.id, repr(task.key), task.func_name, start, end, exec_s, inputs,
-               self._out, self._up_bytes, self._up_s, self._fanin_s, self._invoked]
+        t0 = self.t0
+        row = [task.id, repr(task.key), task.func_name, micros(start - t0), micros(end - t0),
+               micros(exec_s), inputs, self._out, self._up_bytes, micros(self._up_s),
+               micros(self._fanin_s), self._invoked]
         self.rows.append(row)
         if upload_later:
             self._awaiting_upload[task.id] = row
@@ -100,7 +103,7 @@ class InvocationRecorder:
             row = self._awaiting_upload.pop(tid, None)
             if row is not None:
                 row[_UPLOAD_BYTES] += n
-                row[_UPLOAD_S] += share
+                row[_UPLOAD_S] += micros(share)
             elif tid == self._tid:  # the batch filled up with the open task's output
                 self._up_bytes += n
                 self._up_s += share
@@ -123,8 +126,8 @@ class InvocationRecorder:
         if self.rows:
             batch = json.dumps({"invocation_id": record.invocation_id,
                                 "worker_id": record.worker_id,
-                                "memory_mb": record.memory_mb, "rows": self.rows},
-                               separators=(",", ":"))
+                                "memory_mb": record.memory_mb, "t0": self.t0,
+                                "rows": self.rows}, separators=(",", ":"))
         try:
             MetricsStore(client).write_invocation(record, batch)
         except (redis.RedisError, OSError) as exc:

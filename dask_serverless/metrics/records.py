@@ -1,9 +1,10 @@
 """What is recorded: a run, its worker invocations and their tasks.
 
 Times are epoch seconds (``time.time()``), durations seconds, sizes bytes. Workers
-write one invocation record and one batch of task rows per invocation (rows are lists
-in ``TASK_FIELDS`` order, to keep the JSON small and quick to write); the client writes
-the run record.
+write one invocation record and one batch of task rows per invocation; the client writes
+the run record. To keep the worker's JSON small and quick to write, task rows are lists in
+``TASK_FIELDS`` order with times as integer microseconds: ``start`` / ``end`` after the
+batch's ``t0`` (the invocation's start), durations as they are.
 """
 
 from __future__ import annotations
@@ -67,22 +68,23 @@ TASK_FIELDS = ("task_id", "key", "function", "start", "end", "exec_s", "inputs",
                "output_bytes", "upload_bytes", "upload_s", "fanin_s", "invoked")
 
 
-def task_row(record: TaskRecord) -> list[Any]:
-    """The compact row a worker writes (run, invocation, worker and config are shared)."""
-    return [record.task_id, record.key, record.function, record.start, record.end,
-            record.exec_s, [[i.dep, i.nbytes, i.source, i.download_s] for i in record.inputs],
-            record.output_bytes, record.upload_bytes, record.upload_s, record.fanin_s,
-            record.invoked]
+def micros(seconds: float) -> int:
+    """Seconds as the integer microseconds a task row holds."""
+    return int(seconds * 1e6 + 0.5)
 
 
 def tasks_from_batch(run_id: str, batch: dict[str, Any]) -> list[TaskRecord]:
-    """Decode one invocation's ``{"invocation_id", "worker_id", "memory_mb", "rows"}``."""
-    out = []
+    """Decode one invocation's ``{"invocation_id", "worker_id", "memory_mb", "t0",
+    "rows"}`` (see module docstring)."""
+    out, t0 = [], batch["t0"]
     for row in batch["rows"]:
-        values = dict(zip(TASK_FIELDS, row, strict=True))
-        values["inputs"] = [InputRecord(*i) for i in values["inputs"]]
-        out.append(TaskRecord(run_id, batch["invocation_id"], batch["worker_id"],
-                              batch["memory_mb"], **values))
+        v = dict(zip(TASK_FIELDS, row, strict=True))
+        inputs = [InputRecord(dep, n, source, us / 1e6) for dep, n, source, us in v["inputs"]]
+        out.append(TaskRecord(
+            run_id, batch["invocation_id"], batch["worker_id"], batch["memory_mb"],
+            v["task_id"], v["key"], v["function"], t0 + v["start"] / 1e6,
+            t0 + v["end"] / 1e6, v["exec_s"] / 1e6, inputs, v["output_bytes"],
+            v["upload_bytes"], v["upload_s"] / 1e6, v["fanin_s"] / 1e6, v["invoked"]))
     return out
 
 

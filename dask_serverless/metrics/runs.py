@@ -29,7 +29,7 @@ def collect_invocations(store: MetricsStore, run_id: str, roots: Iterable[str],
     seen: set[str] = set()
     expected = set(roots)
     deadline = time.monotonic() + timeout
-    delay = 0.002
+    delay = 0.001
     while True:
         for rec in store.invocations(run_id, len(records)):
             records.append(rec)
@@ -40,7 +40,7 @@ def collect_invocations(store: MetricsStore, run_id: str, roots: Iterable[str],
         if time.monotonic() >= deadline:
             return records, False
         time.sleep(delay)
-        delay = min(2 * delay, 0.05)
+        delay = min(2 * delay, 0.02)
 
 
 def add_totals(run: RunRecord, invocations: list[InvocationRecord], prices: Prices) -> None:

@@ -98,7 +98,7 @@ def execute(inv: Invocation, invoker: Invoker,
         report.failed = True
         return report
     store.ttl = spec.ttl
-    recorder = InvocationRecorder(inv, cold) if spec.metrics_url else None
+    recorder = InvocationRecorder(inv, cold, report.start_time) if spec.metrics_url else None
     if not inv.warmup:
         try:
             _Execution(inv, spec, spec_blob, store, invoker, on_task_start, report,
