@@ -3,6 +3,7 @@ Parquet or CSV: one file per table (runs, invocations, tasks, inputs)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -92,7 +93,8 @@ class MetricsReader:
         for name in TABLES:
             frame, path = frames[name], out / f"{name}.{fmt}"
             if "planner_options" in frame:  # nested dicts: keep them as JSON text
-                frame = frame.assign(planner_options=frame["planner_options"].map(_json))
+                frame = frame.assign(planner_options=frame["planner_options"].map(
+                    lambda v: json.dumps(v, sort_keys=True)))
             if fmt == "parquet":
                 frame.to_parquet(path, index=False)
             else:
@@ -103,8 +105,3 @@ class MetricsReader:
     def _ids(self, run_ids: Sequence[str] | None) -> list[str]:
         return list(run_ids) if run_ids is not None else self.run_ids()
 
-
-def _json(value: object) -> str:
-    import json
-
-    return json.dumps(value, sort_keys=True)

@@ -40,15 +40,6 @@ class MetricsStore:
         pipe.zadd(K.signature(record.signature), {record.run_id: record.submit_time})
         pipe.execute()
 
-    def delete_run(self, run_id: str) -> None:
-        run = self.run(run_id)
-        pipe = self.r.pipeline(transaction=False)
-        pipe.delete(K.run(run_id), K.invocations(run_id), K.tasks(run_id))
-        pipe.zrem(K.runs, run_id)
-        if run is not None:
-            pipe.zrem(K.signature(run.signature), run_id)
-        pipe.execute()
-
     # -- reads ----------------------------------------------------------------------------
     def run_ids(self, limit: int | None = None, signature: str | None = None) -> list[str]:
         """Recorded run ids, newest first."""
