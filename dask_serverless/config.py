@@ -6,6 +6,7 @@ Every option can also be set with an environment variable, the Dask way:
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import dask
@@ -28,6 +29,16 @@ DEFAULTS: dict[str, Any] = {
             "max-containers": None,  # None: 2 x CPU count
             "keep-alive": 300.0,  # seconds an idle container stays warm
         },
+        "lambda": {
+            "endpoint-url": None,  # None: AWS; else e.g. the local Lambda API server
+            "region": None,  # None: the boto3 chain (AWS_REGION, ~/.aws/config)
+            "function-prefix": "dask-serverless",  # functions are <prefix>-<memory_mb>
+            "parallelism": 1000,  # planners' width (Lambda's default account concurrency)
+            "invoke-concurrency": 64,  # threads issuing invocations at once
+            "max-retries": 8,  # retries of a throttled (429) or failed (5xx) invoke
+            "max-event-bytes": 256 * 1024,  # async event limit; larger payloads spill
+            "timeout": 900,  # function timeout (s) set by ``deploy``
+        },
         "embedded": {
             "prefer": "redis-server",  # "redis-server" | "fakeredis"
         },
@@ -35,6 +46,9 @@ DEFAULTS: dict[str, Any] = {
 }
 
 dask.config.update_defaults(DEFAULTS)
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
+_FUNCTION_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,50}")
 
 _CHOICES = {
     "backend": ("local", "lambda"),
@@ -59,16 +73,21 @@ def _validate(name: str, value: Any) -> None:
             f"serverless.{name} = {value!r} is not allowed; choose one of {_CHOICES[name]}"
         )
     positive = {"memory", "payload-inline-bytes", "output-ttl", "deadline", "poll-interval",
-                "local.keep-alive"}
+                "local.keep-alive", "lambda.max-event-bytes", "lambda.timeout"}
     if name in positive and (not isinstance(value, int | float) or value <= 0):
         raise ConfigError(f"serverless.{name} = {value!r} must be a positive number")
-    if name in ("parallelism", "local.max-containers") and value is not None and (
+    if name in ("parallelism", "local.max-containers", "lambda.parallelism",
+                "lambda.invoke-concurrency") and value is not None and (
         not isinstance(value, int) or value < 1
     ):
         raise ConfigError(f"serverless.{name} = {value!r} must be a positive integer or None")
-    if name == "redis-url" and value is not None and not str(value).startswith(
-        ("redis://", "rediss://", "unix://")
-    ):
+    if name == "lambda.max-retries" and (not isinstance(value, int) or value < 0):
+        raise ConfigError(f"serverless.lambda.max-retries = {value!r} must be an integer >= 0")
+    if name == "lambda.function-prefix" and not _FUNCTION_PREFIX.fullmatch(str(value)):
         raise ConfigError(
-            f"serverless.redis-url = {value!r} must start with redis://, rediss:// or unix://"
+            f"serverless.lambda.function-prefix = {value!r} must be 1-50 letters, digits, "
+            "'-' or '_' (function names are <prefix>-<memory_mb>)")
+    if name == "redis-url" and value is not None and not str(value).startswith(REDIS_SCHEMES):
+        raise ConfigError(
+            f"serverless.redis-url = {value!r} must start with one of {', '.join(REDIS_SCHEMES)}"
         )

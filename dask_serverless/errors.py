@@ -17,3 +17,7 @@ class DeadlineExceededError(ServerlessError, TimeoutError):
 
 class RedisUnavailableError(ServerlessError, ConnectionError):
     """The configured Redis cannot be reached."""
+
+
+class LambdaInvokeError(ServerlessError):
+    """AWS Lambda (or the local Lambda API server) refused an invocation."""

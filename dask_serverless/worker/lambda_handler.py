@@ -1,0 +1,43 @@
+"""AWS Lambda entry point: ``dask_serverless.worker.lambda_handler.lambda_handler``.
+
+Runs the same ``executor.execute`` as the local containers; successors are invoked through
+boto3 (``serverless.lambda.*`` comes from the function's environment, set by ``deploy``).
+An execution environment is one process, so the first event it sees is its cold start.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from typing import Any
+
+from ..backends.aws_lambda import events
+from ..backends.aws_lambda.invoker import LambdaInvoker
+from .executor import execute
+
+logger = logging.getLogger(__name__)
+
+_cold = True
+_invoker: LambdaInvoker | None = None
+
+
+def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
+    """Execute the invocation in ``event``; returns the invocation report (JSON-able).
+
+    Task errors are stored in the run's Redis for the client, never raised; an event that
+    is not ours raises ``EventError`` (a function error for Lambda).
+    """
+    global _cold, _invoker
+    cold, _cold = _cold, False
+    if events.is_warmup(event):
+        return {"warmup": True, "cold": cold}
+    inv, spilled = events.decode(event)
+    if _invoker is None:
+        _invoker = LambdaInvoker()
+    report = execute(inv, _invoker)
+    report.extra["cold"] = cold
+    report.extra["request_id"] = getattr(context, "aws_request_id", None)
+    events.drop_spilled(inv.redis_url, spilled)
+    logger.info("run %s worker %s: %d tasks, invoked %d, %s start", inv.run_id,
+                inv.worker_id, report.tasks, report.invoked, "cold" if cold else "warm")
+    return asdict(report)
