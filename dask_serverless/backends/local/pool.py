@@ -4,12 +4,17 @@ Invoking with no idle container of the config is a real cold start (spawn + impo
 idle one is reused warm until ``keep_alive`` expires. At most ``max_containers`` live at
 once; further invocations queue. Invocations from workers arrive over their pipes, so the
 pool plays the part of the Lambda service for the whole machine.
+
+Besides invocations, a container can run a ``HandlerCall``: a ``module.function(event,
+context)`` handler with a JSON event, answered through ``on_result`` (the local Lambda API
+server runs ``lambda_handler`` this way).
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import os
 import pickle
@@ -21,6 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
 from ...worker.payload import Invocation
@@ -29,6 +35,26 @@ logger = logging.getLogger(__name__)
 
 CrashHandler = Callable[[Invocation, dict], None]
 ReportHandler = Callable[[Invocation, dict, bool], None]
+
+
+@dataclass(slots=True)
+class HandlerCall:
+    """Run ``handler`` ("module.function") on a JSON ``event`` in a container of
+    ``memory_mb``; ``on_result(ok, payload, cold)`` gets the JSON result or, when ``ok`` is
+    False, a Lambda-style error object (the handler raised or the container died)."""
+
+    memory_mb: int
+    handler: str
+    event: bytes
+    on_result: Callable[[bool, bytes, bool], None]
+    context: dict = field(default_factory=dict)
+
+    @property
+    def worker_id(self) -> str:
+        return f"{self.context.get('function_name', 'handler')} ({self.handler})"
+
+
+Work = Invocation | HandlerCall
 
 
 class _Container:
@@ -50,7 +76,7 @@ class _Container:
     def __init__(self, cid: int, memory_mb: int):
         self.id, self.memory_mb = cid, memory_mb
         self.state = "starting"  # starting -> idle <-> busy -> dead
-        self.current: Invocation | None = None
+        self.current: Work | None = None
         self.idle_since = time.monotonic()
         self.startup_s = 0.0
         self.invocations = 0
@@ -68,7 +94,7 @@ class LocalPool:
         self.on_done = on_done
         self._lock = threading.Lock()
         self._containers: list[_Container] = []
-        self._pending: deque[Invocation] = deque()
+        self._pending: deque[Work] = deque()
         self._ids = itertools.count()
         self._dir = tempfile.mkdtemp(prefix="dask-serverless-pool-")
         self._closed = False
@@ -88,6 +114,10 @@ class LocalPool:
     def invoke_many(self, invocations: list[Invocation]) -> None:
         for inv in invocations:
             self._submit(inv)
+
+    def call(self, call: HandlerCall) -> None:
+        """Queue a handler call; its result arrives through ``call.on_result``."""
+        self._submit(call)
 
     def warm_up(self, memory_mb: int, count: int = 1) -> None:
         """Start containers of ``memory_mb`` (they come up idle and warm for reuse)."""
@@ -130,7 +160,7 @@ class LocalPool:
     def _alive(self) -> list[_Container]:
         return [c for c in self._containers if c.state != "dead"]
 
-    def _submit(self, inv: Invocation) -> None:
+    def _submit(self, inv: Work) -> None:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the local worker pool is closed")
@@ -142,7 +172,7 @@ class LocalPool:
                 return  # sent when the container reports ready
         self._send(target, inv)
 
-    def _place(self, inv: Invocation) -> _Container | None:
+    def _place(self, inv: Work) -> _Container | None:
         """Pick (or spawn) a container for ``inv``; marks it busy. Caller holds the lock."""
         for c in self._containers:
             if c.state == "idle" and c.memory_mb == inv.memory_mb:
@@ -160,7 +190,7 @@ class LocalPool:
         self.cold_starts += 1
         return self._spawn(inv.memory_mb, inv)
 
-    def _spawn(self, memory_mb: int, inv: Invocation | None) -> _Container:
+    def _spawn(self, memory_mb: int, inv: Work | None) -> _Container:
         c = _Container(next(self._ids), memory_mb)
         c.current = inv
         c.status_path = os.path.join(self._dir, f"c{c.id}.status")
@@ -183,14 +213,18 @@ class LocalPool:
                          name=f"dask-serverless-container-{c.id}").start()
         return c
 
-    def _send(self, c: _Container, inv: Invocation) -> None:
+    def _send(self, c: _Container, inv: Work) -> None:
         c.invocations += 1
+        if isinstance(inv, HandlerCall):
+            msg = ("call", inv.handler, inv.event, inv.context)
+        else:
+            msg = ("run", inv.dumps())
         try:
-            c.tx.send_bytes(pickle.dumps(("run", inv.dumps())))
+            c.tx.send_bytes(pickle.dumps(msg))
         except OSError:
             pass  # the reader thread sees the death and reports the crash
 
-    def _next_for(self, c: _Container) -> Invocation | None:
+    def _next_for(self, c: _Container) -> Work | None:
         """Container ``c`` became idle: give it queued work. Caller holds the lock."""
         for i, inv in enumerate(self._pending):
             if inv.memory_mb == c.memory_mb:
@@ -230,9 +264,11 @@ class LocalPool:
                         c.state = "busy"
                 if inv is not None:
                     self._send(c, inv)
-            elif kind == "done":
+            elif kind in ("done", "result"):
                 finished = c.current
-                if self.on_done is not None and finished is not None:
+                if isinstance(finished, HandlerCall):
+                    finished.on_result(msg[1], msg[2], msg[3])
+                elif self.on_done is not None and finished is not None:
                     self.on_done(finished, msg[1], msg[2])
                 with self._lock:
                     inv = self._next_for(c)
@@ -263,7 +299,13 @@ class LocalPool:
                 "task_id": self._read_status(c), "log_tail": self._log_tail(c)}
         logger.warning("container %s (memory %s MB) died with code %s while running worker %s",
                        c.id, c.memory_mb, returncode, inv.worker_id)
-        if self.on_crash is not None:
+        if isinstance(inv, HandlerCall):
+            inv.on_result(False, json.dumps({
+                "errorType": "Runtime.ExitError",
+                "errorMessage": f"Runtime exited with code {returncode} (memory "
+                                f"{c.memory_mb} MB)", "log_tail": info["log_tail"][-800:],
+                "task_id": info["task_id"]}).encode(), False)
+        elif self.on_crash is not None:
             self.on_crash(inv, info)
 
     def _retire(self, c: _Container) -> None:
