@@ -39,7 +39,10 @@ def redis_url(override: str | None = None) -> str:
     return url
 
 
-def backend(name: str | None = None) -> Backend:
+def backend(name: str | Backend | None = None) -> Backend:
+    """The process-wide backend of that name (a Backend instance is returned as is)."""
+    if name is not None and not isinstance(name, str):
+        return name
     name = config.get("backend", name)
     with _lock:
         b = _backends.get(name)

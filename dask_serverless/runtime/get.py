@@ -21,7 +21,7 @@ last_run: Run | None = None  # the most recent run in this process (for summarie
 
 
 def serverless_get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
-                   plan: Plan | None = None, backend: str | None = None,
+                   plan: Plan | None = None, backend: Any = None,
                    redis_url: str | None = None, memory: int | None = None,
                    parallelism: int | None = None, deadline: float | None = None,
                    **kwargs: Any) -> Any:
@@ -72,7 +72,7 @@ def serverless_get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
     return _nested_get(keys, results)
 
 
-def make_plan(dag: DAG, planner: Any = None, backend: str | None = None,
+def make_plan(dag: DAG, planner: Any = None, backend: Any = None,
               memory: int | None = None, parallelism: int | None = None) -> Plan:
     """Plan ``dag`` with the configured (or given) planner."""
     chosen = get_planner(planner or config.get("planner"))
@@ -113,5 +113,5 @@ def _progress_reporter(dag: DAG, graph: Mapping | None, state: dict, pretask, po
 
 def _nested_get(keys: Any, results: dict) -> Any:
     if isinstance(keys, list):
-        return [_nested_get(k, results) for k in keys]
+        return tuple(_nested_get(k, results) for k in keys)
     return results[keys]

@@ -71,8 +71,7 @@ class Run:
                        self.on_progress is not None)
         blob = spec.dumps()
         inline = len(blob) <= self.inline_bytes
-        if not inline:
-            self.store.put_spec(blob)
+        self.store.put_spec(blob)  # also inline when small; any worker can fetch it
         now = time.time()
         invocations = [
             Invocation(self.run_id, wid, self.plan.workers[wid].config.memory_mb,

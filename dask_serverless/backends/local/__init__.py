@@ -35,10 +35,12 @@ def report_crash(inv: Invocation, info: dict) -> None:
     exc = WorkerCrashedError(
         f"worker {inv.worker_id} (memory_mb={inv.memory_mb}) {_crash_reason(info['returncode'])}"
         f"{where}; container log tail:\n{info.get('log_tail', '')[-800:]}")
-    store = RunStore(connect(inv.redis_url), inv.run_id)
     record = error_record(exc, f"<task id {task}>" if task is not None else "<worker>",
                           inv.worker_id, inv.memory_mb)
-    store.fail(record)
+    try:
+        RunStore(connect(inv.redis_url), inv.run_id).fail(record)
+    except Exception:  # Redis gone too: the client's deadline still ends the wait
+        logger.exception("could not report the crash of worker %s", inv.worker_id)
 
 
 class LocalBackend:
