@@ -7,15 +7,19 @@ An execution environment is one process, so the first event it sees is its cold 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from dataclasses import asdict
 from typing import Any
 
 from ..backends.aws_lambda import events
 from ..backends.aws_lambda.invoker import LambdaInvoker
+from ..backends.aws_lambda.settings import LambdaSettings
 from .executor import execute
 
 logger = logging.getLogger(__name__)
+
+# Invoke threads per worker: each reserves a stack, and memory is the worker's budget.
+WORKER_INVOKE_THREADS = 8
 
 _cold = True
 _invoker: LambdaInvoker | None = None
@@ -33,11 +37,14 @@ def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
         return {"warmup": True, "cold": cold}
     inv, spilled = events.decode(event)
     if _invoker is None:
-        _invoker = LambdaInvoker()
+        settings = LambdaSettings.from_config()
+        _invoker = LambdaInvoker(dataclasses.replace(
+            settings, invoke_concurrency=min(settings.invoke_concurrency,
+                                             WORKER_INVOKE_THREADS)))
     report = execute(inv, _invoker)
     report.extra["cold"] = cold
     report.extra["request_id"] = getattr(context, "aws_request_id", None)
     events.drop_spilled(inv.redis_url, spilled)
     logger.info("run %s worker %s: %d tasks, invoked %d, %s start", inv.run_id,
                 inv.worker_id, report.tasks, report.invoked, "cold" if cold else "warm")
-    return asdict(report)
+    return dataclasses.asdict(report)
