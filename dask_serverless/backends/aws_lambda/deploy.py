@@ -1,10 +1,11 @@
 """``deploy`` / ``destroy``: create, update or remove the worker functions (idempotent).
 
 One function per memory size, ``<prefix>-<memory_mb>``, running ``packaging.HANDLER``.
-Without ``role``, an IAM role ``<prefix>-worker`` is created (or reused) that may write
-logs, reach a VPC when subnets are given, and invoke the ``<prefix>-*`` functions (workers
-invoke their successors). Against the local Lambda API server (an ``endpoint_url`` and no
-IAM endpoint) no IAM is involved and a placeholder role ARN is used.
+Without ``role``, an IAM role ``<prefix>-worker`` is created (or reused) with one inline
+policy (``worker_policy``): write logs, invoke the ``<prefix>-*`` functions (workers invoke
+their successors) and, when subnets are given, manage VPC network interfaces. Against
+the local Lambda API server (an ``endpoint_url`` and no IAM endpoint) no IAM is involved
+and a placeholder role ARN is used.
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ LOCAL_ROLE = "arn:aws:iam::000000000000:role/{prefix}-worker"
 _TRUST = {"Version": "2012-10-17", "Statement": [{
     "Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
     "Action": "sts:AssumeRole"}]}
-_MANAGED = "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
-_MANAGED_VPC = "arn:aws:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole"
+_POLICY_NAME = "dask-serverless-worker"
 _ROLE_WAIT_S = 60.0
 
 
@@ -54,10 +54,21 @@ def role_name(prefix: str) -> str:
     return f"{prefix}-worker"
 
 
-def _invoke_policy(prefix: str) -> str:
-    return json.dumps({"Version": "2012-10-17", "Statement": [{
-        "Effect": "Allow", "Action": "lambda:InvokeFunction",
-        "Resource": f"arn:aws:lambda:*:*:function:{prefix}-*"}]})
+def worker_policy(prefix: str, vpc: bool) -> dict[str, Any]:
+    """What a worker may do: write its logs, invoke the other workers, and (in a VPC, e.g.
+    next to ElastiCache) manage its network interfaces."""
+    statements = [
+        {"Effect": "Allow", "Action": ["logs:CreateLogGroup", "logs:CreateLogStream",
+                                       "logs:PutLogEvents"], "Resource": "*"},
+        {"Effect": "Allow", "Action": "lambda:InvokeFunction",
+         "Resource": f"arn:aws:lambda:*:*:function:{prefix}-*"},
+    ]
+    if vpc:
+        statements.append({"Effect": "Allow", "Resource": "*", "Action": [
+            "ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces",
+            "ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses",
+            "ec2:UnassignPrivateIpAddresses"]})
+    return {"Version": "2012-10-17", "Statement": statements}
 
 
 def _uses_iam(settings: LambdaSettings, iam_endpoint_url: str | None) -> bool:
@@ -74,11 +85,8 @@ def ensure_role(iam: Any, prefix: str, vpc: bool, say: Callable[[str], None]) ->
         arn = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(_TRUST),
                               Description="dask-serverless workers")["Role"]["Arn"]
         say(f"role {name}: created ({arn})")
-    iam.attach_role_policy(RoleName=name, PolicyArn=_MANAGED)
-    if vpc:
-        iam.attach_role_policy(RoleName=name, PolicyArn=_MANAGED_VPC)
-    iam.put_role_policy(RoleName=name, PolicyName="invoke-workers",
-                        PolicyDocument=_invoke_policy(prefix))
+    iam.put_role_policy(RoleName=name, PolicyName=_POLICY_NAME,
+                        PolicyDocument=json.dumps(worker_policy(prefix, vpc)))
     return arn
 
 
