@@ -70,6 +70,10 @@ def _deploy(args: argparse.Namespace) -> int:
                          subnets=_csv(args.subnets), security_groups=_csv(args.security_groups))
     if args.runtime:
         opts.runtime = args.runtime
+    if args.secret:
+        import dask
+
+        dask.config.set({"serverless.secret": args.secret})
     deploy(opts, say=_say)
     return 0
 
@@ -86,7 +90,8 @@ def _local_lambda(args: argparse.Namespace) -> int:
     from .backends.aws_lambda.local_server import LocalLambdaServer
 
     server = LocalLambdaServer(args.host, args.port, max_containers=args.max_containers,
-                               keep_alive=args.keep_alive)
+                               keep_alive=args.keep_alive,
+                               invoke_latency=args.latency_ms / 1000)
     _say(f"local Lambda API server on {server.url} (Ctrl-C stops it); use it with\n"
          f"  dask-serverless deploy --endpoint-url {server.url} --memory 1024\n"
          f"  DASK_SERVERLESS__BACKEND=lambda "
@@ -135,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     dep.add_argument("--requirements", help="requirements.txt installed into the package")
     dep.add_argument("--redis-url", help="Redis URL set in the functions' environment")
     dep.add_argument("--role", help="execution role ARN (default: create <prefix>-worker)")
+    dep.add_argument("--secret", help="serverless.secret shared with clients (default: "
+                                      "DASK_SERVERLESS__SECRET, else a generated one)")
     dep.add_argument("--timeout", type=int, help="function timeout in seconds (default 900)")
     dep.add_argument("--runtime", help="Lambda runtime (default: this Python, e.g. python3.11)")
     dep.add_argument("--build", choices=("auto", "lambda", "local"), default="auto",
@@ -156,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     loc.add_argument("--max-containers", type=int, help="containers per function")
     loc.add_argument("--keep-alive", type=float, default=300.0,
                      help="seconds an idle container stays warm")
+    loc.add_argument("--latency-ms", type=float, default=0.0,
+                     help="add this much latency to each Invoke (emulates AWS round trips)")
     loc.set_defaults(func=_local_lambda)
     dck = sub.add_parser("dockerfile", help="write a container-image build context")
     dck.add_argument("directory")

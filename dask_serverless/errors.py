@@ -21,3 +21,11 @@ class RedisUnavailableError(ServerlessError, ConnectionError):
 
 class LambdaInvokeError(ServerlessError):
     """AWS Lambda (or the local Lambda API server) refused an invocation."""
+
+
+class RunDataLostError(RedisUnavailableError):
+    """Redis no longer holds a running computation's data (restarted, flushed, expired)."""
+
+
+class OutputTooLargeError(ServerlessError, ValueError):
+    """A task output is larger than ``serverless.max-output-bytes``."""

@@ -11,7 +11,7 @@ from . import config
 from .backends import Backend, create_backend
 from .errors import RedisUnavailableError
 from .storage.embedded import EmbeddedRedis
-from .storage.store import connect
+from .storage.store import connect, redact
 
 _lock = threading.Lock()
 _embedded: EmbeddedRedis | None = None
@@ -34,7 +34,7 @@ def redis_url(override: str | None = None) -> str:
             connect(url).ping()
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             raise RedisUnavailableError(
-                f"cannot reach Redis at {url!r} (serverless.redis-url): {exc}") from exc
+                f"cannot reach Redis at {redact(url)!r} (serverless.redis-url): {exc}") from exc
         _checked_urls.add(url)
     return url
 

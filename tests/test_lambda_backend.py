@@ -17,6 +17,7 @@ from dask_serverless.backends.aws_lambda import events
 from dask_serverless.backends.aws_lambda.deploy import DeployOptions, deploy
 from dask_serverless.errors import LambdaInvokeError
 from dask_serverless.plan import ResourceConfig
+from dask_serverless.storage.serialize import TamperedPayloadError
 from dask_serverless.storage.store import connect
 from dask_serverless.worker.payload import Invocation
 
@@ -148,3 +149,22 @@ def test_event_spill_roundtrip(any_redis):
     events.drop_spilled(any_redis, key)
     with pytest.raises(events.EventError, match="gone from Redis"):
         events.decode(json.loads(event))
+
+
+def test_worker_with_another_secret_refuses_and_the_client_fails_fast(local_lambda,
+                                                                      real_redis):
+    server, settings = local_lambda
+    other = settings.__class__(function_prefix="ds-secret", endpoint_url=server.url,
+                               region="us-east-1")
+    with dask.config.set({"serverless.secret": "not-the-clients-secret"}):
+        deploy(DeployOptions([1024], other), say=lambda _: None)
+    with dask.config.set({"serverless.backend": "lambda",
+                          "serverless.lambda.endpoint-url": server.url,
+                          "serverless.lambda.function-prefix": "ds-secret",
+                          "serverless.lambda.region": "us-east-1",
+                          "serverless.deadline": 60}):
+        try:
+            with pytest.raises(TamperedPayloadError, match="HMAC seal"):
+                dask.compute(delayed(np.sum)(np.arange(5)), scheduler=serverless_get)
+        finally:
+            session.reset_backend("lambda")

@@ -19,6 +19,7 @@ from dask_serverless import cli, serverless_get, session
 from dask_serverless.backends.aws_lambda import LambdaSettings, packaging
 from dask_serverless.backends.aws_lambda.deploy import DeployOptions, deploy, destroy
 from dask_serverless.plan import PlanError
+from dask_serverless.storage import serialize
 from dask_serverless.storage.embedded import free_port
 
 
@@ -51,7 +52,8 @@ def test_deploy_is_idempotent_and_destroy_cleans_up_on_moto(aws):
     assert (conf["MemorySize"], conf["Timeout"], conf["Handler"], conf["Role"]) == \
         (1024, 900, packaging.HANDLER, role["Arn"])
     assert conf["Environment"]["Variables"] == {
-        "DASK_SERVERLESS__LAMBDA__FUNCTION_PREFIX": "ds-moto"}
+        "DASK_SERVERLESS__LAMBDA__FUNCTION_PREFIX": "ds-moto",
+        "DASK_SERVERLESS__SECRET": serialize.secret()}
 
     again = deploy(DeployOptions([512, 1024], settings), say=lines.append)
     assert [d["action"] for d in again] == ["unchanged", "unchanged"]

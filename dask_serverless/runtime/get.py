@@ -32,6 +32,7 @@ def serverless_get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
     ``backend``, ``redis_url``, ``memory``, ``parallelism``, ``deadline``).
     """
     global last_run
+    config.validate_all()
     with local_callbacks(callbacks) as cbs:
         _start_cbs, start_state_cbs, pretask_cbs, posttask_cbs, _finish_cbs = \
             unpack_callbacks(cbs)
@@ -57,7 +58,9 @@ def serverless_get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
                       ttl=config.get("output-ttl"),
                       inline_bytes=config.get("payload-inline-bytes"),
                       deadline=config.get("deadline", deadline),
-                      poll_interval=config.get("poll-interval"), on_progress=on_progress)
+                      poll_interval=config.get("poll-interval"),
+                      redis_grace=config.get("redis-grace"),
+                      max_output_bytes=config.get("max-output-bytes"), on_progress=on_progress)
             last_run = run
             values = run.execute()
             results = {dag.tasks[t].key: v for t, v in zip(dag.outputs, values, strict=True)}

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..errors import OutputTooLargeError, RunDataLostError
 from ..storage import serialize
 from ..storage.store import RunStore, connect
 from .payload import Invocation, RunSpec
@@ -170,9 +171,10 @@ class _Execution:
         blobs = self.store.get_outputs(ids)
         for d, blob in zip(ids, blobs, strict=True):
             if blob is None:
-                raise RuntimeError(
+                raise RunDataLostError(
                     f"worker {self.inv.worker_id}: input {self.tasks[d].key!r} is missing "
-                    f"from Redis (run {self.inv.run_id} cancelled or expired?)")
+                    f"from Redis (run {self.inv.run_id} cancelled, expired or Redis "
+                    "restarted)")
             self.local[d] = serialize.loads(blob)
 
     def _release(self, tid: int) -> None:
@@ -212,6 +214,10 @@ class _Execution:
             data = serialize.dumps(value)
         except Exception as exc:
             raise TypeError(f"output of task {task.key!r} cannot be pickled: {exc}") from exc
+        if len(data) > self.spec.max_output_bytes:
+            raise OutputTooLargeError(
+                f"output of task {task.key!r} is {len(data)} bytes, over "
+                f"serverless.max-output-bytes={self.spec.max_output_bytes}")
         is_final = tid in self.spec.dag.output_set
         if not entries:
             self.final.append((tid, data))
@@ -224,7 +230,7 @@ class _Execution:
         sizes = self.store.publish_outputs([(tid, data)], final, fanins)
         complete = [c for (_, c), n in zip(fanins, sizes, strict=True)
                     if n == len(self.tasks[c].deps)]
-        won = self.store.claim(complete) if complete else []
+        won = self.store.claim(complete, self.inv.id) if complete else []
         fired = [e for e in entries if len(self.tasks[e].deps) == 1]
         fired += [c for c, w in zip(complete, won, strict=True) if w]
         if len(data) <= self.spec.inline_bytes:

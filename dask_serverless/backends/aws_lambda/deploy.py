@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import dask.config
+
 from ...plan import ResourceConfig
+from ...storage import serialize
 from . import packaging
 from .settings import LambdaSettings, make_client
 
@@ -28,6 +32,7 @@ _TRUST = {"Version": "2012-10-17", "Statement": [{
     "Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
     "Action": "sts:AssumeRole"}]}
 _POLICY_NAME = "dask-serverless-worker"
+_SECRET_ENV = "DASK_SERVERLESS__SECRET"
 _ROLE_WAIT_S = 60.0
 
 
@@ -114,7 +119,8 @@ def deploy(opts: DeployOptions, *, lambda_client: Any = None, iam_client: Any = 
         say(f"package: {package.path} ({package.size / 2**20:.1f} MB zipped, "
             f"{package.unzipped_size / 2**20:.1f} MB unzipped, {package.files} files, "
             f"{'cached' if package.cached else 'built'} for {platform})")
-    env = {"DASK_SERVERLESS__LAMBDA__FUNCTION_PREFIX": s.function_prefix}
+    env = {"DASK_SERVERLESS__LAMBDA__FUNCTION_PREFIX": s.function_prefix,
+           "DASK_SERVERLESS__SECRET": _secret(say)}
     if s.endpoint_url:
         env["DASK_SERVERLESS__LAMBDA__ENDPOINT_URL"] = s.endpoint_url
     if opts.redis_url:
@@ -134,6 +140,16 @@ def deploy(opts: DeployOptions, *, lambda_client: Any = None, iam_client: Any = 
         say(f"function {name}: {action}")
         results.append({"function": name, "action": action, "memory_mb": mb})
     return results
+
+
+def _secret(say: Callable[[str], None]) -> str:
+    """``serverless.secret``: workers must share it with clients to accept their payloads."""
+    configured = dask.config.get("serverless.secret", None) or os.environ.get(_SECRET_ENV)
+    value = serialize.secret()
+    if not configured:
+        say(f"generated serverless.secret for the workers; clients need the same one:\n"
+            f"  export {_SECRET_ENV}={value}")
+    return value
 
 
 def _deploy_one(lam: Any, name: str, desired: dict[str, Any],

@@ -1,9 +1,10 @@
 """Lambda event <-> ``Invocation``.
 
-An event is JSON: ``{"ds": 1, "run_id", "worker_id", "invocation": <base64 pickle>}``.
-When that would exceed the async invoke limit (``serverless.lambda.max-event-bytes``),
-the pickled invocation is stored in the run's Redis under ``RunKeys.payload`` (with the
-run's TTL) and the event carries ``"spilled": <key>`` and ``"redis_url"`` instead.
+An event is JSON: ``{"ds": 1, "run_id", "worker_id", "redis_url", "invocation": <base64
+of the sealed pickle>}``. When that would exceed the async invoke limit
+(``serverless.lambda.max-event-bytes``), the sealed invocation is stored in the run's Redis
+under ``RunKeys.payload`` (with the run's TTL) and the event carries ``"spilled": <key>``
+instead.
 A warm-up event is ``{"ds": 1, "warmup": true}``.
 """
 
@@ -29,13 +30,14 @@ class EventError(ValueError):
 def encode(inv: Invocation, max_bytes: int, ttl: int) -> tuple[bytes, bool]:
     """The event for ``inv``; True when its payload spilled to Redis."""
     data = inv.dumps()
-    head = {"ds": VERSION, "run_id": inv.run_id, "worker_id": inv.worker_id}
+    head = {"ds": VERSION, "run_id": inv.run_id, "worker_id": inv.worker_id,
+            "redis_url": inv.redis_url}
     event = json.dumps({**head, "invocation": base64.b64encode(data).decode()}).encode()
     if len(event) <= max_bytes:
         return event, False
     key = RunKeys(inv.run_id).payload(uuid.uuid4().hex)
     connect(inv.redis_url).set(key, data, ex=ttl)
-    return json.dumps({**head, "redis_url": inv.redis_url, "spilled": key}).encode(), True
+    return json.dumps({**head, "spilled": key}).encode(), True
 
 
 def is_warmup(event: Any) -> bool:

@@ -62,11 +62,13 @@ class LocalLambdaService:
     """Functions by name; ``invoke`` runs them in local containers. Thread-safe."""
 
     def __init__(self, region: str = "us-east-1", max_containers: int | None = None,
-                 keep_alive: float = 300.0, inherit_path: bool = True):
+                 keep_alive: float = 300.0, inherit_path: bool = True,
+                 invoke_latency: float = 0.0):
         self.region = region
         self.max_containers = max_containers or 2 * (os.cpu_count() or 2)
         self.keep_alive = keep_alive
         self.inherit_path = inherit_path
+        self.invoke_latency = invoke_latency  # seconds added to each Invoke (AWS-like RTT)
         self._dir = tempfile.mkdtemp(prefix="dask-serverless-local-lambda-")
         self._functions: dict[str, _Function] = {}
         self._lock = threading.Lock()
@@ -155,6 +157,8 @@ class LocalLambdaService:
     # -- data plane ----------------------------------------------------------------------
     def invoke(self, name: str, payload: bytes, invocation_type: str) -> tuple[int, bytes, bool]:
         """Returns (HTTP status, response payload, function error?)."""
+        if self.invoke_latency:
+            time.sleep(self.invoke_latency)
         with self._lock:
             if self._inject:
                 status, code = self._inject.pop(0)

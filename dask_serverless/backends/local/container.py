@@ -58,6 +58,7 @@ def main(argv: list[str]) -> None:
     sys.stdout = sys.stderr  # user prints go to the container log
     _preload()
     from dask_serverless.backends.local import handler_call
+    from dask_serverless.storage.serialize import TamperedPayloadError
     from dask_serverless.worker.executor import execute
     from dask_serverless.worker.payload import Invocation
 
@@ -83,7 +84,12 @@ def main(argv: list[str]) -> None:
             tx.send_bytes(pickle.dumps(("result", ok, payload, cold)))
             cold = False
             continue
-        inv = Invocation.loads(msg[1])
+        try:
+            inv = Invocation.loads(msg[1])
+        except TamperedPayloadError as exc:
+            sys.stderr.write(f"refused invocation: {exc}\n")
+            tx.send_bytes(pickle.dumps(("refused", str(exc))))
+            continue
         os.pwrite(status_fd, b" " * 23 + b"\n", 0)
         report = execute(inv, invoker, on_task_start)
         report.extra["cold"] = cold
