@@ -6,7 +6,7 @@ function's ``MemorySize``). Its containers see the unpacked code first on ``PYTH
 (Lambda's ``/var/task``), then this process's ``sys.path`` (standing in for the runtime's
 bundled libraries, e.g. boto3), and the function's environment variables. Updating code or
 configuration starts fresh execution environments, like Lambda; old ones finish their
-work first.
+work first. A handler running longer than the function's ``Timeout`` is killed.
 """
 
 from __future__ import annotations
@@ -268,7 +268,8 @@ class LocalLambdaService:
                    "AWS_DEFAULT_REGION": self.region, "AWS_ACCESS_KEY_ID": "local",
                    "AWS_SECRET_ACCESS_KEY": "local"}
             env.update(config.get("Environment", {}).get("Variables", {}))
-            fn.pool = LocalPool(self.max_containers, self.keep_alive, env=env)
+            fn.pool = LocalPool(self.max_containers, self.keep_alive, env=env,
+                                invocation_timeout=float(config["Timeout"]))
         return fn.pool
 
     def close(self) -> None:
