@@ -16,37 +16,12 @@ Each is measured at 0 ms added latency (loopback) and with an emulated AWS round
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import time
-
-import boto3
 
 from dask_serverless.backends.aws_lambda import LambdaSettings, events
 from dask_serverless.backends.aws_lambda.deploy import DeployOptions, deploy
 from dask_serverless.backends.aws_lambda.invoker import EventCall, LambdaInvoker
-from dask_serverless.storage.embedded import free_port
-
-
-def start_server(latency_ms: float) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "dask_serverless.cli", "local-lambda",
-                             "--port", str(port), "--max-containers", "2",
-                             "--latency-ms", str(latency_ms)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    client = boto3.client("lambda", endpoint_url=url, region_name="us-east-1",
-                          aws_access_key_id="x", aws_secret_access_key="x")
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            client.list_functions()
-            return proc, url
-        except Exception:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise
-            time.sleep(0.1)
+from dask_serverless.backends.aws_lambda.local_server import start_process
 
 
 def rate(fn, n: int) -> float:
@@ -56,7 +31,7 @@ def rate(fn, n: int) -> float:
 
 
 def measure(latency_ms: float, n: int, threads: int) -> tuple[float, float]:
-    proc, url = start_server(latency_ms)
+    proc, url = start_process("--max-containers", "2", "--latency-ms", str(latency_ms))
     try:
         settings = LambdaSettings(function_prefix="ds-bench", endpoint_url=url,
                                   region="us-east-1", invoke_concurrency=threads)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import zipfile
 
 import boto3
@@ -18,9 +17,9 @@ from moto import mock_aws
 from dask_serverless import cli, serverless_get, session
 from dask_serverless.backends.aws_lambda import LambdaSettings, packaging
 from dask_serverless.backends.aws_lambda.deploy import DeployOptions, deploy, destroy
+from dask_serverless.backends.aws_lambda.local_server import start_process
 from dask_serverless.plan import PlanError
 from dask_serverless.storage import serialize
-from dask_serverless.storage.embedded import free_port
 
 
 @pytest.fixture
@@ -96,23 +95,9 @@ def test_bad_memory_is_rejected_before_anything_is_created():
 @pytest.fixture
 def local_lambda_process():
     """``dask-serverless local-lambda`` in a subprocess: yields its URL."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "dask_serverless.cli", "local-lambda",
-                             "--port", str(port), "--max-containers", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_process("--max-containers", "2")
     client = boto3.client("lambda", endpoint_url=url, region_name="us-east-1",
                           aws_access_key_id="x", aws_secret_access_key="x")
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            client.list_functions()
-            break
-        except Exception:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise
-            time.sleep(0.1)
     yield url, client
     proc.terminate()
     proc.wait(timeout=30)

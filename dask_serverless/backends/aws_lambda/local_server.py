@@ -16,7 +16,11 @@ from __future__ import annotations
 import json
 import logging
 import re
+import subprocess
+import sys
 import threading
+import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -173,3 +177,27 @@ class LocalLambdaServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def start_process(*options: str, port: int | None = None,
+                  timeout: float = 30.0) -> tuple[subprocess.Popen, str]:
+    """Run ``dask-serverless local-lambda`` (with CLI ``options``) in a subprocess and
+    wait until it answers; returns the process and its URL. Terminate it when done."""
+    from ...storage.embedded import free_port
+
+    port = port or free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "dask_serverless.cli", "local-lambda",
+                             "--port", str(port), *options],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}{_PREFIX}/", timeout=2):
+                return proc, url
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"the local Lambda API server on port {port} did not "
+                                   f"start (exit code {proc.poll()})") from None
+            time.sleep(0.1)
