@@ -91,13 +91,18 @@ def backend(name: str | Backend | None = None) -> Backend:
         return b
 
 
+def reset_backend(name: str) -> None:
+    """Close and forget backend ``name``; its next use recreates it from the config."""
+    with _lock:
+        b = _backends.pop(name, None)
+    if b is not None:
+        b.close()
+
+
 def close() -> None:
     """Stop the backends and the embedded Redis this process started; let go of the
     metrics server (stopped when no other process uses it)."""
     global _embedded, _metrics_server
-    from .runtime.run import wait_for_records
-
-    wait_for_records()  # run records still being written need the metrics Redis
     with _lock:
         for b in _backends.values():
             b.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -34,14 +33,6 @@ logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[list[int]], None]
 
-_recording: set[threading.Thread] = set()  # run records still being written
-
-
-def wait_for_records() -> None:
-    """Block until every run record this process started writing is written."""
-    for thread in list(_recording):
-        thread.join()
-
 
 class Run:
     """Execute ``plan`` for ``dag`` on ``backend`` with intermediates in ``redis_url``."""
@@ -64,8 +55,7 @@ class Run:
         self.on_progress = on_progress
         self.store = RunStore(connect(redis_url), self.run_id, ttl)
         self.metrics_url, self.metrics_wait = metrics_url, metrics_wait
-        self._record: RunRecord | None = None
-        self._recording: threading.Thread | None = None
+        self.record: RunRecord | None = None  # what was recorded (when metrics are on)
         self.roots: list[str] = []  # ids of the invocations the client made
         self.submit_time = 0.0
         self.makespan = 0.0
@@ -89,21 +79,8 @@ class Run:
                 self.makespan = time.time() - self.submit_time
             pubsub.close()
             self._cleanup()
-            if self.metrics_url is not None:  # off the caller's path: see ``record``
-                self._recording = threading.Thread(
-                    target=self._write_record, args=(ok, Prices.from_config()),
-                    name=f"dask-serverless-record-{self.run_id}")
-                _recording.add(self._recording)
-                self._recording.start()
-
-    @property
-    def record(self) -> RunRecord | None:
-        """The run's metrics record, once written (waits for it); None when metrics are
-        off or could not be written. The record is written in a thread because it waits
-        for the workers' last records (``serverless.metrics.wait``)."""
-        if self._recording is not None:
-            self._recording.join()
-        return self._record
+            if self.metrics_url is not None:
+                self._write_record(ok)
 
     def _cancel(self) -> None:
         """Tell running workers to stop (flag in Redis; the backend may kill them too)."""
@@ -231,17 +208,18 @@ class Run:
             logger.warning("run %s: could not delete its Redis keys", self.run_id,
                            exc_info=True)
 
-    def _write_record(self, ok: bool, prices: Prices) -> None:
-        """Store the run record; a failed run waits less for workers that may be gone."""
+    def _write_record(self, ok: bool) -> None:
+        """Store the run record once the workers' last records arrived (they write them
+        right after their outputs: milliseconds); a failed run waits less for workers
+        that may be gone. Synchronous on purpose: when ``compute`` returns, the record is
+        readable and the workers are idle again (warm for the next run)."""
         run = RunRecord(self.run_id, self.dag.signature(), self.plan.planner,
                         dict(self.plan.options), self.backend.name, len(self.dag),
                         len(self.plan.workers), self.submit_time, self.makespan,
                         "ok" if ok else "failed")
         wait = self.metrics_wait if ok else min(self.metrics_wait, 0.2)
         try:
-            self._record = record_run(MetricsStore.from_url(self.metrics_url), run,
-                                      self.roots, wait, prices)
+            self.record = record_run(MetricsStore.from_url(self.metrics_url), run,
+                                     self.roots, wait, Prices.from_config())
         except (redis.RedisError, OSError) as exc:
             logger.warning("run %s: could not record its metrics: %s", self.run_id, exc)
-        finally:
-            _recording.discard(threading.current_thread())
