@@ -111,6 +111,8 @@ class Run:
                      "inline" if inline else "redis")
         self.roots = [inv.id for inv in invocations]
         self.backend.invoke_many(invocations)
+        if self.metrics_url is not None:
+            self.dag.signature()  # cached: hashed while the workers run, not after
 
     def _wait(self, pubsub) -> None:
         n_out = len(self.dag.outputs)
