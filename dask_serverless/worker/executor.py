@@ -23,9 +23,10 @@ logger = logging.getLogger(__name__)
 
 _SPECS: OrderedDict[str, RunSpec] = OrderedDict()  # per-container cache of run specs
 _SPEC_CACHE_SIZE = 4
-_FINAL_FLUSH_BYTES = 8 * 2**20
+FINAL_FLUSH_BYTES = 8 * 2**20
 _CANCEL_CHECK_S = 0.2
 _PROGRESS_S = 0.1
+HOLD_POLL_S = 0.005  # delayed I/O: how often a holding worker checks its fan-ins
 
 
 class Invoker(Protocol):
@@ -210,7 +211,7 @@ class _Execution:
         if not entries:
             self.final.append((tid, data))
             self.final_bytes += len(data)
-            if self.final_bytes >= _FINAL_FLUSH_BYTES:
+            if self.final_bytes >= FINAL_FLUSH_BYTES:
                 self._flush_final()
             return ready
         final = [tid] if is_final else []
