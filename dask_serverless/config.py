@@ -24,9 +24,15 @@ DEFAULTS: dict[str, Any] = {
         "output-ttl": 3600,  # seconds intermediates live in Redis at most
         "deadline": 3600.0,  # seconds a compute may take before it is failed
         "poll-interval": 0.5,  # seconds between fallback checks while waiting
+        "retries": 2,  # re-invocations of a worker that died or timed out
+        "retry-backoff": 0.2,  # seconds before the first retry; doubles each attempt
+        "redis-grace": 10.0,  # seconds the client rides out a Redis connection loss
+        "max-output-bytes": 500 * 2**20,  # a task output larger than this is an error
+        "secret": None,  # HMAC key for payloads; None: a random per-process secret
         "local": {
             "max-containers": None,  # None: 2 x CPU count
             "keep-alive": 300.0,  # seconds an idle container stays warm
+            "invocation-timeout": 900.0,  # seconds before a busy container is killed
         },
         "embedded": {
             "prefer": "redis-server",  # "redis-server" | "fakeredis"
@@ -53,13 +59,34 @@ def get(name: str, override: Any = None) -> Any:
     return value
 
 
+def validate_all() -> None:
+    """Check every ``serverless.*`` value now, so bad config fails before any work."""
+    for name in _leaf_names(DEFAULTS["serverless"]):
+        get(name)
+
+
+def _leaf_names(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    names = []
+    for k, v in tree.items():
+        if isinstance(v, dict) and k not in ("planner-options",):
+            names += _leaf_names(v, f"{prefix}{k}.")
+        else:
+            names.append(prefix + k)
+    return names
+
+
 def _validate(name: str, value: Any) -> None:
     if name in _CHOICES and value not in _CHOICES[name]:
         raise ConfigError(
             f"serverless.{name} = {value!r} is not allowed; choose one of {_CHOICES[name]}"
         )
     positive = {"memory", "payload-inline-bytes", "output-ttl", "deadline", "poll-interval",
-                "local.keep-alive"}
+                "local.keep-alive", "local.invocation-timeout", "redis-grace",
+                "max-output-bytes"}
+    if name == "retries" and (not isinstance(value, int) or value < 0):
+        raise ConfigError(f"serverless.retries = {value!r} must be an integer >= 0")
+    if name == "retry-backoff" and (not isinstance(value, int | float) or value < 0):
+        raise ConfigError(f"serverless.retry-backoff = {value!r} must be a number >= 0")
     if name in positive and (not isinstance(value, int | float) or value <= 0):
         raise ConfigError(f"serverless.{name} = {value!r} must be a positive number")
     if name in ("parallelism", "local.max-containers") and value is not None and (

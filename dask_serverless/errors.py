@@ -17,3 +17,11 @@ class DeadlineExceededError(ServerlessError, TimeoutError):
 
 class RedisUnavailableError(ServerlessError, ConnectionError):
     """The configured Redis cannot be reached."""
+
+
+class RunDataLostError(RedisUnavailableError):
+    """Redis no longer holds a running computation's data (restarted, flushed, expired)."""
+
+
+class OutputTooLargeError(ServerlessError, ValueError):
+    """A task output is larger than ``serverless.max-output-bytes``."""

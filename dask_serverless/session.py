@@ -11,7 +11,7 @@ from . import config
 from .backends import Backend, create_backend
 from .errors import RedisUnavailableError
 from .storage.embedded import EmbeddedRedis
-from .storage.store import connect
+from .storage.store import connect, redact
 
 _lock = threading.Lock()
 _embedded: EmbeddedRedis | None = None
@@ -34,12 +34,15 @@ def redis_url(override: str | None = None) -> str:
             connect(url).ping()
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             raise RedisUnavailableError(
-                f"cannot reach Redis at {url!r} (serverless.redis-url): {exc}") from exc
+                f"cannot reach Redis at {redact(url)!r} (serverless.redis-url): {exc}") from exc
         _checked_urls.add(url)
     return url
 
 
-def backend(name: str | None = None) -> Backend:
+def backend(name: str | Backend | None = None) -> Backend:
+    """The process-wide backend of that name (a Backend instance is returned as is)."""
+    if name is not None and not isinstance(name, str):
+        return name
     name = config.get("backend", name)
     with _lock:
         b = _backends.get(name)

@@ -23,7 +23,7 @@ last_run: Run | None = None  # the most recent run in this process (for summarie
 
 
 def serverless_get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
-                   plan: Plan | None = None, backend: str | None = None,
+                   plan: Plan | None = None, backend: Any = None,
                    redis_url: str | None = None, memory: int | None = None,
                    parallelism: int | None = None, deadline: float | None = None,
                    optimizations: list[str] | None = None, **kwargs: Any) -> Any:
@@ -35,6 +35,7 @@ def serverless_get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
     ``optimizations``).
     """
     global last_run
+    config.validate_all()
     with local_callbacks(callbacks) as cbs:
         _start_cbs, start_state_cbs, pretask_cbs, posttask_cbs, _finish_cbs = \
             unpack_callbacks(cbs)
@@ -61,7 +62,9 @@ def serverless_get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
                       ttl=config.get("output-ttl"),
                       inline_bytes=config.get("payload-inline-bytes"),
                       deadline=config.get("deadline", deadline),
-                      poll_interval=config.get("poll-interval"), on_progress=on_progress)
+                      poll_interval=config.get("poll-interval"),
+                      redis_grace=config.get("redis-grace"),
+                      max_output_bytes=config.get("max-output-bytes"), on_progress=on_progress)
             last_run = run
             values = run.execute()
             results = {dag.tasks[t].key: v for t, v in zip(dag.outputs, values, strict=True)}
@@ -76,7 +79,7 @@ def serverless_get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
     return _nested_get(keys, results)
 
 
-def make_plan(dag: DAG, planner: Any = None, backend: str | None = None,
+def make_plan(dag: DAG, planner: Any = None, backend: Any = None,
               memory: int | None = None, parallelism: int | None = None,
               optimizations: list[str] | None = None, predictor: Any = None) -> Plan:
     """Plan ``dag`` with the configured (or given) planner, then apply the configured
@@ -128,5 +131,5 @@ def _progress_reporter(dag: DAG, graph: Mapping | None, state: dict, pretask, po
 
 def _nested_get(keys: Any, results: dict) -> Any:
     if isinstance(keys, list):
-        return [_nested_get(k, results) for k in keys]
+        return tuple(_nested_get(k, results) for k in keys)
     return results[keys]

@@ -14,13 +14,15 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import redis
+
 from ..backends import Backend
 from ..dag import DAG
-from ..errors import DeadlineExceededError
+from ..errors import DeadlineExceededError, RedisUnavailableError, RunDataLostError
 from ..layout import Layout, build_layout
 from ..plan import Plan
 from ..storage import serialize
-from ..storage.store import RunStore, connect
+from ..storage.store import RunStore, connect, redact
 from ..worker.payload import Invocation, RunSpec
 
 logger = logging.getLogger(__name__)
@@ -33,7 +35,9 @@ class Run:
 
     def __init__(self, dag: DAG, plan: Plan, backend: Backend, redis_url: str, *,
                  ttl: int = 3600, inline_bytes: int = 64 * 1024, deadline: float = 3600.0,
-                 poll_interval: float = 0.5, on_progress: ProgressCallback | None = None):
+                 poll_interval: float = 0.5, redis_grace: float = 10.0,
+                 max_output_bytes: int = 500 * 2**20,
+                 on_progress: ProgressCallback | None = None):
         plan.validate(dag)
         self.dag, self.plan, self.backend = dag, plan, backend
         self.redis_url = redis_url
@@ -41,6 +45,8 @@ class Run:
         self.layout: Layout = build_layout(dag, plan)
         self.ttl, self.inline_bytes = ttl, inline_bytes
         self.deadline, self.poll_interval = deadline, poll_interval
+        self.redis_grace = redis_grace
+        self.max_output_bytes = max_output_bytes
         self.on_progress = on_progress
         self.store = RunStore(connect(redis_url), self.run_id, ttl)
         self.submit_time = 0.0
@@ -61,18 +67,27 @@ class Run:
             return values
         finally:
             if not ok:
-                self.store.cancel()
+                self._cancel()
             pubsub.close()
             self._cleanup()
+
+    def _cancel(self) -> None:
+        """Tell running workers to stop (flag in Redis; the backend may kill them too)."""
+        try:
+            self.store.cancel()
+        except redis.RedisError:
+            logger.warning("run %s: could not set its cancel flag", self.run_id)
+        cancel_run = getattr(self.backend, "cancel_run", None)
+        if cancel_run is not None:
+            cancel_run(self.run_id)
 
     # -- steps ------------------------------------------------------------------------
     def _submit(self) -> None:
         spec = RunSpec(self.dag, self.plan, self.layout, self.ttl, self.inline_bytes,
-                       self.on_progress is not None)
+                       self.on_progress is not None, self.max_output_bytes)
         blob = spec.dumps()
         inline = len(blob) <= self.inline_bytes
-        if not inline:
-            self.store.put_spec(blob)
+        self.store.put_spec(blob)  # also inline when small; any worker can fetch it
         now = time.time()
         invocations = [
             Invocation(self.run_id, wid, self.plan.workers[wid].config.memory_mb,
@@ -90,17 +105,19 @@ class Run:
         next_check = 0.0
         while True:
             now = time.monotonic()
-            if now >= next_check:
-                self._raise_if_failed()
-                if self.store.outputs_done() >= n_out:
-                    return
-                next_check = now + self.poll_interval
             if now >= deadline:
-                raise DeadlineExceededError(
-                    f"run {self.run_id} did not finish within serverless.deadline="
-                    f"{self.deadline}s; {n_out - self.store.outputs_done()} of {n_out} "
-                    "outputs still pending")
-            msg = pubsub.get_message(timeout=min(self.poll_interval, deadline - now))
+                self._raise_deadline()
+            try:
+                if now >= next_check:
+                    self._raise_if_failed()
+                    if self.store.outputs_done() >= n_out:
+                        return
+                    next_check = now + self.poll_interval
+                msg = pubsub.get_message(timeout=min(self.poll_interval, deadline - now))
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                self._ride_out_outage(exc)
+                next_check = 0.0
+                continue
             if msg is None:
                 continue
             event = json.loads(msg["data"])
@@ -111,6 +128,37 @@ class Run:
                 next_check = 0.0
             elif kind == "tasks" and self.on_progress is not None:
                 self.on_progress(event["ids"])
+
+    def _ride_out_outage(self, exc: Exception) -> None:
+        """Wait up to ``redis_grace`` for Redis; fail clearly if it lost the run's data."""
+        url = redact(self.redis_url)
+        logger.warning("run %s: lost Redis at %s (%s); retrying for %.0f s", self.run_id, url,
+                       exc, self.redis_grace)
+        give_up = time.monotonic() + self.redis_grace
+        while True:
+            try:
+                present = self.store.spec_present()
+                break
+            except (redis.ConnectionError, redis.TimeoutError) as again:
+                if time.monotonic() >= give_up:
+                    raise RedisUnavailableError(
+                        f"run {self.run_id}: Redis at {url!r} unreachable for "
+                        f"{self.redis_grace} s (serverless.redis-grace): {again}") from exc
+                time.sleep(0.2)
+        if not present:
+            raise RunDataLostError(
+                f"run {self.run_id}: Redis at {url!r} came back without this run's data "
+                "(restarted without persistence?); its intermediates are lost") from exc
+
+    def _raise_deadline(self) -> None:
+        done = self.store.done_outputs()
+        pending = [t for t in self.dag.outputs if t not in done]
+        shown = ", ".join(f"{self.dag.tasks[t].key!r} (worker {self.plan.assignment[t]})"
+                          for t in pending[:10])
+        more = f" and {len(pending) - 10} more" if len(pending) > 10 else ""
+        raise DeadlineExceededError(
+            f"run {self.run_id} did not finish within serverless.deadline={self.deadline} s; "
+            f"{len(pending)} of {len(self.dag.outputs)} outputs pending: {shown}{more}")
 
     def _raise_if_failed(self) -> None:
         record = self.store.get_error()

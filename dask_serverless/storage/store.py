@@ -10,12 +10,23 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
+from ..errors import RunDataLostError
 from .keys import RunKeys
 
 _CLIENTS: dict[str, redis.Redis] = {}
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for messages and logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def connect(url: str) -> redis.Redis:
@@ -63,15 +74,25 @@ class RunStore:
             return []
         return [int(x) for x in res[-3 * len(fanins) + 1::3]]
 
-    def claim(self, consumers: Sequence[int]) -> list[bool]:
-        """Claim fan-in consumers whose sets are complete; True where this caller won."""
-        pipe = self.r.pipeline(transaction=False)
+    def claim(self, consumers: Sequence[int], claimer: str) -> list[bool]:
+        """Claim fan-in consumers whose sets are complete; True where ``claimer`` holds the
+        claim (won now, or in an earlier attempt of the same invocation)."""
+        pipe = self.r.pipeline(transaction=True)
         for c in consumers:
-            pipe.set(self.keys.fired(c), 1, nx=True, ex=self.ttl)
-        return [bool(x) for x in pipe.execute()]
+            pipe.set(self.keys.fired(c), claimer, nx=True, ex=self.ttl)
+            pipe.get(self.keys.fired(c))
+        res = pipe.execute()
+        mine = claimer.encode()
+        return [v == mine for v in res[1::2]]
 
     def outputs_done(self) -> int:
         return int(self.r.scard(self.keys.outputs_done))
+
+    def done_outputs(self) -> set[int]:
+        return {int(x) for x in self.r.smembers(self.keys.outputs_done)}
+
+    def spec_present(self) -> bool:
+        return bool(self.r.exists(self.keys.dag))
 
     # -- DAG -------------------------------------------------------------------------
     def put_spec(self, blob: bytes) -> None:
@@ -80,8 +101,8 @@ class RunStore:
     def get_spec(self) -> bytes:
         blob = self.r.get(self.keys.dag)
         if blob is None:
-            raise RuntimeError(f"run {self.keys.run_id}: its DAG is gone from Redis "
-                               "(run finished, cancelled or expired)")
+            raise RunDataLostError(f"run {self.keys.run_id}: its spec is gone from Redis "
+                                   "(run finished, cancelled, expired, or Redis restarted)")
         return blob
 
     # -- errors, cancellation, events ---------------------------------------------------

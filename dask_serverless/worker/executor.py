@@ -15,13 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..errors import OutputTooLargeError, RunDataLostError
 from ..storage import serialize
 from ..storage.store import RunStore, connect
 from .payload import Invocation, RunSpec
 
 logger = logging.getLogger(__name__)
 
-_SPECS: OrderedDict[str, RunSpec] = OrderedDict()  # per-container cache of run specs
+# per-container cache: run id -> (spec, its bytes when small enough to forward inline)
+_SPECS: OrderedDict[str, tuple[RunSpec, bytes | None]] = OrderedDict()
 _SPEC_CACHE_SIZE = 4
 FINAL_FLUSH_BYTES = 8 * 2**20
 _CANCEL_CHECK_S = 0.2
@@ -49,16 +51,19 @@ class InvocationReport:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def load_spec(inv: Invocation, store: RunStore) -> tuple[RunSpec, float]:
-    spec = _SPECS.get(inv.run_id)
-    if spec is not None:
-        return spec, 0.0
+def load_spec(inv: Invocation, store: RunStore) -> tuple[RunSpec, bytes | None, float]:
+    """The run's spec from the container cache, the invocation, or Redis."""
+    cached = _SPECS.get(inv.run_id)
+    if cached is not None:
+        return cached[0], cached[1], 0.0
     t0 = time.perf_counter()
-    spec = RunSpec.loads(inv.spec if inv.spec is not None else store.get_spec())
-    _SPECS[inv.run_id] = spec
+    blob = inv.spec if inv.spec is not None else store.get_spec()
+    spec = RunSpec.loads(blob)
+    forward = blob if len(blob) <= spec.inline_bytes else None
+    _SPECS[inv.run_id] = (spec, forward)
     while len(_SPECS) > _SPEC_CACHE_SIZE:
         _SPECS.popitem(last=False)
-    return spec, time.perf_counter() - t0
+    return spec, forward, time.perf_counter() - t0
 
 
 def error_record(exc: BaseException, key: Any, worker_id: str, memory_mb: int) -> bytes:
@@ -79,7 +84,7 @@ def execute(inv: Invocation, invoker: Invoker,
     report = InvocationReport(inv.run_id, inv.worker_id, start_time=time.time())
     store = RunStore(connect(inv.redis_url), inv.run_id)
     try:
-        spec, report.spec_fetch_s = load_spec(inv, store)
+        spec, spec_blob, report.spec_fetch_s = load_spec(inv, store)
     except Exception as exc:
         store.fail(error_record(exc, "<run spec>", inv.worker_id, inv.memory_mb))
         report.failed = True
@@ -87,7 +92,7 @@ def execute(inv: Invocation, invoker: Invoker,
     store.ttl = spec.ttl
     if not inv.warmup:
         try:
-            _Execution(inv, spec, store, invoker, on_task_start, report).run()
+            _Execution(inv, spec, spec_blob, store, invoker, on_task_start, report).run()
         except BaseException as exc:
             report.failed = True
             store.fail(error_record(exc, f"<worker {inv.worker_id}>", inv.worker_id,
@@ -99,9 +104,11 @@ def execute(inv: Invocation, invoker: Invoker,
 class _Execution:
     """State of one invocation while it runs (see ``execute``)."""
 
-    def __init__(self, inv: Invocation, spec: RunSpec, store: RunStore, invoker: Invoker,
+    def __init__(self, inv: Invocation, spec: RunSpec, spec_blob: bytes | None,
+                 store: RunStore, invoker: Invoker,
                  on_task_start: Callable[[int], None] | None, report: InvocationReport):
         self.inv, self.spec, self.store, self.invoker = inv, spec, store, invoker
+        self.spec_blob = spec_blob
         self.on_task_start = on_task_start
         self.report = report
         self.tasks = spec.dag.tasks
@@ -165,9 +172,10 @@ class _Execution:
         blobs = self.store.get_outputs(ids)
         for d, blob in zip(ids, blobs, strict=True):
             if blob is None:
-                raise RuntimeError(
+                raise RunDataLostError(
                     f"worker {self.inv.worker_id}: input {self.tasks[d].key!r} is missing "
-                    f"from Redis (run {self.inv.run_id} cancelled or expired?)")
+                    f"from Redis (run {self.inv.run_id} cancelled, expired or Redis "
+                    "restarted)")
             self.local[d] = serialize.loads(blob)
 
     def _release(self, tid: int) -> None:
@@ -207,6 +215,10 @@ class _Execution:
             data = serialize.dumps(value)
         except Exception as exc:
             raise TypeError(f"output of task {task.key!r} cannot be pickled: {exc}") from exc
+        if len(data) > self.spec.max_output_bytes:
+            raise OutputTooLargeError(
+                f"output of task {task.key!r} is {len(data)} bytes, over "
+                f"serverless.max-output-bytes={self.spec.max_output_bytes}")
         is_final = tid in self.spec.dag.output_set
         if not entries:
             self.final.append((tid, data))
@@ -219,7 +231,7 @@ class _Execution:
         sizes = self.store.publish_outputs([(tid, data)], final, fanins)
         complete = [c for (_, c), n in zip(fanins, sizes, strict=True)
                     if n == len(self.tasks[c].deps)]
-        won = self.store.claim(complete) if complete else []
+        won = self.store.claim(complete, self.inv.id) if complete else []
         fired = [e for e in entries if len(self.tasks[e].deps) == 1]
         fired += [c for c, w in zip(complete, won, strict=True) if w]
         if len(data) <= self.spec.inline_bytes:
@@ -251,7 +263,8 @@ class _Execution:
                       if d in self.local_bytes}
             invs.append(Invocation(
                 self.inv.run_id, wid, self.spec.plan.workers[wid].config.memory_mb,
-                self.inv.redis_url, starts, None, inline, self.inv.worker_id, time.time()))
+                self.inv.redis_url, starts, self.spec_blob, inline, self.inv.worker_id,
+                time.time()))
         self.report.invoked += len(invs)
         self.invoker.invoke_many(invs)
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
+import uuid
 from dataclasses import dataclass, field
+
+import cloudpickle
 
 from ..dag import DAG
 from ..layout import Layout
 from ..plan import Plan
+from ..storage import serialize
 
 
 @dataclass(slots=True)
@@ -24,13 +29,19 @@ class Invocation:
     invoker: str = "client"
     invoke_time: float = 0.0
     warmup: bool = False  # pre-warm: start the container, run nothing
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)  # kept across retries
+    attempt: int = 0
 
     def dumps(self) -> bytes:
-        return pickle.dumps(self, protocol=5)
+        return serialize.seal(pickle.dumps(self, protocol=5))
 
     @staticmethod
     def loads(data: bytes) -> Invocation:
-        return pickle.loads(data)
+        return pickle.loads(serialize.unseal(data, "invocation payload"))
+
+    def retry(self) -> Invocation:
+        """The same invocation (same id, so it may re-claim its fan-ins), next attempt."""
+        return dataclasses.replace(self, attempt=self.attempt + 1)
 
 
 @dataclass(slots=True)
@@ -43,12 +54,26 @@ class RunSpec:
     ttl: int
     inline_bytes: int
     report_tasks: bool
+    max_output_bytes: int = 500 * 2**20
 
     def dumps(self) -> bytes:
-        import cloudpickle
-
-        return cloudpickle.dumps(self, protocol=5)
+        """Serialise once (each distinct function pickled once) and seal."""
+        try:
+            data = cloudpickle.dumps(self, protocol=5)
+        except Exception as exc:
+            raise _unpicklable_task(self.dag, exc) from exc
+        return serialize.seal(data)
 
     @staticmethod
     def loads(data: bytes) -> RunSpec:
-        return pickle.loads(data)
+        return pickle.loads(serialize.unseal(data, "run spec"))
+
+
+def _unpicklable_task(dag: DAG, exc: Exception) -> TypeError:
+    for t in dag.tasks:
+        try:
+            cloudpickle.dumps(t.node)
+        except Exception as inner:
+            return TypeError(f"task {t.key!r} cannot be serialised for the workers "
+                             f"(function {t.func_name!r}): {inner}")
+    return TypeError(f"the run spec cannot be serialised: {exc}")

@@ -9,6 +9,7 @@ import signal
 from ... import config
 from ...errors import WorkerCrashedError
 from ...plan import ResourceConfig
+from ...storage.serialize import TamperedPayloadError
 from ...storage.store import RunStore, connect
 from ...worker.executor import error_record
 from ...worker.payload import Invocation
@@ -31,14 +32,24 @@ def _crash_reason(returncode: int) -> str:
 def report_crash(inv: Invocation, info: dict) -> None:
     """Tell the run's client that ``inv``'s container died (stored as the run's error)."""
     task = info.get("task_id")
-    where = f" while running task id {task}" if task is not None else ""
-    exc = WorkerCrashedError(
-        f"worker {inv.worker_id} (memory_mb={inv.memory_mb}) {_crash_reason(info['returncode'])}"
-        f"{where}; container log tail:\n{info.get('log_tail', '')[-800:]}")
-    store = RunStore(connect(inv.redis_url), inv.run_id)
+    if "refused" in info:
+        exc: Exception = TamperedPayloadError(
+            f"worker {inv.worker_id} (memory_mb={inv.memory_mb}) refused its invocation: "
+            f"{info['refused']}")
+    else:
+        where = f" while running task id {task}" if task is not None else ""
+        reason = (f"timed out after {info['timed_out']} s (serverless.local.invocation-timeout)"
+                  if info.get("timed_out") else _crash_reason(info["returncode"]))
+        exc = WorkerCrashedError(
+            f"worker {inv.worker_id} (memory_mb={inv.memory_mb}) {reason}{where} "
+            f"(after {info.get('attempts', 1)} attempts); "
+            f"container log tail:\n{info.get('log_tail', '')[-800:]}")
     record = error_record(exc, f"<task id {task}>" if task is not None else "<worker>",
                           inv.worker_id, inv.memory_mb)
-    store.fail(record)
+    try:
+        RunStore(connect(inv.redis_url), inv.run_id).fail(record)
+    except Exception:  # Redis gone too: the client's deadline still ends the wait
+        logger.exception("could not report the crash of worker %s", inv.worker_id)
 
 
 class LocalBackend:
@@ -50,13 +61,19 @@ class LocalBackend:
         cpus = os.cpu_count() or 2
         self.max_containers = max_containers or config.get("local.max-containers") or 2 * cpus
         self.pool = LocalPool(self.max_containers, keep_alive or config.get("local.keep-alive"),
-                              on_crash=report_crash)
+                              on_crash=report_crash, retries=config.get("retries"),
+                              retry_backoff=config.get("retry-backoff"),
+                              invocation_timeout=config.get("local.invocation-timeout"))
 
     def invoke_many(self, invocations: list[Invocation]) -> None:
         self.pool.invoke_many(invocations)
 
     def warm_up(self, config: ResourceConfig, count: int = 1) -> None:
         self.pool.warm_up(config.memory_mb, count)
+
+    def cancel_run(self, run_id: str) -> None:
+        """Stop this run's running invocations now (its run failed or was cancelled)."""
+        self.pool.cancel_run(run_id)
 
     def default_parallelism(self) -> int:
         return min(self.max_containers, os.cpu_count() or 2)

@@ -56,6 +56,7 @@ def main(argv: list[str]) -> None:
     rx, tx = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
     sys.stdout = sys.stderr  # user prints go to the container log
     _preload()
+    from dask_serverless.storage.serialize import TamperedPayloadError
     from dask_serverless.worker.executor import execute
     from dask_serverless.worker.payload import Invocation
 
@@ -75,7 +76,12 @@ def main(argv: list[str]) -> None:
             return
         if msg[0] == "exit":
             return
-        inv = Invocation.loads(msg[1])
+        try:
+            inv = Invocation.loads(msg[1])
+        except TamperedPayloadError as exc:
+            sys.stderr.write(f"refused invocation: {exc}\n")
+            tx.send_bytes(pickle.dumps(("refused", str(exc))))
+            continue
         os.pwrite(status_fd, b" " * 23 + b"\n", 0)
         report = execute(inv, invoker, on_task_start)
         report.extra["cold"] = cold

@@ -13,7 +13,6 @@ import itertools
 import logging
 import os
 import pickle
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 
+from ...storage import serialize
 from ...worker.payload import Invocation
 
 logger = logging.getLogger(__name__)
@@ -32,26 +32,16 @@ ReportHandler = Callable[[Invocation, dict, bool], None]
 
 
 class _Container:
-    __slots__ = (
-        "current",
-        "id",
-        "idle_since",
-        "invocations",
-        "log_path",
-        "memory_mb",
-        "proc",
-        "rx",
-        "startup_s",
-        "state",
-        "status_path",
-        "tx",
-    )
+    __slots__ = ("busy_since", "current", "id", "idle_since", "invocations", "log_path",
+                 "memory_mb", "proc", "rx", "startup_s", "state", "status_path", "timed_out",
+                 "tx")
 
     def __init__(self, cid: int, memory_mb: int):
         self.id, self.memory_mb = cid, memory_mb
         self.state = "starting"  # starting -> idle <-> busy -> dead
         self.current: Invocation | None = None
-        self.idle_since = time.monotonic()
+        self.idle_since = self.busy_since = time.monotonic()
+        self.timed_out = False
         self.startup_s = 0.0
         self.invocations = 0
 
@@ -61,9 +51,12 @@ class LocalPool:
 
     def __init__(self, max_containers: int, keep_alive: float,
                  on_crash: CrashHandler | None = None, on_done: ReportHandler | None = None,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, retries: int = 0,
+                 retry_backoff: float = 0.2, invocation_timeout: float = 900.0):
         self.max_containers = max_containers
         self.keep_alive = keep_alive
+        self.retries, self.retry_backoff = retries, retry_backoff
+        self.invocation_timeout = invocation_timeout
         self.on_crash = on_crash
         self.on_done = on_done
         self._lock = threading.Lock()
@@ -77,6 +70,8 @@ class LocalPool:
         self._env.setdefault("OMP_NUM_THREADS", "1")
         self._env.setdefault("MKL_NUM_THREADS", "1")
         self._env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        self._env["DASK_SERVERLESS__SECRET"] = serialize.secret()
+        self._env["DASK_SERVERLESS_CONTAINER"] = "1"
         self._env.update(env or {})
         self.cold_starts = 0
         self.warm_starts = 0
@@ -105,13 +100,23 @@ class LocalPool:
                     "pending": len(self._pending), "cold_starts": self.cold_starts,
                     "warm_starts": self.warm_starts}
 
-    def kill_busy(self, sig: int = signal.SIGKILL) -> int:
-        """Kill every busy container (fault injection for tests); returns how many."""
+    def busy_pids(self) -> list[int]:
+        """Process ids of containers running an invocation now."""
         with self._lock:
-            busy = [c for c in self._containers if c.state == "busy"]
-        for c in busy:
-            os.kill(c.proc.pid, sig)
-        return len(busy)
+            return [c.proc.pid for c in self._containers if c.state == "busy"]
+
+    def cancel_run(self, run_id: str) -> int:
+        """Kill containers running invocations of ``run_id`` (no retry, no report)."""
+        with self._lock:
+            doomed = [c for c in self._containers
+                      if c.state == "busy" and c.current is not None
+                      and c.current.run_id == run_id]
+            self._pending = deque(i for i in self._pending if i.run_id != run_id)
+            for c in doomed:
+                c.current = None  # its exit is not a crash to report
+        for c in doomed:
+            c.proc.kill()
+        return len(doomed)
 
     def close(self) -> None:
         with self._lock:
@@ -146,7 +151,7 @@ class LocalPool:
         """Pick (or spawn) a container for ``inv``; marks it busy. Caller holds the lock."""
         for c in self._containers:
             if c.state == "idle" and c.memory_mb == inv.memory_mb:
-                c.state, c.current = "busy", inv
+                c.state, c.current, c.busy_since = "busy", inv, time.monotonic()
                 self.warm_starts += 1
                 return c
         alive = self._alive()
@@ -183,10 +188,14 @@ class LocalPool:
                          name=f"dask-serverless-container-{c.id}").start()
         return c
 
+    def encode(self, inv: Invocation) -> bytes:
+        """The sealed bytes sent to a container (overridable for fault injection)."""
+        return inv.dumps()
+
     def _send(self, c: _Container, inv: Invocation) -> None:
         c.invocations += 1
         try:
-            c.tx.send_bytes(pickle.dumps(("run", inv.dumps())))
+            c.tx.send_bytes(pickle.dumps(("run", self.encode(inv))))
         except OSError:
             pass  # the reader thread sees the death and reports the crash
 
@@ -195,7 +204,7 @@ class LocalPool:
         for i, inv in enumerate(self._pending):
             if inv.memory_mb == c.memory_mb:
                 del self._pending[i]
-                c.state, c.current = "busy", inv
+                c.state, c.current, c.busy_since = "busy", inv, time.monotonic()
                 self.warm_starts += 1
                 return inv
         c.state, c.current, c.idle_since = "idle", None, time.monotonic()
@@ -227,7 +236,15 @@ class LocalPool:
                         c.state, c.idle_since = "idle", time.monotonic()
                         inv = self._next_for(c)
                     else:
-                        c.state = "busy"
+                        c.state, c.busy_since = "busy", time.monotonic()
+                if inv is not None:
+                    self._send(c, inv)
+            elif kind == "refused":
+                if self.on_crash is not None and c.current is not None:
+                    self.on_crash(c.current, {"refused": msg[1], "memory_mb": c.memory_mb,
+                                              "container": c.id})
+                with self._lock:
+                    inv = self._next_for(c)
                 if inv is not None:
                     self._send(c, inv)
             elif kind == "done":
@@ -239,9 +256,13 @@ class LocalPool:
                 if inv is not None:
                     self._send(c, inv)
 
+    def invoke_from_worker(self, inv: Invocation) -> None:
+        """An invocation made by a worker (overridable hook for fault injection)."""
+        self.invoke_many([inv])
+
     def _submit_from_worker(self, inv: Invocation) -> None:
         try:
-            self._submit(inv)
+            self.invoke_from_worker(inv)
         except RuntimeError:
             logger.debug("pool closed; dropped invocation of worker %s", inv.worker_id)
 
@@ -260,10 +281,18 @@ class LocalPool:
         if was_retired or inv is None or self._closed:
             return
         info = {"returncode": returncode, "memory_mb": c.memory_mb, "container": c.id,
-                "task_id": self._read_status(c), "log_tail": self._log_tail(c)}
-        logger.warning("container %s (memory %s MB) died with code %s while running worker %s",
-                       c.id, c.memory_mb, returncode, inv.worker_id)
-        if self.on_crash is not None:
+                "task_id": self._read_status(c), "log_tail": self._log_tail(c),
+                "timed_out": self.invocation_timeout if c.timed_out else None,
+                "attempts": inv.attempt + 1}
+        logger.warning("container %s (memory %s MB) died with code %s while running worker %s "
+                       "(attempt %d)", c.id, c.memory_mb, returncode, inv.worker_id,
+                       inv.attempt + 1)
+        if inv.attempt < self.retries:
+            delay = self.retry_backoff * 2 ** inv.attempt
+            timer = threading.Timer(delay, self._submit_from_worker, [inv.retry()])
+            timer.daemon = True
+            timer.start()
+        elif self.on_crash is not None:
             self.on_crash(inv, info)
 
     def _retire(self, c: _Container) -> None:
@@ -282,6 +311,13 @@ class LocalPool:
                 for c in expired:
                     self._containers.remove(c)
                     self._retire(c)
+                overdue = [c for c in self._containers if c.state == "busy"
+                           and now - c.busy_since > self.invocation_timeout]
+            for c in overdue:
+                c.timed_out = True
+                logger.warning("container %s exceeded the invocation timeout (%.1f s): killing",
+                               c.id, self.invocation_timeout)
+                c.proc.kill()
 
     @staticmethod
     def _read_status(c: _Container) -> int | None:

@@ -1,0 +1,314 @@
+"""Fault injection with real processes and a real redis-server: every fault ends in the
+correct result or a specific error, never a hang (each test has its own timeout)."""
+
+from __future__ import annotations
+
+import operator
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import dask
+import pytest
+import redis
+from dask import delayed
+
+from dask_serverless import serverless_get
+from dask_serverless.backends.local import LocalBackend
+from dask_serverless.backends.local.pool import LocalPool
+from dask_serverless.config import ConfigError
+from dask_serverless.errors import (
+    DeadlineExceededError,
+    OutputTooLargeError,
+    RedisUnavailableError,
+    WorkerCrashedError,
+)
+from dask_serverless.storage import serialize
+from dask_serverless.storage.embedded import free_port
+from dask_serverless.storage.keys import RunKeys
+from dask_serverless.worker.payload import Invocation
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def sleepy(x, seconds=0.3):
+    time.sleep(seconds)
+    return x
+
+
+def tree(n, leaf=lambda i: delayed(sleepy)(i, 0.05)):
+    level = [leaf(i) for i in range(n)]
+    while len(level) > 1:
+        level = [delayed(operator.add)(level[i], level[i + 1]) if i + 1 < len(level)
+                 else level[i] for i in range(0, len(level), 2)]
+    return level[0]
+
+
+def make_backend(pool_cls=LocalPool, **kw):
+    backend = LocalBackend(max_containers=4, keep_alive=30)
+    backend.pool.close()
+    backend.pool = pool_cls(4, 30, on_crash=backend.pool.on_crash, **kw)
+    return backend
+
+
+@pytest.fixture
+def backend():
+    b = make_backend(retries=2, retry_backoff=0.05)
+    yield b
+    b.close()
+
+
+def test_worker_killed_mid_task_is_retried_to_the_right_answer(real_redis, backend):
+    x = tree(8, leaf=lambda i: delayed(sleepy)(i, 0.6))
+    killed = []
+
+    def killer():
+        deadline = time.monotonic() + 10
+        while not killed and time.monotonic() < deadline:
+            pids = backend.pool.busy_pids()
+            if pids:
+                time.sleep(0.2)
+                subprocess.run(["kill", "-9", str(pids[0])], check=False)
+                killed.append(pids[0])
+            time.sleep(0.02)
+
+    t = threading.Thread(target=killer)
+    t.start()
+    (got,) = dask.compute(x, scheduler=serverless_get, backend=backend, parallelism=2)
+    t.join()
+    assert killed and got == sum(range(8))
+
+
+class DuplicatingPool(LocalPool):
+    """Delivers every invocation twice, like an at-least-once event queue."""
+
+    def invoke_many(self, invocations):
+        super().invoke_many(list(invocations) + list(invocations))
+
+
+def test_every_worker_running_twice_changes_nothing(any_redis):
+    b = make_backend(DuplicatingPool)
+    try:
+        x = tree(16)
+        fan = delayed(sum)([delayed(operator.mul)(x, i) for i in range(5)])
+        assert dask.compute(fan, x, scheduler=serverless_get, backend=b, parallelism=4) == \
+            dask.compute(fan, x, scheduler="sync")
+    finally:
+        b.close()
+
+
+def test_dropped_pubsub_messages_do_not_hang(any_redis, monkeypatch):
+    # the client listens on a channel nobody publishes to: only the fallback check is left
+    monkeypatch.setattr(RunKeys, "events", property(lambda self: f"{self.prefix}nowhere"))
+    with dask.config.set({"serverless.poll-interval": 0.1}):
+        assert dask.compute(tree(8), scheduler=serverless_get) == (sum(range(8)),)
+
+
+def test_redis_restart_mid_run_gives_specific_error(backend):
+    binary = shutil.which("redis-server")
+    port = free_port()
+    tmp = tempfile.mkdtemp()
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", tmp]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+
+    def restart():
+        time.sleep(0.8)
+        proc.kill()
+        proc.wait()
+        time.sleep(0.3)
+        restarted.append(subprocess.Popen(args, stdout=subprocess.DEVNULL))
+
+    restarted: list[subprocess.Popen] = []
+    t = threading.Thread(target=restart)
+    t.start()
+    x = tree(8, leaf=lambda i: delayed(sleepy)(i, 0.5))
+    try:
+        with dask.config.set({"serverless.redis-url": url, "serverless.redis-grace": 5}), \
+                pytest.raises(RedisUnavailableError):
+            dask.compute(x, scheduler=serverless_get, backend=backend, parallelism=2)
+    finally:
+        t.join()
+        for p in restarted:
+            p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_deadline_names_pending_tasks_and_stops_workers(any_redis, backend):
+    x = delayed(sleepy)(1, 30, dask_key_name="stuck")
+    t0 = time.monotonic()
+    with dask.config.set({"serverless.deadline": 1.0}), \
+            pytest.raises(DeadlineExceededError, match=r"'stuck' \(worker w0\)"):
+        dask.compute(x, scheduler=serverless_get, backend=backend)
+    assert time.monotonic() - t0 < 10
+    for _ in range(50):
+        if not backend.pool.busy_pids():
+            break
+        time.sleep(0.1)
+    assert backend.pool.busy_pids() == []
+
+
+def test_invocation_timeout_kills_and_reports(any_redis):
+    b = LocalBackend(max_containers=2, keep_alive=30)
+    b.pool.invocation_timeout = 0.5
+    try:
+        with pytest.raises(WorkerCrashedError, match=r"timed out after 0\.5 s"):
+            dask.compute(delayed(sleepy)(1, 20), scheduler=serverless_get, backend=b)
+    finally:
+        b.close()
+
+
+# -- bad input --------------------------------------------------------------------------
+def test_unpicklable_function_names_the_task(any_redis):
+    lock = threading.Lock()
+    x = delayed(lambda v: lock and v, name="holds-a-lock")(1, dask_key_name="locked")
+    with pytest.raises(TypeError, match="task 'locked' cannot be serialised"):
+        dask.compute(x, scheduler=serverless_get)
+
+
+def test_output_over_cap_names_the_task(any_redis):
+    x = delayed(lambda: b"x" * 5000)(dask_key_name="fat")
+    with dask.config.set({"serverless.max-output-bytes": 1000}), \
+            pytest.raises(OutputTooLargeError, match=r"task 'fat' is 50\d\d bytes"):
+        dask.compute(x, scheduler=serverless_get)
+
+
+def test_unreachable_redis_url_fails_fast_with_the_url():
+    url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
+    t0 = time.monotonic()
+    with dask.config.set({"serverless.redis-url": url}), \
+            pytest.raises(RedisUnavailableError, match=r"redis://:\*\*\*@127.0.0.1"):
+        dask.compute(delayed(sleepy)(1, 0), scheduler=serverless_get)
+    assert time.monotonic() - t0 < 15
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("backend", "cloud", "serverless.backend = 'cloud'.*choose one of"),
+    ("memory", -5, "serverless.memory = -5 must be a positive"),
+    ("redis-url", "http://x", "must start with redis://"),
+    ("retries", -1, "serverless.retries"),
+])
+def test_invalid_config_names_key_and_allowed_values(any_redis, key, value, match):
+    with dask.config.set({f"serverless.{key}": value}), pytest.raises(ConfigError, match=match):
+        dask.compute(delayed(sleepy)(1, 0), scheduler=serverless_get)
+
+
+def test_module_that_fails_to_import_on_the_worker(any_redis, tmp_path, monkeypatch):
+    (tmp_path / "flaky_mod_on_worker.py").write_text(
+        "import os\n"
+        "if os.environ.get('DASK_SERVERLESS_CONTAINER'):\n"
+        "    raise ImportError('this module refuses to load on workers')\n"
+        "def f(x):\n    return x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import flaky_mod_on_worker
+
+    b = LocalBackend(max_containers=1, keep_alive=30)  # started after the path change
+    try:
+        with pytest.raises(ImportError, match="refuses to load on workers"):
+            dask.compute(delayed(flaky_mod_on_worker.f)(1), scheduler=serverless_get,
+                         backend=b)
+    finally:
+        b.close()
+        sys.modules.pop("flaky_mod_on_worker", None)
+
+
+# -- security ----------------------------------------------------------------------------
+class TamperingPool(LocalPool):
+    def encode(self, inv):
+        blob = bytearray(super().encode(inv))
+        blob[-1] ^= 0xFF
+        return bytes(blob)
+
+
+def test_tampered_payload_is_refused(any_redis):
+    b = make_backend(TamperingPool)
+    try:
+        with pytest.raises(serialize.TamperedPayloadError, match="refused its invocation"):
+            dask.compute(delayed(sleepy)(1, 0), scheduler=serverless_get, backend=b)
+    finally:
+        b.close()
+
+
+def test_payload_signed_with_another_secret_is_refused():
+    inv = Invocation("run", "w0", 1024, "redis://x", [0])
+    blob = inv.dumps()
+    assert Invocation.loads(blob).worker_id == "w0"
+    with dask.config.set({"serverless.secret": "another-secret"}):
+        serialize.reset_key()
+        try:
+            with pytest.raises(serialize.TamperedPayloadError):
+                Invocation.loads(blob)
+        finally:
+            serialize.reset_key()
+    with pytest.raises(serialize.TamperedPayloadError):
+        serialize.loads(b"\x80\x05N.")  # a bare pickle, no seal
+
+
+def test_password_protected_redis(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--bind",
+                             "127.0.0.1", "--save", "", "--dir", str(tmp_path),
+                             "--requirepass", "pa55word"], stdout=subprocess.DEVNULL)
+    try:
+        url = f"redis://:pa55word@127.0.0.1:{port}/0"
+        for _ in range(100):
+            try:
+                redis.Redis.from_url(url).ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        with dask.config.set({"serverless.redis-url": url}):
+            assert dask.compute(tree(4), scheduler=serverless_get) == (6,)
+        with dask.config.set({"serverless.redis-url": url.replace("pa55word", "wrong")}), \
+                pytest.raises(RedisUnavailableError, match=r"\*\*\*"):
+            dask.compute(tree(4), scheduler=serverless_get)
+    finally:
+        proc.kill()
+
+
+# -- load ------------------------------------------------------------------------------------
+def test_ten_workflows_at_once_from_threads(real_redis):
+    results, errors = {}, []
+
+    def one(i):
+        try:
+            results[i] = dask.compute(tree(6 + i, leaf=lambda j: delayed(operator.mul)(j, i)),
+                                      scheduler=serverless_get)[0]
+        except Exception as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert results == {i: i * sum(range(6 + i)) for i in range(10)}
+
+
+@pytest.mark.timeout(180)
+def test_hundred_thousand_tasks(real_redis):
+    dsk = {("x", i): (operator.add, i, 1) for i in range(50_000)}
+    names = list(dsk)
+    level = 0
+    while len(names) > 1:
+        level += 1
+        nxt = []
+        for j in range(0, len(names) - 1, 2):
+            dsk[("s", level, j)] = (operator.add, names[j], names[j + 1])
+            nxt.append(("s", level, j))
+        if len(names) % 2:
+            nxt.append(names[-1])
+        names = nxt
+    assert len(dsk) >= 99_999
+    assert serverless_get(dsk, names[0]) == sum(range(1, 50_001))
