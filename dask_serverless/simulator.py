@@ -313,6 +313,7 @@ class _Run:
                 ready.extend(self._dispatch(p, fired, t))
             if not p.held:
                 break
+            t = self._flush(p, t)
             if hold_since < 0:
                 hold_since = t
             t = yield from self._hold(p, ready, t, hold_since)
