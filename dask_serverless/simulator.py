@@ -260,9 +260,12 @@ class _Run:
                 miss = [d for d in deps[tid] if d not in p.local]
                 if miss:
                     t = self._fetch(p, tid, miss, t)
-                self.start[tid], self.where[tid], self.cause[tid] = t, p.idx, p.prev
+                first = self.where[tid] < 0  # a duplicated task keeps its first run
+                if first:
+                    self.start[tid], self.where[tid], self.cause[tid] = t, p.idx, p.prev
                 t += execs[tid]
-                self.end[tid] = t
+                if first:
+                    self.end[tid] = t
                 p.prev = tid
                 new: list[int] = []
                 for d in layout.local_dependents[tid]:
@@ -393,6 +396,9 @@ class _Run:
             miss = [d for d in deps[b] if d not in p.local]
             if miss:
                 t = self._fetch(p, b, miss, t)
+            if self.where[b] < 0:
+                self.start[b], self.where[b], self.cause[b] = t, p.idx, p.prev
+                self.end[b] = t + self.est.exec_times(p.config)[b]
             t += self.est.exec_times(p.config)[b] + self.est.upload(out[b])
             self.up += out[b]
             self.dups += 1
@@ -475,8 +481,8 @@ class _Run:
         cost = self.est.cost
         price = gb_s * cost.price_gb_s + requests * cost.price_request
         last = max(outs, key=self.avail.__getitem__) if outs else -1
-        path = []
-        while last >= 0:
+        path: list[int] = []
+        while last >= 0 and len(path) <= len(dag):
             path.append(last)
             last = self.cause[last]
         return SimResult(makespan, price, gb_s, requests, self.records, self.start, self.end,

@@ -63,7 +63,10 @@ def test_every_task_planned_once_on_a_valid_worker(dag, planner, passes, objecti
     result = sim.run(plan)
     bound, _ = dag.critical_path(sim.est.exec_times(ResourceConfig(3008)))
     assert result.makespan >= bound
-    assert sorted(set(result.task_invocation)) == list(range(len(result.invocations)))
+    ran = set(result.task_invocation)
+    assert ran <= set(range(len(result.invocations))) and -1 not in ran
+    if not result.duplicates:  # a duplicate's own invocation may run nothing first
+        assert len(ran) == len(result.invocations)
     assert all(s >= 0 for s in result.task_start)
 
 
@@ -130,7 +133,7 @@ def test_objectives_trade_makespan_for_cost():
 def test_non_uniform_upgrades_the_critical_path_only_when_it_pays():
     deps = [[], [0], [1], [2], [], [4]]  # a long chain and a short one
     dag = dag_of(deps, {i: "g" for i in range(4)})
-    cm = FixedCostModel(exec_s={"g": 1.0, "*": 0.1}, cold_s=0.3, cpu_bound=1.0)
+    cm = FixedCostModel(exec_s={"g": 1.0, "*": 0.1}, cold_s=0.3, cpu_bound=0.5)
     plan = get_planner("non-uniform", memories=(512, 1024, 1769)).plan(
         dag, parallelism=2, memory_mb=512, predictor=cm)
     long_cfg = plan.config_of(3).memory_mb
@@ -171,6 +174,8 @@ def test_passes_add_optimizations_when_predicted_to_help():
     plan = plan_of(["w0", "w1", "w2"], floating={"w2"})
     held = apply_passes(dag, plan, ["delayed-io"], Simulator(dag, cm), Objective())
     assert 0 in held.optimizations.delay
+    cm = FixedCostModel(exec_s={"big": 0.1, "slow": 3.0, "*": 0.1},
+                        out_bytes={"big": 5_000_000, "*": 10}, bandwidth=10e6)
     dag = dag_of([[], [], [], [0, 1, 2]], {1: "big", 2: "slow"})
     plan = plan_of(["w0", "w1", "w2", "w3"], floating={"w3"})
     pre = apply_passes(dag, plan, ["pre-load"], Simulator(dag, cm), Objective())

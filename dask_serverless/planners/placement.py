@@ -17,7 +17,6 @@ output (so a large output or cheap successors stay local: task clustering), and
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from ..dag import DAG
@@ -104,11 +103,11 @@ class Placement:
         total = sum(work[i] for i in items)
         target = max((total - head) / width, self.min_block_s, 1e-12)
         blocks: list[list[int]] = [[]]
-        done = 0.0
-        for i in items:  # an item goes to the block in which its work ends
-            b = max(0, min(width - 1, math.ceil((done + work[i] - head) / target - 1e-6) - 1))
-            if b > len(blocks) - 1:
+        cap, filled = (target + head) * (1 + 1e-6), 0.0
+        for i in items:
+            if blocks[-1] and filled + work[i] > cap and len(blocks) < width:
                 blocks.append([])
+                cap, filled = target * (1 + 1e-6), 0.0
             blocks[-1].append(i)
-            done += work[i]
+            filled += work[i]
         return blocks
