@@ -228,5 +228,5 @@ def test_plans_can_be_drawn(tmp_path, suffix):
     head = path.read_bytes()[:200]
     assert head.startswith(b"\x89PNG") if suffix == ".png" else b"<svg" in head or \
         b"<?xml" in head
-    with pytest.raises(ValueError, match="use a .png or .svg"):
+    with pytest.raises(ValueError, match=r"use a \.png or \.svg"):
         draw_plan(dag, plan, tmp_path / "plan.gif")
