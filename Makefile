@@ -10,11 +10,11 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.demo: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e '.[demo]'
 	touch $@
 
 $(VENV)/.test: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e '.[test,lambda,dashboard]'
+	$(BIN)/pip install -q -e '.[demo,test,lambda,dashboard]'
 	touch $@ $(VENV)/.demo
 
 demo: $(VENV)/.demo

@@ -9,7 +9,9 @@ from . import config  # noqa: F401  (registers the ``serverless`` config default
 from .dag import DAG, TaskNode
 from .plan import Plan, ResourceConfig, WorkerSpec
 from .runtime import serverless_get
+from .runtime.enable import disable_dask_serverless, enable_dask_serverless
 
 __version__ = "0.1.0"
 
-__all__ = ["DAG", "Plan", "ResourceConfig", "TaskNode", "WorkerSpec", "serverless_get"]
+__all__ = ["DAG", "Plan", "ResourceConfig", "TaskNode", "WorkerSpec",
+           "disable_dask_serverless", "enable_dask_serverless", "serverless_get"]

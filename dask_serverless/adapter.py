@@ -12,6 +12,8 @@ from dask.utils import funcname, key_split
 
 from .dag import DAG, TaskNode
 
+DASK_ORDER_MAX_TASKS = 20_000  # above this, a depth-first order replaces dask.order
+
 
 def graph_and_annotations(dsk: Any) -> tuple[Mapping, dict[str, dict]]:
     """Materialise what a scheduler ``get`` receives: (dict graph, annotations by type)."""
@@ -42,10 +44,12 @@ def to_dag(dsk: Any, keys: Any) -> DAG:
     if missing:
         raise KeyError(f"requested keys are not in the graph: {missing[:5]!r}")
     needed = _cull(graph, wanted)
+    per_task = annotations.get("serverless", {})
+    if len(needed) > DASK_ORDER_MAX_TASKS:  # dask.order costs seconds at this size
+        return _to_dag_plain_topo(needed, wanted, per_task)
     priority = order(needed) if len(needed) > 1 else {k: 0 for k in needed}
     ordered = sorted(needed, key=priority.__getitem__)
     ids = {k: i for i, k in enumerate(ordered)}
-    per_task = annotations.get("serverless", {})
     tasks = []
     for i, k in enumerate(ordered):
         node = needed[k]
@@ -57,6 +61,7 @@ def to_dag(dsk: Any, keys: Any) -> DAG:
 
 
 def _to_dag_plain_topo(needed: dict, wanted: list, per_task: dict) -> DAG:
+    """Depth-first post-order from the outputs: topological, subtrees contiguous."""
     ordered: list[Hashable] = []
     seen: set = set()
     for root in wanted:
@@ -70,7 +75,10 @@ def _to_dag_plain_topo(needed: dict, wanted: list, per_task: dict) -> DAG:
                 continue
             seen.add(k)
             stack.append((k, True))
-            stack.extend((d, False) for d in needed[k].dependencies if d not in seen)
+            deps = needed[k].dependencies
+            if len(deps) > 1:
+                deps = sorted(deps, key=str, reverse=True)
+            stack.extend((d, False) for d in deps if d not in seen)
     ids = {k: i for i, k in enumerate(ordered)}
     tasks = [
         TaskNode(i, k, needed[k], _name(needed[k]),
@@ -97,12 +105,21 @@ def _cull(graph: dict[Hashable, GraphNode], wanted: list) -> dict[Hashable, Grap
     return needed
 
 
+_GENERIC = {"apply", "execute_task", "Compose", "compose"}
+
+
 def _name(node: GraphNode) -> str:
+    """A task's function name; generic wrappers are named by their key prefix, fused
+    subgraphs by their key prefix and the functions inside."""
     if isinstance(node, Task):
         try:
-            return funcname(node.func)
+            name = funcname(node.func)
         except Exception:
-            return key_split(node.key)
+            name = ""
+        if name == "_execute_subgraph" and node.args and isinstance(node.args[0], Mapping):
+            inner = sorted({_name(n) for n in node.args[0].values() if isinstance(n, Task)})
+            return f"{key_split(node.key)}[{','.join(inner)}]"
+        return key_split(node.key) if not name or name in _GENERIC else name
     if isinstance(node, Alias):
         return "alias"
     if isinstance(node, DataNode):

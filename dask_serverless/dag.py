@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
+from dask.utils import key_split
 
 Key = Hashable
 
@@ -37,6 +38,7 @@ class DAG:
         self.outputs: list[int] = list(dict.fromkeys(outputs))
         self.output_set = frozenset(self.outputs)
         self.key_to_id: dict[Key, int] = {t.key: t.id for t in self.tasks}
+        self._signature: str | None = None
         dependents: list[list[int]] = [[] for _ in self.tasks]
         for t in self.tasks:
             for d in t.deps:
@@ -59,12 +61,23 @@ class DAG:
         return sum(len(t.deps) for t in self.tasks)
 
     def signature(self) -> str:
-        """Stable hash of the structure and function names (not of keys or data)."""
-        h = hashlib.sha256()
-        for t in self.tasks:
-            h.update(f"{t.func_name}|{','.join(map(str, t.deps))};".encode())
-        h.update(f"out:{sorted(self.outputs)}".encode())
-        return h.hexdigest()[:16]
+        """Stable hash of the structure and function names, not of keys, data or task
+        order: each task hashes its function name with its dependencies' hashes (sorted),
+        so the same program on other data gets the same signature."""
+        if self._signature is None:
+            node_hash: list[bytes] = []
+            for t in self.tasks:
+                label = f"{t.func_name}|{key_split(t.key)}"
+                h = hashlib.blake2b(label.encode(), digest_size=12)
+                for d in sorted(node_hash[d] for d in t.deps):
+                    h.update(d)
+                node_hash.append(h.digest())
+            top = hashlib.blake2b(digest_size=8)
+            for digest in sorted(node_hash[o] for o in self.outputs):
+                top.update(digest)
+            top.update(len(self.tasks).to_bytes(8, "little"))
+            self._signature = top.hexdigest()
+        return self._signature
 
     def critical_path(self, weight: Sequence[float] | None = None) -> tuple[float, list[int]]:
         """Longest path by task weight (default 1 per task): (length, task ids)."""

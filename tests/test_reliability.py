@@ -312,3 +312,34 @@ def test_hundred_thousand_tasks(real_redis):
         names = nxt
     assert len(dsk) >= 99_999
     assert serverless_get(dsk, names[0]) == sum(range(1, 50_001))
+
+
+def test_tls_redis_with_password(tmp_path):
+    """rediss:// with a CA file and a password: client and workers all speak TLS."""
+    key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True,
+                   capture_output=True)
+    port = free_port()
+    proc = subprocess.Popen([shutil.which("redis-server"), "--port", "0", "--tls-port",
+                             str(port), "--bind", "127.0.0.1", "--tls-cert-file", str(cert),
+                             "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
+                             "--tls-auth-clients", "no", "--requirepass", "tlspass",
+                             "--save", "", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    try:
+        url = f"rediss://:tlspass@127.0.0.1:{port}/0?ssl_ca_certs={cert}"
+        for _ in range(100):
+            try:
+                redis.Redis.from_url(url).ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        with dask.config.set({"serverless.redis-url": url}):
+            assert dask.compute(tree(8), scheduler=serverless_get) == (sum(range(8)),)
+        plain = f"redis://:tlspass@127.0.0.1:{port}/0"
+        with dask.config.set({"serverless.redis-url": plain}), \
+                pytest.raises(RedisUnavailableError):
+            dask.compute(tree(2), scheduler=serverless_get)
+    finally:
+        proc.kill()

@@ -175,3 +175,20 @@ def test_invalid_plan_and_config_errors(any_redis):
     with dask.config.set({"serverless.backend": "nope"}), pytest.raises(ConfigError,
                                                                         match="backend"):
         dask.compute(x, scheduler=serverless_get)
+
+
+def test_enable_and_disable_like_dask_on_ray(any_redis):
+    from dask_serverless import disable_dask_serverless, enable_dask_serverless
+
+    x = delayed(explode)(2)
+    with enable_dask_serverless(memory=256):
+        assert dask.config.get("scheduler") is serverless_get
+        assert x.compute() == 2
+        assert get_mod.last_run.plan.worker_of(0).config.memory_mb == 256
+    assert dask.config.get("scheduler", None) is not serverless_get
+    enable_dask_serverless()
+    try:
+        assert dask.config.get("scheduler") is serverless_get
+    finally:
+        disable_dask_serverless()
+    assert dask.config.get("scheduler", None) is None
