@@ -103,11 +103,16 @@ class Placement:
         total = sum(work[i] for i in items)
         target = max((total - head) / width, self.min_block_s, 1e-12)
         blocks: list[list[int]] = [[]]
-        cap, filled = (target + head) * (1 + 1e-6), 0.0
-        for i in items:
-            if blocks[-1] and filled + work[i] > cap and len(blocks) < width:
+        done, base = 0.0, -1.0
+        for i in items:  # the first block while it ends in time, then by work midpoints
+            if base < 0 and (done + work[i] - head <= target * (1 + 1e-6) or not blocks[0]):
+                b = 0
+            else:
+                base = done if base < 0 else base
+                mid = done - base + work[i] / 2
+                b = min(width - 1, 1 + int(mid / target))
+            if b > len(blocks) - 1:
                 blocks.append([])
-                cap, filled = target * (1 + 1e-6), 0.0
             blocks[-1].append(i)
-            filled += work[i]
+            done += work[i]
         return blocks
