@@ -132,6 +132,12 @@ def _validate(name: str, value: Any) -> None:
         not isinstance(value, int) or value < 1
     ):
         raise ConfigError(f"serverless.{name} = {value!r} must be a positive integer or None")
+    if name == "optimizations" and (not isinstance(value, list | tuple) or not all(
+            isinstance(v, str) for v in value)):
+        raise ConfigError(f"serverless.optimizations = {value!r} must be a list of pass "
+                          "names, e.g. ['pre-warm', 'task-dup']")
+    if name == "planner-options" and not isinstance(value, dict):
+        raise ConfigError(f"serverless.planner-options = {value!r} must be a mapping")
     if name == "lambda.max-retries" and (not isinstance(value, int) or value < 0):
         raise ConfigError(f"serverless.lambda.max-retries = {value!r} must be an integer >= 0")
     if name == "lambda.function-prefix" and not _FUNCTION_PREFIX.fullmatch(str(value)):

@@ -226,3 +226,19 @@ def test_bad_hints_name_the_problem():
         dask_serverless.hints(memory=99)
     wrapped = dask_serverless.hints(io="constant")(len)  # builtins get a wrapper
     assert wrapped([1, 2]) == 2 and wrapped.__name__ == "len"
+
+
+def test_predictor_drives_the_plan_simulator(any_redis):
+    """The Predictor is the planners' CostModel: the simulator runs on learned history."""
+    from dask_serverless.costmodel import CostModel
+    from dask_serverless.simulator import simulate
+
+    runs = [run_once() for _ in range(3)]
+    p = Predictor.from_store(MetricsStore.from_url(any_redis),
+                             signature=runs[-1].record.signature, limit=3)
+    assert isinstance(p, CostModel)
+    assert (p.price_gb_s, p.price_request) == pytest.approx((0.0000166667, 0.2e-6))
+    sim = simulate(runs[-1].dag, runs[-1].plan, p)
+    chain = SLEEP["load"] + SLEEP["grow"] + SLEEP["combine"]
+    assert sim.makespan >= chain  # the learned exec times include the sleeps
+    assert sim.invocations and sim.cost > 0

@@ -25,6 +25,7 @@ from typing import Any
 from .. import config
 from ..hints import exponent
 from ..plan import LAMBDA_MB_PER_VCPU, ResourceConfig
+from .cost import Prices
 from .fitting import Point, PowerFit, fit_latency_bandwidth, fit_power, robust_center
 from .records import InvocationRecord, RunRecord, TaskRecord
 from .store import MetricsStore
@@ -111,13 +112,17 @@ def lambda_scaling(memory_mb: float) -> float:
 
 class Predictor:
     """Predictions from samples (see module docstring). Build with ``from_store`` (the
-    recorded history), ``from_records`` or directly from samples."""
+    recorded history), ``from_records`` or directly from samples. Implements the
+    planners' and simulator's ``costmodel.CostModel``."""
 
     def __init__(self, tasks: Iterable[TaskSample] = (),
                  transfers: Iterable[TransferSample] = (),
                  starts: Iterable[StartSample] = (), *, settings: Settings | None = None,
-                 hints: dict[str, dict[str, Any]] | None = None):
+                 hints: dict[str, dict[str, Any]] | None = None,
+                 prices: Prices | None = None):
         self.settings = settings or Settings.from_config()
+        prices = prices or Prices.from_config()
+        self.price_gb_s, self.price_request = prices.gb_second, prices.request
         self._tasks: dict[str, list[TaskSample]] = {}
         for t in tasks:
             self._tasks.setdefault(t.function, []).append(t)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from ..metrics.cost import Prices
 from ..metrics.records import RunRecord
 from ..metrics.runs import record_run
 from ..metrics.store import MetricsStore
-from ..plan import Plan
+from ..plan import Plan, ResourceConfig, Warmup
 from ..storage import serialize
 from ..storage.store import RunStore, connect, redact
 from ..worker.payload import Invocation, RunSpec
@@ -59,6 +60,8 @@ class Run:
         self.roots: list[str] = []  # ids of the invocations the client made
         self.submit_time = 0.0
         self.makespan = 0.0
+        self._warmups: list[Warmup] = []
+        self._started = 0.0
 
     def execute(self) -> list[Any]:
         """Run to completion; return output values in ``dag.outputs`` order."""
@@ -113,6 +116,20 @@ class Run:
         self.backend.invoke_many(invocations)
         if self.metrics_url is not None:
             self.dag.signature()  # cached: hashed while the workers run, not after
+        self._warmups = sorted(self.plan.optimizations.prewarm, key=lambda w: w.at_s)
+        self._started = time.monotonic()
+
+    def _warm_up_due(self) -> float:
+        """Send the plan's pre-warm requests that are due; seconds until the next one."""
+        elapsed = time.monotonic() - self._started
+        while self._warmups and self._warmups[0].at_s <= elapsed:
+            w = self._warmups.pop(0)
+            try:
+                self.backend.warm_up(ResourceConfig(w.memory_mb), w.count)
+            except Exception:  # a warm-up is only a hint
+                logger.warning("run %s: warm-up of %d x %d MB failed", self.run_id, w.count,
+                               w.memory_mb, exc_info=True)
+        return self._warmups[0].at_s - elapsed if self._warmups else math.inf
 
     def _wait(self, pubsub) -> None:
         n_out = len(self.dag.outputs)
@@ -128,7 +145,8 @@ class Run:
                     if self.store.outputs_done() >= n_out:
                         return
                     next_check = now + self.poll_interval
-                msg = pubsub.get_message(timeout=min(self.poll_interval, deadline - now))
+                wait = min(self.poll_interval, deadline - now, self._warm_up_due())
+                msg = pubsub.get_message(timeout=max(wait, 0.0))
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 self._ride_out_outage(exc)
                 next_check = 0.0
