@@ -19,6 +19,7 @@ DEFAULTS: dict[str, Any] = {
         "planner": "wukong",
         "planner-options": {},
         "optimizations": [],
+        "use-history": "auto",  # plan with a Predictor over earlier runs: auto | True | False
         "memory": 1024,  # default worker memory (MB)
         "parallelism": None,  # max concurrent workers a planner aims for; None: backend's
         "payload-inline-bytes": 64 * 1024,  # DAG / inputs smaller than this travel inline
@@ -81,6 +82,7 @@ REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss
 _FUNCTION_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,50}")
 
 _CHOICES = {
+    "use-history": ("auto", True, False),
     "backend": ("local", "lambda"),
     "embedded.prefer": ("redis-server", "fakeredis"),
 }

@@ -139,9 +139,11 @@ class Predictor:
     @classmethod
     def from_store(cls, store: MetricsStore | None = None, *, signature: str | None = None,
                    limit: int | None = None, dag: Any = None,
-                   settings: Settings | None = None) -> Predictor:
+                   settings: Settings | None = None,
+                   run_ids: Sequence[str] | None = None) -> Predictor:
         """Learn from the newest ``limit`` (default ``serverless.metrics.history``) runs,
-        of one workflow ``signature`` or of all; ``dag``: take hints from its tasks."""
+        of one workflow ``signature`` or of all (or from exactly ``run_ids``); ``dag``:
+        take hints from its tasks."""
         if store is None:
             from .. import session
 
@@ -149,7 +151,8 @@ class Predictor:
             if url is None:
                 raise RuntimeError("serverless.metrics.enabled is off: no history to learn")
             store = MetricsStore.from_url(url)
-        ids = store.run_ids(limit or config.get("metrics.history"), signature)
+        ids = list(run_ids) if run_ids is not None else store.run_ids(
+            limit or config.get("metrics.history"), signature)
         runs = store.runs(ids)
         return cls.from_records(runs, [t for r in ids for t in store.tasks(r)],
                                 [i for r in ids for i in store.invocations(r)],

@@ -15,6 +15,7 @@ from ..plan import Plan
 from ..planners import Objective, apply_passes, get_planner
 from ..planners.base import cost_model_of
 from ..simulator import Simulator
+from . import history
 from .run import Run
 
 logger = logging.getLogger(__name__)
@@ -49,8 +50,13 @@ def serverless_get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
                 if cb[0]:
                     cb[0](graph)
                 started.append(cb)
-            the_plan = plan or make_plan(dag, planner, backend, memory, parallelism,
-                                         optimizations)
+            if plan is None:
+                chosen = planner or config.get("planner")
+                passes = list(config.get("optimizations", optimizations))
+                predictor = (history.predictor_for(dag, redis_url)
+                             if history.wants_history(chosen, passes) else None)
+                plan = make_plan(dag, chosen, backend, memory, parallelism, passes, predictor)
+            the_plan = plan
             state = _callback_state(dag)
             for f in start_state_cbs:
                 if f:
