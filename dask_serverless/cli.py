@@ -85,6 +85,32 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dashboard(args: argparse.Namespace) -> int:
+    from .dashboard.server import serve
+
+    return serve(args.redis_url, args.port, args.host)
+
+
+def _report(args: argparse.Namespace) -> int:
+    try:
+        from .dashboard.report import write_report
+    except ImportError as exc:
+        raise SystemExit("the report needs plotly and pandas: "
+                         "pip install 'dask-serverless[dashboard]'") from exc
+    if args.redis_url:
+        import dask
+
+        dask.config.set({"serverless.metrics.redis-url": args.redis_url})
+    store = _store()
+    try:
+        path = write_report(store, args.run_id, args.output)
+    except KeyError as exc:
+        sys.stderr.write(f"dask-serverless report: {exc.args[0]}\n")
+        return 2
+    _say(f"wrote {path}")
+    return 0
+
+
 def _settings(args: argparse.Namespace):
     from .backends.aws_lambda import LambdaSettings
 
@@ -183,6 +209,19 @@ def main(argv: list[str] | None = None) -> int:
     show = sub.add_parser("show", help="where one run's time went, per worker")
     show.add_argument("run_id", help="a run id (or a unique prefix of one)")
     show.set_defaults(func=_show)
+    dash = sub.add_parser("dashboard", help="serve the dashboards (Streamlit) over the "
+                          "recorded metrics")
+    dash.add_argument("--redis-url", help="metrics Redis (default: serverless.metrics."
+                                          "redis-url, serverless.redis-url, else the "
+                                          "persistent embedded one)")
+    dash.add_argument("--port", type=int, default=8501)
+    dash.add_argument("--host", default="127.0.0.1")
+    dash.set_defaults(func=_dashboard)
+    rep = sub.add_parser("report", help="write one run's charts as a self-contained HTML file")
+    rep.add_argument("run_id", help="a run id (or a unique prefix of one)")
+    rep.add_argument("-o", "--output", default="report.html")
+    rep.add_argument("--redis-url", help="metrics Redis (default: as for dashboard)")
+    rep.set_defaults(func=_report)
     metrics = sub.add_parser("metrics", help="recorded metrics")
     metrics_sub = metrics.add_subparsers(dest="metrics_command", required=True)
     export = metrics_sub.add_parser("export", help="write runs, invocations, tasks, inputs")

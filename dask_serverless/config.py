@@ -46,6 +46,11 @@ DEFAULTS: dict[str, Any] = {
             "max-event-bytes": 256 * 1024,  # async event limit; larger payloads spill
             "timeout": 900,  # function timeout (s) set by ``deploy``
         },
+        "dashboard": {
+            "enabled": False,  # stream each run's progress and start/open the dashboard
+            "port": 8501,  # where a dashboard started by a compute listens (loopback)
+            "open-browser": True,  # open the live page in a browser when one is started
+        },
         "embedded": {
             "prefer": "redis-server",  # "redis-server" | "fakeredis"
         },
@@ -54,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
             "redis-url": None,  # None: serverless.redis-url, else a persistent embedded Redis
             "data-dir": None,  # None: $XDG_DATA_HOME/dask-serverless or ~/.local/share/...
             "wait": 2.0,  # seconds a run waits for its workers' last records
+            "task-logs": "INFO",  # lowest level of task log lines recorded; None: none
             "history": 50,  # most recent runs a Predictor learns from
             "half-life": 3.0,  # runs: a sample this many runs older weighs half
             "percentile": 50.0,  # which percentile of the samples a prediction gives
@@ -146,6 +152,12 @@ def _validate(name: str, value: Any) -> None:
         raise ConfigError(
             f"serverless.lambda.function-prefix = {value!r} must be 1-50 letters, digits, "
             "'-' or '_' (function names are <prefix>-<memory_mb>)")
+    if name in ("dashboard.enabled", "dashboard.open-browser") and not isinstance(value, bool):
+        raise ConfigError(f"serverless.{name} = {value!r} must be True or False")
+    if name == "dashboard.port" and (not isinstance(value, int) or isinstance(value, bool)
+                                     or not 0 < value < 65536):
+        raise ConfigError(f"serverless.dashboard.port = {value!r} must be a TCP port "
+                          "(1-65535)")
     if name.startswith("metrics."):
         _validate_metrics(name, value)
     if name in ("redis-url", "metrics.redis-url") and value is not None and not str(
@@ -157,6 +169,10 @@ def _validate(name: str, value: Any) -> None:
 
 
 def _validate_metrics(name: str, value: Any) -> None:
+    if name == "metrics.task-logs" and value is not None and str(value).upper() not in (
+            "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"serverless.metrics.task-logs = {value!r} must be a logging "
+                          "level name (DEBUG, INFO, WARNING, ERROR, CRITICAL) or None")
     if name in ("metrics.history", "metrics.min-samples") and (
         not isinstance(value, int) or isinstance(value, bool) or value < 1
     ):

@@ -19,6 +19,7 @@ from ..dag import TaskNode
 from ..worker.payload import Invocation
 from .records import TASK_FIELDS, InvocationRecord, micros
 from .store import MetricsStore
+from .task_logs import TaskLogCapture
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,14 @@ class InvocationRecorder:
         self.invoked: list[str] = []
         self.upload_bytes = self.download_bytes = self.inline_bytes = 0
         self._awaiting_upload: dict[int, list[Any]] = {}  # final outputs flushed in batches
+        self.logs: TaskLogCapture | None = None  # see ``capture_logs``
         self._reset_task()
+
+    def capture_logs(self, level: int) -> TaskLogCapture:
+        """Keep the log lines of this invocation's tasks (``task_logs``); the caller
+        installs and removes the returned handler."""
+        self.logs = TaskLogCapture(level)
+        return self.logs
 
     def _reset_task(self) -> None:
         self._tid = -1
@@ -128,8 +136,9 @@ class InvocationRecorder:
                                 "worker_id": record.worker_id,
                                 "memory_mb": record.memory_mb, "t0": self.t0,
                                 "rows": self.rows}, separators=(",", ":"))
+        logs = self.logs.dumps() if self.logs is not None else None
         try:
-            MetricsStore(client).write_invocation(record, batch)
+            MetricsStore(client).write_invocation(record, batch, logs)
         except (redis.RedisError, OSError) as exc:
             logger.warning("run %s: could not record metrics of invocation %s: %s",
                            record.run_id, record.invocation_id, exc)

@@ -75,7 +75,7 @@ def format_runs(runs: Sequence[RunRecord]) -> str:
         lines.append(
             f"{r.run_id:<16}  {_when(r.submit_time):<19}  {r.signature:<16}  "
             f"{r.planner:<8.8}  {r.tasks:>6}  {r.invocations:>5}  {r.cold_starts:>4}  "
-            f"{r.warm_starts:>4}  {r.makespan:>8.3f}s  {_size(r.bytes_moved):>9}  "
+            f"{r.warm_starts:>4}  {r.makespan:>8.3f}s  {format_size(r.bytes_moved):>9}  "
             f"{r.cost_usd:>10.3g}  {r.status}{'' if r.complete else ' (partial)'}")
     return "\n".join(lines)
 
@@ -90,8 +90,8 @@ def format_show(run: RunRecord, invocations: Sequence[InvocationRecord],
         f"submitted {_when(run.submit_time)}  makespan {run.makespan:.3f} s  tasks {run.tasks}"
         f"  invocations {run.invocations} ({run.cold_starts} cold, {run.warm_starts} warm)"
         f"  workers {run.workers}/{run.workers_planned} planned",
-        f"moved {_size(run.bytes_moved)} (up {_size(run.upload_bytes)}, down "
-        f"{_size(run.download_bytes)}, inline {_size(run.inline_bytes)})  "
+        f"moved {format_size(run.bytes_moved)} (up {format_size(run.upload_bytes)}, down "
+        f"{format_size(run.download_bytes)}, inline {format_size(run.inline_bytes)})  "
         f"{run.gb_seconds:.4f} GB-s  cost ${run.cost_usd:.6f}",
         f"waiting (no task running): {idle_time(run, tasks):.3f} s of the makespan",
         "",
@@ -115,7 +115,8 @@ def _when(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
-def _size(n: float) -> str:
+def format_size(n: float) -> str:
+    """Bytes as B, KiB, MiB or GiB."""
     if n < 1024:
         return f"{n:.0f} B"
     for unit in ("KiB", "MiB"):

@@ -56,12 +56,13 @@ def add_totals(run: RunRecord, invocations: list[InvocationRecord], prices: Pric
 
 
 def record_run(store: MetricsStore, run: RunRecord, roots: Iterable[str], wait: float,
-               prices: Prices) -> RunRecord:
-    """Complete ``run`` with its workers' totals (waiting up to ``wait`` s) and store it."""
+               prices: Prices, plan: str | None = None) -> RunRecord:
+    """Complete ``run`` with its workers' totals (waiting up to ``wait`` s) and store it
+    with its ``plan`` record (``plans.plan_record``)."""
     invocations, run.complete = collect_invocations(store, run.run_id, roots, wait)
     if not run.complete:
         logger.info("run %s: recorded before all its invocations reported (%d so far)",
                     run.run_id, len(invocations))
     add_totals(run, invocations, prices)
-    store.write_run(run)
+    store.write_run(run, plan)
     return run

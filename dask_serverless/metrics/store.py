@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 import redis
 
 from ..storage.keys import MetricsKeys
 from ..storage.store import connect
+from .plans import PlanRecord
 from .records import InvocationRecord, RunRecord, TaskRecord, tasks_from_batch
 
 K = MetricsKeys
@@ -26,16 +28,22 @@ class MetricsStore:
         return cls(connect(url))
 
     # -- writes ---------------------------------------------------------------------------
-    def write_invocation(self, record: InvocationRecord, task_batch: str | None) -> None:
+    def write_invocation(self, record: InvocationRecord, task_batch: str | None,
+                         task_logs: str | None = None) -> None:
         pipe = self.r.pipeline(transaction=False)
         pipe.rpush(K.invocations(record.run_id), json.dumps(record.to_dict()))
         if task_batch is not None:
             pipe.rpush(K.tasks(record.run_id), task_batch)
+        if task_logs is not None:
+            pipe.rpush(K.logs(record.run_id), task_logs)
         pipe.execute()
 
-    def write_run(self, record: RunRecord) -> None:
+    def write_run(self, record: RunRecord, plan: str | None = None) -> None:
+        """The run record, and its plan record (``plans.plan_record``) when given."""
         pipe = self.r.pipeline(transaction=False)
         pipe.set(K.run(record.run_id), json.dumps(record.to_dict()))
+        if plan is not None:
+            pipe.set(K.plan(record.run_id), plan)
         pipe.zadd(K.runs, {record.run_id: record.submit_time})
         pipe.zadd(K.signature(record.signature), {record.run_id: record.submit_time})
         pipe.execute()
@@ -71,6 +79,19 @@ class MetricsStore:
         """Invocation records of ``run_id`` from list index ``start`` on."""
         return [InvocationRecord.from_dict(json.loads(b))
                 for b in self.r.lrange(K.invocations(run_id), start, -1)]
+
+    def plan(self, run_id: str) -> PlanRecord | None:
+        """The run's plan record (None for runs recorded without one)."""
+        data = self.r.get(K.plan(run_id))
+        return None if data is None else PlanRecord.loads(data)
+
+    def task_logs(self, run_id: str) -> dict[int, list[list[Any]]]:
+        """Log lines tasks emitted: task id -> [[time, level, logger, message], ...]."""
+        out: dict[int, list[list[Any]]] = {}
+        for blob in self.r.lrange(K.logs(run_id), 0, -1):
+            for tid, lines in json.loads(blob).items():
+                out.setdefault(int(tid), []).extend(lines)
+        return out
 
     def tasks(self, run_id: str) -> list[TaskRecord]:
         out: list[TaskRecord] = []

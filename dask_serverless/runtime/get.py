@@ -11,6 +11,7 @@ from dask.callbacks import local_callbacks, unpack_callbacks
 from .. import config, session
 from ..adapter import graph_and_annotations, to_dag
 from ..dag import DAG
+from ..metrics.task_logs import level_number
 from ..plan import Plan
 from ..planners import Objective, apply_passes, get_planner
 from ..planners.base import cost_model_of
@@ -27,13 +28,14 @@ def serverless_get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
                    plan: Plan | None = None, backend: Any = None,
                    redis_url: str | None = None, memory: int | None = None,
                    parallelism: int | None = None, deadline: float | None = None,
-                   optimizations: list[str] | None = None, **kwargs: Any) -> Any:
+                   optimizations: list[str] | None = None,
+                   serverless_dashboard: bool | None = None, **kwargs: Any) -> Any:
     """Compute ``keys`` of the Dask graph ``dsk`` on serverless workers.
 
     Use like any Dask scheduler: ``dask.compute(x, scheduler=serverless_get)``. Keyword
     arguments override the ``serverless.*`` config for this call (``planner``, ``plan``,
     ``backend``, ``redis_url``, ``memory``, ``parallelism``, ``deadline``,
-    ``optimizations``).
+    ``optimizations``; ``serverless_dashboard``: ``serverless.dashboard.enabled``).
     """
     global last_run
     config.validate_all()
@@ -64,6 +66,8 @@ def serverless_get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
             on_progress = None
             if pretask_cbs or posttask_cbs:
                 on_progress = _progress_reporter(dag, graph, state, pretask_cbs, posttask_cbs)
+            metrics_url = session.metrics_url(redis_url)
+            live = _live_dashboard(serverless_dashboard, metrics_url)
             run = Run(dag, the_plan, session.backend(backend), session.redis_url(redis_url),
                       ttl=config.get("output-ttl"),
                       inline_bytes=config.get("payload-inline-bytes"),
@@ -71,8 +75,9 @@ def serverless_get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
                       poll_interval=config.get("poll-interval"),
                       redis_grace=config.get("redis-grace"),
                       max_output_bytes=config.get("max-output-bytes"), on_progress=on_progress,
-                      metrics_url=session.metrics_url(redis_url),
-                      metrics_wait=config.get("metrics.wait"))
+                      metrics_url=metrics_url, metrics_wait=config.get("metrics.wait"),
+                      task_log_level=level_number(config.get("metrics.task-logs")),
+                      live=live)
             last_run = run
             values = run.execute()
             results = {dag.tasks[t].key: v for t, v in zip(dag.outputs, values, strict=True)}
@@ -104,6 +109,22 @@ def make_plan(dag: DAG, planner: Any = None, backend: Any = None,
                         inline_bytes=config.get("payload-inline-bytes"))
         plan = apply_passes(dag, plan, passes, sim, objective)
     return plan
+
+
+def _live_dashboard(flag: bool | None, metrics_url: str | None) -> bool:
+    """``serverless.dashboard.enabled`` (or the call's flag): stream this run's progress
+    and make sure a dashboard over the metrics Redis is up (started and opened once)."""
+    if not config.get("dashboard.enabled", flag):
+        return False
+    if metrics_url is None:
+        logger.warning("serverless.dashboard.enabled needs serverless.metrics.enabled: "
+                       "no live dashboard")
+        return False
+    from ..dashboard.launcher import ensure_dashboard
+
+    ensure_dashboard(metrics_url, config.get("dashboard.port"),
+                     config.get("dashboard.open-browser"))
+    return True
 
 
 def _callback_state(dag: DAG) -> dict[str, Any]:

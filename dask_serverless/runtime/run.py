@@ -22,6 +22,7 @@ from ..dag import DAG
 from ..errors import DeadlineExceededError, RedisUnavailableError, RunDataLostError
 from ..layout import Layout, build_layout
 from ..metrics.cost import Prices
+from ..metrics.plans import plan_record
 from ..metrics.records import RunRecord
 from ..metrics.runs import record_run
 from ..metrics.store import MetricsStore
@@ -29,6 +30,7 @@ from ..plan import Plan, ResourceConfig, Warmup
 from ..storage import serialize
 from ..storage.store import RunStore, connect, redact
 from ..worker.payload import Invocation, RunSpec
+from .live import LiveFeed
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,8 @@ class Run:
                  poll_interval: float = 0.5, redis_grace: float = 10.0,
                  max_output_bytes: int = 500 * 2**20,
                  on_progress: ProgressCallback | None = None,
-                 metrics_url: str | None = None, metrics_wait: float = 2.0):
+                 metrics_url: str | None = None, metrics_wait: float = 2.0,
+                 task_log_level: int | None = None, live: bool = False):
         plan.validate(dag)
         self.dag, self.plan, self.backend = dag, plan, backend
         self.redis_url = redis_url
@@ -56,6 +59,10 @@ class Run:
         self.on_progress = on_progress
         self.store = RunStore(connect(redis_url), self.run_id, ttl)
         self.metrics_url, self.metrics_wait = metrics_url, metrics_wait
+        self.task_log_level = task_log_level
+        # live: forward progress to dashboards (needs metrics; workers then report tasks)
+        self.live = LiveFeed(metrics_url, self.run_id, deadline) \
+            if live and metrics_url is not None else None
         self.record: RunRecord | None = None  # what was recorded (when metrics are on)
         self.roots: list[str] = []  # ids of the invocations the client made
         self.submit_time = 0.0
@@ -70,6 +77,9 @@ class Run:
         ok = False
         try:
             self.submit_time = time.time()
+            if self.live is not None:
+                self.live.announce(self.dag, self.plan, self.dag.signature(),
+                                   self.submit_time)
             self._submit()
             self._wait(pubsub)
             values = self._collect()
@@ -84,6 +94,8 @@ class Run:
             self._cleanup()
             if self.metrics_url is not None:
                 self._write_record(ok)
+            if self.live is not None:
+                self.live.finish(ok, self.makespan)
 
     def _cancel(self) -> None:
         """Tell running workers to stop (flag in Redis; the backend may kill them too)."""
@@ -98,8 +110,9 @@ class Run:
     # -- steps ------------------------------------------------------------------------
     def _submit(self) -> None:
         spec = RunSpec(self.dag, self.plan, self.layout, self.ttl, self.inline_bytes,
-                       self.on_progress is not None, self.max_output_bytes,
-                       self.metrics_url)
+                       self.on_progress is not None or self.live is not None,
+                       self.max_output_bytes, self.metrics_url,
+                       self.task_log_level if self.metrics_url is not None else None)
         blob = spec.dumps()
         inline = len(blob) <= self.inline_bytes
         self.store.put_spec(blob)  # also inline when small; any worker can fetch it
@@ -159,8 +172,11 @@ class Run:
                 self._raise_if_failed()
             elif kind == "outputs":
                 next_check = 0.0
-            elif kind == "tasks" and self.on_progress is not None:
-                self.on_progress(event["ids"])
+            elif kind == "tasks":
+                if self.on_progress is not None:
+                    self.on_progress(event["ids"])
+                if self.live is not None:
+                    self.live.event(event)
 
     def _ride_out_outage(self, exc: Exception) -> None:
         """Wait up to ``redis_grace`` for Redis; fail clearly if it lost the run's data."""
@@ -239,7 +255,12 @@ class Run:
                         "ok" if ok else "failed")
         wait = self.metrics_wait if ok else min(self.metrics_wait, 0.2)
         try:
+            plan = plan_record(self.dag, self.plan)
+        except (TypeError, ValueError) as exc:  # e.g. planner options that are not JSON
+            logger.warning("run %s: its plan is not recorded: %s", self.run_id, exc)
+            plan = None
+        try:
             self.record = record_run(MetricsStore.from_url(self.metrics_url), run,
-                                     self.roots, wait, Prices.from_config())
+                                     self.roots, wait, Prices.from_config(), plan)
         except (redis.RedisError, OSError) as exc:
             logger.warning("run %s: could not record its metrics: %s", self.run_id, exc)

@@ -76,5 +76,31 @@ class MetricsKeys:
         return f"dsm:{{{run_id}}}:tasks"  # list: one JSON batch of task rows per invocation
 
     @staticmethod
+    def plan(run_id: str) -> str:
+        return f"dsm:{{{run_id}}}:plan"  # JSON plan record (metrics.plans)
+
+    @staticmethod
+    def logs(run_id: str) -> str:
+        return f"dsm:{{{run_id}}}:logs"  # list: one JSON {task id: log lines} per invocation
+
+    @staticmethod
     def signature(signature: str) -> str:
         return f"dsm:sig:{signature}"  # sorted set: run ids of one workflow -> submit time
+
+    # live runs (only with serverless.dashboard.enabled): the client announces a run and
+    # forwards its workers' progress events here, so a dashboard needs only this Redis
+    live_runs = "dsm:live"  # sorted set: run id -> submit time, while the run is going
+
+    @staticmethod
+    def live(run_id: str) -> str:
+        return f"dsm:{{{run_id}}}:live"  # JSON: the run's structure and plan (expires)
+
+    @staticmethod
+    def live_log(run_id: str) -> str:
+        return f"dsm:{{{run_id}}}:live-log"  # list: the run's progress events so far
+
+    @staticmethod
+    def live_events(run_id: str) -> str:
+        return f"dsm:{{{run_id}}}:live-events"  # pub/sub channel of the run's progress
+
+    dashboard = "dsm:dashboard"  # URL of a running dashboard over this Redis (expires)

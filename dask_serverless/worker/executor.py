@@ -101,6 +101,8 @@ def execute(inv: Invocation, invoker: Invoker,
     store.ttl = spec.ttl
     recorder = InvocationRecorder(inv, cold, report.start_time) if spec.metrics_url else None
     if not inv.warmup:
+        logs = (recorder.capture_logs(spec.task_log_level).install()
+                if recorder is not None and spec.task_log_level is not None else None)
         try:
             _Execution(inv, spec, spec_blob, store, invoker, on_task_start, report,
                        recorder).run()
@@ -108,6 +110,9 @@ def execute(inv: Invocation, invoker: Invoker,
             report.failed = True
             store.fail(error_record(exc, f"<worker {inv.worker_id}>", inv.worker_id,
                                     inv.memory_mb))
+        finally:
+            if logs is not None:
+                logs.remove()
     report.end_time = time.time()
     if recorder is not None:
         recorder.flush(connect(spec.metrics_url), recorder.record(
@@ -146,13 +151,15 @@ class _Execution:
         self.refs: dict[int, int] = {}
         self.final: list[tuple[int, bytes]] = []  # outputs only the client needs
         self.final_bytes = 0
-        self.progress: list[int] = []
+        self.progress: list[int] = []  # finished since the last progress event
+        self.started: list[int] = []  # started since the last progress event
         my = spec.plan.workers[inv.worker_id]
         self.config = my.config
         self.opt = spec.plan.optimizations
         self.held: list[_Held] = []
         self.next_cancel_check = time.monotonic() + _CANCEL_CHECK_S
-        self.next_progress = time.monotonic() + _PROGRESS_S
+        self.next_progress = time.monotonic()  # the first task's start is reported at once
+        self.logs = recorder.logs if recorder is not None else None
 
     # -- main loop ---------------------------------------------------------------------
     def run(self) -> None:
@@ -165,7 +172,7 @@ class _Execution:
             return
         self._flush_final()
         if self.spec.report_tasks:
-            self._flush_progress()
+            self._flush_progress(end=True)
 
     def _check_cancelled(self, now: float) -> bool:
         if now >= self.next_cancel_check:
@@ -180,10 +187,12 @@ class _Execution:
             now = time.monotonic()
             if self._check_cancelled(now):
                 return False
-            if self.spec.report_tasks and self.progress and now >= self.next_progress:
-                self.next_progress = now + _PROGRESS_S
-                self._flush_progress()
             tid = ready.pop()
+            if self.spec.report_tasks:
+                self.started.append(tid)
+                if now >= self.next_progress:
+                    self.next_progress = now + _PROGRESS_S
+                    self._flush_progress()
             task = self.tasks[tid]
             if self.on_task_start is not None:
                 self.on_task_start(tid)
@@ -191,12 +200,17 @@ class _Execution:
             missing = [d for d in task.deps if d not in self.local]
             if missing:
                 self._fetch_inputs_of(missing)
+            if self.logs is not None:
+                self.logs.task = tid
             t0 = time.perf_counter()
             try:
                 value = task.node({self.tasks[d].key: self.local[d] for d in task.deps})
             except BaseException as exc:
                 self._fail(exc, task.key)
                 return False
+            finally:
+                if self.logs is not None:
+                    self.logs.task = -1
             exec_s = time.perf_counter() - t0
             self.report.tasks += 1
             for d in task.deps:
@@ -434,10 +448,14 @@ class _Execution:
             self.store.event({"kind": "outputs"})
             self.final, self.final_bytes = [], 0
 
-    def _flush_progress(self) -> None:
-        if self.progress:
-            self.store.event({"kind": "tasks", "ids": self.progress})
-            self.progress = []
+    def _flush_progress(self, end: bool = False) -> None:
+        """Tell the client which tasks finished (``ids``) and started since the last
+        event; ``end``: this invocation is over (sent even with nothing new)."""
+        if self.progress or self.started or end:
+            self.store.event({"kind": "tasks", "ids": self.progress, "started": self.started,
+                              "worker": self.inv.worker_id, "invocation": self.inv.id,
+                              "cold": self.report.cold, "end": end})
+            self.progress, self.started = [], []
 
     def _fail(self, exc: BaseException, key: Any) -> None:
         if isinstance(exc, MemoryError):
@@ -445,5 +463,5 @@ class _Execution:
                          f"with config {self.config} (memory_mb={self.config.memory_mb})")
         self.report.failed = True
         if self.spec.report_tasks:
-            self._flush_progress()
+            self._flush_progress(end=True)
         self.store.fail(error_record(exc, key, self.inv.worker_id, self.config.memory_mb))

@@ -56,6 +56,7 @@ class RunSpec:
     report_tasks: bool
     max_output_bytes: int = 500 * 2**20
     metrics_url: str | None = None  # where workers record metrics; None: not recorded
+    task_log_level: int | None = None  # lowest level of task log lines recorded; None: none
 
     def dumps(self) -> bytes:
         """Serialise once (each distinct function pickled once) and seal."""
