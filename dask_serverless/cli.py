@@ -97,13 +97,12 @@ def _report(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise SystemExit("the report needs plotly and pandas: "
                          "pip install 'dask-serverless[dashboard]'") from exc
-    if args.redis_url:
-        import dask
+    import dask
 
-        dask.config.set({"serverless.metrics.redis-url": args.redis_url})
-    store = _store()
     try:
-        path = write_report(store, args.run_id, args.output)
+        with dask.config.set({"serverless.metrics.redis-url": args.redis_url}
+                             if args.redis_url else {}):
+            path = write_report(_store(), args.run_id, args.output)
     except KeyError as exc:
         sys.stderr.write(f"dask-serverless report: {exc.args[0]}\n")
         return 2
