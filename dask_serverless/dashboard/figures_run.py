@@ -93,11 +93,13 @@ def breakdown_pie(b: TimeBreakdown) -> go.Figure:
     labels = {"other": "other (waiting, bookkeeping)"}
     parts = [(labels.get(p, p), s) for p, s in b.seconds.items() if s > 0]
     fig = go.Figure(go.Pie(labels=[p for p, _ in parts], values=[s for _, s in parts],
-                           sort=False, hole=0.35, textinfo="label+percent",
+                           sort=False, hole=0.35, textinfo="percent", textposition="inside",
                            hovertemplate="%{label}: %{value:.4f} worker-s<extra></extra>"))
-    fig.update_layout(title=f"worker time: {sum(b.seconds.values()):.3f} s; makespan "
-                            f"{b.makespan_s:.3f} s, of which {b.waiting_s:.3f} s with no "
-                            "task running", margin={"t": 60, "b": 20})
+    fig.update_layout(
+        title={"text": f"worker time: {sum(b.seconds.values()):.3f} s",
+               "subtitle": {"text": f"makespan {b.makespan_s:.3f} s, {b.waiting_s:.3f} s of "
+                                    "it with no task running"}},
+        uniformtext={"minsize": 10, "mode": "hide"}, margin={"t": 70, "b": 20})
     return fig
 
 
@@ -121,11 +123,11 @@ def edges_figure(edges: pd.DataFrame, top: int = 25) -> go.Figure:
                           + source + "</extra>"))
     total = edges.groupby("source")["bytes"].sum()
     summary = ", ".join(f"{s} {int(total.get(s, 0)):,} B" for s in SOURCE_COLOURS)
-    fig.update_layout(title=f"data per edge (largest {min(top, len(edges))} of "
-                            f"{len(edges)}); total: {summary}",
+    fig.update_layout(title={"text": f"largest {min(top, len(edges))} of {len(edges)} edges",
+                             "subtitle": {"text": f"total: {summary}"}},
                       xaxis_title="bytes", yaxis={"categoryorder": "array",
                                                   "categoryarray": labels},
-                      height=max(300, 80 + 22 * len(biggest)), margin={"t": 60})
+                      height=max(300, 100 + 22 * len(biggest)), margin={"t": 70})
     return fig
 
 

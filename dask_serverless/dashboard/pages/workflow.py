@@ -38,10 +38,10 @@ def planned_tables(url: str, signature: str, run_id: str, ids: tuple[str, ...],
 cols = st.columns(6)
 cols[0].metric("makespan", f"{rec.makespan:.3f} s")
 cols[1].metric("tasks", rec.tasks)
-cols[2].metric("workers", f"{rec.workers} / {rec.workers_planned} planned")
+cols[2].metric("workers / planned", f"{rec.workers} / {rec.workers_planned}")
 cols[3].metric("starts cold / warm", f"{rec.cold_starts} / {rec.warm_starts}")
 cols[4].metric("data moved", format_size(rec.bytes_moved))
-cols[5].metric("cost", f"${rec.cost_usd:.6f}")
+cols[5].metric("cost (µ$)", f"{rec.cost_usd * 1e6:.2f}")
 st.caption(f"run {rec.run_id} · planner {rec.planner} {rec.planner_options} · backend "
            f"{rec.backend} · status {rec.status}"
            + ("" if rec.complete else " · some invocation records arrived late or never"))

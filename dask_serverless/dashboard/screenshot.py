@@ -1,0 +1,171 @@
+"""Screenshots of dashboard pages with headless Chromium (Debian's ``chromium``).
+
+Chromium runs with ``--headless --no-sandbox --disable-gpu`` and is driven over the
+DevTools protocol (the ``websockets`` client Streamlit depends on): load a page, wait
+until a JavaScript condition holds (e.g. its Plotly charts have drawn and the script
+stopped running), grow the viewport to the page's content and capture a PNG. The
+end-to-end test and ``docs/screenshots.py`` use it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import itertools
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from websockets.sync.client import connect
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
+CHARTS_DRAWN = "document.querySelectorAll('.js-plotly-plot .main-svg').length"
+SCRIPT_DONE = "document.querySelector('[data-testid=\"stStatusWidget\"]') === null"
+CONTENT_HEIGHT = ("Math.max(document.body.scrollHeight, ...Array.from(document."
+                  "querySelectorAll('[data-testid=\"stMain\"], section.main')).map("
+                  "e => e.scrollHeight))")
+
+
+def find_chromium() -> str | None:
+    for name in CHROMIUM_NAMES:
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+class Chromium:
+    """A headless Chromium process (use as a context manager)."""
+
+    def __init__(self, binary: str | None = None, width: int = 1400, height: int = 900):
+        binary = binary or find_chromium()
+        if binary is None:
+            raise FileNotFoundError("Chromium is not installed (apt-get install chromium)")
+        self.width, self.height = width, height
+        self._profile = tempfile.mkdtemp(prefix="ds-chromium-")
+        self.proc = subprocess.Popen(
+            [binary, "--headless", "--no-sandbox", "--disable-gpu",
+             "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", "--no-first-run", "--hide-scrollbars",
+             f"--user-data-dir={self._profile}", "--remote-debugging-port=0",
+             "--remote-debugging-address=127.0.0.1", f"--window-size={width},{height}",
+             "about:blank"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._stack = contextlib.ExitStack()
+        self._ws = self._stack.enter_context(
+            connect(self._devtools_url(), max_size=None, open_timeout=20))
+        self._ids = itertools.count(1)
+
+    def _devtools_url(self, timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        assert self.proc.stderr is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline().decode(errors="replace")
+            if not line and self.proc.poll() is not None:
+                break
+            found = re.search(r"DevTools listening on (ws://\S+)", line)
+            if found:
+                return found.group(1)
+        self.close()
+        raise RuntimeError("headless Chromium did not start its DevTools endpoint")
+
+    def call(self, method: str, params: dict[str, Any] | None = None,
+             session: str | None = None, timeout: float = 60.0) -> dict[str, Any]:
+        """One DevTools command; events arriving meanwhile are dropped."""
+        msg_id = next(self._ids)
+        msg: dict[str, Any] = {"id": msg_id, "method": method, "params": params or {}}
+        if session:
+            msg["sessionId"] = session
+        self._ws.send(json.dumps(msg))
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = json.loads(self._ws.recv(timeout=max(0.1, deadline - time.monotonic())))
+            if reply.get("id") == msg_id:
+                if "error" in reply:
+                    raise RuntimeError(f"DevTools {method}: {reply['error']}")
+                return reply.get("result", {})
+
+    def evaluate(self, session: str, expression: str) -> Any:
+        result = self.call("Runtime.evaluate", {"expression": expression,
+                                                "returnByValue": True}, session)
+        return result.get("result", {}).get("value")
+
+    def capture(self, url: str, path: str | Path | None, ready: str, *,
+                timeout: float = 90.0, settle: float = 1.0) -> dict[str, Any]:
+        """Open ``url``; once the JavaScript ``ready`` is true (and still true after
+        ``settle`` seconds), write a PNG of the whole page to ``path`` (None: none).
+        Returns the page's chart count, its text and the PNG's size."""
+        target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = self.call("Target.attachToTarget", {"targetId": target,
+                                                      "flatten": True})["sessionId"]
+        try:
+            self._metrics(session, self.height)
+            self.call("Page.enable", session=session)
+            self.call("Page.navigate", {"url": url}, session)
+            self._wait(session, ready, timeout, settle)
+            height = int(self.evaluate(session, CONTENT_HEIGHT) or self.height)
+            if height > self.height:
+                self._metrics(session, min(height + 40, 12000))
+                self._wait(session, ready, timeout, settle)
+            size = 0
+            if path is not None:
+                shot = self.call("Page.captureScreenshot", {"format": "png"}, session)
+                data = base64.b64decode(shot["data"])
+                Path(path).write_bytes(data)
+                size = len(data)
+            return {"charts": self.evaluate(session, CHARTS_DRAWN),
+                    "text": self.evaluate(session, "document.body.innerText"), "png": size}
+        finally:
+            self.call("Target.closeTarget", {"targetId": target})
+
+    def _metrics(self, session: str, height: int) -> None:
+        self.call("Emulation.setDeviceMetricsOverride", {
+            "width": self.width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+            session)
+
+    def _wait(self, session: str, ready: str, timeout: float, settle: float) -> None:
+        deadline = time.monotonic() + timeout
+        held_since = None
+        while True:
+            ok = bool(self.evaluate(session, ready))
+            now = time.monotonic()
+            if ok:
+                held_since = held_since or now
+                if now - held_since >= settle:
+                    return
+            else:
+                held_since = None
+            if now > deadline:
+                raise TimeoutError(f"the page did not get ready within {timeout} s: {ready}")
+            time.sleep(0.2)
+
+    def close(self) -> None:
+        stack = getattr(self, "_stack", None)
+        if stack is not None:
+            stack.close()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+        shutil.rmtree(self._profile, ignore_errors=True)
+
+    def __enter__(self) -> Chromium:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def charts_ready(count: int) -> str:
+    """JavaScript: at least ``count`` Plotly charts drawn and the page's script done."""
+    return f"({CHARTS_DRAWN}) >= {count} && {SCRIPT_DONE}"
