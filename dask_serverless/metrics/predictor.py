@@ -235,7 +235,8 @@ class Predictor:
         return self._cpu_share(function)
 
     def transfer_time(self, nbytes: float, direction: str) -> Prediction:
-        """Seconds to move ``nbytes`` to (``"upload"``) or from (``"download"``) Redis."""
+        """Seconds to move ``nbytes`` to (``"upload"``) or from (``"download"``) Redis
+        (learned from both directions while one has too few samples)."""
         if direction not in ("upload", "download"):
             raise ValueError(f"transfer direction {direction!r}: use 'upload' or 'download'")
         fit = self._transfer_fit(direction)
@@ -316,6 +317,8 @@ class Predictor:
 
     def _fit_transfer(self, direction: str) -> tuple[float, float, int, float] | None:
         samples = [x for x in self._transfers if x.direction == direction]
+        if len(samples) < self.settings.min_samples:
+            samples = self._transfers  # too few this way: the same Redis, both ways
         if len(samples) < self.settings.min_samples:
             return None
         s = self.settings
