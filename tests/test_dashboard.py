@@ -118,6 +118,7 @@ def test_plan_record_rebuilds_the_dag_the_simulator_sees(any_redis):
     assert [t.deps for t in dag.tasks] == [t.deps for t in original.dag.tasks]
     assert dag.outputs == original.dag.outputs
     assert again.plan.plan.assignment == original.plan.assignment
+    assert again.plan.capacity == original.backend.capacity()
     predictor = Predictor.from_records([again.record], again.tasks, again.invocations)
     assert simulate(dag, again.plan.plan, predictor).makespan == pytest.approx(
         simulate(original.dag, original.plan, predictor).makespan)

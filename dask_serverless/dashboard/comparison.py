@@ -3,7 +3,8 @@ simulator predicts for plans never run, and how prediction errors evolve.
 
 Each run's prediction uses only what was recorded before it (``WorkflowHistory.
 predictor_before``) and replays the run's recorded plan in the simulator, with the
-containers the run found warm at submission.
+containers the run found warm at submission, on its backend's recorded capacity (cores
+shared by containers, container cap).
 """
 
 from __future__ import annotations
@@ -112,14 +113,15 @@ def errors_table(history: WorkflowHistory, history_runs: int,
                  min_exec_s: float = 1e-3) -> pd.DataFrame:
     """One row per prediction scored on each run, learning only from earlier runs:
     run, submitted, kind, function, predicted, actual, error %. The first run (nothing
-    learned yet) is left out."""
+    learned yet) is left out. Times are compared as recorded (a predictor without the
+    backend's capacity): this scores the fits, contention included."""
     import pandas as pd
 
     rows = []
     for index, run in enumerate(history.runs):
         if index == 0:
             continue
-        predictor = history.predictor_before(index, history_runs)
+        predictor = history.predictor_before(index, history_runs, capacity=False)
         for e in prediction_errors(predictor, run.tasks, run.invocations,
                                    min_exec_s=min_exec_s):
             rows.append({"run_id": run.run_id, "submitted": run.record.submit_time,

@@ -73,22 +73,27 @@ class WorkflowHistory:
     signature: str | None
     runs: list[RunData]
 
-    def predictor_before(self, index: int, history: int) -> Predictor:
+    def predictor_before(self, index: int, history: int, *,
+                         capacity: bool = True) -> Predictor:
         """What a planner could have learned before ``runs[index]``: the ``history``
-        runs just before it (no samples: the predictor's defaults)."""
-        earlier = self.runs[max(0, index - history):index]
-        run = self.runs[index]
-        return Predictor.from_records([r.record for r in earlier],
-                                      [t for r in earlier for t in r.tasks],
-                                      [i for r in earlier for i in r.invocations],
-                                      dag=run.dag)
+        runs just before it (no samples: the predictor's defaults). ``capacity``: for
+        the recorded capacity of that run's backend (times learned alone, contention
+        left to the simulator); else times as they were recorded."""
+        return _learn(self.runs[max(0, index - history):index], self.runs[index],
+                      capacity)
 
     def predictor(self) -> Predictor:
-        """What the next run of this workflow is planned with: all runs here."""
-        return Predictor.from_records([r.record for r in self.runs],
-                                      [t for r in self.runs for t in r.tasks],
-                                      [i for r in self.runs for i in r.invocations],
-                                      dag=self.runs[-1].dag if self.runs else None)
+        """What the next run of this workflow is planned with: all runs here, for the
+        capacity of the newest one's backend."""
+        return _learn(self.runs, self.runs[-1] if self.runs else None, True)
+
+
+def _learn(runs: list[RunData], target: RunData | None, capacity: bool) -> Predictor:
+    plan = target.plan if target is not None else None
+    return Predictor.from_records([r.record for r in runs], [t for r in runs for t in r.tasks],
+                                  [i for r in runs for i in r.invocations],
+                                  dag=target.dag if target is not None else None,
+                                  capacity=plan.capacity if plan and capacity else None)
 
 
 def load_history(store: MetricsStore, signature: str | None, limit: int) -> WorkflowHistory:

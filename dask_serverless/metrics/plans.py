@@ -1,28 +1,32 @@
 """The plan record of a run, and the workflow's structure rebuilt from what was recorded.
 
 The client stores each run's plan (``Plan.to_json``), the DAG's outputs, the functions'
-I/O hints and pinned memory annotations with its run record. Task records already hold
-every task's key, function and dependencies (each input names its producer), so the two
-together give back a structural ``DAG`` (no runnable nodes) that planners and the
-simulator accept: dashboards compare plans of a workflow without re-running it.
-With ``structure=True`` the record also carries keys, functions and dependencies, for a
-run that has recorded nothing yet (the dashboard's live view).
+I/O hints, pinned memory annotations and the backend's capacity with its run record.
+Task records already hold every task's key, function and dependencies (each input names
+its producer), so the two together give back a structural ``DAG`` (no runnable nodes)
+that planners and the simulator accept: dashboards compare plans of a workflow without
+re-running it. With ``structure=True`` the record also carries keys, functions and
+dependencies, for a run that has recorded nothing yet (the dashboard's live view).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..capacity import Capacity
 from ..dag import DAG, TaskNode
 from ..plan import Plan
 from .records import TaskRecord
 
 
-def plan_record(dag: DAG, plan: Plan, *, structure: bool = False) -> str:
-    """JSON of what a run's records alone do not say (see module docstring)."""
+def plan_record(dag: DAG, plan: Plan, *, capacity: Capacity | None = None,
+                structure: bool = False) -> str:
+    """JSON of what a run's records alone do not say (see module docstring), with the
+    ``capacity`` of the backend that ran it (cores and container cap)."""
     hints: dict[str, dict[str, Any]] = {}
     memory: dict[str, int] = {}
     for t in dag.tasks:
@@ -33,6 +37,9 @@ def plan_record(dag: DAG, plan: Plan, *, structure: bool = False) -> str:
             memory[str(t.id)] = int(t.annotations["memory"])
     data: dict[str, Any] = {"plan": json.loads(plan.to_json()), "outputs": dag.outputs,
                             "hints": hints, "memory": memory}
+    if capacity is not None:  # JSON has no infinity: null cores = a core per container
+        data["capacity"] = {"cores": capacity.cores if capacity.shared else None,
+                            "containers": capacity.containers}
     if structure:
         data["keys"] = [repr(t.key) for t in dag.tasks]
         data["functions"] = [t.func_name for t in dag.tasks]
@@ -48,6 +55,7 @@ class PlanRecord:
     outputs: list[int]
     hints: dict[str, dict[str, Any]] = field(default_factory=dict)
     memory: dict[int, int] = field(default_factory=dict)
+    capacity: Capacity | None = None  # of the backend that ran it (None: not recorded)
     keys: list[str] | None = None  # with structure=True only
     functions: list[str] | None = None
     deps: list[list[int]] | None = None
@@ -55,9 +63,12 @@ class PlanRecord:
     @classmethod
     def loads(cls, text: str | bytes) -> PlanRecord:
         data = json.loads(text)
+        cap = data.get("capacity")
+        capacity = None if cap is None else Capacity(
+            math.inf if cap["cores"] is None else cap["cores"], cap["containers"])
         return cls(Plan.from_json(json.dumps(data["plan"])), list(data["outputs"]),
                    data.get("hints", {}), {int(k): v for k, v in data.get("memory", {}).items()},
-                   data.get("keys"), data.get("functions"), data.get("deps"))
+                   capacity, data.get("keys"), data.get("functions"), data.get("deps"))
 
     def dag(self) -> DAG:
         """The structural DAG of a ``structure=True`` record."""

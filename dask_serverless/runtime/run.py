@@ -255,7 +255,7 @@ class Run:
                         "ok" if ok else "failed")
         wait = self.metrics_wait if ok else min(self.metrics_wait, 0.2)
         try:
-            plan = plan_record(self.dag, self.plan)
+            plan = plan_record(self.dag, self.plan, capacity=self.backend.capacity())
         except (TypeError, ValueError) as exc:  # e.g. planner options that are not JSON
             logger.warning("run %s: its plan is not recorded: %s", self.run_id, exc)
             plan = None
