@@ -115,6 +115,18 @@ def test_one_config_falls_back_to_the_lambda_rule():
     assert p.exec_time("f", 1e6, ResourceConfig(3538)) == pytest.approx(0.01, rel=0.06)
 
 
+def test_sizes_a_few_bytes_apart_teach_no_size_exponent():
+    """Inputs measured in memory (720000 B) and pickled (720172 B): a slope through them
+    is noise; the default exponent holds and predictions stay finite elsewhere."""
+    rng = random.Random(1)
+    samples = [TaskSample("f", rng.choice([720_000, 720_172]), 64, 0.01 * rng.uniform(0.8, 1.2),
+                          1024) for _ in range(60)]
+    p = Predictor(samples, settings=Settings(defaults={"io": 1.0}))
+    assert not p.exec_fit("f").b_learned and p.exec_fit("f").b == 1.0
+    assert p.exec_time("f", 2_000_000, MB1) == pytest.approx(0.01 * 2e6 / 720_000, rel=0.2)
+    assert math.isfinite(p.exec_time("f", 1e9, MB1))
+
+
 def test_too_few_samples_use_the_hint_then_the_default():
     two = synthetic("f", lambda x: 1e-8 * x, lambda x: x, n=2, outliers=0.0, noise=0.0)
     settings = Settings(min_samples=3, defaults={"io": 1.0, "exec-time": 0.123})

@@ -17,6 +17,10 @@ from dataclasses import dataclass, field
 
 MAX_BINS = 12
 LOCAL_WIDTH = 0.05  # log units (~5%): sizes this close count as "the same size"
+# sizes must span this much (log units, ~22%) for the size exponent to be learned: a
+# slope through sizes a few bytes apart (e.g. an input measured in memory and pickled)
+# is noise, and extrapolates to absurd values
+MIN_LOG_SPAN = 4 * LOCAL_WIDTH
 _TINY = 1e-9
 
 
@@ -146,7 +150,8 @@ def fit_power(points: Sequence[Point], *, q: float, threshold: float, min_sample
     bins: dict[tuple[float, int], list[int]] = {}
     for i, p in enumerate(points):
         bins.setdefault((p.m, _bin_of(lx[i], edges)), []).append(i)
-    learn_b = len(points) >= min_samples and len({k[1] for k in bins}) >= 2
+    learn_b = (len(points) >= min_samples and len({k[1] for k in bins}) >= 2
+               and max(lx) - min(lx) >= MIN_LOG_SPAN)
 
     def design(i: int) -> list[float]:
         return [1.0] + ([lx[i]] if learn_b else []) + ([lm[i]] if learn_c else [])
