@@ -93,7 +93,8 @@ def main() -> int:
             with Chromium(width=1500, height=900) as browser:
                 for page, charts in (("workflow", 4), ("planners", 2), ("predictions", 2),
                                      ("simulator", 1)):
-                    shot = browser.capture(f"{dashboard}/{page}", out / f"{page}.png",
+                    path = "" if page == "workflow" else page  # the default page is "/"
+                    shot = browser.capture(f"{dashboard}/{path}", out / f"{page}.png",
                                            charts_ready(charts), settle=2.0)
                     print(f"{page}: {shot['charts']} charts, {shot['png']:,} bytes")
                 worker = threading.Thread(target=dask.compute, args=(live_workflow(),),

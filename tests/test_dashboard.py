@@ -34,7 +34,7 @@ from dask_serverless.simulator import simulate
 from dask_serverless.storage.embedded import free_port
 from dask_serverless.storage.keys import MetricsKeys
 
-PAGES = Path(__file__).parent.parent / "dask_serverless" / "dashboard" / "pages"
+VIEWS = Path(__file__).parent.parent / "dask_serverless" / "dashboard" / "views"
 log = logging.getLogger("dashboard-test.task")
 
 
@@ -84,7 +84,7 @@ def recorded(request):
 
 
 def app(page: str, url: str, **query: str) -> AppTest:
-    at = AppTest.from_file(str(PAGES / page), default_timeout=90)
+    at = AppTest.from_file(str(VIEWS / page), default_timeout=90)
     for k, v in query.items():
         at.query_params[k] = v
     with dask.config.set({"serverless.metrics.redis-url": url}):

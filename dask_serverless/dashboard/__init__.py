@@ -4,6 +4,6 @@ workflow, planners, predictions, realtime and simulator pages, and a static HTML
 
 Data flow: metrics store -> ``history`` (records of runs and workflows) -> ``timeline``,
 ``comparison``, ``metrics.accuracy`` (what the pages show) -> ``figures_*`` (Plotly) ->
-``pages/`` (Streamlit) and ``report`` (HTML). ``launcher`` starts the app for a compute
+``views/`` (Streamlit pages) and ``report`` (HTML). ``launcher`` starts the app for a compute
 with ``serverless.dashboard.enabled``; ``live`` reads a running run's feed.
 """

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import streamlit as st
 
-PAGES = Path(__file__).parent / "pages"
+VIEWS = Path(__file__).parent / "views"  # not "pages/": Streamlit would list its files itself
 
 st.set_page_config(page_title="dask-serverless dashboard", layout="wide")
 st.navigation([
-    st.Page(PAGES / "workflow.py", title="Workflow analysis", url_path="workflow",
+    st.Page(VIEWS / "workflow.py", title="Workflow analysis", url_path="workflow",
             default=True),
-    st.Page(PAGES / "planners.py", title="Planners", url_path="planners"),
-    st.Page(PAGES / "predictions.py", title="Predictions", url_path="predictions"),
-    st.Page(PAGES / "realtime.py", title="Realtime", url_path="realtime"),
-    st.Page(PAGES / "simulator.py", title="Simulator", url_path="simulator"),
+    st.Page(VIEWS / "planners.py", title="Planners", url_path="planners"),
+    st.Page(VIEWS / "predictions.py", title="Predictions", url_path="predictions"),
+    st.Page(VIEWS / "realtime.py", title="Realtime", url_path="realtime"),
+    st.Page(VIEWS / "simulator.py", title="Simulator", url_path="simulator"),
 ]).run()

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 SIDES = {"actual": "#1f77b4", "predicted": "#ff7f0e"}
+FLOOR_PCT = 0.01  # errors below this are drawn at it (exact predictions, e.g. sizes)
 
 
 def planners_boxes(runs: pd.DataFrame) -> go.Figure:
@@ -64,6 +65,7 @@ def errors_over_time(errors: pd.DataFrame) -> go.Figure:
     colours = colours_for(list(KINDS))
     per_run = errors.groupby(["run", "run_id", "kind"], sort=True)["error_pct"].median()
     per_run = per_run.reset_index()
+    per_run["error_pct"] = per_run["error_pct"].clip(lower=FLOOR_PCT)  # log axis: no zeros
     for kind in KINDS:
         part = per_run[per_run["kind"] == kind]
         if part.empty:

@@ -123,7 +123,8 @@ def edges_figure(edges: pd.DataFrame, top: int = 25) -> go.Figure:
                           + source + "</extra>"))
     total = edges.groupby("source")["bytes"].sum()
     summary = ", ".join(f"{s} {int(total.get(s, 0)):,} B" for s in SOURCE_COLOURS)
-    fig.update_layout(title={"text": f"largest {min(top, len(edges))} of {len(edges)} edges",
+    fig.update_layout(showlegend=True, legend_title="arrived",
+                      title={"text": f"largest {min(top, len(edges))} of {len(edges)} edges",
                              "subtitle": {"text": f"total: {summary}"}},
                       xaxis_title="bytes", yaxis={"categoryorder": "array",
                                                   "categoryarray": labels},

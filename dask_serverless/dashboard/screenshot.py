@@ -24,7 +24,8 @@ from typing import Any
 from websockets.sync.client import connect
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
-CHARTS_DRAWN = "document.querySelectorAll('.js-plotly-plot .main-svg').length"
+CHARTS_DRAWN = ("Array.from(document.querySelectorAll('.js-plotly-plot'))"
+                ".filter(e => e.querySelector('.main-svg')).length")
 SCRIPT_DONE = "document.querySelector('[data-testid=\"stStatusWidget\"]') === null"
 CONTENT_HEIGHT = ("Math.max(document.body.scrollHeight, ...Array.from(document."
                   "querySelectorAll('[data-testid=\"stMain\"], section.main')).map("

@@ -45,7 +45,8 @@ def serve(redis_url: str | None = None, port: int = 8501, host: str = "127.0.0.1
     logger.info("dashboard on http://%s:%d over metrics at %s", host, port, redact(url))
     flags = {"server_port": port, "server_address": host, "server_headless": True,
              "browser_gatherUsageStats": False, "server_fileWatcherType": "none",
-             "global_developmentMode": False, "theme_base": "light"}
+             "global_developmentMode": False, "theme_base": "light",
+             "client_toolbarMode": "viewer"}
     try:
         bootstrap.load_config_options(flag_options=flags)
         bootstrap.run(str(APP), False, [], flags)

@@ -90,12 +90,26 @@ class Run:
             if not ok:
                 self._cancel()
                 self.makespan = time.time() - self.submit_time
-            pubsub.close()
+            if self.live is None:
+                pubsub.close()
             self._cleanup()
             if self.metrics_url is not None:
                 self._write_record(ok)
             if self.live is not None:
+                self._forward_late_events(pubsub)
+                pubsub.close()
                 self.live.finish(ok, self.makespan)
+
+    def _forward_late_events(self, pubsub) -> None:
+        """Pass on to the live feed the progress workers sent after the outputs were in
+        (the run record waited for every invocation, so all of it has arrived)."""
+        try:
+            while (msg := pubsub.get_message(timeout=0)) is not None:
+                event = json.loads(msg["data"])
+                if event.get("kind") == "tasks":
+                    self.live.event(event)  # type: ignore[union-attr]
+        except (redis.RedisError, OSError, ValueError):
+            logger.debug("run %s: late progress events lost", self.run_id, exc_info=True)
 
     def _cancel(self) -> None:
         """Tell running workers to stop (flag in Redis; the backend may kill them too)."""

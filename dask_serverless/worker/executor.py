@@ -170,9 +170,9 @@ class _Execution:
             ready = self._await_held()
         if self.report.failed or self.report.cancelled:
             return
-        self._flush_final()
-        if self.spec.report_tasks:
+        if self.spec.report_tasks:  # before the outputs: with them the client stops waiting
             self._flush_progress(end=True)
+        self._flush_final()
 
     def _check_cancelled(self, now: float) -> bool:
         if now >= self.next_cancel_check:

@@ -57,7 +57,7 @@ def draw() -> None:
         cols[1].metric("elapsed", f"{state.elapsed():.1f} s")
         cols[2].metric("tasks finished", f"{c['finished']} / {c['tasks']}")
         cols[3].metric("tasks running", c["running"])
-        cols[4].metric("workers running", f"{c['workers running']} ({c['workers seen']} seen)")
+        cols[4].metric("workers running / seen", f"{c['workers running']} / {c['workers seen']}")
         cols[5].metric("starts cold / warm", f"{c['cold starts']} / {c['warm starts']}")
     labels = state.task_states()
     hover = [f"{t.id}: {t.key}<br>{t.func_name} · planned on {state.planned_worker[t.id]}"

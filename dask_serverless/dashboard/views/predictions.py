@@ -23,11 +23,14 @@ if errors.empty:
 st.plotly_chart(figures_history.errors_over_time(errors), key="over_time")
 medians = errors.groupby("kind")["error_pct"].agg(["median", "count"]).reset_index()
 st.dataframe(medians.rename(columns={"median": "median |error| %", "count": "samples"}),
-             hide_index=True)
+             hide_index=True, column_config={"median |error| %": st.column_config.NumberColumn(
+                 format="%.2f")})
 worst = comparison.worst_functions(errors)
 st.subheader("Functions that predict worst")
 if worst.empty:
     st.caption("No per-function samples yet.")
 else:
     st.plotly_chart(figures_history.worst_functions_figure(worst), key="worst")
-    st.dataframe(worst, hide_index=True)
+    st.dataframe(worst, hide_index=True, column_config={
+        c: st.column_config.NumberColumn(format="%.2f")
+        for c in ("exec_error_pct", "output_error_pct")})

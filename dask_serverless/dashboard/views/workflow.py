@@ -1,5 +1,6 @@
-"""Workflow analysis: one run of a workflow, planned vs actual, where the time and the
-data went, and the DAG (click a task for its details and log lines)."""
+"""Workflow analysis (the default page, at "/"): one run of a workflow, planned vs actual,
+where the time and the data went, and the DAG (click a task for its details and log
+lines). ``?workflow=``, ``?run=`` and ``?task=`` preselect."""
 
 from __future__ import annotations
 
@@ -95,8 +96,10 @@ if points:
     st.session_state["task"] = int(clicked[0] if isinstance(clicked, list) else clicked)
 
 task_ids = [t.id for t in dag.tasks]
-if st.session_state.get("task") not in task_ids:
-    st.session_state["task"] = path[-1] if path else 0
+if st.session_state.get("task") not in task_ids:  # ?task=ID, else where the critical path starts
+    wanted = st.query_params.get("task", "")
+    st.session_state["task"] = int(wanted) if wanted.isdigit() and int(wanted) in task_ids \
+        else (path[0] if path else 0)
 task_id = st.selectbox("task", task_ids, key="task",
                        format_func=lambda i: f"{i}: {dag.tasks[i].key}")
 details = timeline.task_details(run, task_id)
