@@ -289,6 +289,38 @@ def test_realtime_page_follows_a_running_workflow(real_redis):
     launcher._known.clear()
 
 
+def test_dashboard_flag_without_metrics_is_a_warning_not_a_feed(real_redis, caplog):
+    with dask.config.set({"serverless.dashboard.enabled": True,
+                          "serverless.metrics.enabled": False}):
+        (value,) = dask.compute(workflow(), scheduler=serverless_get)
+    assert value == 2 * sum(SIZES)
+    assert get_mod.last_run.live is None
+    assert "serverless.dashboard.enabled needs serverless.metrics.enabled" in caplog.text
+
+
+def test_bad_dashboard_config_is_named(real_redis):
+    with dask.config.set({"serverless.dashboard.port": "80a"}), \
+            pytest.raises(ValueError, match=r"serverless\.dashboard\.port"):
+        dask.compute(workflow(), scheduler=serverless_get)
+
+
+def broken(x):
+    raise ValueError(f"bad chunk {x}")
+
+
+def test_workflow_page_shows_a_failed_run(real_redis):
+    graph = delayed(combine)(*[delayed(broken)(1), delayed(load)(10)])
+    with pytest.raises(ValueError, match="bad chunk 1"):
+        dask.compute(graph, scheduler=serverless_get)
+    run_id = get_mod.last_run.run_id
+    record = MetricsStore.from_url(real_redis).run(run_id)
+    assert record.status == "failed"
+    at = app("workflow.py", real_redis, run=run_id)
+    assert "status failed" in at.caption[0].value
+    assert any("cannot be drawn" in c.value for c in at.caption)
+    assert len(charts(at)) >= 2  # the Gantt and where the time went
+
+
 def test_default_compute_streams_nothing(real_redis):
     store = MetricsStore.from_url(real_redis)
     store.r.flushdb()

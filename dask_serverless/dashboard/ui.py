@@ -70,7 +70,8 @@ def cached_errors(url: str, signature: str | None, run_ids: tuple[str, ...],
 
 
 def pick_workflow(url: str, *, allow_all: bool = False) -> Workflow | None:
-    """A workflow selectbox (most recent first), preset from ``?workflow=``; None means
+    """A workflow selectbox (most recent first), preset from ``?workflow=`` (or that of
+    ``?run=``); None means
     "all workflows" when ``allow_all``, or that nothing is recorded yet."""
     flows = cached_workflows(url)
     if not flows:
@@ -79,6 +80,9 @@ def pick_workflow(url: str, *, allow_all: bool = False) -> Workflow | None:
         st.stop()
     options: list[Workflow | None] = ([None] if allow_all else []) + list(flows)
     wanted = st.query_params.get("workflow")
+    if wanted is None and st.query_params.get("run"):  # the workflow of a linked run
+        record = _store(url).run(st.query_params["run"])
+        wanted = record.signature if record is not None else None
     match = [i for i, w in enumerate(options) if w is not None and w.signature == wanted]
     index = match[0] if match else (1 if allow_all else 0)  # default: the newest workflow
     return st.selectbox("workflow", options, index=index,
