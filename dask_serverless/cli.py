@@ -7,6 +7,8 @@ import logging
 import sys
 import time
 
+from .bench import command as bench_command
+
 
 def _demo(args: argparse.Namespace) -> int:
     import dask
@@ -53,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--size", type=int, default=4000)
     demo.add_argument("--chunk", type=int, default=1000)
     demo.set_defaults(func=_demo)
+    bench_command.add_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     return args.func(args)

@@ -1,0 +1,52 @@
+"""Per-task execution times (sync scheduler + a Dask callback) and the lower bounds they
+give: the critical path and the total work."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+from dask.callbacks import Callback
+
+from ..adapter import to_dag
+from .workloads import Workload
+
+
+class TaskTimer(Callback):
+    """Seconds each task took, by key (use as a context manager around a sync run)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: dict[Hashable, float] = {}
+        self._started: dict[Hashable, float] = {}
+
+    def _pretask(self, key, dsk, state) -> None:
+        self._started[key] = time.perf_counter()
+
+    def _posttask(self, key, result, dsk, state, worker_id) -> None:
+        self.seconds[key] = time.perf_counter() - self._started.pop(key)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What the workload's tasks cost on one core of this machine, measured."""
+
+    critical_path_s: float  # longest dependency chain by measured task time
+    work_s: float  # sum of all task times
+
+    def lower_bound(self, parallelism: int) -> float:
+        """No scheduler with ``parallelism`` cores can finish faster than this."""
+        return max(self.critical_path_s, self.work_s / max(1, parallelism))
+
+
+def reference_run(workload: Workload) -> tuple[Any, Bounds]:
+    """Run once with the sync scheduler, timing every task: (result, bounds)."""
+    with TaskTimer() as timer:
+        result = dask.get(workload.graph, workload.keys)
+    dag = to_dag(workload.graph, workload.keys)
+    weights = [timer.seconds.get(t.key, 0.0) for t in dag.tasks]
+    critical, _path = dag.critical_path(weights)
+    return result, Bounds(critical, sum(weights))

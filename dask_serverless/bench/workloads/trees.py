@@ -1,0 +1,23 @@
+"""Tree reductions of trivial additions: pure scheduling overhead."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Workload, from_graph, sized
+from .graphs import tree_graph
+
+
+def _tree(name: str, leaves: int, quick: bool, params: dict[str, Any]) -> Workload:
+    p = sized(quick, params, {"leaves": leaves}, {"leaves": leaves})
+    dsk, root = tree_graph(2 * p["leaves"] - 1)
+    return from_graph(name, f"binary tree reduction of {p['leaves']} leaves (operator.add)",
+                      dsk, root, p)
+
+
+def tree_1k(quick: bool = False, **params: Any) -> Workload:
+    return _tree("tree-1k", 1_000, quick, params)
+
+
+def tree_10k(quick: bool = False, **params: Any) -> Workload:
+    return _tree("tree-10k", 10_000, quick, params)
