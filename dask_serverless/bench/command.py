@@ -62,9 +62,13 @@ def parse_params(items: list[str]) -> dict[str, dict[str, str]]:
 
 
 def main(args: argparse.Namespace) -> int:
+    import logging
+
     from .runner import BenchOptions
     from .summary import LEGEND, markdown_report, summarise, targets_text, text_table
 
+    if not args.verbose:  # distributed sets its own loggers to INFO
+        logging.getLogger("distributed").setLevel(logging.ERROR)
     options = BenchOptions(
         workloads=args.workloads, quick=args.quick,
         repeat=args.repeat or (QUICK_REPEAT if args.quick else FULL_REPEAT),

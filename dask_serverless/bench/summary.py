@@ -140,7 +140,8 @@ def _human_bytes(n: float) -> str:
 
 def cells(row: Row) -> list[str]:
     if row.makespan_s is None:
-        return [row.workload, row.scheduler, str(row.tasks), f"failed: {row.error}"] + \
+        error = row.error if len(row.error or "") <= 48 else row.error[:45] + "..."
+        return [row.workload, row.scheduler, str(row.tasks), f"failed: {error}"] + \
             [""] * (len(COLUMNS) - 4)
     return [row.workload, row.scheduler, str(row.tasks), _fmt(row.makespan_s, "s"),
             _fmt(row.spread, "pct"), _fmt(row.vs_baseline, "x"),

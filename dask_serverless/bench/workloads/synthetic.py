@@ -26,6 +26,10 @@ def combine(parts: list[bytes], sleep_s: float, nbytes: int) -> bytes:
     return _bytes_from(digest, nbytes)
 
 
+def hexdigest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def fanout(quick: bool = False, **params: Any) -> Workload:
     """``stages`` x (fan out to ``width`` sleeping producers, fan back in)."""
     from dask import delayed
@@ -40,4 +44,4 @@ def fanout(quick: bool = False, **params: Any) -> Workload:
         head = delayed(combine)(parts, p["sleep_s"], p["out_bytes"])
     return from_collections(
         "fanout", f"{p['stages']} x fan-out {p['width']} sleep {p['sleep_s']} s, "
-        f"{p['out_bytes']} B outputs", [delayed(hashlib.sha256)(head).hexdigest()], p)
+        f"{p['out_bytes']} B outputs", [delayed(hexdigest)(head)], p)

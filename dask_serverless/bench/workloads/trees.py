@@ -8,8 +8,9 @@ from .base import Workload, from_graph, sized
 from .graphs import tree_graph
 
 
-def _tree(name: str, leaves: int, quick: bool, params: dict[str, Any]) -> Workload:
-    p = sized(quick, params, {"leaves": leaves}, {"leaves": leaves})
+def _tree(name: str, leaves: int, quick: bool, params: dict[str, Any],
+          quick_leaves: int | None = None) -> Workload:
+    p = sized(quick, params, {"leaves": quick_leaves or leaves}, {"leaves": leaves})
     dsk, root = tree_graph(2 * p["leaves"] - 1)
     return from_graph(name, f"binary tree reduction of {p['leaves']} leaves (operator.add)",
                       dsk, root, p)
@@ -20,4 +21,5 @@ def tree_1k(quick: bool = False, **params: Any) -> Workload:
 
 
 def tree_10k(quick: bool = False, **params: Any) -> Workload:
-    return _tree("tree-10k", 10_000, quick, params)
+    """10k leaves; quick: 5k leaves, the 10k-task reduction of ``benchmarks/overhead.py``."""
+    return _tree("tree-10k", 10_000, quick, params, quick_leaves=5_000)
