@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.set_defaults(func=_demo)
     bench_command.add_parser(sub)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     return args.func(args)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import logging
 import shlex
 import sys
 import time
@@ -62,13 +63,11 @@ def parse_params(items: list[str]) -> dict[str, dict[str, str]]:
 
 
 def main(args: argparse.Namespace) -> int:
-    import logging
-
     from .runner import BenchOptions
     from .summary import LEGEND, markdown_report, summarise, targets_text, text_table
 
-    if not args.verbose:  # distributed sets its own loggers to INFO
-        logging.getLogger("distributed").setLevel(logging.ERROR)
+    if not args.verbose:
+        _quiet_distributed()
     options = BenchOptions(
         workloads=args.workloads, quick=args.quick,
         repeat=args.repeat or (QUICK_REPEAT if args.quick else FULL_REPEAT),
@@ -76,8 +75,7 @@ def main(args: argparse.Namespace) -> int:
         passes=args.passes, params=parse_params(args.param))
     out_dir = args.out or Path("bench-results") / time.strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
-    command = "dask-serverless " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] \
-        else "dask-serverless bench"
+    command = "dask-serverless " + shlex.join(args.argv)
     try:
         result = _run_with_progress(options, not args.no_progress)
     except ValueError as exc:
@@ -97,6 +95,15 @@ def main(args: argparse.Namespace) -> int:
     sys.stderr.write(f"wrote {out_dir}/samples.csv, summary.csv, results.md"
                      + "".join(f", {p.name}" for p in written) + "\n")
     return 0
+
+
+def _quiet_distributed() -> None:
+    """distributed sets its loggers to INFO when imported: import it first, then lower."""
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        return
+    logging.getLogger("distributed").setLevel(logging.ERROR)
 
 
 def _run_with_progress(options, show: bool):

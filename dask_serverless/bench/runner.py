@@ -138,7 +138,7 @@ def _run_checked(sched: Scheduler, workload: Workload,
                      type(exc).__name__, exc)
         return None, f"{type(exc).__name__}: {exc}"
     seconds = time.perf_counter() - t0
-    if not same_result(list(result), list(expected)):
+    if not same_result(result, expected):
         logger.error("%s gave a result different from the sync scheduler's on workload %s",
                      sched.name, workload.name)
         return None, "wrong result"

@@ -125,6 +125,6 @@ def _cluster_get(stack: contextlib.ExitStack) -> Callable[[dict, list], Any]:
 
     cluster = stack.enter_context(LocalCluster(
         n_workers=LOCALCLUSTER_WORKERS, threads_per_worker=1, processes=True,
-        dashboard_address=None, silence_logs=logging.ERROR))
+        dashboard_address=":0", silence_logs=logging.ERROR))  # None still binds :8787
     client = stack.enter_context(Client(cluster))
     return client.get
