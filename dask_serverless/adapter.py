@@ -105,12 +105,21 @@ def _cull(graph: dict[Hashable, GraphNode], wanted: list) -> dict[Hashable, Grap
     return needed
 
 
+_GENERIC = {"apply", "execute_task", "Compose", "compose"}
+
+
 def _name(node: GraphNode) -> str:
+    """A task's function name; generic wrappers are named by their key prefix, fused
+    subgraphs by their key prefix and the functions inside."""
     if isinstance(node, Task):
         try:
-            return funcname(node.func)
+            name = funcname(node.func)
         except Exception:
-            return key_split(node.key)
+            name = ""
+        if name == "_execute_subgraph" and node.args and isinstance(node.args[0], Mapping):
+            inner = sorted({_name(n) for n in node.args[0].values() if isinstance(n, Task)})
+            return f"{key_split(node.key)}[{','.join(inner)}]"
+        return key_split(node.key) if not name or name in _GENERIC else name
     if isinstance(node, Alias):
         return "alias"
     if isinstance(node, DataNode):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
+from dask.utils import key_split
 
 Key = Hashable
 
@@ -66,7 +67,8 @@ class DAG:
         if self._signature is None:
             node_hash: list[bytes] = []
             for t in self.tasks:
-                h = hashlib.blake2b(t.func_name.encode(), digest_size=12)
+                label = f"{t.func_name}|{key_split(t.key)}"
+                h = hashlib.blake2b(label.encode(), digest_size=12)
                 for d in sorted(node_hash[d] for d in t.deps):
                     h.update(d)
                 node_hash.append(h.digest())

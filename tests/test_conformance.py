@@ -157,3 +157,8 @@ def test_persist():
     (p,) = dask.persist(x, scheduler=serverless_get)
     assert len(p.__dask_graph__()) == 4
     np.testing.assert_array_equal(p.compute(scheduler="sync"), np.arange(40) * 2)
+
+
+def test_alias_and_data_nodes():
+    dsk = {"a": 1, "b": "a", "c": (operator.add, "b", 2), "d": "c", "lit": [1, 2, 3]}
+    assert serverless_get(dsk, ["d", "b", "lit"]) == dask.get(dsk, ["d", "b", "lit"])
