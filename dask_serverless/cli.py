@@ -46,6 +46,88 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(args: argparse.Namespace):
+    from .backends.aws_lambda import LambdaSettings
+
+    return LambdaSettings.from_config(endpoint_url=args.endpoint_url, region=args.region,
+                                      function_prefix=args.prefix,
+                                      timeout=getattr(args, "timeout", None))
+
+
+def _csv(text: str | None) -> list[str]:
+    return [p.strip() for p in (text or "").split(",") if p.strip()]
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from .backends.aws_lambda.deploy import DeployOptions, deploy
+
+    try:
+        memory = [int(m) for m in _csv(args.memory)]
+    except ValueError:
+        raise SystemExit(f"--memory {args.memory!r} must be comma-separated integers (MB)") \
+            from None
+    opts = DeployOptions(memory, _settings(args), requirements=args.requirements,
+                         redis_url=args.redis_url, role=args.role, build=args.build,
+                         image_uri=args.image_uri, iam_endpoint_url=args.iam_endpoint_url,
+                         subnets=_csv(args.subnets), security_groups=_csv(args.security_groups))
+    if args.runtime:
+        opts.runtime = args.runtime
+    if args.secret:
+        import dask
+
+        dask.config.set({"serverless.secret": args.secret})
+    deploy(opts, say=_say)
+    return 0
+
+
+def _destroy(args: argparse.Namespace) -> int:
+    from .backends.aws_lambda.deploy import destroy
+
+    destroy(_settings(args), keep_role=args.keep_role, iam_endpoint_url=args.iam_endpoint_url,
+            say=_say)
+    return 0
+
+
+def _local_lambda(args: argparse.Namespace) -> int:
+    from .backends.aws_lambda.local_server import LocalLambdaServer
+
+    server = LocalLambdaServer(args.host, args.port, max_containers=args.max_containers,
+                               keep_alive=args.keep_alive,
+                               invoke_latency=args.latency_ms / 1000)
+    _say(f"local Lambda API server on {server.url} (Ctrl-C stops it); use it with\n"
+         f"  dask-serverless deploy --endpoint-url {server.url} --memory 1024\n"
+         f"  DASK_SERVERLESS__BACKEND=lambda "
+         f"DASK_SERVERLESS__LAMBDA__ENDPOINT_URL={server.url} python your_script.py")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+def _dockerfile(args: argparse.Namespace) -> int:
+    from .backends.aws_lambda.packaging import write_image_context
+
+    path = write_image_context(args.directory, args.requirements)
+    _say(f"wrote {path} and its build context; next: docker build -t IMAGE {args.directory} "
+         "&& docker push IMAGE && dask-serverless deploy --image-uri IMAGE --memory ...")
+    return 0
+
+
+def _say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _add_lambda_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--endpoint-url", help="Lambda API endpoint (e.g. the local-lambda server)")
+    p.add_argument("--iam-endpoint-url", help="IAM endpoint (e.g. a moto server)")
+    p.add_argument("--region", help="AWS region (default: the boto3 chain)")
+    p.add_argument("--prefix", help="function name prefix (serverless.lambda.function-prefix)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dask-serverless",
                                      description="Run Dask graphs on serverless workers.")
@@ -55,6 +137,41 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--size", type=int, default=4000)
     demo.add_argument("--chunk", type=int, default=1000)
     demo.set_defaults(func=_demo)
+    dep = sub.add_parser("deploy", help="create or update the AWS Lambda worker functions")
+    dep.add_argument("--memory", required=True, help="memory sizes in MB, e.g. 512,1024,2048")
+    dep.add_argument("--requirements", help="requirements.txt installed into the package")
+    dep.add_argument("--redis-url", help="Redis URL set in the functions' environment")
+    dep.add_argument("--role", help="execution role ARN (default: create <prefix>-worker)")
+    dep.add_argument("--secret", help="serverless.secret shared with clients (default: "
+                                      "DASK_SERVERLESS__SECRET, else a generated one)")
+    dep.add_argument("--timeout", type=int, help="function timeout in seconds (default 900)")
+    dep.add_argument("--runtime", help="Lambda runtime (default: this Python, e.g. python3.11)")
+    dep.add_argument("--build", choices=("auto", "lambda", "local"), default="auto",
+                     help="wheels for Lambda (manylinux) or this machine; auto: local when "
+                          "--endpoint-url is given")
+    dep.add_argument("--image-uri", help="deploy a container image instead of a zip")
+    dep.add_argument("--subnets", help="VPC subnet ids (comma-separated), e.g. for ElastiCache")
+    dep.add_argument("--security-groups", help="VPC security group ids (comma-separated)")
+    _add_lambda_args(dep)
+    dep.set_defaults(func=_deploy)
+    des = sub.add_parser("destroy", help="delete the worker functions (and the role deploy made)")
+    des.add_argument("--keep-role", action="store_true", help="do not delete <prefix>-worker")
+    _add_lambda_args(des)
+    des.set_defaults(func=_destroy)
+    loc = sub.add_parser("local-lambda", help="serve the Lambda API on loopback, running "
+                         "functions in local containers")
+    loc.add_argument("--port", type=int, default=9001)
+    loc.add_argument("--host", default="127.0.0.1")
+    loc.add_argument("--max-containers", type=int, help="containers per function")
+    loc.add_argument("--keep-alive", type=float, default=300.0,
+                     help="seconds an idle container stays warm")
+    loc.add_argument("--latency-ms", type=float, default=0.0,
+                     help="add this much latency to each Invoke (emulates AWS round trips)")
+    loc.set_defaults(func=_local_lambda)
+    dck = sub.add_parser("dockerfile", help="write a container-image build context")
+    dck.add_argument("directory")
+    dck.add_argument("--requirements")
+    dck.set_defaults(func=_dockerfile)
     bench_command.add_parser(sub)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

@@ -6,6 +6,7 @@ Every option can also be set with an environment variable, the Dask way:
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import dask
@@ -34,6 +35,16 @@ DEFAULTS: dict[str, Any] = {
             "keep-alive": 300.0,  # seconds an idle container stays warm
             "invocation-timeout": 900.0,  # seconds before a busy container is killed
         },
+        "lambda": {
+            "endpoint-url": None,  # None: AWS; else e.g. the local Lambda API server
+            "region": None,  # None: the boto3 chain (AWS_REGION, ~/.aws/config)
+            "function-prefix": "dask-serverless",  # functions are <prefix>-<memory_mb>
+            "parallelism": 1000,  # planners' width (Lambda's default account concurrency)
+            "invoke-concurrency": 64,  # threads issuing invocations at once
+            "max-retries": 8,  # retries of a throttled (429) or failed (5xx) invoke
+            "max-event-bytes": 256 * 1024,  # async event limit; larger payloads spill
+            "timeout": 900,  # function timeout (s) set by ``deploy``
+        },
         "embedded": {
             "prefer": "redis-server",  # "redis-server" | "fakeredis"
         },
@@ -41,6 +52,9 @@ DEFAULTS: dict[str, Any] = {
 }
 
 dask.config.update_defaults(DEFAULTS)
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
+_FUNCTION_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,50}")
 
 _CHOICES = {
     "backend": ("local", "lambda"),
@@ -82,20 +96,26 @@ def _validate(name: str, value: Any) -> None:
         )
     positive = {"memory", "payload-inline-bytes", "output-ttl", "deadline", "poll-interval",
                 "local.keep-alive", "local.invocation-timeout", "redis-grace",
-                "max-output-bytes"}
+                "max-output-bytes", "lambda.max-event-bytes", "lambda.timeout"}
     if name == "retries" and (not isinstance(value, int) or value < 0):
         raise ConfigError(f"serverless.retries = {value!r} must be an integer >= 0")
     if name == "retry-backoff" and (not isinstance(value, int | float) or value < 0):
         raise ConfigError(f"serverless.retry-backoff = {value!r} must be a number >= 0")
     if name in positive and (not isinstance(value, int | float) or value <= 0):
         raise ConfigError(f"serverless.{name} = {value!r} must be a positive number")
-    if name in ("parallelism", "local.max-containers") and value is not None and (
+    if name in ("parallelism", "local.max-containers", "lambda.parallelism",
+                "lambda.invoke-concurrency") and value is not None and (
         not isinstance(value, int) or value < 1
     ):
         raise ConfigError(f"serverless.{name} = {value!r} must be a positive integer or None")
-    if name == "redis-url" and value is not None and not str(value).startswith(
-        ("redis://", "rediss://", "unix://")
-    ):
+    if name == "lambda.max-retries" and (not isinstance(value, int) or value < 0):
+        raise ConfigError(f"serverless.lambda.max-retries = {value!r} must be an integer >= 0")
+    if name == "lambda.function-prefix" and not _FUNCTION_PREFIX.fullmatch(str(value)):
         raise ConfigError(
-            f"serverless.redis-url = {value!r} must start with redis://, rediss:// or unix://"
+            f"serverless.lambda.function-prefix = {value!r} must be 1-50 letters, digits, "
+            "'-' or '_' (function names are <prefix>-<memory_mb>)")
+    if name == "redis-url" and value is not None and not str(value).startswith(REDIS_SCHEMES):
+        raise ConfigError(
+            f"serverless.redis-url = {value!r} must start with "
+            f"{', '.join(REDIS_SCHEMES[:-1])} or {REDIS_SCHEMES[-1]}"
         )

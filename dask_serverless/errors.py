@@ -19,6 +19,10 @@ class RedisUnavailableError(ServerlessError, ConnectionError):
     """The configured Redis cannot be reached."""
 
 
+class LambdaInvokeError(ServerlessError):
+    """AWS Lambda (or the local Lambda API server) refused an invocation."""
+
+
 class RunDataLostError(RedisUnavailableError):
     """Redis no longer holds a running computation's data (restarted, flushed, expired)."""
 

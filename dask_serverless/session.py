@@ -51,6 +51,14 @@ def backend(name: str | Backend | None = None) -> Backend:
         return b
 
 
+def reset_backend(name: str) -> None:
+    """Close and forget backend ``name``; its next use recreates it from the config."""
+    with _lock:
+        b = _backends.pop(name, None)
+    if b is not None:
+        b.close()
+
+
 def close() -> None:
     """Stop the backends and the embedded Redis this process started."""
     global _embedded

@@ -77,3 +77,35 @@ def any_redis(request):
 def real_redis(redis_server):
     with dask.config.set({"serverless.redis-url": redis_server}):
         yield redis_server
+
+
+@pytest.fixture(scope="session")
+def local_lambda():
+    """A local Lambda API server on loopback with worker functions ``ds-test-{128,1024}``
+    deployed by ``deploy``: yields (server, settings)."""
+    from dask_serverless.backends.aws_lambda import LambdaSettings
+    from dask_serverless.backends.aws_lambda.deploy import DeployOptions, deploy
+    from dask_serverless.backends.aws_lambda.local_server import LocalLambdaServer
+
+    server = LocalLambdaServer(max_containers=4, keep_alive=60).start()
+    settings = LambdaSettings(function_prefix="ds-test", endpoint_url=server.url,
+                              region="us-east-1")
+    deploy(DeployOptions([128, 1024], settings), say=lambda _: None)
+    yield server, settings
+    server.stop()
+
+
+@pytest.fixture
+def lambda_backend(local_lambda):
+    """``serverless.backend = "lambda"`` pointing at the local Lambda API server."""
+    from dask_serverless import session
+
+    server, settings = local_lambda
+    with dask.config.set({"serverless.backend": "lambda",
+                          "serverless.lambda.endpoint-url": server.url,
+                          "serverless.lambda.function-prefix": settings.function_prefix,
+                          "serverless.lambda.region": settings.region}):
+        try:
+            yield server
+        finally:
+            session.reset_backend("lambda")

@@ -11,7 +11,7 @@ def create_backend(name: str) -> Backend:
 
         return LocalBackend()
     if name == "lambda":
-        from .aws_lambda import LambdaBackend  # type: ignore[attr-defined]
+        from .aws_lambda import LambdaBackend
 
         return LambdaBackend()
     raise ValueError(f"serverless.backend = {name!r} is not a backend; choose 'local' or "

@@ -25,6 +25,10 @@ class RunKeys:
     def fired(self, task_id: int) -> str:
         return f"{self.prefix}x:{task_id}"
 
+    def payload(self, token: str) -> str:
+        """An invocation payload too large for its transport (e.g. Lambda's event limit)."""
+        return f"{self.prefix}p:{token}"
+
     @property
     def dag(self) -> str:
         return f"{self.prefix}dag"

@@ -30,10 +30,21 @@ def redact(url: str) -> str:
 
 
 def connect(url: str) -> redis.Redis:
-    """A cached client for ``url`` (one connection pool per URL per process)."""
+    """A cached client for ``url`` (one connection pool per URL per process).
+
+    ``redis+cluster://`` / ``rediss+cluster://`` URLs give a Redis Cluster client
+    (a run's keys share one hash tag, so its transactions stay in one slot).
+    """
     client = _CLIENTS.get(url)
     if client is None:
-        client = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=0)
+        scheme, sep, rest = url.partition("+cluster://")
+        if sep:
+            from redis.cluster import RedisCluster
+
+            client = RedisCluster.from_url(f"{scheme}://{rest}", socket_connect_timeout=5)
+        else:
+            client = redis.Redis.from_url(url, socket_connect_timeout=5,
+                                          health_check_interval=0)
         _CLIENTS[url] = client
     return client
 

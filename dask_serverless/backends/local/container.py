@@ -1,9 +1,10 @@
 """Entry point of a local "container": a long-lived worker subprocess, like a Lambda
 execution environment. Started by ``LocalPool``; talks to it over two pipes.
 
-Messages are pickled tuples. From the pool: ("run", invocation_bytes) and ("exit",).
+Messages are pickled tuples. From the pool: ("run", invocation_bytes),
+("call", "module.function", event_json, context_dict) and ("exit",).
 To the pool: ("ready", startup_s), ("invoke", [invocation_bytes, ...]),
-("done", report_dict, was_cold).
+("done", report_dict, was_cold), ("result", ok, result_or_error_json, was_cold).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def main(argv: list[str]) -> None:
     rx, tx = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
     sys.stdout = sys.stderr  # user prints go to the container log
     _preload()
+    from dask_serverless.backends.local import handler_call
     from dask_serverless.storage.serialize import TamperedPayloadError
     from dask_serverless.worker.executor import execute
     from dask_serverless.worker.payload import Invocation
@@ -76,6 +78,12 @@ def main(argv: list[str]) -> None:
             return
         if msg[0] == "exit":
             return
+        if msg[0] == "call":
+            os.pwrite(status_fd, b" " * 23 + b"\n", 0)
+            ok, payload = handler_call.call(msg[1], msg[2], msg[3])
+            tx.send_bytes(pickle.dumps(("result", ok, payload, cold)))
+            cold = False
+            continue
         try:
             inv = Invocation.loads(msg[1])
         except TamperedPayloadError as exc:

@@ -4,12 +4,17 @@ Invoking with no idle container of the config is a real cold start (spawn + impo
 idle one is reused warm until ``keep_alive`` expires. At most ``max_containers`` live at
 once; further invocations queue. Invocations from workers arrive over their pipes, so the
 pool plays the part of the Lambda service for the whole machine.
+
+Besides invocations, a container can run a ``HandlerCall``: a ``module.function(event,
+context)`` handler with a JSON event, answered through ``on_result`` (the local Lambda API
+server runs ``lambda_handler`` this way).
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import os
 import pickle
@@ -20,6 +25,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
 from ...storage import serialize
@@ -31,6 +37,27 @@ CrashHandler = Callable[[Invocation, dict], None]
 ReportHandler = Callable[[Invocation, dict, bool], None]
 
 
+@dataclass(slots=True)
+class HandlerCall:
+    """Run ``handler`` ("module.function") on a JSON ``event`` in a container of
+    ``memory_mb``; ``on_result(ok, payload, cold)`` gets the JSON result or, when ``ok`` is
+    False, a Lambda-style error object (the handler raised or the container died)."""
+
+    memory_mb: int
+    handler: str
+    event: bytes
+    on_result: Callable[[bool, bytes, bool], None]
+    context: dict = field(default_factory=dict)
+    run_id: str = ""  # not tied to a run: ``cancel_run`` leaves it alone
+
+    @property
+    def worker_id(self) -> str:
+        return f"{self.context.get('function_name', 'handler')} ({self.handler})"
+
+
+Work = Invocation | HandlerCall
+
+
 class _Container:
     __slots__ = ("busy_since", "current", "id", "idle_since", "invocations", "log_path",
                  "memory_mb", "proc", "rx", "startup_s", "state", "status_path", "timed_out",
@@ -39,7 +66,7 @@ class _Container:
     def __init__(self, cid: int, memory_mb: int):
         self.id, self.memory_mb = cid, memory_mb
         self.state = "starting"  # starting -> idle <-> busy -> dead
-        self.current: Invocation | None = None
+        self.current: Work | None = None
         self.idle_since = self.busy_since = time.monotonic()
         self.timed_out = False
         self.startup_s = 0.0
@@ -61,7 +88,7 @@ class LocalPool:
         self.on_done = on_done
         self._lock = threading.Lock()
         self._containers: list[_Container] = []
-        self._pending: deque[Invocation] = deque()
+        self._pending: deque[Work] = deque()
         self._ids = itertools.count()
         self._dir = tempfile.mkdtemp(prefix="dask-serverless-pool-")
         self._closed = False
@@ -83,6 +110,10 @@ class LocalPool:
     def invoke_many(self, invocations: list[Invocation]) -> None:
         for inv in invocations:
             self._submit(inv)
+
+    def call(self, call: HandlerCall) -> None:
+        """Queue a handler call; its result arrives through ``call.on_result``."""
+        self._submit(call)
 
     def warm_up(self, memory_mb: int, count: int = 1) -> None:
         """Start containers of ``memory_mb`` (they come up idle and warm for reuse)."""
@@ -135,7 +166,7 @@ class LocalPool:
     def _alive(self) -> list[_Container]:
         return [c for c in self._containers if c.state != "dead"]
 
-    def _submit(self, inv: Invocation) -> None:
+    def _submit(self, inv: Work) -> None:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the local worker pool is closed")
@@ -147,7 +178,7 @@ class LocalPool:
                 return  # sent when the container reports ready
         self._send(target, inv)
 
-    def _place(self, inv: Invocation) -> _Container | None:
+    def _place(self, inv: Work) -> _Container | None:
         """Pick (or spawn) a container for ``inv``; marks it busy. Caller holds the lock."""
         for c in self._containers:
             if c.state == "idle" and c.memory_mb == inv.memory_mb:
@@ -165,7 +196,7 @@ class LocalPool:
         self.cold_starts += 1
         return self._spawn(inv.memory_mb, inv)
 
-    def _spawn(self, memory_mb: int, inv: Invocation | None) -> _Container:
+    def _spawn(self, memory_mb: int, inv: Work | None) -> _Container:
         c = _Container(next(self._ids), memory_mb)
         c.current = inv
         c.status_path = os.path.join(self._dir, f"c{c.id}.status")
@@ -192,14 +223,18 @@ class LocalPool:
         """The sealed bytes sent to a container (overridable for fault injection)."""
         return inv.dumps()
 
-    def _send(self, c: _Container, inv: Invocation) -> None:
+    def _send(self, c: _Container, inv: Work) -> None:
         c.invocations += 1
+        if isinstance(inv, HandlerCall):
+            msg = ("call", inv.handler, inv.event, inv.context)
+        else:
+            msg = ("run", self.encode(inv))
         try:
-            c.tx.send_bytes(pickle.dumps(("run", self.encode(inv))))
+            c.tx.send_bytes(pickle.dumps(msg))
         except OSError:
             pass  # the reader thread sees the death and reports the crash
 
-    def _next_for(self, c: _Container) -> Invocation | None:
+    def _next_for(self, c: _Container) -> Work | None:
         """Container ``c`` became idle: give it queued work. Caller holds the lock."""
         for i, inv in enumerate(self._pending):
             if inv.memory_mb == c.memory_mb:
@@ -247,9 +282,11 @@ class LocalPool:
                     inv = self._next_for(c)
                 if inv is not None:
                     self._send(c, inv)
-            elif kind == "done":
+            elif kind in ("done", "result"):
                 finished = c.current
-                if self.on_done is not None and finished is not None:
+                if isinstance(finished, HandlerCall):
+                    finished.on_result(msg[1], msg[2], msg[3])
+                elif self.on_done is not None and finished is not None:
                     self.on_done(finished, msg[1], msg[2])
                 with self._lock:
                     inv = self._next_for(c)
@@ -280,6 +317,9 @@ class LocalPool:
                 self._spawn(nxt.memory_mb, nxt)
         if was_retired or inv is None or self._closed:
             return
+        if isinstance(inv, HandlerCall):
+            self._handler_died(c, inv, returncode)
+            return
         info = {"returncode": returncode, "memory_mb": c.memory_mb, "container": c.id,
                 "task_id": self._read_status(c), "log_tail": self._log_tail(c),
                 "timed_out": self.invocation_timeout if c.timed_out else None,
@@ -294,6 +334,15 @@ class LocalPool:
             timer.start()
         elif self.on_crash is not None:
             self.on_crash(inv, info)
+
+    def _handler_died(self, c: _Container, call: HandlerCall, returncode: int) -> None:
+        """Answer a handler call whose container died, the way Lambda reports it."""
+        reason = (f"Task timed out after {self.invocation_timeout:.0f} seconds" if c.timed_out
+                  else f"Runtime exited with code {returncode} (memory {c.memory_mb} MB)")
+        logger.warning("container %s running %s: %s", c.id, call.worker_id, reason)
+        call.on_result(False, json.dumps({
+            "errorType": "Runtime.ExitError", "errorMessage": reason,
+            "log_tail": self._log_tail(c)[-800:]}).encode(), False)
 
     def _retire(self, c: _Container) -> None:
         c.state = "dead"

@@ -1,0 +1,326 @@
+"""The state behind the local Lambda API server: functions, their code, and the local
+containers that run them.
+
+Each function gets its own ``LocalPool`` (real cold and warm starts, memory capped at the
+function's ``MemorySize``). Its containers see the unpacked code first on ``PYTHONPATH``
+(Lambda's ``/var/task``), then this process's ``sys.path`` (standing in for the runtime's
+bundled libraries, e.g. boto3), and the function's environment variables. Updating code or
+configuration starts fresh execution environments, like Lambda; old ones finish their
+work first. A handler running longer than the function's ``Timeout`` is killed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import uuid
+import zipfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ..local.pool import HandlerCall, LocalPool
+
+logger = logging.getLogger(__name__)
+
+ACCOUNT = "000000000000"
+MAX_EVENT_BYTES = 256 * 1024  # asynchronous invoke payload limit
+MAX_SYNC_BYTES = 6 * 2**20  # synchronous invoke payload limit
+_CONFIG_FIELDS = ("Role", "Handler", "Runtime", "MemorySize", "Timeout", "Environment",
+                  "Description", "VpcConfig")
+
+
+class ApiError(Exception):
+    """An error answer of the Lambda API: HTTP status, error type, message."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass
+class _Function:
+    config: dict[str, Any]
+    code_dir: str
+    pool: LocalPool | None = None
+    invocations: int = 0
+    cold_starts: int = 0
+    warm_starts: int = 0
+    errors: int = 0
+
+
+class LocalLambdaService:
+    """Functions by name; ``invoke`` runs them in local containers. Thread-safe."""
+
+    def __init__(self, region: str = "us-east-1", max_containers: int | None = None,
+                 keep_alive: float = 300.0, inherit_path: bool = True,
+                 invoke_latency: float = 0.0):
+        self.region = region
+        self.max_containers = max_containers or 2 * (os.cpu_count() or 2)
+        self.keep_alive = keep_alive
+        self.inherit_path = inherit_path
+        self.invoke_latency = invoke_latency  # seconds added to each Invoke (AWS-like RTT)
+        self._dir = tempfile.mkdtemp(prefix="dask-serverless-local-lambda-")
+        self._functions: dict[str, _Function] = {}
+        self._lock = threading.Lock()
+        self._inject: list[tuple[int, str]] = []  # (status, code) answers for next invokes
+        self.throttled = 0
+
+    # -- fault injection -----------------------------------------------------------------
+    def fail_next_invokes(self, count: int, status: int = 429) -> None:
+        """Answer the next ``count`` Invoke requests with ``status`` (429: throttled)."""
+        code = "TooManyRequestsException" if status == 429 else "ServiceException"
+        with self._lock:
+            self._inject.extend([(status, code)] * count)
+
+    # -- control plane -------------------------------------------------------------------
+    def create_function(self, body: dict[str, Any]) -> dict[str, Any]:
+        name = body.get("FunctionName") or ""
+        _check_name(name)
+        for required in ("Role", "Handler", "Runtime"):
+            if not body.get(required):
+                raise ApiError(400, "InvalidParameterValueException",
+                               f"{required} is required to create function {name}")
+        zipped = self._zip_of(body.get("Code") or {}, name)
+        with self._lock:
+            if name in self._functions:
+                raise ApiError(409, "ResourceConflictException", f"Function already exist: {name}")
+            config = {"FunctionName": name, "Runtime": body["Runtime"],
+                      "FunctionArn": self.arn(name), "Role": body["Role"],
+                      "Handler": body["Handler"], "Description": body.get("Description", ""),
+                      "MemorySize": 128, "Timeout": 3, "Environment": {"Variables": {}},
+                      "PackageType": "Zip", "Version": "$LATEST", "State": "Active",
+                      "LastUpdateStatus": "Successful", "Architectures": ["x86_64"]}
+            _apply_config(config, body)
+            fn = _Function(config, "")
+            self._set_code(fn, zipped)
+            self._functions[name] = fn
+        logger.info("created function %s (%s MB)", name, config["MemorySize"])
+        return dict(config)
+
+    def get_function(self, name: str) -> dict[str, Any]:
+        fn = self._get(name)
+        return {"Configuration": dict(fn.config),
+                "Code": {"RepositoryType": "Local", "Location": fn.code_dir}}
+
+    def get_configuration(self, name: str) -> dict[str, Any]:
+        return dict(self._get(name).config)
+
+    def list_functions(self, marker: str | None, max_items: int | None) -> dict[str, Any]:
+        with self._lock:
+            names = sorted(self._functions)
+            start = names.index(marker) + 1 if marker in names else 0
+            page = names[start:start + (max_items or 50)]
+            out: dict[str, Any] = {"Functions": [dict(self._functions[n].config)
+                                                 for n in page]}
+            if start + len(page) < len(names):
+                out["NextMarker"] = page[-1]
+        return out
+
+    def update_code(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        zipped = self._zip_of(body, name)
+        with self._lock:
+            fn = self._get_locked(name)
+            old = self._set_code(fn, zipped)
+        _retire(old)
+        return dict(fn.config)
+
+    def update_configuration(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            fn = self._get_locked(name)
+            _apply_config(fn.config, body)
+            fn.config["LastModified"] = _now()
+            old, fn.pool = fn.pool, None
+        _retire(old)
+        return dict(fn.config)
+
+    def delete_function(self, name: str) -> None:
+        with self._lock:
+            fn = self._get_locked(name)
+            del self._functions[name]
+        _retire(fn.pool)
+
+    def stats(self, name: str) -> dict[str, int]:
+        fn = self._get(name)
+        return {"invocations": fn.invocations, "cold_starts": fn.cold_starts,
+                "warm_starts": fn.warm_starts, "errors": fn.errors}
+
+    # -- data plane ----------------------------------------------------------------------
+    def invoke(self, name: str, payload: bytes, invocation_type: str) -> tuple[int, bytes, bool]:
+        """Returns (HTTP status, response payload, function error?)."""
+        if self.invoke_latency:
+            time.sleep(self.invoke_latency)
+        with self._lock:
+            if self._inject:
+                status, code = self._inject.pop(0)
+                self.throttled += 1
+                raise ApiError(status, code, f"Rate exceeded (injected) for function {name}")
+            fn = self._get_locked(name)
+            fn.invocations += 1
+            config = dict(fn.config)
+            pool = self._pool_locked(fn)
+        limit = MAX_EVENT_BYTES if invocation_type == "Event" else MAX_SYNC_BYTES
+        if len(payload) > limit:
+            raise ApiError(413, "RequestEntityTooLargeException",
+                           f"{len(payload)} byte payload exceeds the {limit} byte limit of "
+                           f"{invocation_type} invocations of {name}")
+        if invocation_type == "DryRun":
+            return 204, b"", False
+        if invocation_type not in ("Event", "RequestResponse"):
+            raise ApiError(400, "InvalidParameterValueException",
+                           f"unknown invocation type {invocation_type!r}")
+        try:
+            json.loads(payload or b"{}")
+        except ValueError as exc:
+            raise ApiError(400, "InvalidRequestContentException",
+                           f"could not parse request body into json: {exc}") from exc
+        done = threading.Event()
+        answer: list[Any] = []
+
+        def on_result(ok: bool, result: bytes, cold: bool) -> None:
+            with self._lock:
+                if cold:
+                    fn.cold_starts += 1
+                else:
+                    fn.warm_starts += 1
+                if not ok:
+                    fn.errors += 1
+            if not ok and invocation_type == "Event":
+                logger.warning("function %s failed an Event invocation: %s", name,
+                               result[:2000].decode(errors="replace"))
+            answer[:] = [ok, result]
+            done.set()
+
+        context = {"function_name": name, "memory_mb": config["MemorySize"],
+                   "request_id": str(uuid.uuid4()), "arn": config["FunctionArn"],
+                   "timeout_s": config["Timeout"]}
+        pool.call(HandlerCall(config["MemorySize"], config["Handler"], payload or b"{}",
+                              on_result, context))
+        if invocation_type == "Event":
+            return 202, b"", False
+        if not done.wait(config["Timeout"] + 60):
+            raise ApiError(500, "ServiceException", f"function {name} did not answer")
+        return 200, answer[1], not answer[0]
+
+    # -- helpers -------------------------------------------------------------------------
+    def arn(self, name: str) -> str:
+        return f"arn:aws:lambda:{self.region}:{ACCOUNT}:function:{name}"
+
+    def _get(self, name: str) -> _Function:
+        with self._lock:
+            return self._get_locked(name)
+
+    def _get_locked(self, name: str) -> _Function:
+        fn = self._functions.get(_short_name(name))
+        if fn is None:
+            raise ApiError(404, "ResourceNotFoundException",
+                           f"Function not found: {self.arn(_short_name(name))}")
+        return fn
+
+    @staticmethod
+    def _zip_of(code: dict[str, Any], name: str) -> bytes:
+        if code.get("ImageUri"):
+            raise ApiError(400, "InvalidParameterValueException",
+                           f"function {name}: the local Lambda API server runs zip packages "
+                           "only, not container images")
+        if not code.get("ZipFile"):
+            raise ApiError(400, "InvalidParameterValueException",
+                           f"function {name}: Code.ZipFile is required")
+        return base64.b64decode(code["ZipFile"])
+
+    def _set_code(self, fn: _Function, zipped: bytes) -> LocalPool | None:
+        digest = hashlib.sha256(zipped).digest()
+        code_dir = os.path.join(self._dir, "code", digest.hex()[:32])
+        if not os.path.isdir(code_dir):
+            tmp = tempfile.mkdtemp(dir=self._dir)
+            try:
+                zipfile.ZipFile(io.BytesIO(zipped)).extractall(tmp)
+            except zipfile.BadZipFile as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise ApiError(400, "InvalidParameterValueException",
+                               f"function {fn.config['FunctionName']}: could not unzip the "
+                               f"uploaded file: {exc}") from exc
+            os.makedirs(os.path.dirname(code_dir), exist_ok=True)
+            os.rename(tmp, code_dir)
+        fn.code_dir = code_dir
+        fn.config.update(CodeSha256=base64.b64encode(digest).decode(), CodeSize=len(zipped),
+                         LastModified=_now())
+        old, fn.pool = fn.pool, None
+        return old
+
+    def _pool_locked(self, fn: _Function) -> LocalPool:
+        if fn.pool is None:
+            config = fn.config
+            path = [fn.code_dir] + ([p for p in sys.path if p] if self.inherit_path else [])
+            env = {"PYTHONPATH": os.pathsep.join(path), "LAMBDA_TASK_ROOT": fn.code_dir,
+                   "AWS_LAMBDA_FUNCTION_NAME": config["FunctionName"],
+                   "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(config["MemorySize"]),
+                   "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST", "AWS_REGION": self.region,
+                   "AWS_DEFAULT_REGION": self.region, "AWS_ACCESS_KEY_ID": "local",
+                   "AWS_SECRET_ACCESS_KEY": "local"}
+            env.update(config.get("Environment", {}).get("Variables", {}))
+            fn.pool = LocalPool(self.max_containers, self.keep_alive, env=env,
+                                invocation_timeout=float(config["Timeout"]))
+        return fn.pool
+
+    def close(self) -> None:
+        with self._lock:
+            pools = [f.pool for f in self._functions.values()]
+            self._functions.clear()
+        for pool in pools:
+            if pool is not None:
+                pool.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _retire(pool: LocalPool | None, timeout: float = 900.0) -> None:
+    """Close ``pool`` once its busy containers and queue are done (in the background)."""
+    if pool is None:
+        return
+
+    def drain() -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            stats = pool.stats()
+            if stats["busy"] == 0 and stats["pending"] == 0:
+                break
+            time.sleep(0.1)
+        pool.close()
+
+    threading.Thread(target=drain, daemon=True, name="dask-serverless-retire").start()
+
+
+def _apply_config(config: dict[str, Any], body: dict[str, Any]) -> None:
+    for key in _CONFIG_FIELDS:
+        if key in body:
+            config[key] = body[key]
+    if not 128 <= int(config["MemorySize"]) <= 10240:
+        raise ApiError(400, "InvalidParameterValueException",
+                       f"MemorySize {config['MemorySize']} must be between 128 and 10240")
+    if not 1 <= int(config["Timeout"]) <= 900:
+        raise ApiError(400, "InvalidParameterValueException",
+                       f"Timeout {config['Timeout']} must be between 1 and 900 seconds")
+    config.setdefault("Environment", {}).setdefault("Variables", {})
+
+
+def _check_name(name: str) -> None:
+    if not name or len(name) > 64 or not all(c.isalnum() or c in "-_" for c in name):
+        raise ApiError(400, "InvalidParameterValueException",
+                       f"function name {name!r} must be 1-64 letters, digits, '-' or '_'")
+
+
+def _short_name(name: str) -> str:
+    return name.rpartition(":function:")[2].split(":")[0] if ":function:" in name else name
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000+0000")
