@@ -99,19 +99,14 @@ def run_bench(options: BenchOptions, progress: Any = None) -> BenchResult:
     bounds: dict[str, Bounds] = {}
     with open_schedulers(options.dask_schedulers, variants) as schedulers:
         if progress is not None:
+            warm = len({s.warm_group for s in schedulers if s.warm_group})
             progress.reset(total=len(workloads) * (
-                1 + len(schedulers) * (options.warmup + options.repeat)))
+                1 + warm * options.warmup + len(schedulers) * options.repeat))
         for name, workload in workloads.items():
             _step(progress, f"{name}: reference")
             expected, bounds[name] = reference_run(workload)
             failed: dict[str, str] = {}
-            for sched in schedulers:
-                for _ in range(options.warmup):
-                    _step(progress, f"{name}: warm-up {sched.name}")
-                    if sched.name not in failed:
-                        error = _run_checked(sched, workload, expected)[1]
-                        if error:
-                            failed[sched.name] = error
+            _warm_up(schedulers, workload, expected, options.warmup, failed, progress)
             for rep in range(options.repeat):
                 for sched in schedulers:
                     _step(progress, f"{name}: {sched.name} #{rep + 1}")
@@ -119,6 +114,23 @@ def run_bench(options: BenchOptions, progress: Any = None) -> BenchResult:
                                           failed))
     machine["loadavg_end"] = _loadavg()
     return BenchResult(samples, workloads, bounds, options, machine)
+
+
+def _warm_up(schedulers: list[Scheduler], workload: Workload, expected: Any, runs: int,
+             failed: dict[str, str], progress: Any) -> None:
+    """``runs`` untimed runs of the first scheduler of each warm group; one that fails
+    is marked failed (its timed runs are skipped)."""
+    first: dict[str, Scheduler] = {}
+    for sched in schedulers:
+        if sched.warm_group:
+            first.setdefault(sched.warm_group, sched)
+    for sched in first.values():
+        for _ in range(runs):
+            _step(progress, f"{workload.name}: warm-up {sched.name}")
+            if sched.name not in failed:
+                error = _run_checked(sched, workload, expected)[1]
+                if error:
+                    failed[sched.name] = error
 
 
 def _step(progress: Any, label: str) -> None:

@@ -31,11 +31,15 @@ def available_passes() -> list[str]:
 
 @dataclass
 class Scheduler:
-    """A named ``get``; ``workers`` is its fixed parallelism (None: the plan decides)."""
+    """A named ``get``; ``workers`` is its fixed parallelism (None: the plan decides).
+    Schedulers sharing a ``warm_group`` share long-lived workers (a process pool, a
+    cluster, the serverless containers) that a warm-up run prepares; None: nothing to
+    warm."""
 
     name: str
     get: Callable[[dict, list], Any]
     workers: int | None
+    warm_group: str | None = None
     planner: str | None = None
     passes: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
@@ -96,13 +100,14 @@ def open_schedulers(dask_names: Sequence[str],
             elif name == "threads":
                 out.append(Scheduler("dask threads", dask.threaded.get, cpus))
             elif name == "processes":
-                out.append(Scheduler("dask processes", _process_get(stack, cpus), cpus))
+                out.append(Scheduler("dask processes", _process_get(stack, cpus), cpus,
+                                     "processes"))
             elif name == "localcluster":
                 out.append(Scheduler(f"LocalCluster({LOCALCLUSTER_WORKERS})",
-                                     _cluster_get(stack), LOCALCLUSTER_WORKERS))
+                                     _cluster_get(stack), LOCALCLUSTER_WORKERS, "localcluster"))
         for planner, passes in variants:
             out.append(Scheduler(serverless_name(planner, passes), serverless_get, None,
-                                 planner, passes))
+                                 SERVERLESS_PREFIX, planner, passes))
         yield out
 
 
