@@ -26,7 +26,7 @@ def available_passes() -> list[str]:
     """Optimisation passes the planners package registers (none before it has any)."""
     from .. import planners
 
-    return sorted(getattr(planners, "PASSES", {}) or {})
+    return list(getattr(planners, "PASSES", {}) or {})
 
 
 @dataclass
