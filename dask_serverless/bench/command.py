@@ -7,6 +7,7 @@ import argparse
 import csv
 import dataclasses
 import logging
+import os
 import shlex
 import sys
 import time
@@ -31,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="serverless planners (default: every registered planner)")
     p.add_argument("--passes", nargs="*", default=None, metavar="NAME",
                    help="optimisation passes, each run with the first planner "
-                   "(default: every registered pass)")
+                   "(default: every registered pass; none with --quick)")
     p.add_argument("--schedulers", nargs="*", default=list(DASK_SCHEDULERS),
                    metavar="NAME", help=f"Dask schedulers (default: {' '.join(DASK_SCHEDULERS)})")
     p.add_argument("--repeat", type=int, default=None,
@@ -62,7 +63,24 @@ def parse_params(items: list[str]) -> dict[str, dict[str, str]]:
     return out
 
 
+BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def single_threaded_blas() -> None:
+    """One BLAS thread per task everywhere, as in LocalCluster workers and serverless
+    containers: else the sync and threads schedulers (and the per-task times the bounds
+    come from) would use a BLAS thread pool the others do not get. Must run before
+    numpy is imported; child processes inherit it."""
+    if "numpy" in sys.modules:
+        logging.getLogger(__name__).warning(
+            "numpy was imported before the benchmark set %s=1: the sync and threads "
+            "schedulers may use several BLAS threads per task", BLAS_THREAD_VARS[0])
+    for var in BLAS_THREAD_VARS:
+        os.environ.setdefault(var, "1")
+
+
 def main(args: argparse.Namespace) -> int:
+    single_threaded_blas()
     from .runner import BenchOptions
     from .summary import LEGEND, markdown_report, summarise, targets_text, text_table
 
@@ -72,7 +90,8 @@ def main(args: argparse.Namespace) -> int:
         workloads=args.workloads, quick=args.quick,
         repeat=args.repeat or (QUICK_REPEAT if args.quick else FULL_REPEAT),
         warmup=args.warmup, dask_schedulers=args.schedulers, planners=args.planners,
-        passes=args.passes, params=parse_params(args.param))
+        passes=args.passes if args.passes is not None or not args.quick else [],
+        params=parse_params(args.param))
     out_dir = args.out or Path("bench-results") / time.strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
     command = "dask-serverless " + shlex.join(args.argv)
