@@ -92,7 +92,7 @@ def test_cli_bench_writes_csv_markdown_and_plots(real_redis, tmp_path, capsys):
 
 def test_summary_medians_spread_and_targets():
     def sample(sched, t, wl="tree-10k"):
-        return Sample(wl, 100, sched, 0, t, 1000 * t / 100, 0.01, 0.02, 2)
+        return Sample(wl, 100, sched, 0, t, 1000 * t / 100, 0.01, 0.5, 2, None, 0.25)
 
     samples = [sample(BASELINE, t) for t in (2.0, 4.0, 3.0)] + \
         [sample("serverless:wukong", t) for t in (1.0, 1.5, 2.0)] + \
@@ -107,10 +107,13 @@ def test_summary_medians_spread_and_targets():
     assert rows[BASELINE].makespan_s == 3.0 and rows[BASELINE].spread == pytest.approx(2 / 3)
     assert rows["serverless:wukong"].vs_baseline == pytest.approx(0.5)
     assert rows["serverless:wukong"].vs_critical_path == pytest.approx(150)
-    checks = {name: (ratio, met) for name, ratio, _, met in targets(list(rows.values()))}
+    assert rows["serverless:wukong"].vs_lower_bound == pytest.approx(6)
+    checks = {t.name: (t.ratio, t.met) for t in targets(list(rows.values()))}
     overhead = checks[f"per-task overhead on tree-10k: best serverless / {BASELINE}"]
     assert overhead == (pytest.approx(0.5), True)
     assert checks[f"makespan on gemm: best serverless / {BASELINE}"] == (None, None)
+    assert checks["makespan on tree-10k: best serverless / critical path"] == (
+        pytest.approx(150), False)
 
 
 def test_same_result_detects_differences():

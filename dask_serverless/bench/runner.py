@@ -60,6 +60,7 @@ class Sample:
     work_s: float
     workers: int | None
     error: str | None = None
+    lower_bound_s: float | None = None  # max(critical path, work / this machine's cores)
     run_makespan_s: float | None = None
     plan_workers: int | None = None
     invocations: int | None = None
@@ -162,7 +163,7 @@ def _timed(sched: Scheduler, workload: Workload, expected: Any, bounds: Bounds, 
     cpus = os.cpu_count() or 1
     sample = Sample(workload.name, workload.n_tasks, sched.name, rep, None, None,
                     bounds.critical_path_s, bounds.work_s, sched.workers,
-                    failed.get(sched.name))
+                    failed.get(sched.name), bounds.lower_bound(cpus))
     if sample.error:
         return sample
     probe = ServerlessProbe() if sched.serverless else None
