@@ -11,7 +11,7 @@ def gemm(quick: bool = False, **params: Any) -> Workload:
     """``x @ y`` for two random square matrices, returned to the caller."""
     import dask.array as da
 
-    p = sized(quick, params, {"n": 1000, "chunk": 250}, {"n": 2000, "chunk": 500})
+    p = sized(quick, params, {"n": 1000, "chunk": 250}, {"n": 4000, "chunk": 1000})
     x = da.random.RandomState(0).random((p["n"], p["n"]), chunks=p["chunk"])
     y = da.random.RandomState(1).random((p["n"], p["n"]), chunks=p["chunk"])
     return from_collections("gemm", f"{p['n']}x{p['n']} matmul in {p['chunk']}-blocks",
@@ -30,7 +30,7 @@ def tsqr(quick: bool = False, **params: Any) -> Workload:
     import dask.array as da
 
     p = sized(quick, params, {"rows": 40_000, "cols": 40, "chunk_rows": 5_000},
-              {"rows": 400_000, "cols": 100, "chunk_rows": 25_000})
+              {"rows": 200_000, "cols": 100, "chunk_rows": 25_000})
     q, r = da.linalg.tsqr(_tall(p))
     return from_collections("tsqr", f"QR of {p['rows']}x{p['cols']} in "
                             f"{p['chunk_rows']}-row blocks", [r, abs(q).sum(axis=0)], p)
@@ -41,7 +41,7 @@ def svd(quick: bool = False, **params: Any) -> Workload:
     import dask.array as da
 
     p = sized(quick, params, {"rows": 40_000, "cols": 40, "chunk_rows": 5_000},
-              {"rows": 400_000, "cols": 100, "chunk_rows": 25_000})
+              {"rows": 200_000, "cols": 100, "chunk_rows": 25_000})
     u, s, v = da.linalg.svd(_tall(p))
     return from_collections("svd", f"SVD of {p['rows']}x{p['cols']} in "
                             f"{p['chunk_rows']}-row blocks", [s, v, abs(u).sum(axis=0)], p)
