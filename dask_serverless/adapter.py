@@ -11,6 +11,7 @@ from dask.order import order
 from dask.utils import funcname, key_split
 
 from .dag import DAG, TaskNode
+from .hints import hints_of
 
 DASK_ORDER_MAX_TASKS = 20_000  # above this, a depth-first order replaces dask.order
 
@@ -56,7 +57,7 @@ def to_dag(dsk: Any, keys: Any) -> DAG:
         deps = tuple(sorted(ids[d] for d in node.dependencies))
         if deps and deps[-1] >= i:  # dask.order should never produce this
             return _to_dag_plain_topo(needed, wanted, per_task)
-        tasks.append(TaskNode(i, k, node, _name(node), deps, (), dict(per_task.get(k) or {})))
+        tasks.append(TaskNode(i, k, node, _name(node), deps, (), _annotations(node, per_task, k)))
     return DAG(tasks, [ids[k] for k in wanted])
 
 
@@ -83,7 +84,7 @@ def _to_dag_plain_topo(needed: dict, wanted: list, per_task: dict) -> DAG:
     tasks = [
         TaskNode(i, k, needed[k], _name(needed[k]),
                  tuple(sorted(ids[d] for d in needed[k].dependencies)), (),
-                 dict(per_task.get(k) or {}))
+                 _annotations(needed[k], per_task, k))
         for i, k in enumerate(ordered)
     ]
     return DAG(tasks, [ids[k] for k in wanted])
@@ -103,6 +104,15 @@ def _cull(graph: dict[Hashable, GraphNode], wanted: list) -> dict[Hashable, Grap
         needed[k] = node
         stack.extend(d for d in node.dependencies if d not in needed)
     return needed
+
+
+def _annotations(node: GraphNode, per_task: dict, key: Hashable) -> dict:
+    """``@hints`` of the task's function, overridden by ``dask.annotate(serverless=...)``."""
+    found = hints_of(node.func) if isinstance(node, Task) else {}
+    annotated = per_task.get(key)
+    if isinstance(annotated, Mapping):  # unannotated keys may hold Dask's tombstone
+        found.update(annotated)
+    return found
 
 
 _GENERIC = {"apply", "execute_task", "Compose", "compose"}

@@ -19,6 +19,7 @@ DEFAULTS: dict[str, Any] = {
         "planner": "wukong",
         "planner-options": {},
         "optimizations": [],
+        "use-history": "auto",  # plan with a Predictor over earlier runs: auto | True | False
         "memory": 1024,  # default worker memory (MB)
         "parallelism": None,  # max concurrent workers a planner aims for; None: backend's
         "payload-inline-bytes": 64 * 1024,  # DAG / inputs smaller than this travel inline
@@ -48,6 +49,30 @@ DEFAULTS: dict[str, Any] = {
         "embedded": {
             "prefer": "redis-server",  # "redis-server" | "fakeredis"
         },
+        "metrics": {
+            "enabled": True,
+            "redis-url": None,  # None: serverless.redis-url, else a persistent embedded Redis
+            "data-dir": None,  # None: $XDG_DATA_HOME/dask-serverless or ~/.local/share/...
+            "wait": 2.0,  # seconds a run waits for its workers' last records
+            "history": 50,  # most recent runs a Predictor learns from
+            "half-life": 3.0,  # runs: a sample this many runs older weighs half
+            "percentile": 50.0,  # which percentile of the samples a prediction gives
+            "mad-threshold": 3.5,  # robust z-score above which a sample is an outlier
+            "min-samples": 3,  # fewer samples than this: fall back to hints / defaults
+            "prices": {  # AWS Lambda x86 published prices (USD)
+                "gb-second": 0.0000166667,
+                "request": 0.20 / 1_000_000,
+            },
+            "defaults": {  # used only before anything was measured
+                "exec-time": 0.01,  # seconds per task
+                "output-bytes": 1024,  # output of a task without inputs
+                "io": 1.0,  # exponent of output bytes (and exec time) vs input bytes
+                "cold-start": 1.0,  # seconds from invoke to start, new container
+                "warm-start": 0.01,  # seconds from invoke to start, reused container
+                "latency": 0.001,  # seconds per Redis transfer
+                "bandwidth": 100e6,  # bytes per second to / from Redis
+            },
+        },
     }
 }
 
@@ -57,6 +82,7 @@ REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss
 _FUNCTION_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,50}")
 
 _CHOICES = {
+    "use-history": ("auto", True, False),
     "backend": ("local", "lambda"),
     "embedded.prefer": ("redis-server", "fakeredis"),
 }
@@ -108,14 +134,41 @@ def _validate(name: str, value: Any) -> None:
         not isinstance(value, int) or value < 1
     ):
         raise ConfigError(f"serverless.{name} = {value!r} must be a positive integer or None")
+    if name == "optimizations" and (not isinstance(value, list | tuple) or not all(
+            isinstance(v, str) for v in value)):
+        raise ConfigError(f"serverless.optimizations = {value!r} must be a list of pass "
+                          "names, e.g. ['pre-warm', 'task-dup']")
+    if name == "planner-options" and not isinstance(value, dict):
+        raise ConfigError(f"serverless.planner-options = {value!r} must be a mapping")
     if name == "lambda.max-retries" and (not isinstance(value, int) or value < 0):
         raise ConfigError(f"serverless.lambda.max-retries = {value!r} must be an integer >= 0")
     if name == "lambda.function-prefix" and not _FUNCTION_PREFIX.fullmatch(str(value)):
         raise ConfigError(
             f"serverless.lambda.function-prefix = {value!r} must be 1-50 letters, digits, "
             "'-' or '_' (function names are <prefix>-<memory_mb>)")
-    if name == "redis-url" and value is not None and not str(value).startswith(REDIS_SCHEMES):
+    if name.startswith("metrics."):
+        _validate_metrics(name, value)
+    if name in ("redis-url", "metrics.redis-url") and value is not None and not str(
+            value).startswith(REDIS_SCHEMES):
         raise ConfigError(
-            f"serverless.redis-url = {value!r} must start with "
+            f"serverless.{name} = {value!r} must start with "
             f"{', '.join(REDIS_SCHEMES[:-1])} or {REDIS_SCHEMES[-1]}"
         )
+
+
+def _validate_metrics(name: str, value: Any) -> None:
+    if name in ("metrics.history", "metrics.min-samples") and (
+        not isinstance(value, int) or isinstance(value, bool) or value < 1
+    ):
+        raise ConfigError(f"serverless.{name} = {value!r} must be a positive integer")
+    if name in ("metrics.half-life", "metrics.mad-threshold") and (
+        not isinstance(value, int | float) or value <= 0
+    ):
+        raise ConfigError(f"serverless.{name} = {value!r} must be a positive number")
+    if name == "metrics.percentile" and (
+        not isinstance(value, int | float) or not 0 < value < 100
+    ):
+        raise ConfigError(f"serverless.{name} = {value!r} must be between 0 and 100")
+    if (name == "metrics.wait" or name.startswith(("metrics.prices.", "metrics.defaults."))) \
+            and (not isinstance(value, int | float) or value < 0):
+        raise ConfigError(f"serverless.{name} = {value!r} must be a number >= 0")

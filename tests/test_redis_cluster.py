@@ -89,7 +89,9 @@ def test_compute_on_redis_cluster(redis_cluster):
     with dask.config.set({"serverless.redis-url": redis_cluster}):
         got = dask.compute(_graph(), scheduler=serverless_get)
     assert got == dask.compute(_graph(), scheduler="sync")
-    assert connect(redis_cluster).dbsize() == 0  # the run deleted its keys
+    client = connect(redis_cluster)  # the run deleted its keys (metrics, dsm:*, stay)
+    assert client.keys("ds:*", target_nodes=client.ALL_NODES) == []
+    assert client.keys("dsm:*", target_nodes=client.ALL_NODES)
 
 
 def test_lambda_backend_on_redis_cluster(redis_cluster, lambda_backend):

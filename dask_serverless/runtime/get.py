@@ -12,7 +12,10 @@ from .. import config, session
 from ..adapter import graph_and_annotations, to_dag
 from ..dag import DAG
 from ..plan import Plan
-from ..planners import get_planner
+from ..planners import Objective, apply_passes, get_planner
+from ..planners.base import cost_model_of
+from ..simulator import Simulator
+from . import history
 from .run import Run
 
 logger = logging.getLogger(__name__)
@@ -24,12 +27,13 @@ def serverless_get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
                    plan: Plan | None = None, backend: Any = None,
                    redis_url: str | None = None, memory: int | None = None,
                    parallelism: int | None = None, deadline: float | None = None,
-                   **kwargs: Any) -> Any:
+                   optimizations: list[str] | None = None, **kwargs: Any) -> Any:
     """Compute ``keys`` of the Dask graph ``dsk`` on serverless workers.
 
     Use like any Dask scheduler: ``dask.compute(x, scheduler=serverless_get)``. Keyword
     arguments override the ``serverless.*`` config for this call (``planner``, ``plan``,
-    ``backend``, ``redis_url``, ``memory``, ``parallelism``, ``deadline``).
+    ``backend``, ``redis_url``, ``memory``, ``parallelism``, ``deadline``,
+    ``optimizations``).
     """
     global last_run
     config.validate_all()
@@ -46,7 +50,13 @@ def serverless_get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
                 if cb[0]:
                     cb[0](graph)
                 started.append(cb)
-            the_plan = plan or make_plan(dag, planner, backend, memory, parallelism)
+            if plan is None:
+                chosen = planner or config.get("planner")
+                passes = list(config.get("optimizations", optimizations))
+                predictor = (history.predictor_for(dag, redis_url)
+                             if history.wants_history(chosen, passes) else None)
+                plan = make_plan(dag, chosen, backend, memory, parallelism, passes, predictor)
+            the_plan = plan
             state = _callback_state(dag)
             for f in start_state_cbs:
                 if f:
@@ -60,7 +70,9 @@ def serverless_get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
                       deadline=config.get("deadline", deadline),
                       poll_interval=config.get("poll-interval"),
                       redis_grace=config.get("redis-grace"),
-                      max_output_bytes=config.get("max-output-bytes"), on_progress=on_progress)
+                      max_output_bytes=config.get("max-output-bytes"), on_progress=on_progress,
+                      metrics_url=session.metrics_url(redis_url),
+                      metrics_wait=config.get("metrics.wait"))
             last_run = run
             values = run.execute()
             results = {dag.tasks[t].key: v for t, v in zip(dag.outputs, values, strict=True)}
@@ -76,11 +88,22 @@ def serverless_get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
 
 
 def make_plan(dag: DAG, planner: Any = None, backend: Any = None,
-              memory: int | None = None, parallelism: int | None = None) -> Plan:
-    """Plan ``dag`` with the configured (or given) planner."""
-    chosen = get_planner(planner or config.get("planner"))
+              memory: int | None = None, parallelism: int | None = None,
+              optimizations: list[str] | None = None, predictor: Any = None) -> Plan:
+    """Plan ``dag`` with the configured (or given) planner, then apply the configured
+    optimisation passes (``serverless.optimizations``)."""
+    chosen = get_planner(planner or config.get("planner"), **config.get("planner-options"))
     width = config.get("parallelism", parallelism) or session.backend(backend).default_parallelism()
-    return chosen.plan(dag, parallelism=width, memory_mb=config.get("memory", memory))
+    plan = chosen.plan(dag, parallelism=width, memory_mb=config.get("memory", memory),
+                       predictor=predictor)
+    passes = list(config.get("optimizations", optimizations))
+    if passes:
+        options = config.get("planner-options")
+        objective = Objective.parse(options.get("objective"), options.get("budget_s"))
+        sim = Simulator(dag, cost_model_of(predictor),
+                        inline_bytes=config.get("payload-inline-bytes"))
+        plan = apply_passes(dag, plan, passes, sim, objective)
+    return plan
 
 
 def _callback_state(dag: DAG) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -20,7 +21,11 @@ from ..backends import Backend
 from ..dag import DAG
 from ..errors import DeadlineExceededError, RedisUnavailableError, RunDataLostError
 from ..layout import Layout, build_layout
-from ..plan import Plan
+from ..metrics.cost import Prices
+from ..metrics.records import RunRecord
+from ..metrics.runs import record_run
+from ..metrics.store import MetricsStore
+from ..plan import Plan, ResourceConfig, Warmup
 from ..storage import serialize
 from ..storage.store import RunStore, connect, redact
 from ..worker.payload import Invocation, RunSpec
@@ -37,7 +42,8 @@ class Run:
                  ttl: int = 3600, inline_bytes: int = 64 * 1024, deadline: float = 3600.0,
                  poll_interval: float = 0.5, redis_grace: float = 10.0,
                  max_output_bytes: int = 500 * 2**20,
-                 on_progress: ProgressCallback | None = None):
+                 on_progress: ProgressCallback | None = None,
+                 metrics_url: str | None = None, metrics_wait: float = 2.0):
         plan.validate(dag)
         self.dag, self.plan, self.backend = dag, plan, backend
         self.redis_url = redis_url
@@ -49,8 +55,13 @@ class Run:
         self.max_output_bytes = max_output_bytes
         self.on_progress = on_progress
         self.store = RunStore(connect(redis_url), self.run_id, ttl)
+        self.metrics_url, self.metrics_wait = metrics_url, metrics_wait
+        self.record: RunRecord | None = None  # what was recorded (when metrics are on)
+        self.roots: list[str] = []  # ids of the invocations the client made
         self.submit_time = 0.0
         self.makespan = 0.0
+        self._warmups: list[Warmup] = []
+        self._started = 0.0
 
     def execute(self) -> list[Any]:
         """Run to completion; return output values in ``dag.outputs`` order."""
@@ -68,8 +79,11 @@ class Run:
         finally:
             if not ok:
                 self._cancel()
+                self.makespan = time.time() - self.submit_time
             pubsub.close()
             self._cleanup()
+            if self.metrics_url is not None:
+                self._write_record(ok)
 
     def _cancel(self) -> None:
         """Tell running workers to stop (flag in Redis; the backend may kill them too)."""
@@ -84,7 +98,8 @@ class Run:
     # -- steps ------------------------------------------------------------------------
     def _submit(self) -> None:
         spec = RunSpec(self.dag, self.plan, self.layout, self.ttl, self.inline_bytes,
-                       self.on_progress is not None, self.max_output_bytes)
+                       self.on_progress is not None, self.max_output_bytes,
+                       self.metrics_url)
         blob = spec.dumps()
         inline = len(blob) <= self.inline_bytes
         self.store.put_spec(blob)  # also inline when small; any worker can fetch it
@@ -97,7 +112,24 @@ class Run:
         logger.debug("run %s: %d tasks, %d root invocations, spec %d bytes (%s)",
                      self.run_id, len(self.dag), len(invocations), len(blob),
                      "inline" if inline else "redis")
+        self.roots = [inv.id for inv in invocations]
         self.backend.invoke_many(invocations)
+        if self.metrics_url is not None:
+            self.dag.signature()  # cached: hashed while the workers run, not after
+        self._warmups = sorted(self.plan.optimizations.prewarm, key=lambda w: w.at_s)
+        self._started = time.monotonic()
+
+    def _warm_up_due(self) -> float:
+        """Send the plan's pre-warm requests that are due; seconds until the next one."""
+        elapsed = time.monotonic() - self._started
+        while self._warmups and self._warmups[0].at_s <= elapsed:
+            w = self._warmups.pop(0)
+            try:
+                self.backend.warm_up(ResourceConfig(w.memory_mb), w.count)
+            except Exception:  # a warm-up is only a hint
+                logger.warning("run %s: warm-up of %d x %d MB failed", self.run_id, w.count,
+                               w.memory_mb, exc_info=True)
+        return self._warmups[0].at_s - elapsed if self._warmups else math.inf
 
     def _wait(self, pubsub) -> None:
         n_out = len(self.dag.outputs)
@@ -113,7 +145,8 @@ class Run:
                     if self.store.outputs_done() >= n_out:
                         return
                     next_check = now + self.poll_interval
-                msg = pubsub.get_message(timeout=min(self.poll_interval, deadline - now))
+                wait = min(self.poll_interval, deadline - now, self._warm_up_due())
+                msg = pubsub.get_message(timeout=max(wait, 0.0))
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 self._ride_out_outage(exc)
                 next_check = 0.0
@@ -194,3 +227,19 @@ class Run:
         except Exception:  # never hide the run's own outcome
             logger.warning("run %s: could not delete its Redis keys", self.run_id,
                            exc_info=True)
+
+    def _write_record(self, ok: bool) -> None:
+        """Store the run record once the workers' last records arrived (they write them
+        right after their outputs: milliseconds); a failed run waits less for workers
+        that may be gone. Synchronous on purpose: when ``compute`` returns, the record is
+        readable and the workers are idle again (warm for the next run)."""
+        run = RunRecord(self.run_id, self.dag.signature(), self.plan.planner,
+                        dict(self.plan.options), self.backend.name, len(self.dag),
+                        len(self.plan.workers), self.submit_time, self.makespan,
+                        "ok" if ok else "failed")
+        wait = self.metrics_wait if ok else min(self.metrics_wait, 0.2)
+        try:
+            self.record = record_run(MetricsStore.from_url(self.metrics_url), run,
+                                     self.roots, wait, Prices.from_config())
+        except (redis.RedisError, OSError) as exc:
+            logger.warning("run %s: could not record its metrics: %s", self.run_id, exc)

@@ -59,7 +59,7 @@ class EmbeddedRedis:
             self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL,
                                           stderr=subprocess.PIPE)
             url = f"redis://127.0.0.1:{port}/0"
-            if _wait_ready(url, self._proc):
+            if wait_ready(url, self._proc):
                 self.url, self.kind = url, "redis-server"
                 logger.info("started embedded redis-server at %s", url)
                 return
@@ -71,10 +71,11 @@ class EmbeddedRedis:
 
         port = free_port()
         self._fake = TcpFakeServer(("127.0.0.1", port), server_type="redis")
+        self._fake.daemon_threads = True  # stop() must not wait for clients still connected
         threading.Thread(target=self._fake.serve_forever, daemon=True,
                          name="dask-serverless-fakeredis").start()
         url = f"redis://127.0.0.1:{port}/0"
-        if not _wait_ready(url, None):
+        if not wait_ready(url, None):
             raise RuntimeError("could not start the in-process fakeredis server")
         self.url, self.kind = url, "fakeredis"
 
@@ -94,7 +95,7 @@ class EmbeddedRedis:
             self._tmp = None
 
 
-def _wait_ready(url: str, proc: subprocess.Popen | None, timeout: float = 10.0) -> bool:
+def wait_ready(url: str, proc: subprocess.Popen | None, timeout: float = 10.0) -> bool:
     client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
     deadline = time.monotonic() + timeout
     try:

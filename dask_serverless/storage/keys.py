@@ -52,3 +52,29 @@ class RunKeys:
     @property
     def pattern(self) -> str:
         return f"{self.prefix}*"
+
+
+class MetricsKeys:
+    """Key names of recorded metrics: ``dsm:...``, never deleted with a run's ``ds:`` keys.
+
+    A run's records share the hash tag ``{run_id}`` so a worker's one pipeline touches
+    one Redis Cluster slot.
+    """
+
+    runs = "dsm:runs"  # sorted set: run id -> submit time
+
+    @staticmethod
+    def run(run_id: str) -> str:
+        return f"dsm:{{{run_id}}}:run"  # JSON run record
+
+    @staticmethod
+    def invocations(run_id: str) -> str:
+        return f"dsm:{{{run_id}}}:inv"  # list: one JSON invocation record each
+
+    @staticmethod
+    def tasks(run_id: str) -> str:
+        return f"dsm:{{{run_id}}}:tasks"  # list: one JSON batch of task rows per invocation
+
+    @staticmethod
+    def signature(signature: str) -> str:
+        return f"dsm:sig:{signature}"  # sorted set: run ids of one workflow -> submit time

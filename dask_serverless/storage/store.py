@@ -96,6 +96,22 @@ class RunStore:
         mine = claimer.encode()
         return [v == mine for v in res[1::2]]
 
+    def fanin_sizes(self, consumers: Sequence[int]) -> list[int]:
+        pipe = self.r.pipeline(transaction=False)
+        for c in consumers:
+            pipe.scard(self.keys.fanin(c))
+        return [int(x) for x in pipe.execute()]
+
+    def fanin_members(self, consumers: Sequence[int]) -> list[set[int]]:
+        """The producers registered in each consumer's fan-in set."""
+        pipe = self.r.pipeline(transaction=False)
+        for c in consumers:
+            pipe.smembers(self.keys.fanin(c))
+        return [{int(x) for x in members} for members in pipe.execute()]
+
+    def outputs_exist(self, task_ids: Sequence[int]) -> bool:
+        return int(self.r.exists(*[self.keys.output(t) for t in task_ids])) == len(task_ids)
+
     def outputs_done(self) -> int:
         return int(self.r.scard(self.keys.outputs_done))
 

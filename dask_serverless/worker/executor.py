@@ -15,7 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from dask.sizeof import sizeof
+
 from ..errors import OutputTooLargeError, RunDataLostError
+from ..metrics.recorder import InvocationRecorder
 from ..storage import serialize
 from ..storage.store import RunStore, connect
 from .payload import Invocation, RunSpec
@@ -25,9 +28,10 @@ logger = logging.getLogger(__name__)
 # per-container cache: run id -> (spec, its bytes when small enough to forward inline)
 _SPECS: OrderedDict[str, tuple[RunSpec, bytes | None]] = OrderedDict()
 _SPEC_CACHE_SIZE = 4
-_FINAL_FLUSH_BYTES = 8 * 2**20
+FINAL_FLUSH_BYTES = 8 * 2**20
 _CANCEL_CHECK_S = 0.2
 _PROGRESS_S = 0.1
+HOLD_POLL_S = 0.005  # delayed I/O: how often a holding worker checks its fan-ins
 
 
 class Invoker(Protocol):
@@ -44,6 +48,7 @@ class InvocationReport:
     failed: bool = False
     cancelled: bool = False
     invoked: int = 0
+    cold: bool = False
     spec_fetch_s: float = 0.0
     start_time: float = 0.0
     end_time: float = 0.0
@@ -78,9 +83,14 @@ def error_record(exc: BaseException, key: Any, worker_id: str, memory_mb: int) -
 
 
 def execute(inv: Invocation, invoker: Invoker,
-            on_task_start: Callable[[int], None] | None = None) -> InvocationReport:
-    """Execute ``inv``; errors are stored in Redis for the client, never raised."""
-    report = InvocationReport(inv.run_id, inv.worker_id, start_time=time.time())
+            on_task_start: Callable[[int], None] | None = None, *,
+            cold: bool = False) -> InvocationReport:
+    """Execute ``inv``; errors are stored in Redis for the client, never raised.
+
+    ``cold``: this is the first invocation of a new container (the backend knows).
+    Metrics (when the run records them) are written in one pipeline at the end.
+    """
+    report = InvocationReport(inv.run_id, inv.worker_id, cold=cold, start_time=time.time())
     store = RunStore(connect(inv.redis_url), inv.run_id)
     try:
         spec, spec_blob, report.spec_fetch_s = load_spec(inv, store)
@@ -89,15 +99,31 @@ def execute(inv: Invocation, invoker: Invoker,
         report.failed = True
         return report
     store.ttl = spec.ttl
+    recorder = InvocationRecorder(inv, cold, report.start_time) if spec.metrics_url else None
     if not inv.warmup:
         try:
-            _Execution(inv, spec, spec_blob, store, invoker, on_task_start, report).run()
+            _Execution(inv, spec, spec_blob, store, invoker, on_task_start, report,
+                       recorder).run()
         except BaseException as exc:
             report.failed = True
             store.fail(error_record(exc, f"<worker {inv.worker_id}>", inv.worker_id,
                                     inv.memory_mb))
     report.end_time = time.time()
+    if recorder is not None:
+        recorder.flush(connect(spec.metrics_url), recorder.record(
+            report.start_time, report.end_time, report.spec_fetch_s, report.failed))
     return report
+
+
+@dataclass(slots=True)
+class _Held:
+    """An output held back (delayed I/O) for a fan-in this invocation may run."""
+
+    producer: int
+    fanin: int
+    deadline: float
+    value: Any
+    data: bytes
 
 
 class _Execution:
@@ -105,70 +131,98 @@ class _Execution:
 
     def __init__(self, inv: Invocation, spec: RunSpec, spec_blob: bytes | None,
                  store: RunStore, invoker: Invoker,
-                 on_task_start: Callable[[int], None] | None, report: InvocationReport):
+                 on_task_start: Callable[[int], None] | None, report: InvocationReport,
+                 recorder: InvocationRecorder | None = None):
         self.inv, self.spec, self.store, self.invoker = inv, spec, store, invoker
         self.spec_blob = spec_blob
         self.on_task_start = on_task_start
         self.report = report
+        self.rec = recorder
         self.tasks = spec.dag.tasks
         self.layout = spec.layout
         self.local: dict[int, Any] = {}
         self.local_bytes: dict[int, bytes] = {}  # pickled outputs kept to inline downstream
         self.remaining: dict[int, int] = {}
         self.refs: dict[int, int] = {}
-        self.final: list[tuple[int, bytes]] = []
+        self.final: list[tuple[int, bytes]] = []  # outputs only the client needs
         self.final_bytes = 0
         self.progress: list[int] = []
         my = spec.plan.workers[inv.worker_id]
         self.config = my.config
+        self.opt = spec.plan.optimizations
+        self.held: list[_Held] = []
+        self.next_cancel_check = time.monotonic() + _CANCEL_CHECK_S
+        self.next_progress = time.monotonic() + _PROGRESS_S
 
     # -- main loop ---------------------------------------------------------------------
     def run(self) -> None:
         ready = list(reversed(self.inv.start))
         self._fetch_inputs(self.inv.start)
-        next_cancel_check = time.monotonic() + _CANCEL_CHECK_S
-        next_progress = time.monotonic() + _PROGRESS_S
+        while self._drain(ready) and self.held:
+            self._flush_final()
+            ready = self._await_held()
+        if self.report.failed or self.report.cancelled:
+            return
+        self._flush_final()
+        if self.spec.report_tasks:
+            self._flush_progress()
+
+    def _check_cancelled(self, now: float) -> bool:
+        if now >= self.next_cancel_check:
+            self.next_cancel_check = now + _CANCEL_CHECK_S
+            if self.store.cancelled():
+                self.report.cancelled = True
+        return self.report.cancelled
+
+    def _drain(self, ready: list[int]) -> bool:
+        """Run ready tasks until none is left; False when the invocation must stop."""
         while ready:
             now = time.monotonic()
-            if now >= next_cancel_check:
-                next_cancel_check = now + _CANCEL_CHECK_S
-                if self.store.cancelled():
-                    self.report.cancelled = True
-                    return
-            if self.spec.report_tasks and self.progress and now >= next_progress:
-                next_progress = now + _PROGRESS_S
+            if self._check_cancelled(now):
+                return False
+            if self.spec.report_tasks and self.progress and now >= self.next_progress:
+                self.next_progress = now + _PROGRESS_S
                 self._flush_progress()
             tid = ready.pop()
             task = self.tasks[tid]
             if self.on_task_start is not None:
                 self.on_task_start(tid)
+            start = time.time()
             missing = [d for d in task.deps if d not in self.local]
             if missing:
                 self._fetch_inputs_of(missing)
+            t0 = time.perf_counter()
             try:
                 value = task.node({self.tasks[d].key: self.local[d] for d in task.deps})
             except BaseException as exc:
                 self._fail(exc, task.key)
-                return
+                return False
+            exec_s = time.perf_counter() - t0
             self.report.tasks += 1
             for d in task.deps:
                 self._release(d)
             ready.extend(self._finished(tid, value))
-        self._flush_final()
-        if self.spec.report_tasks:
-            self._flush_progress()
+            if self.rec is not None:
+                self.rec.task(task, start, exec_s, time.time(),
+                              bool(self.final) and self.final[-1][0] == tid)
+        return True
 
     # -- inputs ------------------------------------------------------------------------
     def _fetch_inputs(self, start: list[int]) -> None:
         wanted = sorted({d for s in start for d in self.tasks[s].deps})
         for d, data in self.inv.inputs.items():
             self.local[d] = serialize.loads(data)
+        if self.rec is not None and self.inv.inputs:
+            self.rec.arrived_inputs(list(self.inv.inputs),
+                                    [len(b) for b in self.inv.inputs.values()], "inline")
         self._fetch_inputs_of([d for d in wanted if d not in self.local])
 
     def _fetch_inputs_of(self, ids: list[int]) -> None:
         if not ids:
             return
+        t0 = time.perf_counter()
         blobs = self.store.get_outputs(ids)
+        seconds = time.perf_counter() - t0
         for d, blob in zip(ids, blobs, strict=True):
             if blob is None:
                 raise RunDataLostError(
@@ -176,6 +230,8 @@ class _Execution:
                     f"from Redis (run {self.inv.run_id} cancelled, expired or Redis "
                     "restarted)")
             self.local[d] = serialize.loads(blob)
+        if self.rec is not None:
+            self.rec.arrived_inputs(ids, [len(b) for b in blobs], "redis", seconds)
 
     def _release(self, tid: int) -> None:
         left = self.refs.get(tid)
@@ -208,7 +264,10 @@ class _Execution:
                 ready.append(d)
             else:
                 self.remaining[d] = left
+        rec = self.rec
         if not layout.upload[tid]:
+            if rec is not None:
+                rec.output(tid, sizeof(value))
             return ready
         try:
             data = serialize.dumps(value)
@@ -218,36 +277,51 @@ class _Execution:
             raise OutputTooLargeError(
                 f"output of task {task.key!r} is {len(data)} bytes, over "
                 f"serverless.max-output-bytes={self.spec.max_output_bytes}")
+        if rec is not None:
+            rec.output(tid, len(data))
         is_final = tid in self.spec.dag.output_set
+        if tid in self.opt.delay and entries:
+            entries = self._hold(tid, value, data, entries)
         if not entries:
-            self.final.append((tid, data))
-            self.final_bytes += len(data)
-            if self.final_bytes >= _FINAL_FLUSH_BYTES:
-                self._flush_final()
+            if is_final:
+                self.final.append((tid, data))
+                self.final_bytes += len(data)
+                if self.final_bytes >= FINAL_FLUSH_BYTES:
+                    self._flush_final()
             return ready
         final = [tid] if is_final else []
         fanins = [(tid, e) for e in entries if len(self.tasks[e].deps) > 1]
+        t0 = time.perf_counter()
         sizes = self.store.publish_outputs([(tid, data)], final, fanins)
+        t1 = time.perf_counter()
         complete = [c for (_, c), n in zip(fanins, sizes, strict=True)
                     if n == len(self.tasks[c].deps)]
         won = self.store.claim(complete, self.inv.id) if complete else []
+        if rec is not None:
+            rec.uploaded(len(data), t1 - t0)
+            if complete:
+                rec.claimed(time.perf_counter() - t1)
         fired = [e for e in entries if len(self.tasks[e].deps) == 1]
         fired += [c for c, w in zip(complete, won, strict=True) if w]
         if len(data) <= self.spec.inline_bytes:
             self.local_bytes[tid] = data
-        return ready + self._dispatch(fired, value, tid)
+        dup = [c for (_, c) in fanins if c in self.opt.duplicate and c not in complete]
+        extra = [r for c in dup for r in self._duplicate(c)]
+        return ready + self._dispatch(fired, value, tid) + extra
+
+    def _runs_here(self, entry: int) -> bool:
+        spec = self.spec.plan.worker_of(entry)
+        return spec.id == self.inv.worker_id or (spec.floating and spec.config == self.config)
 
     def _dispatch(self, fired: list[int], value: Any, producer: int) -> list[int]:
         """Run fired entries here when the plan allows it; invoke their workers otherwise."""
-        plan = self.spec.plan
         run_here: list[int] = []
         remote: dict[str, list[int]] = {}
         for e in fired:
-            spec = plan.worker_of(e)
-            if spec.id == self.inv.worker_id or (spec.floating and spec.config == self.config):
+            if self._runs_here(e):
                 run_here.append(e)
             else:
-                remote.setdefault(spec.id, []).append(e)
+                remote.setdefault(self.spec.plan.assignment[e], []).append(e)
         if run_here:
             self.local[producer] = value
             self.refs[producer] = self.refs.get(producer, 0) + len(run_here)
@@ -265,11 +339,98 @@ class _Execution:
                 self.inv.redis_url, starts, self.spec_blob, inline, self.inv.worker_id,
                 time.time()))
         self.report.invoked += len(invs)
+        if self.rec is not None:
+            self.rec.invoked_ids([i.id for i in invs])
         self.invoker.invoke_many(invs)
+
+    # -- task-dup ----------------------------------------------------------------------
+    def _duplicate(self, fanin: int) -> list[int]:
+        """Run the fan-in's missing cheap inputs (``plan.optimizations.duplicate``) here
+        when their own inputs exist. First writer wins (``SET NX``) and the fan-in set
+        holds producer ids, so the original run of a duplicate changes nothing."""
+        (members,) = self.store.fanin_members([fanin])
+        for b in self.opt.duplicate[fanin]:
+            if b in members:
+                continue
+            task = self.tasks[b]
+            missing = [d for d in task.deps if d not in self.local]
+            if missing and not self.store.outputs_exist(missing):
+                continue
+            try:
+                self._fetch_inputs_of(missing)
+                value = task.node({self.tasks[d].key: self.local[d] for d in task.deps})
+                data = serialize.dumps(value)
+            except Exception:  # the task's own worker runs it and reports any error
+                logger.debug("task-dup of %r skipped", task.key, exc_info=True)
+                continue
+            self.report.extra["duplicates"] = self.report.extra.get("duplicates", 0) + 1
+            (size,) = self.store.publish_outputs([(b, data)], [], [(b, fanin)])
+            if size == len(self.tasks[fanin].deps) and \
+                    self.store.claim([fanin], self.inv.id)[0]:
+                return self._dispatch([fanin], value, b)
+        return []
+
+    # -- delayed I/O and pre-load ----------------------------------------------------------
+    def _hold(self, tid: int, value: Any, data: bytes, entries: tuple[int, ...]) -> tuple:
+        """Hold ``tid``'s output for fan-ins this invocation may run; return the entries
+        to publish to now."""
+        held = [e for e in entries if len(self.tasks[e].deps) > 1 and self._runs_here(e)]
+        if not held:
+            return entries
+        deadline = time.monotonic() + self.opt.delay[tid]
+        self.held += [_Held(tid, e, deadline, value, data) for e in held]
+        self.local[tid] = value
+        self.refs[tid] = self.refs.get(tid, 0) + len(held)
+        return tuple(e for e in entries if e not in held)
+
+    def _await_held(self) -> list[int]:
+        """Wait for held fan-ins' other inputs (downloading them as they land when
+        pre-load is on); publish a held output when its bound passes. Returns the fan-ins
+        to run here."""
+        while self.held:
+            if self._check_cancelled(time.monotonic()):
+                return []
+            fanins = [h.fanin for h in self.held]
+            if self.opt.preload:
+                self._preload(fanins)
+            sizes = self.store.fanin_sizes(fanins)
+            now = time.monotonic()
+            ready: list[int] = []
+            for h, size in zip(list(self.held), sizes, strict=True):
+                if size >= len(self.tasks[h.fanin].deps) - 1:
+                    self.held.remove(h)
+                    ready += self._release_held(h, publish=False)
+                elif now >= h.deadline:
+                    self.held.remove(h)
+                    ready += self._release_held(h, publish=True)
+            if ready:
+                return ready
+            if self.held:
+                time.sleep(HOLD_POLL_S)
+        return []
+
+    def _release_held(self, h: _Held, publish: bool) -> list[int]:
+        outputs = [(h.producer, h.data)] if publish else []
+        (size,) = self.store.publish_outputs(outputs, [], [(h.producer, h.fanin)])
+        self._release(h.producer)
+        if size == len(self.tasks[h.fanin].deps) and \
+                self.store.claim([h.fanin], self.inv.id)[0]:
+            return self._dispatch([h.fanin], h.value, h.producer)
+        return []
+
+    def _preload(self, fanins: list[int]) -> None:
+        wanted = sorted({d for members in self.store.fanin_members(fanins) for d in members
+                         if d not in self.local})
+        if wanted:
+            self._fetch_inputs_of(wanted)
 
     def _flush_final(self) -> None:
         if self.final:
+            t0 = time.perf_counter()
             self.store.publish_outputs(self.final, [t for t, _ in self.final], [])
+            if self.rec is not None:
+                self.rec.batch_uploaded([(t, len(d)) for t, d in self.final],
+                                        time.perf_counter() - t0)
             self.store.event({"kind": "outputs"})
             self.final, self.final_bytes = [], 0
 

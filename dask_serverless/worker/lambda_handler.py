@@ -48,8 +48,7 @@ def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
         _invoker = LambdaInvoker(dataclasses.replace(
             settings, invoke_concurrency=min(settings.invoke_concurrency,
                                              WORKER_INVOKE_THREADS)))
-    report = execute(inv, _invoker)
-    report.extra["cold"] = cold
+    report = execute(inv, _invoker, cold=cold)
     report.extra["request_id"] = getattr(context, "aws_request_id", None)
     events.drop_spilled(inv.redis_url, spilled)
     logger.info("run %s worker %s: %d tasks, invoked %d, %s start", inv.run_id,

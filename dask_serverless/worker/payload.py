@@ -55,6 +55,7 @@ class RunSpec:
     inline_bytes: int
     report_tasks: bool
     max_output_bytes: int = 500 * 2**20
+    metrics_url: str | None = None  # where workers record metrics; None: not recorded
 
     def dumps(self) -> bytes:
         """Serialise once (each distinct function pickled once) and seal."""

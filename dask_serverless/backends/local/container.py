@@ -1,9 +1,10 @@
 """Entry point of a local "container": a long-lived worker subprocess, like a Lambda
 execution environment. Started by ``LocalPool``; talks to it over two pipes.
 
-Messages are pickled tuples. From the pool: ("run", invocation_bytes),
-("call", "module.function", event_json, context_dict) and ("exit",).
-To the pool: ("ready", startup_s), ("invoke", [invocation_bytes, ...]),
+Messages are pickled tuples. From the pool: ("run", invocation_bytes, cold),
+("call", "module.function", event_json, context_dict, cold) and ("exit",); ``cold`` is
+true for the work the container was spawned for (a pre-warmed container's first
+invocation is warm). To the pool: ("ready", startup_s), ("invoke", [invocation_bytes, ...]),
 ("done", report_dict, was_cold), ("result", ok, result_or_error_json, was_cold).
 """
 
@@ -70,7 +71,6 @@ def main(argv: list[str]) -> None:
 
     invoker = _PipeInvoker(tx)
     tx.send_bytes(pickle.dumps(("ready", time.perf_counter() - _T0)))
-    cold = True
     while True:
         try:
             msg = pickle.loads(rx.recv_bytes())
@@ -78,11 +78,11 @@ def main(argv: list[str]) -> None:
             return
         if msg[0] == "exit":
             return
+        cold = msg[-1]
         if msg[0] == "call":
             os.pwrite(status_fd, b" " * 23 + b"\n", 0)
             ok, payload = handler_call.call(msg[1], msg[2], msg[3])
             tx.send_bytes(pickle.dumps(("result", ok, payload, cold)))
-            cold = False
             continue
         try:
             inv = Invocation.loads(msg[1])
@@ -91,10 +91,8 @@ def main(argv: list[str]) -> None:
             tx.send_bytes(pickle.dumps(("refused", str(exc))))
             continue
         os.pwrite(status_fd, b" " * 23 + b"\n", 0)
-        report = execute(inv, invoker, on_task_start)
-        report.extra["cold"] = cold
+        report = execute(inv, invoker, on_task_start, cold=cold)
         tx.send_bytes(pickle.dumps(("done", asdict(report), cold)))
-        cold = False
 
 
 if __name__ == "__main__":

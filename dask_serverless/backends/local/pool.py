@@ -59,14 +59,15 @@ Work = Invocation | HandlerCall
 
 
 class _Container:
-    __slots__ = ("busy_since", "current", "id", "idle_since", "invocations", "log_path",
-                 "memory_mb", "proc", "rx", "startup_s", "state", "status_path", "timed_out",
-                 "tx")
+    __slots__ = ("busy_since", "cold", "current", "id", "idle_since", "invocations",
+                 "log_path", "memory_mb", "proc", "rx", "startup_s", "state", "status_path",
+                 "timed_out", "tx")
 
     def __init__(self, cid: int, memory_mb: int):
         self.id, self.memory_mb = cid, memory_mb
         self.state = "starting"  # starting -> idle <-> busy -> dead
         self.current: Work | None = None
+        self.cold = False  # the next work sent is what it was spawned for
         self.idle_since = self.busy_since = time.monotonic()
         self.timed_out = False
         self.startup_s = 0.0
@@ -198,7 +199,7 @@ class LocalPool:
 
     def _spawn(self, memory_mb: int, inv: Work | None) -> _Container:
         c = _Container(next(self._ids), memory_mb)
-        c.current = inv
+        c.current, c.cold = inv, inv is not None
         c.status_path = os.path.join(self._dir, f"c{c.id}.status")
         c.log_path = os.path.join(self._dir, f"c{c.id}.log")
         to_child_r, to_child_w = os.pipe()
@@ -225,10 +226,11 @@ class LocalPool:
 
     def _send(self, c: _Container, inv: Work) -> None:
         c.invocations += 1
+        cold, c.cold = c.cold, False
         if isinstance(inv, HandlerCall):
-            msg = ("call", inv.handler, inv.event, inv.context)
+            msg = ("call", inv.handler, inv.event, inv.context, cold)
         else:
-            msg = ("run", self.encode(inv))
+            msg = ("run", self.encode(inv), cold)
         try:
             c.tx.send_bytes(pickle.dumps(msg))
         except OSError:

@@ -1,0 +1,99 @@
+"""What the simulator and the planners need to know about time, bytes and price.
+
+``CostModel`` is the protocol (the metrics ``Predictor`` implements it from measured
+history); ``FixedCostModel`` answers with constant numbers (tests, and the fallback when
+there is no history yet). Prices default to AWS Lambda x86.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+from .plan import LAMBDA_MB_PER_VCPU, ResourceConfig
+
+LAMBDA_PRICE_GB_S = 0.0000166667  # USD per GB-second, Lambda x86
+LAMBDA_PRICE_REQUEST = 0.20 / 1e6  # USD per request
+
+StartKind = Literal["cold", "warm"]
+Direction = Literal["upload", "download"]
+
+
+@runtime_checkable
+class CostModel(Protocol):
+    """Predictions in seconds and bytes; prices in USD."""
+
+    price_gb_s: float
+    price_request: float
+
+    def exec_time(self, function: str, input_bytes: int,
+                  resource_config: ResourceConfig) -> float: ...
+
+    def output_bytes(self, function: str, input_bytes: int) -> int: ...
+
+    def transfer_time(self, nbytes: int, direction: Direction) -> float: ...
+
+    def predict_worker_invocation_time(self, resource_config: ResourceConfig,
+                                       start: StartKind) -> float: ...
+
+
+def _by_function(value: float | Mapping[str, float], function: str) -> float:
+    if isinstance(value, Mapping):
+        try:
+            return value[function]
+        except KeyError:
+            return value.get("*", 0.0)
+    return value
+
+
+@dataclass
+class FixedCostModel:
+    """Constant predictions: per function name (a mapping, ``"*"`` for the rest) or one
+    number for all.
+
+    ``exec_s`` is a task's time at ``reference_mb``; ``cpu_bound`` (0..1) is the share of it
+    that scales with the config's vCPU share (capped at one vCPU: tasks are single-threaded).
+    A transfer costs ``latency_s`` (one Redis round trip) plus ``nbytes / bandwidth``.
+    """
+
+    exec_s: float | Mapping[str, float] = 0.01
+    out_bytes: int | Mapping[str, int] = 1000
+    cold_s: float = 0.5
+    warm_s: float = 0.005
+    latency_s: float = 0.0005
+    bandwidth: float = 100e6
+    reference_mb: int = 1024
+    cpu_bound: float = 0.0
+    price_gb_s: float = LAMBDA_PRICE_GB_S
+    price_request: float = LAMBDA_PRICE_REQUEST
+    _scale: dict[int, float] = field(default_factory=dict, repr=False)
+
+    def exec_time(self, function: str, input_bytes: int,
+                  resource_config: ResourceConfig) -> float:
+        base = _by_function(self.exec_s, function)
+        if not self.cpu_bound:
+            return base
+        mb = resource_config.memory_mb
+        scale = self._scale.get(mb)
+        if scale is None:
+            ref = min(self.reference_mb, LAMBDA_MB_PER_VCPU)
+            scale = self._scale[mb] = (1 - self.cpu_bound) + self.cpu_bound * ref / min(
+                mb, LAMBDA_MB_PER_VCPU)
+        return base * scale
+
+    def output_bytes(self, function: str, input_bytes: int) -> int:
+        return int(_by_function(self.out_bytes, function))
+
+    def transfer_time(self, nbytes: int, direction: Direction) -> float:
+        return self.latency_s + nbytes / self.bandwidth
+
+    def predict_worker_invocation_time(self, resource_config: ResourceConfig,
+                                       start: StartKind) -> float:
+        return self.cold_s if start == "cold" else self.warm_s
+
+
+def default_cost_model() -> FixedCostModel:
+    """Used when no predictor is given: round numbers in the range the local backend
+    measures (a cold container start is a process spawn plus imports)."""
+    return FixedCostModel()

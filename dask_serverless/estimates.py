@@ -1,0 +1,66 @@
+"""Per-task predictions for one DAG under a cost model: bytes in and out, run times.
+
+Output sizes do not depend on the resource config, so they are computed once; run times
+are computed per config on first use and cached by (function, input bytes, memory).
+"""
+
+from __future__ import annotations
+
+from .costmodel import CostModel
+from .dag import DAG
+from .plan import ResourceConfig
+
+
+class Estimates:
+    """``out_bytes[t]``, ``in_bytes[t]`` and ``exec_times(config)[t]`` for ``dag``."""
+
+    def __init__(self, dag: DAG, cost: CostModel):
+        self.dag, self.cost = dag, cost
+        n = len(dag)
+        out = [0] * n
+        inb = [0] * n
+        cache: dict[tuple[str, int], int] = {}
+        for t in dag.tasks:
+            b = 0
+            for d in t.deps:
+                b += out[d]
+            inb[t.id] = b
+            key = (t.func_name, b)
+            o = cache.get(key)
+            if o is None:
+                o = cache[key] = int(cost.output_bytes(t.func_name, b))
+            out[t.id] = o
+        self.out_bytes, self.in_bytes = out, inb
+        self._exec: dict[int, list[float]] = {}
+        self._latency: dict[tuple[int, str], float] = {}
+
+    def exec_times(self, config: ResourceConfig) -> list[float]:
+        times = self._exec.get(config.memory_mb)
+        if times is None:
+            cache: dict[tuple[str, int], float] = {}
+            times = []
+            for t in self.dag.tasks:
+                key = (t.func_name, self.in_bytes[t.id])
+                v = cache.get(key)
+                if v is None:
+                    v = cache[key] = float(self.cost.exec_time(t.func_name, key[1], config))
+                times.append(v)
+            self._exec[config.memory_mb] = times
+        return times
+
+    def exec_time(self, task_id: int, config: ResourceConfig) -> float:
+        return self.exec_times(config)[task_id]
+
+    def invocation_time(self, config: ResourceConfig, start: str) -> float:
+        key = (config.memory_mb, start)
+        v = self._latency.get(key)
+        if v is None:
+            v = self._latency[key] = float(
+                self.cost.predict_worker_invocation_time(config, start))  # type: ignore[arg-type]
+        return v
+
+    def upload(self, nbytes: int) -> float:
+        return self.cost.transfer_time(nbytes, "upload")
+
+    def download(self, nbytes: int) -> float:
+        return self.cost.transfer_time(nbytes, "download")

@@ -1,0 +1,315 @@
+"""Predictions learned from recorded history: task execution time and output size, Redis
+transfer time and worker start time.
+
+Every method returns a ``Prediction``: a float that also says how many samples it used,
+its spread (in the prediction's unit: the value times ``exp(scaled MAD of the log
+residuals) - 1``) and where it came from (``source``: ``"fit"``, ``"fit+hint"``,
+``"fit+default"`` when the input-size exponent came from a hint or the default,
+``"observed"`` at an input size seen often enough, ``"hint"`` / ``"default"`` with no
+samples at all).
+
+Samples weigh ``0.5 ** (age / half_life)``, ``age`` counting runs back from the newest,
+so after a change the new regime wins within about ``half_life`` runs. Outliers are
+dropped by robust z-score (median / MAD) and predictions are a configurable percentile
+(the median by default), never a plain mean.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+from .. import config
+from ..hints import exponent
+from ..plan import LAMBDA_MB_PER_VCPU, ResourceConfig
+from .cost import Prices
+from .fitting import Point, PowerFit, fit_latency_bandwidth, fit_power, robust_center
+from .records import InvocationRecord, RunRecord, TaskRecord
+from .store import MetricsStore
+
+
+class Prediction(float):
+    """A predicted value (use it as a float) with ``samples``, ``spread`` and ``source``."""
+
+    samples: int
+    spread: float
+    source: str
+
+    def __new__(cls, value: float, samples: int = 0, spread: float = 0.0,
+                source: str = "default") -> Prediction:
+        self = super().__new__(cls, value)
+        self.samples, self.spread, self.source = samples, spread, source
+        return self
+
+    def __reduce__(self):
+        return Prediction, (float(self), self.samples, self.spread, self.source)
+
+    def __repr__(self) -> str:
+        return (f"Prediction({float(self):.6g}, samples={self.samples}, "
+                f"spread={self.spread:.3g}, source={self.source!r})")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSample:
+    function: str
+    input_bytes: int
+    output_bytes: int
+    exec_s: float
+    memory_mb: int
+    age: float = 0.0  # runs back from the newest
+
+
+@dataclass(frozen=True, slots=True)
+class TransferSample:
+    direction: str  # "upload" | "download"
+    nbytes: int
+    seconds: float
+    age: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class StartSample:
+    memory_mb: int
+    cold: bool
+    seconds: float  # invoke to start
+    age: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Knobs of the predictor; ``from_config`` reads ``serverless.metrics.*``."""
+
+    half_life: float = 3.0
+    percentile: float = 50.0
+    mad_threshold: float = 3.5
+    min_samples: int = 3
+    defaults: dict[str, float] = field(default_factory=dict)  # overrides of _DEFAULTS
+
+    @classmethod
+    def from_config(cls, **overrides: Any) -> Settings:
+        values = {name: config.get(f"metrics.{name.replace('_', '-')}")
+                  for name in ("half_life", "percentile", "mad_threshold", "min_samples")}
+        values["defaults"] = {k: config.get(f"metrics.defaults.{k}") for k in _DEFAULTS}
+        values.update(overrides)
+        return cls(**values)
+
+    def default(self, name: str) -> float:
+        """``serverless.metrics.defaults.<name>``: used before anything was measured."""
+        return float(self.defaults.get(name, _DEFAULTS[name]))
+
+
+_DEFAULTS: dict[str, float] = config.DEFAULTS["serverless"]["metrics"]["defaults"]
+
+
+def lambda_scaling(memory_mb: float) -> float:
+    """Lambda's rule: CPU share grows with memory up to one vCPU (1769 MB); a task's time
+    scales with 1 / share, relative to one full vCPU."""
+    return max(1.0, LAMBDA_MB_PER_VCPU / memory_mb)
+
+
+class Predictor:
+    """Predictions from samples (see module docstring). Build with ``from_store`` (the
+    recorded history), ``from_records`` or directly from samples. Implements the
+    planners' and simulator's ``costmodel.CostModel``."""
+
+    def __init__(self, tasks: Iterable[TaskSample] = (),
+                 transfers: Iterable[TransferSample] = (),
+                 starts: Iterable[StartSample] = (), *, settings: Settings | None = None,
+                 hints: dict[str, dict[str, Any]] | None = None,
+                 prices: Prices | None = None):
+        self.settings = settings or Settings.from_config()
+        prices = prices or Prices.from_config()
+        self.price_gb_s, self.price_request = prices.gb_second, prices.request
+        self._tasks: dict[str, list[TaskSample]] = {}
+        for t in tasks:
+            self._tasks.setdefault(t.function, []).append(t)
+        self._transfers = list(transfers)
+        self._starts = list(starts)
+        self._hints: dict[str, dict[str, float]] = {}
+        self._exec_fit = cache(self._fit_exec)
+        self._output_fit = cache(self._fit_output)
+        self._transfer_fit = cache(self._fit_transfer)
+        for function, h in (hints or {}).items():
+            self.hint(function, **h)
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_store(cls, store: MetricsStore | None = None, *, signature: str | None = None,
+                   limit: int | None = None, dag: Any = None,
+                   settings: Settings | None = None,
+                   run_ids: Sequence[str] | None = None) -> Predictor:
+        """Learn from the newest ``limit`` (default ``serverless.metrics.history``) runs,
+        of one workflow ``signature`` or of all (or from exactly ``run_ids``); ``dag``:
+        take hints from its tasks."""
+        if store is None:
+            from .. import session
+
+            url = session.metrics_url()
+            if url is None:
+                raise RuntimeError("serverless.metrics.enabled is off: no history to learn")
+            store = MetricsStore.from_url(url)
+        ids = list(run_ids) if run_ids is not None else store.run_ids(
+            limit or config.get("metrics.history"), signature)
+        runs = store.runs(ids)
+        return cls.from_records(runs, [t for r in ids for t in store.tasks(r)],
+                                [i for r in ids for i in store.invocations(r)],
+                                dag=dag, settings=settings)
+
+    @classmethod
+    def from_records(cls, runs: Sequence[RunRecord], tasks: Iterable[TaskRecord],
+                     invocations: Iterable[InvocationRecord], *, dag: Any = None,
+                     settings: Settings | None = None) -> Predictor:
+        newest_first = sorted(runs, key=lambda r: r.submit_time, reverse=True)
+        age = {r.run_id: float(i) for i, r in enumerate(newest_first)}
+        task_samples, transfers = [], []
+        for t in tasks:
+            a = age.get(t.run_id, float(len(age)))
+            task_samples.append(TaskSample(t.function, t.input_bytes, t.output_bytes,
+                                           t.exec_s, t.memory_mb, a))
+            if t.download_bytes:
+                transfers.append(TransferSample("download", t.download_bytes, t.download_s, a))
+            if t.upload_bytes:
+                transfers.append(TransferSample("upload", t.upload_bytes, t.upload_s, a))
+        starts = [StartSample(i.memory_mb, i.cold, i.startup_s,
+                              age.get(i.run_id, float(len(age))))
+                  for i in invocations if not i.warmup]
+        hints: dict[str, dict[str, Any]] = {}
+        for task in getattr(dag, "tasks", ()):
+            h = {k: task.annotations[k] for k in ("io", "time") if k in task.annotations}
+            if h:
+                hints.setdefault(task.func_name, h)
+        return cls(task_samples, transfers, starts, settings=settings, hints=hints)
+
+    def hint(self, function: str, io: Any = None, time: Any = None) -> None:
+        """Shapes to assume for ``function`` while its own samples are too few."""
+        h = self._hints.setdefault(function, {})
+        if io is not None:
+            h["io"] = exponent(io, "io")
+        if time is not None:
+            h["time"] = exponent(time, "time")
+        self._exec_fit.cache_clear()
+        self._output_fit.cache_clear()
+
+    # -- predictions ---------------------------------------------------------------------------
+    def exec_time(self, function: str, input_bytes: float,
+                  resource_config: ResourceConfig) -> Prediction:
+        """Seconds ``function`` computes on ``input_bytes`` with ``resource_config``."""
+        fit = self._exec_fit(function)
+        if fit is None:
+            return Prediction(self.settings.default("exec-time"), 0, 0.0, "default")
+        return self._from_fit(fit, input_bytes, resource_config.memory_mb, function, "time")
+
+    def output_bytes(self, function: str, input_bytes: float) -> Prediction:
+        """Bytes ``function`` outputs for ``input_bytes`` of input."""
+        fit = self._output_fit(function)
+        if fit is None:
+            source = "hint" if "io" in self._hints.get(function, {}) else "default"
+            if input_bytes <= 0:
+                return Prediction(self.settings.default("output-bytes"), 0, 0.0, "default")
+            return Prediction(input_bytes ** self._fallback_b(function, "io"), 0, 0.0, source)
+        return self._from_fit(fit, input_bytes, 1.0, function, "io")
+
+    def transfer_time(self, nbytes: float, direction: str) -> Prediction:
+        """Seconds to move ``nbytes`` to (``"upload"``) or from (``"download"``) Redis."""
+        if direction not in ("upload", "download"):
+            raise ValueError(f"transfer direction {direction!r}: use 'upload' or 'download'")
+        fit = self._transfer_fit(direction)
+        if fit is None:
+            s = self.settings
+            return Prediction(s.default("latency") + nbytes / s.default("bandwidth"), 0, 0.0,
+                              "default")
+        latency, bandwidth, samples, spread = fit
+        value = latency + nbytes / bandwidth
+        return Prediction(value, samples, value * math.expm1(spread), "fit")
+
+    def transfer_model(self, direction: str) -> tuple[float, float]:
+        """(latency seconds, bandwidth bytes/s) behind ``transfer_time``."""
+        fit = self._transfer_fit(direction)
+        if fit is None:
+            return self.settings.default("latency"), self.settings.default("bandwidth")
+        return fit[0], fit[1]
+
+    def predict_worker_invocation_time(self, resource_config: ResourceConfig,
+                                       state: str) -> Prediction:
+        """Seconds from invoking a worker to its start, ``"cold"`` or ``"warm"``. Uses the
+        samples of this config when there are enough, else those of every config."""
+        if state not in ("cold", "warm"):
+            raise ValueError(f"worker start state {state!r}: use 'cold' or 'warm'")
+        s = self.settings
+        cold = state == "cold"
+        same = [x for x in self._starts
+                if x.cold == cold and x.memory_mb == resource_config.memory_mb]
+        chosen = same if len(same) >= s.min_samples else [x for x in self._starts
+                                                         if x.cold == cold]
+        if not chosen:
+            return Prediction(s.default(f"{state}-start"), 0, 0.0, "default")
+        logs = [math.log(max(x.seconds, 1e-9)) for x in chosen]
+        center, spread, kept = robust_center(logs, [self._weight(x.age) for x in chosen],
+                                             s.percentile / 100, s.mad_threshold)
+        value = math.exp(center)
+        return Prediction(value, kept, value * math.expm1(spread), "fit")
+
+    # -- fits (cached per function / direction) -----------------------------------------------
+    def exec_fit(self, function: str) -> PowerFit | None:
+        """The learned ``exec_s = a * input_bytes^b * scale(memory)`` (None: no samples)."""
+        return self._exec_fit(function)
+
+    def output_fit(self, function: str) -> PowerFit | None:
+        """The learned ``output_bytes = a * input_bytes^b`` (None: no samples)."""
+        return self._output_fit(function)
+
+    def functions(self) -> list[str]:
+        return sorted(self._tasks)
+
+    def _fit_exec(self, function: str) -> PowerFit | None:
+        samples = self._tasks.get(function)
+        if not samples:
+            return None
+        points = [Point(t.input_bytes, t.memory_mb, t.exec_s, self._weight(t.age))
+                  for t in samples]
+        return self._fit(points, function, "time", lambda_scaling, learn_memory=True)
+
+    def _fit_output(self, function: str) -> PowerFit | None:
+        samples = self._tasks.get(function)
+        if not samples:
+            return None
+        points = [Point(t.input_bytes, 1.0, t.output_bytes, self._weight(t.age))
+                  for t in samples]
+        return self._fit(points, function, "io", None, learn_memory=False)
+
+    def _fit(self, points, function, kind, rule, learn_memory) -> PowerFit:
+        s = self.settings
+        return fit_power(points, q=s.percentile / 100, threshold=s.mad_threshold,
+                         min_samples=s.min_samples,
+                         fallback_b=self._fallback_b(function, kind), rule=rule,
+                         learn_memory=learn_memory)
+
+    def _fit_transfer(self, direction: str) -> tuple[float, float, int, float] | None:
+        samples = [x for x in self._transfers if x.direction == direction]
+        if len(samples) < self.settings.min_samples:
+            return None
+        s = self.settings
+        return fit_latency_bandwidth(
+            [Point(x.nbytes, 1.0, x.seconds, self._weight(x.age)) for x in samples],
+            q=s.percentile / 100, threshold=s.mad_threshold,
+            default_bandwidth=s.default("bandwidth"))
+
+    def _fallback_b(self, function: str, kind: str) -> float:
+        return self._hints.get(function, {}).get(kind, self.settings.default("io"))
+
+    def _from_fit(self, fit: PowerFit, x: float, m: float, function: str,
+                  kind: str) -> Prediction:
+        value = fit(x, m)
+        if fit.observed(x, m):
+            source = "observed"
+        elif fit.b_learned:
+            source = "fit"
+        else:
+            source = "fit+hint" if kind in self._hints.get(function, {}) else "fit+default"
+        return Prediction(value, fit.samples, value * math.expm1(fit.spread), source)
+
+    def _weight(self, age: float) -> float:
+        return 0.5 ** (age / self.settings.half_life)

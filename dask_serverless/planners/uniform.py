@@ -1,0 +1,60 @@
+"""``uniform``: one resource config for every worker, chosen by simulation.
+
+For each candidate memory size it places tasks with predictions so that the critical
+path avoids transfers and cold starts (at a fan-out the branch with the longest path to
+the end continues on the producer's worker; blocks are sized by predicted work), adds
+delayed I/O where it pays, simulates, and keeps the best plan for the objective.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ..dag import DAG
+from ..estimates import Estimates
+from ..plan import Plan, ResourceConfig
+from ..simulator import SimResult, Simulator
+from .base import cost_model_of
+from .objective import Objective
+from .passes import delayed_io
+from .placement import Placement
+
+CANDIDATE_MB = (512, 1024, 1769, 3008)
+
+
+@dataclass
+class UniformPlanner:
+    name: str = "uniform"
+    objective: Objective | str = "makespan"
+    budget_s: float | None = None
+    memories: tuple[int, ...] = CANDIDATE_MB
+    search_s: float = 1.0  # stop trying candidates after this long (the default is kept)
+
+    def plan(self, dag: DAG, *, parallelism: int, memory_mb: int,
+             predictor: Any = None) -> Plan:
+        plan, _ = self.best(dag, parallelism, memory_mb, Estimates(dag, cost_model_of(predictor)))
+        return plan
+
+    def best(self, dag: DAG, parallelism: int, memory_mb: int,
+             est: Estimates) -> tuple[Plan, SimResult]:
+        objective = Objective.parse(self.objective, self.budget_s)
+        sim = Simulator(dag, est)
+        deadline = time.monotonic() + self.search_s
+        best: tuple[Plan, SimResult] | None = None
+        for mb in [memory_mb, *(m for m in self.memories if m != memory_mb)]:
+            if best is not None and time.monotonic() > deadline:
+                break
+            min_block = 0.0
+            if objective.kind != "makespan":
+                min_block = est.invocation_time(ResourceConfig(mb), "cold")
+            plan = Placement(dag, parallelism, mb, est, critical_first=True,
+                             min_block_s=min_block).plan(self.name)
+            plan = delayed_io(dag, plan, sim, objective)
+            result = sim.run(plan)
+            plan.options.update(memory_mb=mb, objective=objective.kind)
+            if best is None or objective.better(result, best[1]):
+                best = (plan, result)
+        assert best is not None
+        return best

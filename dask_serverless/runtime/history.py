@@ -1,0 +1,49 @@
+"""The history a planner learns from: a Predictor over earlier runs of this workflow."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .. import config, session
+from ..dag import DAG
+
+logger = logging.getLogger(__name__)
+
+_ANY_WORKFLOW_RUNS = 10  # when this workflow is new: learn functions from recent runs
+_cache: dict[tuple, Any] = {}  # (metrics url, run ids) -> Predictor
+
+
+def wants_history(planner: Any, optimizations: list[str]) -> bool:
+    """``serverless.use-history``: auto uses it for every planner but the structural
+    default (``wukong`` without passes), which needs none and stays fastest."""
+    mode = config.get("use-history")
+    if mode != "auto":
+        return bool(mode)
+    name = planner if isinstance(planner, str) else getattr(planner, "name", "")
+    return name != "wukong" or bool(optimizations)
+
+
+def predictor_for(dag: DAG, redis_url: str | None = None) -> Any:
+    """A Predictor over the newest runs with ``dag``'s signature (else over recent runs
+    of any workflow), or None when there is no history. Cached per set of runs."""
+    url = session.metrics_url(redis_url)
+    if url is None:
+        return None
+    from ..metrics.predictor import Predictor
+    from ..metrics.store import MetricsStore
+
+    store = MetricsStore.from_url(url)
+    ids = store.run_ids(config.get("metrics.history"), dag.signature())
+    if not ids:
+        ids = store.run_ids(_ANY_WORKFLOW_RUNS)
+    if not ids:
+        return None
+    key = (url, tuple(ids))
+    predictor = _cache.get(key)
+    if predictor is None:
+        predictor = Predictor.from_store(store, run_ids=ids, dag=dag)
+        _cache.clear()  # keep one: a newer run makes the old one stale
+        _cache[key] = predictor
+        logger.debug("planning with a predictor over %d earlier runs", len(ids))
+    return predictor

@@ -1,0 +1,214 @@
+"""Predictor on synthetic samples with known curves (no Redis needed)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from dask_serverless.metrics.fitting import inliers, weighted_quantile
+from dask_serverless.metrics.predictor import (
+    Prediction,
+    Predictor,
+    Settings,
+    StartSample,
+    TaskSample,
+    TransferSample,
+)
+from dask_serverless.plan import ResourceConfig
+
+MB1 = ResourceConfig(1024)
+
+
+def synthetic(function, exec_curve, out_curve, *, n=200, outliers=0.1, noise=0.05,
+              memory=1024, age=0.0, seed=0):
+    """Samples over 1 KB..10 MB inputs; ``outliers`` of them 5-10x off (either way)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        x = 10 ** rng.uniform(3, 7)
+        y = exec_curve(x) * (1 + rng.gauss(0, noise))
+        if rng.random() < outliers:
+            y *= rng.choice([5.0, 10.0, 0.1, 0.2])
+        out.append(TaskSample(function, int(x), int(out_curve(x)), y, memory, age))
+    return out
+
+
+CURVES = {
+    "linear": (lambda x: 2e-8 * x, lambda x: 2 * x, 1.0),
+    "power": (lambda x: 1e-10 * x ** 1.5, lambda x: x ** 1.5 / 100, 1.5),
+    "constant": (lambda x: 0.05, lambda x: 4096, 0.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CURVES))
+def test_fit_recovers_known_curve_despite_outliers(name):
+    exec_curve, out_curve, b = CURVES[name]
+    p = Predictor(synthetic(name, exec_curve, out_curve), settings=Settings())
+    fit = p.exec_fit(name)
+    assert fit.b == pytest.approx(b, abs=0.05)
+    assert fit.b_learned
+    assert p.output_fit(name).b == pytest.approx(b, abs=0.01)
+    for x in (5e3, 1e5, 3e6):
+        assert p.exec_time(name, x, MB1) == pytest.approx(exec_curve(x), rel=0.06)
+        assert p.output_bytes(name, x) == pytest.approx(out_curve(x), rel=0.02)
+    pred = p.exec_time(name, 1e5, MB1)
+    assert pred.source == "fit"
+    assert 160 <= pred.samples < 200  # most outliers were dropped, inliers kept
+    assert 0 < pred.spread < 0.15 * pred  # ~5% noise
+
+
+def test_plain_mean_would_be_fooled_by_the_outliers():
+    """The same data through a mean is far off: the robustness is doing the work."""
+    samples = synthetic("f", lambda x: 0.05, lambda x: 1, outliers=0.1)
+    mean = sum(s.exec_s for s in samples) / len(samples)
+    assert abs(mean - 0.05) / 0.05 > 0.2
+    assert Predictor(samples, settings=Settings()).exec_time("f", 1e5, MB1) == pytest.approx(
+        0.05, rel=0.03)
+
+
+def test_percentile_is_configurable():
+    samples = synthetic("f", lambda x: 0.05, lambda x: 1, outliers=0.0, noise=0.2)
+    median = Predictor(samples, settings=Settings(percentile=50)).exec_time("f", 1e4, MB1)
+    p90 = Predictor(samples, settings=Settings(percentile=90)).exec_time("f", 1e4, MB1)
+    assert median == pytest.approx(0.05, rel=0.05)
+    assert p90 == pytest.approx(0.05 * (1 + 1.2816 * 0.2), rel=0.06)
+
+
+def test_recency_weighting_prefers_the_newer_regime():
+    old = [s for age in range(3, 13)
+           for s in synthetic("f", lambda x: 0.10, lambda x: 1, n=20, age=age, seed=age)]
+    new = [s for age in range(3)
+           for s in synthetic("f", lambda x: 0.02, lambda x: 1, n=20, age=age, seed=99 + age)]
+    recent = Predictor(old + new, settings=Settings(half_life=1.0)).exec_time("f", 1e4, MB1)
+    flat = Predictor(old + new, settings=Settings(half_life=1e9)).exec_time("f", 1e4, MB1)
+    assert recent == pytest.approx(0.02, rel=0.05)
+    assert flat == pytest.approx(0.10, rel=0.05)
+
+
+def test_memory_scaling_learned_from_several_configs():
+    samples = []
+    for i, (mem, factor) in enumerate(((512, 4.0), (1024, 2.0), (2048, 1.0))):
+        samples += synthetic("f", lambda x, k=factor: k * 1e-8 * x, lambda x: x, memory=mem,
+                             seed=i)
+    p = Predictor(samples, settings=Settings())
+    assert p.exec_fit("f").c == pytest.approx(-1.0, abs=0.05)
+    assert p.exec_time("f", 1e6, ResourceConfig(4096)) == pytest.approx(0.005, rel=0.06)
+
+
+def test_memory_scaling_learns_flat_when_memory_does_not_matter():
+    samples = []
+    for i, mem in enumerate((512, 2048)):
+        samples += synthetic("f", lambda x: 1e-8 * x, lambda x: x, memory=mem, seed=i)
+    p = Predictor(samples, settings=Settings())
+    assert p.exec_fit("f").c == pytest.approx(0.0, abs=0.05)
+    assert p.exec_time("f", 1e6, ResourceConfig(256)) == pytest.approx(0.01, rel=0.06)
+
+
+def test_one_config_falls_back_to_the_lambda_rule():
+    p = Predictor(synthetic("f", lambda x: 1e-8 * x, lambda x: x, memory=1769),
+                  settings=Settings())
+    assert p.exec_fit("f").c is None
+    at_half = p.exec_time("f", 1e6, ResourceConfig(884))  # half a vCPU: twice the time
+    assert at_half == pytest.approx(0.02, rel=0.06)
+    assert p.exec_time("f", 1e6, ResourceConfig(3538)) == pytest.approx(0.01, rel=0.06)
+
+
+def test_too_few_samples_use_the_hint_then_the_default():
+    two = synthetic("f", lambda x: 1e-8 * x, lambda x: x, n=2, outliers=0.0, noise=0.0)
+    settings = Settings(min_samples=3, defaults={"io": 1.0, "exec-time": 0.123})
+    p = Predictor(two, settings=settings)
+    assert not p.exec_fit("f").b_learned
+    assert p.exec_time("f", 1e6, MB1).source == "fit+default"
+    p.hint("f", time="constant")
+    hinted = p.exec_time("f", 1e6, MB1)
+    assert hinted.source == "fit+hint"
+    assert p.exec_fit("f").b == 0.0
+    assert p.exec_time("g", 1e6, MB1) == Prediction(0.123)
+    assert p.exec_time("g", 1e6, MB1).source == "default"
+    assert p.exec_time("g", 1e6, MB1).samples == 0
+    p.hint("g", io="quadratic")
+    assert p.output_bytes("g", 1000) == pytest.approx(1e6)
+    assert p.output_bytes("g", 1000).source == "hint"
+
+
+def test_cold_and_warm_start_predictions_follow_what_was_observed():
+    rng = random.Random(3)
+    starts = [StartSample(1024, True, 0.8 * (1 + rng.gauss(0, 0.05)), 0) for _ in range(20)]
+    starts += [StartSample(1024, False, 0.004 * (1 + rng.gauss(0, 0.05)), 0)
+               for _ in range(40)]
+    starts += [StartSample(1024, False, 2.0, 0)]  # an outlier warm start (queued)
+    p = Predictor(starts=starts, settings=Settings())
+    cold = p.predict_worker_invocation_time(MB1, "cold")
+    warm = p.predict_worker_invocation_time(MB1, "warm")
+    assert cold == pytest.approx(0.8, rel=0.05) and cold.samples == 20
+    assert warm == pytest.approx(0.004, rel=0.05) and warm.samples == 40
+    other = p.predict_worker_invocation_time(ResourceConfig(2048), "cold")
+    assert other == pytest.approx(0.8, rel=0.05)  # unseen config: every config's samples
+    assert Predictor(settings=Settings()).predict_worker_invocation_time(
+        MB1, "cold").source == "default"
+    with pytest.raises(ValueError, match="'lukewarm'"):
+        p.predict_worker_invocation_time(MB1, "lukewarm")
+
+
+def test_transfer_time_learns_latency_and_bandwidth():
+    rng = random.Random(5)
+    samples = []
+    for _ in range(300):
+        n = int(10 ** rng.uniform(2, 8))
+        t = (0.0005 + n / 200e6) * (1 + rng.gauss(0, 0.05))
+        if rng.random() < 0.1:
+            t *= 8
+        samples.append(TransferSample("download", n, t, 0))
+    p = Predictor(transfers=samples, settings=Settings())
+    latency, bandwidth = p.transfer_model("download")
+    assert latency == pytest.approx(0.0005, rel=0.1)
+    assert bandwidth == pytest.approx(200e6, rel=0.1)
+    assert p.transfer_time(50e6, "download") == pytest.approx(0.2505, rel=0.08)
+    assert p.transfer_time(1e6, "upload").source == "default"
+    with pytest.raises(ValueError, match="'sideways'"):
+        p.transfer_time(1, "sideways")
+
+
+def test_prediction_is_a_float_that_pickles():
+    import pickle
+
+    pred = Prediction(1.5, samples=7, spread=0.1, source="fit")
+    back = pickle.loads(pickle.dumps(pred))
+    assert back == 1.5 and back.samples == 7 and back.source == "fit"
+    assert pred * 2 == 3.0
+
+
+def test_weighted_quantile_and_inliers():
+    assert weighted_quantile([1, 2, 3], [1, 1, 1], 0.5) == 2
+    assert weighted_quantile([1, 2, 3], [1, 10, 1], 0.5) == 2
+    assert weighted_quantile([1, 2, 3], [1, 1, 10], 0.9) == 3
+    # each sample sits at the middle of its weight: 2 at 1.5/12, 3 at 7/12
+    assert weighted_quantile([1, 2, 3], [1, 1, 10], 0.5) == pytest.approx(2 + 4.5 / 5.5)
+    assert weighted_quantile([0, 10], [1, 1], 0.5) == pytest.approx(5)
+    assert inliers([1.0, 1.1, 0.9, 1.05, 50.0], [1] * 5, 3.5) == [True] * 4 + [False]
+    with pytest.raises(ValueError):
+        weighted_quantile([], [], 0.5)
+
+
+def test_bad_hint_names_the_problem():
+    with pytest.raises(ValueError, match="io='cubic'"):
+        Predictor(settings=Settings()).hint("f", io="cubic")
+    assert math.isfinite(Predictor(settings=Settings()).output_bytes("f", 0))
+
+
+def test_observed_sizes_use_their_own_samples_between_them_the_fit():
+    """A cost curve that is no power law (cache effects): seen sizes predict themselves."""
+    rng = random.Random(11)
+    truth = {1e5: 0.010, 1e6: 0.200, 1e7: 0.400}
+    samples = [TaskSample("f", int(x), int(x), y * (1 + rng.gauss(0, 0.03)), 1024, 0)
+               for x, y in truth.items() for _ in range(10)]
+    p = Predictor(samples, settings=Settings())
+    for x, y in truth.items():
+        pred = p.exec_time("f", x, MB1)
+        assert pred == pytest.approx(y, rel=0.05) and pred.source == "observed"
+    between = p.exec_time("f", 3e6, MB1)
+    assert between.source == "fit" and between == pytest.approx(p.exec_fit("f")(3e6, 1024))
+    assert between != p.exec_time("f", 1e6, MB1)
+    assert p.exec_time("f", 1e6, ResourceConfig(2048)).source == "fit"  # other config

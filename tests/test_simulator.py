@@ -1,0 +1,144 @@
+"""The simulator on small plans whose timelines are computed by hand.
+
+Numbers: exec times per function, cold 0.5 s, warm 0.05 s, a Redis round trip 0.01 s and
+1000 bytes/s, so moving 10 bytes costs 0.02 s and 1000 bytes 1.01 s.
+"""
+
+from __future__ import annotations
+
+import pytest
+from plan_dags import dag_of, plan_of
+
+from dask_serverless.costmodel import LAMBDA_PRICE_GB_S, LAMBDA_PRICE_REQUEST, FixedCostModel
+from dask_serverless.plan import Optimizations, Warmup
+from dask_serverless.planners import WukongPlanner
+from dask_serverless.simulator import simulate
+from dask_serverless.worker.executor import HOLD_POLL_S
+
+
+def model(exec_s, out_bytes=10) -> FixedCostModel:
+    return FixedCostModel(exec_s=exec_s, out_bytes=out_bytes, cold_s=0.5, warm_s=0.05,
+                          latency_s=0.01, bandwidth=1000.0)
+
+
+def test_chain_on_one_worker():
+    dag = dag_of([[], [0], [1]])
+    plan = WukongPlanner().plan(dag, parallelism=4, memory_mb=2048)
+    r = simulate(dag, plan, model(1.0, 0))
+    # cold start, three tasks, final flush (0.01) and client download (0.01)
+    assert r.makespan == pytest.approx(0.5 + 3 + 0.01 + 0.01)
+    assert (len(r.invocations), r.cold_starts, r.bytes_moved) == (1, 1, 0)
+    assert r.gb_seconds == pytest.approx(3.01 * 2)
+    assert r.cost == pytest.approx(6.02 * LAMBDA_PRICE_GB_S + LAMBDA_PRICE_REQUEST)
+    assert r.critical_path == [0, 1, 2]
+
+
+def test_floating_fan_in_runs_where_the_last_input_finished():
+    dag = dag_of([[], [], [0, 1]])
+    plan = plan_of(["w0", "w1", "w2"], floating={"w2"})
+    r = simulate(dag, plan, model(1.0))
+    # roots end 1.5, publish 1.52; the second registration completes the set: claim 1.53,
+    # download the other input 1.55, run 2.55, flush 2.57, client download 2.59
+    assert r.makespan == pytest.approx(2.59)
+    assert r.task_invocation[2] == r.task_invocation[1]
+    assert [(x.dep, x.source) for x in r.transfers] == [(0, "redis")]
+    assert len(r.invocations) == 2
+
+
+def test_pinned_entry_is_invoked_and_gets_small_inputs_inline():
+    dag = dag_of([[], [0]])
+    r = simulate(dag, plan_of(["w0", "w1"]), model(1.0))
+    # w0: 0.5 + 1 + publish 0.02 -> invoke w1 at 1.52 (w0 still busy: cold) -> 2.02,
+    # input inline, run 3.02, flush 3.04, client 3.06
+    assert r.makespan == pytest.approx(3.06)
+    assert [i.cold for i in r.invocations] == [True, True]
+    assert [(x.dep, x.source) for x in r.transfers] == [(0, "inline")]
+
+
+def test_keep_alive_makes_a_later_invocation_warm_and_pre_warm_does_too():
+    dag = dag_of([[], [0], [1]])
+    plan = plan_of(["w0", "w1", "w2"])
+    r = simulate(dag, plan, model(1.0))
+    # w2 is invoked at 3.04 when w0's container (free since 1.52) is idle: warm
+    assert [i.cold for i in r.invocations] == [True, True, False]
+    assert r.makespan == pytest.approx(3.04 + 0.05 + 1 + 0.02 + 0.02)
+    plan.optimizations = Optimizations(prewarm=[Warmup(1.0, 1024, 1)])
+    r = simulate(dag, plan, model(1.0))
+    # the warm-up's container is idle from 1.5, so w1 (invoked 1.52) starts warm
+    assert [i.cold for i in r.invocations] == [True, False, False]
+    assert r.makespan == pytest.approx(1.52 + 0.05 + 1 + 0.02 + 0.05 + 1 + 0.02 + 0.02)
+    assert r.requests == 4 and r.warmups == 1
+
+
+def test_delayed_io_holds_the_large_output_and_runs_the_fan_in():
+    names = {0: "big", 1: "slow", 2: "join"}
+    dag = dag_of([[], [], [0, 1]], names)
+    cm = model({"big": 1.0, "slow": 2.0, "join": 1.0}, {"big": 1000, "*": 10})
+    plan = plan_of(["w0", "w1", "w2"], floating={"w2"})
+    plain = simulate(dag, plan, cm)
+    # big uploads 1000 B (1.01 s) at 2.51; slow registers at 2.52, claims 2.53, downloads
+    # big (1.01) 3.54, runs 4.54, flush 4.56, client 4.58
+    assert plain.makespan == pytest.approx(4.58)
+    plan.optimizations = Optimizations(delay={0: 5.0})
+    held = simulate(dag, plan, cm)
+    # big holds from 1.5; slow registers at 2.52 and wakes it (half a poll later); it adds
+    # itself 0.01, claims 0.01, downloads slow's 10 B 0.02, runs 1, flush, client
+    start = 2.52 + HOLD_POLL_S / 2
+    assert held.makespan == pytest.approx(start + 0.01 + 0.01 + 0.02 + 1 + 0.02 + 0.02)
+    assert held.task_invocation[2] == held.task_invocation[0]
+    assert held.bytes_uploaded == 10 + 10  # big's 1000 bytes never leave its worker
+
+
+def test_delayed_io_bound_expires_and_uploads():
+    dag = dag_of([[], [], [0, 1]], {0: "big", 1: "slow", 2: "join"})
+    cm = model({"big": 1.0, "slow": 2.0, "join": 1.0}, {"big": 1000, "*": 10})
+    plan = plan_of(["w0", "w1", "w2"], floating={"w2"})
+    plan.optimizations = Optimizations(delay={0: 0.2})
+    r = simulate(dag, plan, cm)
+    # big waits until 1.7, then uploads (1.01) and registers at 2.71, after slow (2.52):
+    # big's worker completes the set, claims 2.72, downloads slow's 10 B 2.74, runs 3.74
+    assert r.makespan == pytest.approx(2.72 + 0.02 + 1 + 0.02 + 0.02)
+    assert r.task_invocation[2] == r.task_invocation[0]
+
+
+def test_pre_load_downloads_inputs_while_holding():
+    names = {0: "first", 1: "mid", 2: "last", 3: "join"}
+    cm = model({"first": 0.1, "mid": 1.0, "last": 2.5, "join": 0.1},
+               {"mid": 1000, "*": 10})
+    dag = dag_of([[], [], [], [0, 1, 2]], names)
+    plan = plan_of(["w0", "w1", "w2", "w3"], floating={"w3"})
+    plan.optimizations = Optimizations(delay={0: 10.0})
+    r = simulate(dag, plan, cm)
+    wake = 3.02 + HOLD_POLL_S / 2
+    # without pre-load both inputs are downloaded after the claim (1.02 s)
+    assert r.makespan == pytest.approx(wake + 0.01 + 0.01 + 1.02 + 0.1 + 0.02 + 0.02)
+    plan.optimizations = Optimizations(delay={0: 10.0}, preload=True)
+    r = simulate(dag, plan, cm)
+    # mid's output lands at 2.51 and is loaded by 3.52, last's by 3.54
+    assert r.makespan == pytest.approx(3.54 + 0.01 + 0.1 + 0.02 + 0.02)
+    assert sorted(x.source for x in r.transfers) == ["preload", "preload"]
+
+
+def test_task_dup_runs_a_late_cheap_input_and_the_fan_in_once():
+    dag = dag_of([[], [], [0, 1]])
+    plan = plan_of(["w0", "w1", "w2"], floating={"w2"})
+    cm = model(0.1)
+    warm = {1024: 1}  # w0 gets the warm container, w1 starts cold
+    plain = simulate(dag, plan, cm, warm=warm)
+    assert plain.makespan == pytest.approx(0.5 + 0.1 + 0.02 + 0.01 + 0.02 + 0.1 + 0.04)
+    plan.optimizations = Optimizations(duplicate={2: (1,)})
+    r = simulate(dag, plan, cm, warm=warm)
+    # w0: 0.05 + 0.1, publish 0.17 (incomplete), check 0.18, runs task 1 to 0.28, publishes
+    # 0.30 completing the set, claims 0.31, runs the fan-in 0.41, flush 0.43, client 0.45
+    assert r.makespan == pytest.approx(0.45)
+    assert r.duplicates == 1
+    assert r.task_invocation[2] == 0
+    assert r.task_start[2] == pytest.approx(0.31)
+
+
+def test_critical_path_follows_the_longest_chain():
+    dag = dag_of([[], [0], [0], [1, 2]])
+    cm = model(1.0, 0)
+    r = simulate(dag, WukongPlanner().plan(dag, parallelism=2, memory_mb=1024), cm)
+    assert r.makespan >= 0.5 + 3  # a cold start plus the three-task critical path
+    assert r.critical_path[0] == 0 and r.critical_path[-1] == 3
