@@ -39,6 +39,9 @@ def test_run_bench_records_serverless_figures(any_redis, redis_server):
         assert s.invocations >= 1 and s.plan_workers >= 1
         assert 0 < s.run_makespan_s <= s.makespan_s
         assert s.workers == s.plan_workers
+        # from the run's metrics record and the plan simulator
+        assert s.cost_usd > 0 and s.gb_seconds > 0 and s.bytes_moved >= 0
+        assert s.predicted_s > 0 and s.prediction_model in ("history", "default")
         if any_redis == redis_server:
             assert s.redis_net_bytes > 0
         else:  # fakeredis keeps no network counters
@@ -56,7 +59,7 @@ def test_wrong_result_is_reported_not_timed():
 
     from dask_serverless.bench.runner import _timed
 
-    expected, bounds = reference_run(workload)
+    expected, bounds, _dag = reference_run(workload)
     failed: dict[str, str] = {}
     sample = _timed(Scheduler("buggy", off_by_one, 1), workload, expected, bounds, 0, failed)
     assert sample.makespan_s is None and sample.error == "wrong result"
@@ -82,6 +85,8 @@ def test_cli_bench_writes_csv_markdown_and_plots(real_redis, tmp_path, capsys):
     assert all(float(s["makespan_s"]) > 0 for s in samples)
     lc = [s for s in samples if s["scheduler"] == BASELINE]
     assert all(s["cost_usd"] == "" for s in lc)  # not measured: empty, never invented
+    sl = [s for s in samples if s["scheduler"] == "serverless:wukong"]
+    assert all(float(s["cost_usd"]) > 0 and float(s["predicted_s"]) > 0 for s in sl)
     with (out / "summary.csv").open() as f:
         summary = {r["scheduler"]: r for r in csv.DictReader(f)}
     assert float(summary[BASELINE]["vs_baseline"]) == 1.0

@@ -1,5 +1,6 @@
 """``dask-serverless bench``: arguments, the progress bar, and the files it writes
-(``samples.csv``, ``summary.csv``, ``results.md``, PNG plots) in ``--out``."""
+(``samples.csv``, ``summary.csv``, ``results.md``, PNG plots, and the runs' metrics
+in ``metrics/``) in ``--out``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import shlex
 import sys
 import time
 from pathlib import Path
+
+import dask
 
 from .schedulers import DASK_SCHEDULERS
 from .workloads import WORKLOADS
@@ -43,6 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="override a workload size, e.g. fanout.sleep_s=0.1 (repeatable)")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: bench-results/<date-time>)")
+    p.add_argument("--metrics-dir", type=Path, default=None,
+                   help="where the runs' metrics are kept (default: OUT/metrics, so the "
+                   "planners learn only from this benchmark's own runs)")
     p.add_argument("--readme-table", action="store_true",
                    help="print the Markdown results section instead of the text table")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -95,8 +101,10 @@ def main(args: argparse.Namespace) -> int:
     out_dir = args.out or Path("bench-results") / time.strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
     command = "dask-serverless " + shlex.join(args.argv)
+    metrics_dir = args.metrics_dir or out_dir / "metrics"
     try:
-        result = _run_with_progress(options, not args.no_progress)
+        with dask.config.set({"serverless.metrics.data-dir": str(metrics_dir)}):
+            result = _run_with_progress(options, not args.no_progress)
     except ValueError as exc:
         raise SystemExit(f"dask-serverless bench: {exc}") from exc
     rows = summarise(result)

@@ -1,12 +1,14 @@
 """What a serverless run reports beyond its wall time, read around each timed run.
 
-Sources, best first; a figure none of them gives stays ``None`` (shown as ``n/a``):
+- the run's metrics record (``last_run.record``, when ``serverless.metrics.enabled``):
+  invocations, cold starts, bytes moved (up, down and inline), GB-seconds and cost;
+- else the local backend's pool counters: invocations and cold starts;
+- Redis ``INFO stats``: network bytes in + out of the run's Redis during the run;
+- the plan simulator: the plan's predicted makespan, with the cost model a planner would
+  use at that moment (a Predictor over the runs recorded so far, else the fixed default),
+  and the containers idle when the run started.
 
-- the run's metrics record (``last_run.record``, when ``dask_serverless.metrics`` is
-  installed and enabled): cold starts, bytes moved, GB-seconds and cost;
-- the local backend's pool counters: cold and warm starts (invocations);
-- Redis ``INFO stats``: network bytes in + out of the Redis server during the run;
-- the simulator (when the planners package ships one): the plan's predicted makespan.
+A figure no source gives stays ``None`` (shown as ``n/a``).
 """
 
 from __future__ import annotations
@@ -16,21 +18,29 @@ from typing import Any
 
 import redis
 
-from .. import session
+from .. import config, session
+from ..dag import DAG
 from ..runtime import get as get_mod
+from ..runtime import history
 
 logger = logging.getLogger(__name__)
 
 
 class ServerlessProbe:
-    """``start()`` before a serverless run, ``finish()`` after it."""
+    """``start()`` before a serverless run of ``dag``, ``finish()`` after it."""
 
-    def __init__(self) -> None:
+    def __init__(self, dag: DAG) -> None:
+        self.dag = dag
         self._pool: dict[str, int] = {}
         self._redis: int | None = None
+        self._predictor: Any = None
+        self._warm: dict[int, int] = {}
 
     def start(self) -> None:
+        """Read the counters; take the predictor now, before this run joins the history."""
+        self._predictor = _predictor(self.dag)
         self._pool = _pool_stats()
+        self._warm = {config.get("memory"): self._pool.get("idle", 0)}
         self._redis = _redis_net_bytes()
 
     def finish(self) -> dict[str, Any]:
@@ -45,29 +55,37 @@ class ServerlessProbe:
             "redis_net_bytes": net - self._redis if net is not None and
             self._redis is not None else None,
             "bytes_moved": None, "gb_seconds": None, "cost_usd": None,
-            "predicted_s": predicted_makespan(run) if run else None,
+            "predicted_s": self._predicted(run) if run else None,
+            "prediction_model": None if self._predictor is None else "history",
         }
+        if run is not None and out["predicted_s"] is not None and self._predictor is None:
+            out["prediction_model"] = "default"
         record = getattr(run, "record", None)
         if record is not None:
-            out["cold_starts"] = record.cold_starts
             out["invocations"] = record.invocations
-            out["bytes_moved"] = record.upload_bytes + record.download_bytes
+            out["cold_starts"] = record.cold_starts
+            out["bytes_moved"] = record.bytes_moved
             out["gb_seconds"] = record.gb_seconds
             out["cost_usd"] = record.cost_usd
         return out
 
+    def _predicted(self, run: Any) -> float | None:
+        from ..planners.base import cost_model_of
+        from ..simulator import simulate
 
-def predicted_makespan(run: Any) -> float | None:
-    """The simulator's makespan for the run's plan, or None without a simulator."""
+        try:
+            return float(simulate(run.dag, run.plan, cost_model_of(self._predictor),
+                                  warm=self._warm).makespan)
+        except Exception:  # a prediction must never fail the benchmark
+            logger.warning("simulator failed on the %s plan", run.plan.planner, exc_info=True)
+            return None
+
+
+def _predictor(dag: DAG) -> Any:
     try:
-        from ..planners.base import cost_model_of  # type: ignore[attr-defined]
-        from ..simulator import simulate  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    try:
-        return float(simulate(run.dag, run.plan, cost_model_of(None)).makespan)
-    except Exception:  # a prediction must never fail the benchmark
-        logger.warning("simulator failed on plan %s", run.plan.planner, exc_info=True)
+        return history.predictor_for(dag)
+    except (redis.RedisError, OSError) as exc:
+        logger.warning("no predictor from the metrics history: %s", exc)
         return None
 
 

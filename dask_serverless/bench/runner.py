@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..dag import DAG
 from .compare import same_result
 from .probes import ServerlessProbe
 from .schedulers import Scheduler, open_schedulers, serverless_variants
@@ -70,6 +71,7 @@ class Sample:
     gb_seconds: float | None = None
     cost_usd: float | None = None
     predicted_s: float | None = None
+    prediction_model: str | None = None  # "history" (a Predictor) or "default"
 
     def as_row(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,14 +107,14 @@ def run_bench(options: BenchOptions, progress: Any = None) -> BenchResult:
                 1 + warm * options.warmup + len(schedulers) * options.repeat))
         for name, workload in workloads.items():
             _step(progress, f"{name}: reference")
-            expected, bounds[name] = reference_run(workload)
+            expected, bounds[name], dag = reference_run(workload)
             failed: dict[str, str] = {}
             _warm_up(schedulers, workload, expected, options.warmup, failed, progress)
             for rep in range(options.repeat):
                 for sched in schedulers:
                     _step(progress, f"{name}: {sched.name} #{rep + 1}")
                     samples.append(_timed(sched, workload, expected, bounds[name], rep,
-                                          failed))
+                                          failed, dag))
     machine["loadavg_end"] = _loadavg()
     return BenchResult(samples, workloads, bounds, options, machine)
 
@@ -159,14 +161,14 @@ def _run_checked(sched: Scheduler, workload: Workload,
 
 
 def _timed(sched: Scheduler, workload: Workload, expected: Any, bounds: Bounds, rep: int,
-           failed: dict[str, str]) -> Sample:
+           failed: dict[str, str], dag: DAG | None = None) -> Sample:
     cpus = os.cpu_count() or 1
     sample = Sample(workload.name, workload.n_tasks, sched.name, rep, None, None,
                     bounds.critical_path_s, bounds.work_s, sched.workers,
                     failed.get(sched.name), bounds.lower_bound(cpus))
     if sample.error:
         return sample
-    probe = ServerlessProbe() if sched.serverless else None
+    probe = ServerlessProbe(dag) if sched.serverless and dag is not None else None
     if probe is not None:
         probe.start()
     seconds, sample.error = _run_checked(sched, workload, expected)

@@ -12,6 +12,7 @@ import dask
 from dask.callbacks import Callback
 
 from ..adapter import to_dag
+from ..dag import DAG
 from .workloads import Workload
 
 
@@ -42,8 +43,9 @@ class Bounds:
         return max(self.critical_path_s, self.work_s / max(1, parallelism))
 
 
-def reference_run(workload: Workload, runs: int = 2) -> tuple[Any, Bounds]:
-    """Run ``runs`` times with the sync scheduler, timing every task: (result, bounds).
+def reference_run(workload: Workload, runs: int = 2) -> tuple[Any, Bounds, DAG]:
+    """Run ``runs`` times with the sync scheduler, timing every task: (result, bounds,
+    the workload's DAG).
     A task's time is its fastest run (the first run also pays for imports and caches;
     other processes on the machine only ever add time)."""
     best: dict[Hashable, float] = {}
@@ -56,4 +58,4 @@ def reference_run(workload: Workload, runs: int = 2) -> tuple[Any, Bounds]:
     dag = to_dag(workload.graph, workload.keys)
     weights = [best.get(t.key, 0.0) for t in dag.tasks]
     critical, _path = dag.critical_path(weights)
-    return result, Bounds(critical, sum(weights))
+    return result, Bounds(critical, sum(weights)), dag
