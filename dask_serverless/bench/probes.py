@@ -4,9 +4,9 @@
   invocations, cold starts, bytes moved (up, down and inline), GB-seconds and cost;
 - else the local backend's pool counters: invocations and cold starts;
 - Redis ``INFO stats``: network bytes in + out of the run's Redis during the run;
-- the plan simulator: the plan's predicted makespan, with the cost model a planner would
-  use at that moment (a Predictor over the runs recorded so far, else the fixed default),
-  and the containers idle when the run started.
+- the plan simulator: the plan's predicted makespan under the cost model the planner
+  itself gets (a Predictor over the runs recorded so far when the planner plans with
+  history, else the fixed default), with the containers idle when the run started.
 
 A figure no source gives stays ``None`` (shown as ``n/a``).
 """
@@ -29,16 +29,18 @@ logger = logging.getLogger(__name__)
 class ServerlessProbe:
     """``start()`` before a serverless run of ``dag``, ``finish()`` after it."""
 
-    def __init__(self, dag: DAG) -> None:
+    def __init__(self, dag: DAG, planner: str, passes: tuple[str, ...] = ()) -> None:
         self.dag = dag
+        self.with_history = history.wants_history(planner, list(passes))
         self._pool: dict[str, int] = {}
         self._redis: int | None = None
         self._predictor: Any = None
         self._warm: dict[int, int] = {}
 
     def start(self) -> None:
-        """Read the counters; take the predictor now, before this run joins the history."""
-        self._predictor = _predictor(self.dag)
+        """Read the counters; take the predictor now, before this run joins the history
+        (``serverless_get`` then finds it in the history cache)."""
+        self._predictor = _predictor(self.dag) if self.with_history else None
         self._pool = _pool_stats()
         self._warm = {config.get("memory"): self._pool.get("idle", 0)}
         self._redis = _redis_net_bytes()
@@ -76,8 +78,9 @@ class ServerlessProbe:
         try:
             return float(simulate(run.dag, run.plan, cost_model_of(self._predictor),
                                   warm=self._warm).makespan)
-        except Exception:  # a prediction must never fail the benchmark
-            logger.warning("simulator failed on the %s plan", run.plan.planner, exc_info=True)
+        except Exception as exc:  # a prediction must never fail the benchmark
+            logger.warning("simulator failed on the %s plan: %s: %s", run.plan.planner,
+                           type(exc).__name__, exc)
             return None
 
 

@@ -168,7 +168,9 @@ def _timed(sched: Scheduler, workload: Workload, expected: Any, bounds: Bounds, 
                     failed.get(sched.name), bounds.lower_bound(cpus))
     if sample.error:
         return sample
-    probe = ServerlessProbe(dag) if sched.serverless and dag is not None else None
+    probe = None
+    if sched.serverless and sched.planner is not None and dag is not None:
+        probe = ServerlessProbe(dag, sched.planner, sched.passes)
     if probe is not None:
         probe.start()
     seconds, sample.error = _run_checked(sched, workload, expected)
