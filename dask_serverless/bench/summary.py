@@ -139,7 +139,7 @@ def _fmt(value: Any, kind: str = "g") -> str:
     if kind == "x":
         return f"{value:.2f}x"
     if kind == "s":
-        return f"{value:.3f}"
+        return f"{value:.3f}" if abs(value) < 1e4 else f"{value:.2e}"
     if kind == "ms":
         return f"{value:.3f}"
     if kind == "usd":
