@@ -11,10 +11,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from .config import DEFAULTS
 from .plan import LAMBDA_MB_PER_VCPU, ResourceConfig
 
-LAMBDA_PRICE_GB_S = 0.0000166667  # USD per GB-second, Lambda x86
-LAMBDA_PRICE_REQUEST = 0.20 / 1e6  # USD per request
+_PRICES = DEFAULTS["serverless"]["metrics"]["prices"]  # one source: AWS Lambda x86
+LAMBDA_PRICE_GB_S: float = _PRICES["gb-second"]  # USD per GB-second
+LAMBDA_PRICE_REQUEST: float = _PRICES["request"]  # USD per request
 
 StartKind = Literal["cold", "warm"]
 Direction = Literal["upload", "download"]
