@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -84,9 +83,6 @@ class BenchResult:
     bounds: dict[str, Bounds]
     options: BenchOptions
     machine: dict[str, Any]
-
-
-Progress = Callable[[str], None]
 
 
 def run_bench(options: BenchOptions, progress: Any = None) -> BenchResult:
