@@ -1,9 +1,11 @@
 """Planners and passes on six workloads: predicted and actual makespan, cost, workers,
-cold starts and bytes moved, against the critical-path lower bound; and planning speed.
+cold starts and bytes moved, against the lower bound (critical path, or all CPU work
+spread over the shared cores when that is longer); and planning speed.
 
 The cost model is calibrated in this script on this machine: per-function run time and
-output size from one ``scheduler="sync"`` pass with callbacks, container cold/warm start
-from the local backend, Redis round trip and bandwidth from a 4 MB SET/GET. Each actual
+output size from one ``scheduler="sync"`` pass with callbacks (with each function's share
+of CPU time), container cold/warm start from the local backend, Redis round trip and
+bandwidth from a 4 MB SET/GET; capacity (shared cores, container cap) from the backend. Each actual
 run gets a fresh local backend so cold starts happen as predicted.
 
     python benchmarks/planners.py [--quick] [--out benchmarks/out/planners.md]
@@ -30,6 +32,7 @@ from dask.callbacks import Callback
 from dask_serverless import session
 from dask_serverless.adapter import to_dag
 from dask_serverless.backends.local import LocalBackend
+from dask_serverless.capacity import Capacity
 from dask_serverless.costmodel import FixedCostModel
 from dask_serverless.plan import ResourceConfig
 from dask_serverless.planners import Objective, apply_passes, get_planner
@@ -119,21 +122,24 @@ class _Timings(Callback):
     def __init__(self, dag):
         super().__init__()
         self.dag, self.t0, self.times, self.sizes = dag, {}, defaultdict(list), defaultdict(list)
+        self.cpu: dict[str, list[float]] = defaultdict(list)
 
     def _pretask(self, key, dsk, state):
-        self.t0[key] = time.perf_counter()
+        self.t0[key] = (time.perf_counter(), time.thread_time())
 
     def _posttask(self, key, result, dsk, state, worker_id):
         name = self.dag.tasks[self.dag.key_to_id[key]].func_name
-        self.times[name].append(time.perf_counter() - self.t0.pop(key))
+        t0, c0 = self.t0.pop(key)
+        self.times[name].append(time.perf_counter() - t0)
+        self.cpu[name].append(time.thread_time() - c0)
         try:
             self.sizes[name].append(len(pickle.dumps(result, protocol=5)))
         except Exception:
             self.sizes[name].append(1000)
 
 
-def calibrate(cases, redis_url: str) -> FixedCostModel:
-    exec_s, out_bytes = defaultdict(list), defaultdict(list)
+def calibrate(cases, redis_url: str, capacity: Capacity) -> FixedCostModel:
+    exec_s, out_bytes, cpu_s = defaultdict(list), defaultdict(list), defaultdict(list)
     for graph, keys in cases.values():
         dag = to_dag(graph, keys)
         cb = _Timings(dag)
@@ -142,6 +148,7 @@ def calibrate(cases, redis_url: str) -> FixedCostModel:
         for name, ts in cb.times.items():
             exec_s[name] += ts
             out_bytes[name] += cb.sizes[name]
+            cpu_s[name] += cb.cpu[name]
     r = connect(redis_url)
     t0 = time.perf_counter()
     for _ in range(50):
@@ -156,7 +163,10 @@ def calibrate(cases, redis_url: str) -> FixedCostModel:
     cold, warm = container_starts(redis_url)
     return FixedCostModel(exec_s={k: statistics.median(v) for k, v in exec_s.items()},
                           out_bytes={k: int(statistics.median(v)) for k, v in out_bytes.items()},
-                          cold_s=cold, warm_s=warm, latency_s=rtt, bandwidth=bandwidth)
+                          cold_s=cold, warm_s=warm, latency_s=rtt, bandwidth=bandwidth,
+                          cpu_fraction={k: min(1.0, sum(cpu_s[k]) / max(sum(v), 1e-9))
+                                        for k, v in exec_s.items()},
+                          capacity=capacity)
 
 
 def container_starts(redis_url: str) -> tuple[float, float]:
@@ -211,15 +221,19 @@ def actual(dag, plan, redis_url: str) -> dict:
             "cold": st["cold_starts"], "invocations": st["cold_starts"] + st["warm_starts"]}
 
 
-def bench(quick: bool, out: Path) -> int:
+def bench(quick: bool, out: Path, lambda_model: bool = False) -> int:
     redis_url = session.redis_url()
     cases = {name: graph_of(c) for name, c in workloads().items()}
     if quick:
         names = [*list(cases)[:2], list(cases)[-1]]
         cases = {n: cases[n] for n in names}
-    cm = calibrate(cases, redis_url)
+    backend = LocalBackend(max_containers=MAX_CONTAINERS)
+    capacity = backend.capacity()
+    backend.close()
+    cm = calibrate(cases, redis_url, capacity if not lambda_model else Capacity())
     print(f"calibrated: cold {cm.cold_s:.3f}s warm {cm.warm_s:.4f}s redis rtt "
-          f"{cm.latency_s * 1e3:.2f}ms bandwidth {cm.bandwidth / 1e6:.0f} MB/s", flush=True)
+          f"{cm.latency_s * 1e3:.2f}ms bandwidth {cm.bandwidth / 1e6:.0f} MB/s, "
+          f"{cm.capacity}", flush=True)
     lines = ["| workload | plan | predicted makespan (s) | actual makespan (s) | "
              "predicted cost (µ$) | actual cost (µ$) | invocations pred/actual | "
              "cold starts pred/actual | bytes moved (pred) | makespan / bound (pred) |",
@@ -229,7 +243,10 @@ def bench(quick: bool, out: Path) -> int:
         dag = to_dag(graph, keys)
         sim = Simulator(dag, cm)
         cp, _ = dag.critical_path(sim.est.exec_times(ResourceConfig(1024)))
-        bound = cm.cold_s + cp + sim.est.download(sum(sim.est.out_bytes[o] for o in dag.outputs))
+        cpu = sim.est.cpu_times(ResourceConfig(1024))
+        work = max(cp, sum(cpu) / cm.capacity.cores)  # shared cores: all the CPU work too
+        bound = cm.cold_s + work + sim.est.download(
+            sum(sim.est.out_bytes[o] for o in dag.outputs))
         results = {}
         for label, pname, predicted, passes in VARIANTS:
             planner = get_planner(pname)
@@ -310,9 +327,11 @@ def planning_speed(n_leaves: int = 50_000) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="three workloads only")
+    parser.add_argument("--lambda-model", action="store_true",
+                        help="plan and predict as on Lambda (unlimited capacity)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/planners.md"))
     args = parser.parse_args()
-    return bench(args.quick, args.out)
+    return bench(args.quick, args.out, args.lambda_model)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,10 @@
 ``CostModel`` is the protocol (the metrics ``Predictor`` implements it from measured
 history); ``FixedCostModel`` answers with constant numbers (tests, and the fallback when
 there is no history yet). Prices default to AWS Lambda x86.
+
+A cost model may also carry ``capacity`` (a ``capacity.Capacity``: the backend's shared
+cores and container cap; unlimited when absent) and answer ``cpu_share(function)`` (the
+part of a task's time that needs a core; 1.0 when absent).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from .capacity import UNLIMITED, Capacity
 from .config import DEFAULTS
 from .plan import LAMBDA_MB_PER_VCPU, ResourceConfig
 
@@ -40,12 +45,13 @@ class CostModel(Protocol):
                                        start: StartKind) -> float: ...
 
 
-def _by_function(value: float | Mapping[str, float], function: str) -> float:
+def _by_function(value: float | Mapping[str, float], function: str,
+                 missing: float = 0.0) -> float:
     if isinstance(value, Mapping):
         try:
             return value[function]
         except KeyError:
-            return value.get("*", 0.0)
+            return value.get("*", missing)
     return value
 
 
@@ -57,6 +63,8 @@ class FixedCostModel:
     ``exec_s`` is a task's time at ``reference_mb``; ``cpu_bound`` (0..1) is the share of it
     that scales with the config's vCPU share (capped at one vCPU: tasks are single-threaded).
     A transfer costs ``latency_s`` (one Redis round trip) plus ``nbytes / bandwidth``.
+    ``cpu_fraction`` (per function or one number) is the part of a task's time spent on
+    a core; ``capacity`` the backend's compute (see module docstring).
     """
 
     exec_s: float | Mapping[str, float] = 0.01
@@ -67,6 +75,8 @@ class FixedCostModel:
     bandwidth: float = 100e6
     reference_mb: int = 1024
     cpu_bound: float = 0.0
+    cpu_fraction: float | Mapping[str, float] = 1.0
+    capacity: Capacity = UNLIMITED
     price_gb_s: float = LAMBDA_PRICE_GB_S
     price_request: float = LAMBDA_PRICE_REQUEST
     _scale: dict[int, float] = field(default_factory=dict, repr=False)
@@ -86,6 +96,9 @@ class FixedCostModel:
 
     def output_bytes(self, function: str, input_bytes: int) -> int:
         return int(_by_function(self.out_bytes, function))
+
+    def cpu_share(self, function: str) -> float:
+        return _by_function(self.cpu_fraction, function, 1.0)
 
     def transfer_time(self, nbytes: int, direction: Direction) -> float:
         return self.latency_s + nbytes / self.bandwidth

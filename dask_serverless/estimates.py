@@ -2,10 +2,12 @@
 
 Output sizes do not depend on the resource config, so they are computed once; run times
 are computed per config on first use and cached by (function, input bytes, memory).
+``capacity`` and ``cpu_times`` are what a shared-core backend needs (see ``capacity``).
 """
 
 from __future__ import annotations
 
+from .capacity import Capacity, capacity_of
 from .costmodel import CostModel
 from .dag import DAG
 from .plan import ResourceConfig
@@ -14,8 +16,9 @@ from .plan import ResourceConfig
 class Estimates:
     """``out_bytes[t]``, ``in_bytes[t]`` and ``exec_times(config)[t]`` for ``dag``."""
 
-    def __init__(self, dag: DAG, cost: CostModel):
+    def __init__(self, dag: DAG, cost: CostModel, capacity: Capacity | None = None):
         self.dag, self.cost = dag, cost
+        self.capacity = capacity or capacity_of(cost)
         n = len(dag)
         out = [0] * n
         inb = [0] * n
@@ -32,6 +35,8 @@ class Estimates:
             out[t.id] = o
         self.out_bytes, self.in_bytes = out, inb
         self._exec: dict[int, list[float]] = {}
+        self._cpu: dict[int, list[float]] = {}
+        self._share: list[float] | None = None
         self._latency: dict[tuple[int, str], float] = {}
 
     def exec_times(self, config: ResourceConfig) -> list[float]:
@@ -47,6 +52,25 @@ class Estimates:
                 times.append(v)
             self._exec[config.memory_mb] = times
         return times
+
+    def cpu_times(self, config: ResourceConfig) -> list[float]:
+        """Per task, the part of its run time that needs a core."""
+        cpu = self._cpu.get(config.memory_mb)
+        if cpu is None:
+            if self._share is None:
+                share_of = getattr(self.cost, "cpu_share", None)
+                shares: dict[str, float] = {}
+                self._share = []
+                for t in self.dag.tasks:
+                    v = shares.get(t.func_name)
+                    if v is None:
+                        v = shares[t.func_name] = (
+                            1.0 if share_of is None
+                            else min(1.0, max(0.0, float(share_of(t.func_name)))))
+                    self._share.append(v)
+            cpu = [e * s for e, s in zip(self.exec_times(config), self._share, strict=True)]
+            self._cpu[config.memory_mb] = cpu
+        return cpu
 
     def exec_time(self, task_id: int, config: ResourceConfig) -> float:
         return self.exec_times(config)[task_id]

@@ -12,6 +12,15 @@ Each invocation is a generator that runs ahead on its own clock and yields only 
 step that reads or changes shared state (fan-in sets, claims, published outputs), so the
 event heap holds O(invocations + cross-worker fan-in edges) events:
 O((V + E) log V) overall.
+
+The backend's ``Capacity`` (from the cost model, or the ``capacity`` argument) adds what
+a machine of shared cores does: when ``cores`` is finite, each task's CPU part (its time
+times the cost model's ``cpu_share``) and each cold start wait for a free core, first
+come first served (a multi-server queue standing in for time-sharing: k equal tasks on
+c cores take ceil(k / c) task times); the rest of a task (sleeps, I/O) runs without one.
+Invocations then yield before every task, one more event per task. With a container cap,
+invocations beyond it queue until a container finishes, which takes the queued work of
+its own config warm (else makes room for another config), as the local pool does.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .capacity import Capacity
 from .costmodel import CostModel
 from .dag import DAG
 from .estimates import Estimates
@@ -33,6 +43,7 @@ from .worker.executor import FINAL_FLUSH_BYTES, HOLD_POLL_S
 WARMUP_BILLED_S = 0.001  # a warm-up invocation returns at once
 _INF = math.inf
 _ARRIVE, _RESUME, _RELEASE, _WARMUP = 0, 1, 2, 3
+_Arrival = tuple[str, list[int], frozenset, int]  # worker, start tasks, inline inputs, trigger
 
 
 class SimulationError(RuntimeError):
@@ -125,9 +136,10 @@ class Simulator:
 
     def __init__(self, dag: DAG, cost: CostModel | Estimates, *,
                  inline_bytes: int = 64 * 1024, keep_alive: float = 300.0,
-                 warm: dict[int, int] | None = None):
+                 warm: dict[int, int] | None = None, capacity: Capacity | None = None):
         self.dag = dag
         self.est = cost if isinstance(cost, Estimates) else Estimates(dag, cost)
+        self.capacity = capacity or self.est.capacity
         self.inline_bytes, self.keep_alive = inline_bytes, keep_alive
         self.warm = dict(warm or {})
 
@@ -169,6 +181,11 @@ class _Run:
         self.now = 0.0
         self.warmups = 0
         self.is_final = dag.output_set
+        cap = sim.capacity
+        self.cores: list[float] | None = [0.0] * max(1, int(cap.cores)) if cap.shared else None
+        self.limit = cap.containers
+        self.busy = 0  # containers starting or running an invocation
+        self.queued: deque[tuple[_Arrival, float]] = deque()
 
     # -- event loop ----------------------------------------------------------------------
     def _push(self, t: float, kind: int, obj: Any, token: int = 0) -> None:
@@ -190,7 +207,7 @@ class _Run:
             elif kind == _ARRIVE:
                 self._arrive(*obj)
             elif kind == _RELEASE:
-                self.pools.setdefault(obj, deque()).append(t)
+                self._release(*obj)
             else:
                 self._warmup(obj)
         return self._totals()
@@ -203,30 +220,72 @@ class _Run:
             return
         self._push(when, _RESUME, p, p.token)
 
+    def _on_core(self, t: float, seconds: float) -> float:
+        """Run ``seconds`` of CPU from ``t`` (the current event time) on the first free
+        core; returns when it ends."""
+        cores = self.cores
+        if cores is None or seconds <= 0:
+            return t + seconds
+        begin = max(t, heapq.heappop(cores))
+        heapq.heappush(cores, begin + seconds)
+        return begin + seconds
+
     def _warmup(self, w: Any) -> None:
-        config = ResourceConfig(w.memory_mb)
-        ready = self.now + self.est.invocation_time(config, "cold")
+        cold = self.est.invocation_time(ResourceConfig(w.memory_mb), "cold")
         for _ in range(w.count):
             self.warmups += 1
-            self._push(ready, _RELEASE, w.memory_mb)
+            self._push(self._on_core(self.now, cold), _RELEASE, (w.memory_mb, False))
 
-    def _arrive(self, wid: str, starts: list[int], inline: frozenset, trigger: int) -> None:
+    def _release(self, mem: int, busy: bool) -> None:
+        """A container became idle: it takes queued work (its own config first)."""
+        self.pools.setdefault(mem, deque()).append(self.now)
+        if busy:
+            self.busy -= 1
+        if not self.queued:
+            return
+        pick = next((i for i, (a, _) in enumerate(self.queued)
+                     if self.plan.workers[a[0]].config.memory_mb == mem), 0)
+        arrival, at = self.queued[pick]
+        del self.queued[pick]
+        self._arrive(*arrival, invoked_at=at)
+
+    def _idle_pool(self, mem: int) -> deque[float] | None:
+        pool = self.pools.get(mem)
+        while pool and self.now - pool[0] > self.sim.keep_alive:
+            pool.popleft()
+        return pool
+
+    def _arrive(self, wid: str, starts: list[int], inline: frozenset, trigger: int,
+                invoked_at: float | None = None) -> None:
+        at = self.now if invoked_at is None else invoked_at
+        if self.limit and self.busy >= self.limit:
+            self.queued.append(((wid, starts, inline, trigger), at))
+            return
+        self.busy += 1
         spec = self.plan.workers[wid]
         mem = spec.config.memory_mb
-        pool = self.pools.get(mem)
-        if pool:
-            while pool and self.now - pool[0] > self.sim.keep_alive:
-                pool.popleft()
+        pool = self._idle_pool(mem)
         cold = not pool
         if pool:
             pool.pop()
-        begin = self.now + self.est.invocation_time(spec.config, "cold" if cold else "warm")
-        rec = InvocationRecord(wid, mem, self.now, begin, begin, cold, starts, trigger)
+        elif self.limit:
+            self._make_room(mem)
+        if cold:
+            begin = self._on_core(self.now, self.est.invocation_time(spec.config, "cold"))
+        else:
+            begin = self.now + self.est.invocation_time(spec.config, "warm")
+        rec = InvocationRecord(wid, mem, at, begin, begin, cold, starts, trigger)
         p = _Proc(len(self.records), wid, spec.config, rec)
         self.records.append(rec)
         p.prev = trigger
         p.gen = self._invocation(p, starts, inline, begin)
         self._push(begin, _RESUME, p, p.token)
+
+    def _make_room(self, mem: int) -> None:
+        """A new container at the cap replaces the longest-idle one of another config."""
+        idle = [(pool[0], m) for m, pool in self.pools.items() if pool and m != mem]
+        if idle and self.busy + sum(len(p) for p in self.pools.values()) > self.limit:
+            self.pools[min(idle)[1]].popleft()
 
     # -- one invocation --------------------------------------------------------------------
     def _fetch(self, p: _Proc, task: int, deps: Any, t: float, source: str = "redis") -> float:
@@ -243,6 +302,7 @@ class _Run:
                     t: float) -> Generator[float, None, None]:
         layout, deps, out, est = self.layout, self.deps, self.out, self.est
         execs = est.exec_times(p.config)
+        cpus = est.cpu_times(p.config) if self.cores is not None else None
         wanted = sorted({d for s in starts for d in deps[s]})
         for d in wanted:
             if d in inline:
@@ -263,7 +323,11 @@ class _Run:
                 first = self.where[tid] < 0  # a duplicated task keeps its first run
                 if first:
                     self.start[tid], self.where[tid], self.cause[tid] = t, p.idx, p.prev
-                t += execs[tid]
+                if cpus is None:
+                    t += execs[tid]
+                else:
+                    yield t  # wait for a core in event order
+                    t = self._on_core(t, cpus[tid]) + execs[tid] - cpus[tid]
                 if first:
                     self.end[tid] = t
                 p.prev = tid
@@ -321,7 +385,7 @@ class _Run:
                 hold_since = t
             t = yield from self._hold(p, ready, t, hold_since)
         p.rec.ended_at = self._flush(p, t)
-        self._push(p.rec.ended_at, _RELEASE, p.config.memory_mb)
+        self._push(p.rec.ended_at, _RELEASE, (p.config.memory_mb, True))
 
     def _flush(self, p: _Proc, t: float) -> float:
         if p.final:
@@ -396,10 +460,15 @@ class _Run:
             miss = [d for d in deps[b] if d not in p.local]
             if miss:
                 t = self._fetch(p, b, miss, t)
+            run_s = self.est.exec_times(p.config)[b]
+            if self.cores is not None:
+                yield t
+                cpu = self.est.cpu_times(p.config)[b]
+                run_s = self._on_core(t, cpu) + run_s - cpu - t
             if self.where[b] < 0:
                 self.start[b], self.where[b], self.cause[b] = t, p.idx, p.prev
-                self.end[b] = t + self.est.exec_times(p.config)[b]
-            t += self.est.exec_times(p.config)[b] + self.est.upload(out[b])
+                self.end[b] = t + run_s
+            t += run_s + self.est.upload(out[b])
             self.up += out[b]
             self.dups += 1
             yield t

@@ -49,6 +49,8 @@ def test_second_run_plans_with_what_the_first_measured(metrics_here):
     used = run.plan.worker_of(nap_task).config  # predictions scale with memory otherwise
     guess = predictor.exec_time("nap", 0, used)
     assert guess.samples >= 3 and 0.04 < guess < 0.2
-    assert predictor.exec_time("nap", 0, ResourceConfig(used.memory_mb * 2)) < guess
+    # below one vCPU (1769 MB) more memory is faster; the planner may have used more
+    assert (predictor.exec_time("nap", 0, ResourceConfig(1024))
+            < predictor.exec_time("nap", 0, ResourceConfig(512)))
     assert dask.compute(workflow(), scheduler=serverless_get, planner="uniform") == (6,)
     assert history.predictor_for(get_mod.last_run.dag, metrics_here) is not predictor

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from ..capacity import Capacity
 from ..plan import ResourceConfig
 from ..worker.payload import Invocation
 
@@ -21,6 +22,9 @@ class Backend(Protocol):
 
     def default_parallelism(self) -> int:
         """How many workers planners should aim to run at once."""
+
+    def capacity(self) -> Capacity:
+        """Compute the simulator should assume (shared cores, container cap)."""
 
     def close(self) -> None:
         """Release everything the backend started."""

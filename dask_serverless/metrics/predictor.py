@@ -9,7 +9,10 @@ residuals) - 1``) and where it came from (``source``: ``"fit"``, ``"fit+hint"``,
 samples at all).
 
 Samples weigh ``0.5 ** (age / half_life)``, ``age`` counting runs back from the newest,
-so after a change the new regime wins within about ``half_life`` runs. Outliers are
+so after a change the new regime wins within about ``half_life`` runs. For a backend
+whose containers share cores (``capacity``), recorded task and cold-start times are first
+brought back to what each would take alone (``contention``): the simulator adds the
+contention of the plan it replays. Outliers are
 dropped by robust z-score (median / MAD) and predictions are a configurable percentile
 (the median by default), never a plain mean.
 """
@@ -17,14 +20,17 @@ dropped by robust z-score (median / MAD) and predictions are a configurable perc
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
 from .. import config
+from ..capacity import UNLIMITED, Capacity
 from ..hints import exponent
 from ..plan import LAMBDA_MB_PER_VCPU, ResourceConfig
+from .contention import solo_times
 from .cost import Prices
 from .fitting import Point, PowerFit, fit_latency_bandwidth, fit_power, robust_center
 from .records import InvocationRecord, RunRecord, TaskRecord
@@ -60,6 +66,7 @@ class TaskSample:
     exec_s: float
     memory_mb: int
     age: float = 0.0  # runs back from the newest
+    cpu_s: float = -1.0  # CPU time within exec_s (-1: not recorded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +126,9 @@ class Predictor:
                  transfers: Iterable[TransferSample] = (),
                  starts: Iterable[StartSample] = (), *, settings: Settings | None = None,
                  hints: dict[str, dict[str, Any]] | None = None,
-                 prices: Prices | None = None):
+                 prices: Prices | None = None, capacity: Capacity | None = None):
         self.settings = settings or Settings.from_config()
+        self.capacity = capacity or UNLIMITED
         prices = prices or Prices.from_config()
         self.price_gb_s, self.price_request = prices.gb_second, prices.request
         self._tasks: dict[str, list[TaskSample]] = {}
@@ -132,6 +140,7 @@ class Predictor:
         self._exec_fit = cache(self._fit_exec)
         self._output_fit = cache(self._fit_output)
         self._transfer_fit = cache(self._fit_transfer)
+        self._cpu_share = cache(self._fit_cpu_share)
         for function, h in (hints or {}).items():
             self.hint(function, **h)
 
@@ -140,10 +149,11 @@ class Predictor:
     def from_store(cls, store: MetricsStore | None = None, *, signature: str | None = None,
                    limit: int | None = None, dag: Any = None,
                    settings: Settings | None = None,
-                   run_ids: Sequence[str] | None = None) -> Predictor:
+                   run_ids: Sequence[str] | None = None,
+                   capacity: Capacity | None = None) -> Predictor:
         """Learn from the newest ``limit`` (default ``serverless.metrics.history``) runs,
         of one workflow ``signature`` or of all (or from exactly ``run_ids``); ``dag``:
-        take hints from its tasks."""
+        take hints from its tasks; ``capacity``: of the backend to predict for."""
         if store is None:
             from .. import session
 
@@ -156,32 +166,39 @@ class Predictor:
         runs = store.runs(ids)
         return cls.from_records(runs, [t for r in ids for t in store.tasks(r)],
                                 [i for r in ids for i in store.invocations(r)],
-                                dag=dag, settings=settings)
+                                dag=dag, settings=settings, capacity=capacity)
 
     @classmethod
     def from_records(cls, runs: Sequence[RunRecord], tasks: Iterable[TaskRecord],
                      invocations: Iterable[InvocationRecord], *, dag: Any = None,
-                     settings: Settings | None = None) -> Predictor:
+                     settings: Settings | None = None,
+                     capacity: Capacity | None = None) -> Predictor:
         newest_first = sorted(runs, key=lambda r: r.submit_time, reverse=True)
         age = {r.run_id: float(i) for i, r in enumerate(newest_first)}
+        tasks, invocations = list(tasks), [i for i in invocations if not i.warmup]
+        if capacity is not None and capacity.shared:
+            exec_s, startup_s = solo_times(tasks, invocations, capacity.cores)
+        else:
+            exec_s, startup_s = [t.exec_s for t in tasks], [i.startup_s for i in invocations]
         task_samples, transfers = [], []
-        for t in tasks:
+        for t, alone in zip(tasks, exec_s, strict=True):
             a = age.get(t.run_id, float(len(age)))
             task_samples.append(TaskSample(t.function, t.input_bytes, t.output_bytes,
-                                           t.exec_s, t.memory_mb, a))
+                                           alone, t.memory_mb, a,
+                                           min(t.cpu_s, alone) if t.cpu_s >= 0 else -1.0))
             if t.download_bytes:
                 transfers.append(TransferSample("download", t.download_bytes, t.download_s, a))
             if t.upload_bytes:
                 transfers.append(TransferSample("upload", t.upload_bytes, t.upload_s, a))
-        starts = [StartSample(i.memory_mb, i.cold, i.startup_s,
-                              age.get(i.run_id, float(len(age))))
-                  for i in invocations if not i.warmup]
+        starts = [StartSample(i.memory_mb, i.cold, s, age.get(i.run_id, float(len(age))))
+                  for i, s in zip(invocations, startup_s, strict=True)]
         hints: dict[str, dict[str, Any]] = {}
         for task in getattr(dag, "tasks", ()):
             h = {k: task.annotations[k] for k in ("io", "time") if k in task.annotations}
             if h:
                 hints.setdefault(task.func_name, h)
-        return cls(task_samples, transfers, starts, settings=settings, hints=hints)
+        return cls(task_samples, transfers, starts, settings=settings, hints=hints,
+                   capacity=capacity)
 
     def hint(self, function: str, io: Any = None, time: Any = None) -> None:
         """Shapes to assume for ``function`` while its own samples are too few."""
@@ -212,8 +229,14 @@ class Predictor:
             return Prediction(input_bytes ** self._fallback_b(function, "io"), 0, 0.0, source)
         return self._from_fit(fit, input_bytes, 1.0, function, "io")
 
+    def cpu_share(self, function: str) -> float:
+        """Part of ``function``'s time spent computing (median over samples that
+        recorded CPU time; 1.0 without any)."""
+        return self._cpu_share(function)
+
     def transfer_time(self, nbytes: float, direction: str) -> Prediction:
-        """Seconds to move ``nbytes`` to (``"upload"``) or from (``"download"``) Redis."""
+        """Seconds to move ``nbytes`` to (``"upload"``) or from (``"download"``) Redis
+        (learned from both directions while one has too few samples)."""
         if direction not in ("upload", "download"):
             raise ValueError(f"transfer direction {direction!r}: use 'upload' or 'download'")
         fit = self._transfer_fit(direction)
@@ -287,8 +310,15 @@ class Predictor:
                          fallback_b=self._fallback_b(function, kind), rule=rule,
                          learn_memory=learn_memory)
 
+    def _fit_cpu_share(self, function: str) -> float:
+        shares = [t.cpu_s / t.exec_s for t in self._tasks.get(function, ())
+                  if t.cpu_s >= 0 and t.exec_s > 0]
+        return min(1.0, statistics.median(shares)) if shares else 1.0
+
     def _fit_transfer(self, direction: str) -> tuple[float, float, int, float] | None:
         samples = [x for x in self._transfers if x.direction == direction]
+        if len(samples) < self.settings.min_samples:
+            samples = self._transfers  # too few this way: the same Redis, both ways
         if len(samples) < self.settings.min_samples:
             return None
         s = self.settings

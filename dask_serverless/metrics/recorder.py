@@ -77,7 +77,7 @@ class InvocationRecorder:
         self.invoked.extend(ids)
 
     def task(self, task: TaskNode, start: float, exec_s: float, end: float,
-             upload_later: bool) -> None:
+             upload_later: bool, cpu_s: float = 0.0) -> None:
         """Close the row of ``task``; ``upload_later``: its output waits in a batch."""
         inputs = []
         for d in task.deps:
@@ -89,7 +89,7 @@ class InvocationRecorder:
         t0 = self.t0
         row = [task.id, repr(task.key), task.func_name, micros(start - t0), micros(end - t0),
                micros(exec_s), inputs, self._out, self._up_bytes, micros(self._up_s),
-               micros(self._fanin_s), self._invoked]
+               micros(self._fanin_s), self._invoked, micros(cpu_s)]
         self.rows.append(row)
         if upload_later:
             self._awaiting_upload[task.id] = row

@@ -50,6 +50,7 @@ class TaskRecord:
     upload_s: float = 0.0
     fanin_s: float = 0.0
     invoked: list[str] = field(default_factory=list)  # invocation ids this task started
+    cpu_s: float = -1.0  # CPU time of the task's thread during exec_s (-1: not recorded)
 
     @property
     def input_bytes(self) -> int:
@@ -65,7 +66,7 @@ class TaskRecord:
 
 
 TASK_FIELDS = ("task_id", "key", "function", "start", "end", "exec_s", "inputs",
-               "output_bytes", "upload_bytes", "upload_s", "fanin_s", "invoked")
+               "output_bytes", "upload_bytes", "upload_s", "fanin_s", "invoked", "cpu_s")
 
 
 def micros(seconds: float) -> int:
@@ -78,13 +79,14 @@ def tasks_from_batch(run_id: str, batch: dict[str, Any]) -> list[TaskRecord]:
     "rows"}`` (see module docstring)."""
     out, t0 = [], batch["t0"]
     for row in batch["rows"]:
-        v = dict(zip(TASK_FIELDS, row, strict=True))
+        v = dict(zip(TASK_FIELDS, row, strict=False))  # rows before cpu_s lack it
         inputs = [InputRecord(dep, n, source, us / 1e6) for dep, n, source, us in v["inputs"]]
         out.append(TaskRecord(
             run_id, batch["invocation_id"], batch["worker_id"], batch["memory_mb"],
             v["task_id"], v["key"], v["function"], t0 + v["start"] / 1e6,
             t0 + v["end"] / 1e6, v["exec_s"] / 1e6, inputs, v["output_bytes"],
-            v["upload_bytes"], v["upload_s"] / 1e6, v["fanin_s"] / 1e6, v["invoked"]))
+            v["upload_bytes"], v["upload_s"] / 1e6, v["fanin_s"] / 1e6, v["invoked"],
+            v.get("cpu_s", -1e6) / 1e6))
     return out
 
 

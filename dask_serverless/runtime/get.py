@@ -53,7 +53,8 @@ def serverless_get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
             if plan is None:
                 chosen = planner or config.get("planner")
                 passes = list(config.get("optimizations", optimizations))
-                predictor = (history.predictor_for(dag, redis_url)
+                capacity = session.backend(backend).capacity()
+                predictor = (history.predictor_for(dag, redis_url, capacity)
                              if history.wants_history(chosen, passes) else None)
                 plan = make_plan(dag, chosen, backend, memory, parallelism, passes, predictor)
             the_plan = plan
@@ -101,7 +102,8 @@ def make_plan(dag: DAG, planner: Any = None, backend: Any = None,
         options = config.get("planner-options")
         objective = Objective.parse(options.get("objective"), options.get("budget_s"))
         sim = Simulator(dag, cost_model_of(predictor),
-                        inline_bytes=config.get("payload-inline-bytes"))
+                        inline_bytes=config.get("payload-inline-bytes"),
+                        capacity=session.backend(backend).capacity())
         plan = apply_passes(dag, plan, passes, sim, objective)
     return plan
 

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from .. import config, session
+from ..capacity import Capacity
 from ..dag import DAG
 
 logger = logging.getLogger(__name__)
@@ -24,9 +25,11 @@ def wants_history(planner: Any, optimizations: list[str]) -> bool:
     return name != "wukong" or bool(optimizations)
 
 
-def predictor_for(dag: DAG, redis_url: str | None = None) -> Any:
+def predictor_for(dag: DAG, redis_url: str | None = None,
+                  capacity: Capacity | None = None) -> Any:
     """A Predictor over the newest runs with ``dag``'s signature (else over recent runs
-    of any workflow), or None when there is no history. Cached per set of runs."""
+    of any workflow), or None when there is no history. Cached per set of runs and
+    ``capacity`` (the backend's: shared cores change what the history means)."""
     url = session.metrics_url(redis_url)
     if url is None:
         return None
@@ -39,10 +42,10 @@ def predictor_for(dag: DAG, redis_url: str | None = None) -> Any:
         ids = store.run_ids(_ANY_WORKFLOW_RUNS)
     if not ids:
         return None
-    key = (url, tuple(ids))
+    key = (url, tuple(ids), capacity)
     predictor = _cache.get(key)
     if predictor is None:
-        predictor = Predictor.from_store(store, run_ids=ids, dag=dag)
+        predictor = Predictor.from_store(store, run_ids=ids, dag=dag, capacity=capacity)
         _cache.clear()  # keep one: a newer run makes the old one stale
         _cache[key] = predictor
         logger.debug("planning with a predictor over %d earlier runs", len(ids))

@@ -191,20 +191,20 @@ class _Execution:
             missing = [d for d in task.deps if d not in self.local]
             if missing:
                 self._fetch_inputs_of(missing)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             try:
                 value = task.node({self.tasks[d].key: self.local[d] for d in task.deps})
             except BaseException as exc:
                 self._fail(exc, task.key)
                 return False
-            exec_s = time.perf_counter() - t0
+            exec_s, cpu_s = time.perf_counter() - t0, time.thread_time() - c0
             self.report.tasks += 1
             for d in task.deps:
                 self._release(d)
             ready.extend(self._finished(tid, value))
             if self.rec is not None:
                 self.rec.task(task, start, exec_s, time.time(),
-                              bool(self.final) and self.final[-1][0] == tid)
+                              bool(self.final) and self.final[-1][0] == tid, cpu_s)
         return True
 
     # -- inputs ------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ...capacity import UNLIMITED, Capacity
 from ...plan import ResourceConfig
 from ...worker.payload import Invocation
 from . import events
@@ -32,6 +33,10 @@ class LambdaBackend:
 
     def default_parallelism(self) -> int:
         return self.settings.parallelism
+
+    def capacity(self) -> Capacity:
+        """Every Lambda container has its own CPU share; cold starts run side by side."""
+        return UNLIMITED
 
     def close(self) -> None:
         self.invoker.close()

@@ -7,6 +7,7 @@ import os
 import signal
 
 from ... import config
+from ...capacity import Capacity
 from ...errors import WorkerCrashedError
 from ...plan import ResourceConfig
 from ...storage.serialize import TamperedPayloadError
@@ -52,6 +53,14 @@ def report_crash(inv: Invocation, info: dict) -> None:
         logger.exception("could not report the crash of worker %s", inv.worker_id)
 
 
+def usable_cores() -> int:
+    """Cores this process (and the containers it spawns) may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 class LocalBackend:
     """Subprocess containers; ``serverless.local.*`` configures size and keep-alive."""
 
@@ -77,6 +86,10 @@ class LocalBackend:
 
     def default_parallelism(self) -> int:
         return min(self.max_containers, os.cpu_count() or 2)
+
+    def capacity(self) -> Capacity:
+        """This machine's cores, time-shared by every container, and the container cap."""
+        return Capacity(cores=usable_cores(), containers=self.max_containers)
 
     def close(self) -> None:
         self.pool.close()
