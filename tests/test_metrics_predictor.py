@@ -214,3 +214,14 @@ def test_observed_sizes_use_their_own_samples_between_them_the_fit():
     assert between.source == "fit" and between == pytest.approx(p.exec_fit("f")(3e6, 1024))
     assert between != p.exec_time("f", 1e6, MB1)
     assert p.exec_time("f", 1e6, ResourceConfig(2048)).source == "fit"  # other config
+
+
+def test_near_equal_sizes_never_give_an_absurd_law():
+    """Two size bins a hair apart with very different times once made the slope explode
+    (math range error); the fit must fall back to the default exponent instead."""
+    from dask_serverless.metrics.fitting import MAX_EXPONENT, Point, fit_power
+
+    pts = [Point(1000.0, 1.0, 100.0, 1.0)] * 3 + [Point(1000.6, 1.0, 0.1, 1.0)] * 3
+    fit = fit_power(pts, q=0.5, threshold=3.5, min_samples=3, fallback_b=1.0)
+    assert abs(fit.b) <= MAX_EXPONENT and math.isfinite(fit.a)
+    assert 0.01 < fit(1000.3) < 1000
