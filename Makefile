@@ -24,8 +24,9 @@ test: $(VENV)/.test
 	$(BIN)/ruff check dask_serverless tests benchmarks
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
+BENCH_ARGS ?= --quick
 bench: $(VENV)/.test
-	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/dask-serverless bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -10,32 +10,12 @@ embarrassingly parallel map whose 10k results all return to the caller.
 from __future__ import annotations
 
 import argparse
-import operator
 import statistics
 import sys
 import time
 from collections.abc import Callable
 
-
-def tree_graph(n_tasks: int) -> tuple[dict, str]:
-    leaves = (n_tasks + 1) // 2
-    dsk: dict = {("t", 0, i): (operator.add, i, 1) for i in range(leaves)}
-    level, names = 0, [("t", 0, i) for i in range(leaves)]
-    while len(names) > 1:
-        level += 1
-        nxt = []
-        for j in range(0, len(names), 2):
-            key = ("t", level, j // 2)
-            dsk[key] = (operator.add, names[j], names[j + 1]) if j + 1 < len(names) else \
-                (operator.pos, names[j])
-            nxt.append(key)
-        names = nxt
-    return dsk, names[0]
-
-
-def map_graph(n_tasks: int) -> tuple[dict, list]:
-    dsk = {("m", i): (operator.mul, i, 2) for i in range(n_tasks)}
-    return dsk, list(dsk)
+from workloads import map_graph, tree_graph  # benchmarks/workloads (this script's folder)
 
 
 def timed(get: Callable, dsk: dict, keys, repeat: int) -> tuple[float, object]:

@@ -7,6 +7,8 @@ import logging
 import sys
 import time
 
+from .bench import command as bench_command
+
 
 def _demo(args: argparse.Namespace) -> int:
     import dask
@@ -264,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     dck.add_argument("directory")
     dck.add_argument("--requirements")
     dck.set_defaults(func=_dockerfile)
+    bench_command.add_parser(sub)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     return args.func(args)
 

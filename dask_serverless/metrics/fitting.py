@@ -17,10 +17,6 @@ from dataclasses import dataclass, field
 
 MAX_BINS = 12
 LOCAL_WIDTH = 0.05  # log units (~5%): sizes this close count as "the same size"
-# sizes must span this much (log units, ~22%) for the size exponent to be learned: a
-# slope through sizes a few bytes apart (e.g. an input measured in memory and pickled)
-# is noise, and extrapolates to absurd values
-MIN_LOG_SPAN = 4 * LOCAL_WIDTH
 _TINY = 1e-9
 
 
@@ -150,8 +146,7 @@ def fit_power(points: Sequence[Point], *, q: float, threshold: float, min_sample
     bins: dict[tuple[float, int], list[int]] = {}
     for i, p in enumerate(points):
         bins.setdefault((p.m, _bin_of(lx[i], edges)), []).append(i)
-    learn_b = (len(points) >= min_samples and len({k[1] for k in bins}) >= 2
-               and max(lx) - min(lx) >= MIN_LOG_SPAN)
+    learn_b = len(points) >= min_samples and len({k[1] for k in bins}) >= 2
 
     def design(i: int) -> list[float]:
         return [1.0] + ([lx[i]] if learn_b else []) + ([lm[i]] if learn_c else [])
@@ -159,20 +154,30 @@ def fit_power(points: Sequence[Point], *, q: float, threshold: float, min_sample
     def target(i: int) -> float:
         return ly[i] - (0.0 if learn_b else fallback_b * lx[i])
 
-    # 1. a robust first fit through each bin's weighted medians
-    rows, ys, bw = [], [], []
-    for idx in bins.values():
-        wi = [ws[i] for i in idx]
-        rows.append([weighted_quantile([design(i)[j] for i in idx], wi, 0.5)
-                     for j in range(len(design(idx[0])))])
-        ys.append(weighted_quantile([target(i) for i in idx], wi, 0.5))
-        bw.append(sum(wi))
-    beta = least_squares(rows, ys, bw) or _mean_only(rows, ys, bw)
-    # 2. drop outliers by residual, 3. refit on the inliers
-    keep = inliers(_residuals(beta, design, target, len(points)), ws, threshold)
-    idx = [i for i in range(len(points)) if keep[i]]
-    beta = least_squares([design(i) for i in idx], [target(i) for i in idx],
-                         [ws[i] for i in idx]) or beta
+    def solve() -> tuple[list[float], list[int]]:
+        # 1. a robust first fit through each bin's weighted medians
+        rows, ys, bw = [], [], []
+        for idx in bins.values():
+            wi = [ws[i] for i in idx]
+            rows.append([weighted_quantile([design(i)[j] for i in idx], wi, 0.5)
+                         for j in range(len(design(idx[0])))])
+            ys.append(weighted_quantile([target(i) for i in idx], wi, 0.5))
+            bw.append(sum(wi))
+        beta = least_squares(rows, ys, bw) or _mean_only(rows, ys, bw)
+        # 2. drop outliers by residual, 3. refit on the inliers
+        keep = inliers(_residuals(beta, design, target, len(points)), ws, threshold)
+        idx = [i for i in range(len(points)) if keep[i]]
+        beta = least_squares([design(i) for i in idx], [target(i) for i in idx],
+                             [ws[i] for i in idx]) or beta
+        return beta, idx
+
+    beta, idx = solve()
+    if not _plausible(beta, learn_b):  # sizes too close together to tell a slope
+        learn_b = learn_c = False
+        use_rule = rule is not None
+        ly = [math.log(max(p.y, _TINY)) - (math.log(rule(p.m)) if use_rule else 0.0)
+              for p in points]
+        beta, idx = solve()
     # 4. shift to the requested percentile of the inliers' residuals
     resid = _residuals(beta, design, target, len(points))
     r_in, w_in = [resid[i] for i in idx], [ws[i] for i in idx]
@@ -189,6 +194,14 @@ def fit_power(points: Sequence[Point], *, q: float, threshold: float, min_sample
              for key, members in cells.items() if len(members) >= min_samples}
     return PowerFit(math.exp(beta[0]), b, c, rule if use_rule else None, len(idx), spread,
                     learn_b, local)
+
+
+MAX_EXPONENT = 4.0  # |b| beyond this is noise between near-equal sizes, not a law
+
+
+def _plausible(beta: list[float], learn_b: bool) -> bool:
+    return (all(math.isfinite(v) for v in beta) and abs(beta[0]) < 500
+            and (not learn_b or abs(beta[1]) <= MAX_EXPONENT))
 
 
 def _residuals(beta: list[float], design: Callable[[int], list[float]],

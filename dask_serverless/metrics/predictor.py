@@ -117,6 +117,18 @@ def lambda_scaling(memory_mb: float) -> float:
     return max(1.0, LAMBDA_MB_PER_VCPU / memory_mb)
 
 
+MAX_SAMPLES = 2000  # per function (and for transfers): fits stay fast on big histories
+
+
+def _thin(samples: list) -> list:
+    """At most ``MAX_SAMPLES``, taken evenly across ages so every run keeps its share."""
+    if len(samples) <= MAX_SAMPLES:
+        return samples
+    samples = sorted(samples, key=lambda s: s.age)
+    step = len(samples) / MAX_SAMPLES
+    return [samples[int(i * step)] for i in range(MAX_SAMPLES)]
+
+
 class Predictor:
     """Predictions from samples (see module docstring). Build with ``from_store`` (the
     recorded history), ``from_records`` or directly from samples. Implements the
@@ -134,7 +146,9 @@ class Predictor:
         self._tasks: dict[str, list[TaskSample]] = {}
         for t in tasks:
             self._tasks.setdefault(t.function, []).append(t)
-        self._transfers = list(transfers)
+        for function, samples in self._tasks.items():
+            self._tasks[function] = _thin(samples)
+        self._transfers = _thin(list(transfers))
         self._starts = list(starts)
         self._hints: dict[str, dict[str, float]] = {}
         self._exec_fit = cache(self._fit_exec)

@@ -12,6 +12,7 @@ from ..dag import DAG
 logger = logging.getLogger(__name__)
 
 _ANY_WORKFLOW_RUNS = 10  # when this workflow is new: learn functions from recent runs
+_PLANNING_RUNS = 10  # at most this many of the workflow's newest runs feed a plan
 _cache: dict[tuple, Any] = {}  # (metrics url, run ids) -> Predictor
 
 
@@ -37,7 +38,7 @@ def predictor_for(dag: DAG, redis_url: str | None = None,
     from ..metrics.store import MetricsStore
 
     store = MetricsStore.from_url(url)
-    ids = store.run_ids(config.get("metrics.history"), dag.signature())
+    ids = store.run_ids(min(config.get("metrics.history"), _PLANNING_RUNS), dag.signature())
     if not ids:
         ids = store.run_ids(_ANY_WORKFLOW_RUNS)
     if not ids:

@@ -54,14 +54,15 @@ def seal(data: bytes) -> bytes:
     return hmac.digest(_mac_key(), data, "sha256") + data
 
 
-def unseal(blob: bytes, what: str = "payload") -> bytes:
+def unseal(blob: bytes, what: str = "payload") -> memoryview:
+    """The data inside ``blob`` (a view, no copy) once its seal checks out."""
     mac, data = blob[:_MAC_BYTES], memoryview(blob)[_MAC_BYTES:]
     if len(blob) < _MAC_BYTES or not hmac.compare_digest(
             mac, hmac.digest(_mac_key(), data, "sha256")):
         raise TamperedPayloadError(
             f"refusing a {what} whose HMAC seal does not match serverless.secret "
             "(unsigned, altered, or signed with another secret)")
-    return bytes(data)
+    return data
 
 
 def dumps(value: Any) -> bytes:
