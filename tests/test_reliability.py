@@ -11,6 +11,7 @@ import tempfile
 import threading
 import time
 
+import cloudpickle
 import dask
 import pytest
 import redis
@@ -343,3 +344,27 @@ def test_tls_redis_with_password(tmp_path):
             dask.compute(tree(2), scheduler=serverless_get)
     finally:
         proc.kill()
+
+
+def test_client_and_worker_from_different_code_is_a_clear_error(any_redis):
+    """A spec laid out by other code (version skew) fails with a named error, no crash."""
+    from dask_serverless.adapter import to_dag
+    from dask_serverless.layout import build_layout
+    from dask_serverless.planners import get_planner
+    from dask_serverless.storage.store import RunStore, connect
+    from dask_serverless.worker.executor import execute
+    from dask_serverless.worker.payload import RunSpec
+
+    x = delayed(sleepy)(1, 0)
+    dag = to_dag(x.__dask_graph__(), x.key)
+    plan = get_planner("wukong").plan(dag, parallelism=1, memory_mb=1024)
+    spec = RunSpec(dag, plan, build_layout(dag, plan), 60, 10_000, False)
+    spec.schema = "0ld5chema"  # as if an older client had laid it out
+    skewed = serialize.seal(cloudpickle.dumps(spec))
+    run_id = f"skew{free_port()}"
+    report = execute(Invocation(run_id, "w0", 1024, any_redis, [0], skewed), invoker=None)
+    assert report.failed
+    store = RunStore(connect(any_redis), run_id)
+    record = serialize.loads(store.get_error())
+    store.cleanup([], [])
+    assert "0ld5chema" in record["traceback"] and "different code" in record["traceback"]

@@ -94,6 +94,7 @@ def execute(inv: Invocation, invoker: Invoker,
     store = RunStore(connect(inv.redis_url), inv.run_id)
     try:
         spec, spec_blob, report.spec_fetch_s = load_spec(inv, store)
+        spec.check_schema(inv.worker_id)
     except Exception as exc:
         store.fail(error_record(exc, "<run spec>", inv.worker_id, inv.memory_mb))
         report.failed = True

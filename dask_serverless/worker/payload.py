@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import pickle
 import uuid
 from dataclasses import dataclass, field
@@ -57,9 +58,22 @@ class RunSpec:
     max_output_bytes: int = 500 * 2**20
     metrics_url: str | None = None  # where workers record metrics; None: not recorded
     task_log_level: int | None = None  # lowest level of task log lines recorded; None: none
+    schema: str = ""  # set to SCHEMA when dumped: the client's payload layout
+
+    def check_schema(self, worker_id: str) -> None:
+        """Refuse a spec laid out by other code than this worker's (version skew)."""
+        theirs = getattr(self, "schema", "") or "unknown"
+        if theirs != SCHEMA:
+            from .. import __version__
+
+            raise SchemaMismatchError(
+                f"worker {worker_id} runs dask-serverless {__version__} with payload schema "
+                f"{SCHEMA}, but the client sent schema {theirs}: client and workers run "
+                "different code (re-deploy the Lambda functions, or restart the local pool)")
 
     def dumps(self) -> bytes:
         """Serialise once (each distinct function pickled once) and seal."""
+        self.schema = SCHEMA
         try:
             data = cloudpickle.dumps(self, protocol=5)
         except Exception as exc:
@@ -69,6 +83,19 @@ class RunSpec:
     @staticmethod
     def loads(data: bytes) -> RunSpec:
         return pickle.loads(serialize.unseal(data, "run spec"))
+
+
+class SchemaMismatchError(RuntimeError):
+    """Client and worker were built from different code."""
+
+
+def _schema() -> str:
+    names = [f"{cls.__name__}:{','.join(f.name for f in dataclasses.fields(cls))}"
+             for cls in (Invocation, RunSpec, Layout)]
+    return hashlib.blake2b(";".join(names).encode(), digest_size=6).hexdigest()
+
+
+SCHEMA = _schema()  # changes whenever a field of what travels to workers changes
 
 
 def _unpicklable_task(dag: DAG, exc: Exception) -> TypeError:
