@@ -14,7 +14,6 @@ import time
 import cloudpickle
 import dask
 import pytest
-import redis
 from dask import delayed
 
 from dask_serverless import serverless_get
@@ -28,7 +27,7 @@ from dask_serverless.errors import (
     WorkerCrashedError,
 )
 from dask_serverless.storage import serialize
-from dask_serverless.storage.embedded import free_port
+from dask_serverless.storage.embedded import free_port, wait_ready
 from dask_serverless.storage.keys import RunKeys
 from dask_serverless.worker.payload import Invocation
 
@@ -115,13 +114,7 @@ def test_redis_restart_mid_run_gives_specific_error(backend):
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", tmp]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
+    assert wait_ready(url, proc)
 
     def restart():
         time.sleep(0.8)
@@ -262,12 +255,7 @@ def test_password_protected_redis(tmp_path):
                              "--requirepass", "pa55word"], stdout=subprocess.DEVNULL)
     try:
         url = f"redis://:pa55word@127.0.0.1:{port}/0"
-        for _ in range(100):
-            try:
-                redis.Redis.from_url(url).ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
+        assert wait_ready(url, proc)
         with dask.config.set({"serverless.redis-url": url}):
             assert dask.compute(tree(4), scheduler=serverless_get) == (6,)
         with dask.config.set({"serverless.redis-url": url.replace("pa55word", "wrong")}), \
@@ -330,12 +318,7 @@ def test_tls_redis_with_password(tmp_path):
                              "--save", "", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
     try:
         url = f"rediss://:tlspass@127.0.0.1:{port}/0?ssl_ca_certs={cert}"
-        for _ in range(100):
-            try:
-                redis.Redis.from_url(url).ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
+        assert wait_ready(url, proc)
         with dask.config.set({"serverless.redis-url": url}):
             assert dask.compute(tree(8), scheduler=serverless_get) == (sum(range(8)),)
         plain = f"redis://:tlspass@127.0.0.1:{port}/0"
