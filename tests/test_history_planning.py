@@ -54,3 +54,27 @@ def test_second_run_plans_with_what_the_first_measured(metrics_here):
             < predictor.exec_time("nap", 0, ResourceConfig(512)))
     assert dask.compute(workflow(), scheduler=serverless_get, planner="uniform") == (6,)
     assert history.predictor_for(get_mod.last_run.dag, metrics_here) is not predictor
+
+
+def test_queueing_for_a_container_is_not_counted_as_worker_start(metrics_here):
+    """With one container and two root workers, the second invocation waits for the
+    first: that wait is queue time, and its warm start stays short."""
+    from dask_serverless.backends.local import LocalBackend
+    from dask_serverless.metrics.store import MetricsStore
+
+    def slow(i):
+        time.sleep(0.4)
+        return i
+
+    b = LocalBackend(max_containers=1, keep_alive=30)
+    try:
+        x = delayed(sum)([delayed(slow)(i) for i in range(2)])
+        assert dask.compute(x, scheduler=serverless_get, backend=b, parallelism=2) == (1,)
+    finally:
+        b.close()
+    invs = MetricsStore.from_url(metrics_here).invocations(get_mod.last_run.run_id)
+    queued = [i for i in invs if i.queue_s > 0.2]
+    assert queued, [(i.worker_id, i.queue_s, i.startup_s) for i in invs]
+    for i in queued:
+        assert not i.cold and i.startup_s < 0.2
+        assert i.start_time - i.invoke_time >= i.queue_s

@@ -125,7 +125,7 @@ class InvocationRecorder:
             inv.run_id, inv.id, inv.worker_id, inv.invoker, inv.memory_mb, inv.invoke_time,
             start_time, end_time, self.cold, spec_fetch_s, len(self.rows), self.invoked,
             self.upload_bytes, self.download_bytes, self.inline_bytes, failed, inv.warmup,
-            inv.attempt)
+            inv.attempt, dispatch_time=inv.dispatch_time)
 
     def flush(self, client: redis.Redis, record: InvocationRecord) -> None:
         """Write the invocation record and its task rows in one pipeline; a failure is

@@ -112,11 +112,17 @@ class InvocationRecord:
     failed: bool = False
     warmup: bool = False
     attempt: int = 0  # a retried invocation keeps its id; each attempt is recorded
+    dispatch_time: float = 0.0  # handed to a container after queueing; 0: not queued/known
 
     @property
     def startup_s(self) -> float:
-        """Invoke to start: a cold or warm worker start (includes any queueing)."""
-        return max(0.0, self.start_time - self.invoke_time)
+        """Cold or warm worker start: from dispatch (invoke, when not queued) to start."""
+        return max(0.0, self.start_time - (self.dispatch_time or self.invoke_time))
+
+    @property
+    def queue_s(self) -> float:
+        """Time the invocation waited for a free container (local backend)."""
+        return max(0.0, self.dispatch_time - self.invoke_time) if self.dispatch_time else 0.0
 
     @property
     def duration_s(self) -> float:

@@ -32,6 +32,7 @@ class Invocation:
     warmup: bool = False  # pre-warm: start the container, run nothing
     id: str = field(default_factory=lambda: uuid.uuid4().hex)  # kept across retries
     attempt: int = 0
+    dispatch_time: float = 0.0  # when a backend handed it to a container (after queueing)
 
     def dumps(self) -> bytes:
         return serialize.seal(pickle.dumps(self, protocol=5))

@@ -58,6 +58,13 @@ class HandlerCall:
 Work = Invocation | HandlerCall
 
 
+def _dispatched(work: Work | None) -> Work | None:
+    """Mark the moment an invocation gets its container: queueing ends, startup begins."""
+    if isinstance(work, Invocation):
+        work.dispatch_time = time.time()
+    return work
+
+
 class _Container:
     __slots__ = ("busy_since", "cold", "current", "id", "idle_since", "invocations",
                  "log_path", "memory_mb", "proc", "rx", "startup_s", "state", "status_path",
@@ -183,7 +190,7 @@ class LocalPool:
         """Pick (or spawn) a container for ``inv``; marks it busy. Caller holds the lock."""
         for c in self._containers:
             if c.state == "idle" and c.memory_mb == inv.memory_mb:
-                c.state, c.current, c.busy_since = "busy", inv, time.monotonic()
+                c.state, c.current, c.busy_since = "busy", _dispatched(inv), time.monotonic()
                 self.warm_starts += 1
                 return c
         alive = self._alive()
@@ -199,7 +206,7 @@ class LocalPool:
 
     def _spawn(self, memory_mb: int, inv: Work | None) -> _Container:
         c = _Container(next(self._ids), memory_mb)
-        c.current, c.cold = inv, inv is not None
+        c.current, c.cold = _dispatched(inv), inv is not None
         c.status_path = os.path.join(self._dir, f"c{c.id}.status")
         c.log_path = os.path.join(self._dir, f"c{c.id}.log")
         to_child_r, to_child_w = os.pipe()
@@ -241,7 +248,7 @@ class LocalPool:
         for i, inv in enumerate(self._pending):
             if inv.memory_mb == c.memory_mb:
                 del self._pending[i]
-                c.state, c.current, c.busy_since = "busy", inv, time.monotonic()
+                c.state, c.current, c.busy_since = "busy", _dispatched(inv), time.monotonic()
                 self.warm_starts += 1
                 return inv
         c.state, c.current, c.idle_since = "idle", None, time.monotonic()
