@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
         "retry-backoff": 0.2,  # seconds before the first retry; doubles each attempt
         "redis-grace": 10.0,  # seconds the client rides out a Redis connection loss
         "max-output-bytes": 500 * 2**20,  # a task output larger than this is an error
+        "stream-chunk-bytes": 2**20,  # pass "stream": chunk size; larger outputs stream
         "secret": None,  # HMAC key for payloads; None: a random per-process secret
         "local": {
             "max-containers": None,  # None: 2 x CPU count
@@ -129,6 +130,10 @@ def _validate(name: str, value: Any) -> None:
     positive = {"memory", "payload-inline-bytes", "output-ttl", "deadline", "poll-interval",
                 "local.keep-alive", "local.invocation-timeout", "redis-grace",
                 "max-output-bytes", "lambda.max-event-bytes", "lambda.timeout"}
+    if name == "stream-chunk-bytes" and (not isinstance(value, int) or isinstance(value, bool)
+                                         or value < 1):
+        raise ConfigError(f"serverless.stream-chunk-bytes = {value!r} must be a positive "
+                          "integer (bytes)")
     if name == "retries" and (not isinstance(value, int) or value < 0):
         raise ConfigError(f"serverless.retries = {value!r} must be an integer >= 0")
     if name == "retry-backoff" and (not isinstance(value, int | float) or value < 0):

@@ -68,29 +68,36 @@ class Optimizations:
       incomplete may run itself (task-dup; first writer wins, fan-in sets are idempotent);
     - ``delay``: producer task -> seconds it may hold its output waiting for the other
       inputs of its fan-ins it can run itself (WUKONG's delayed I/O);
-    - ``preload``: while holding, download each input as soon as it is published.
+    - ``preload``: while holding, download each input as soon as it is published;
+    - ``stream``: producer task -> chunk bytes: an output larger than one chunk is
+      announced first (its consumers fire at once) and then written in chunks that
+      readers join as they arrive (output streaming).
     """
 
     prewarm: list[Warmup] = field(default_factory=list)
     duplicate: dict[int, tuple[int, ...]] = field(default_factory=dict)
     delay: dict[int, float] = field(default_factory=dict)
     preload: bool = False
+    stream: dict[int, int] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.prewarm or self.duplicate or self.delay or self.preload)
+        return bool(self.prewarm or self.duplicate or self.delay or self.preload
+                    or self.stream)
 
     def to_dict(self) -> dict[str, Any]:
         return {"prewarm": [asdict(w) for w in self.prewarm],
                 "duplicate": {str(k): list(v) for k, v in self.duplicate.items()},
                 "delay": {str(k): v for k, v in self.delay.items()},
-                "preload": self.preload}
+                "preload": self.preload,
+                "stream": {str(k): v for k, v in self.stream.items()}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Optimizations:
         return cls([Warmup(**w) for w in data.get("prewarm", [])],
                    {int(k): tuple(v) for k, v in data.get("duplicate", {}).items()},
                    {int(k): float(v) for k, v in data.get("delay", {}).items()},
-                   bool(data.get("preload", False)))
+                   bool(data.get("preload", False)),
+                   {int(k): int(v) for k, v in data.get("stream", {}).items()})
 
 
 @dataclass
@@ -136,6 +143,11 @@ class Plan:
         for t, bound in opt.delay.items():
             if not 0 <= t < n or bound < 0:
                 raise PlanError(f"delayed I/O: task id {t} / bound {bound!r} s is invalid")
+        for t, chunk in opt.stream.items():
+            if not 0 <= t < n or not isinstance(chunk, int) or isinstance(chunk, bool) \
+                    or chunk < 1:
+                raise PlanError(f"output streaming: task id {t} / chunk size {chunk!r} bytes "
+                                "is invalid (a task of the DAG and a positive integer)")
         for w in opt.prewarm:
             ResourceConfig(w.memory_mb)
             if w.at_s < 0 or w.count < 1:

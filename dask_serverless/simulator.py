@@ -6,7 +6,10 @@ first-out, outputs uploaded only when an entry task or the client needs them, fa
 registered in one round trip and claimed in another, fired entries run in place (same
 worker, or a floating fan-in of the same config) or by invoking their worker with small
 inputs inline. Containers start cold or warm (keep-alive, pre-warm); delayed I/O,
-pre-load and task-dup follow the plan's ``Optimizations`` exactly as the executor does.
+pre-load, task-dup and output streaming follow the plan's ``Optimizations`` exactly as
+the executor does. A streamed output is announced (one round trip: its consumers fire),
+then uploaded; a read of it from ``t`` ends at ``max(upload end, t + download time)``
+plus one chunk's download, instead of upload end, then download.
 
 Each invocation is a generator that runs ahead on its own clock and yields only before a
 step that reads or changes shared state (fan-in sets, claims, published outputs), so the
@@ -70,7 +73,7 @@ class InputTransfer:
 
     task: int
     dep: int
-    source: str  # "redis" | "inline" | "preload"
+    source: str  # "redis" | "inline" | "preload" | "stream"
     nbytes: int
 
 
@@ -164,6 +167,7 @@ class _Run:
         self.rtt = self.est.upload(0)
         self.opt = plan.optimizations
         self.avail = [_INF] * n  # when each output is in Redis
+        self.streams: dict[int, tuple[float, float, int]] = {}  # announced, written, chunk
         self.count = [0] * n  # fan-in set sizes (entries without task-dup)
         self.members: dict[int, set[int]] = {e: set() for e in self.opt.duplicate}
         self.fired = bytearray(n)
@@ -289,14 +293,30 @@ class _Run:
 
     # -- one invocation --------------------------------------------------------------------
     def _fetch(self, p: _Proc, task: int, deps: Any, t: float, source: str = "redis") -> float:
+        """One read of the inputs stored whole, then each streamed one in turn."""
         nbytes = 0
+        streamed = []
         for d in deps:
             b = self.out[d]
+            self.down += b
+            p.local.add(d)
+            if d in self.streams:
+                streamed.append(d)
+                self.transfers.append(InputTransfer(task, d, "stream", b))
+                continue
             nbytes += b
             self.transfers.append(InputTransfer(task, d, source, b))
-            p.local.add(d)
-        self.down += nbytes
-        return t + self.est.download(nbytes)
+        t += self.est.download(nbytes)
+        for d in streamed:
+            t = self._stream_read(d, t)
+        return t
+
+    def _stream_read(self, d: int, t: float) -> float:
+        """A read of streamed output ``d`` from ``t`` (or from its announcement) ends once
+        both the producer's upload and the transfer are done, plus one chunk's latency."""
+        announced, done, chunk = self.streams[d]
+        transfer = self.est.download(self.out[d])
+        return max(done, max(t, announced) + transfer) + self.est.download(chunk)
 
     def _invocation(self, p: _Proc, starts: list[int], inline: frozenset,
                     t: float) -> Generator[float, None, None]:
@@ -358,12 +378,14 @@ class _Run:
                             t = self._flush(p, t)
                     ready.extend(new)
                     continue
-                t += est.upload(out[tid])
+                chunk = self.opt.stream.get(tid, 0)
+                streamed = 0 < chunk < out[tid]
+                t += self.rtt if streamed else est.upload(out[tid])  # announce / upload
                 self.up += out[tid]
                 fanins = [e for e in entries if len(deps[e]) > 1]
                 if fanins:
                     yield t
-                if t < self.avail[tid]:
+                if not streamed and t < self.avail[tid]:
                     self.avail[tid] = t
                 if out[tid] <= self.sim.inline_bytes:
                     p.small.add(tid)
@@ -372,11 +394,18 @@ class _Run:
                 if complete:
                     t += self.rtt
                     fired += self._claim(complete)
+                here: list[int] = []
+                if streamed:  # consumers start, then the chunks are written
+                    here, fired = self._dispatch(p, fired, t), []
+                    announced, t = t, t + est.upload(out[tid])
+                    self.streams[tid] = (announced, t, chunk)
+                    self.avail[tid] = min(self.avail[tid], t)
                 for e in fanins:
                     if e in self.opt.duplicate and e not in complete and not self.fired[e]:
                         t, won = yield from self._duplicate(p, e, t)
                         fired += won
                 ready.extend(new)
+                ready.extend(here)
                 ready.extend(self._dispatch(p, fired, t))
             if not p.held:
                 break
@@ -529,7 +558,10 @@ class _Run:
         others = sorted((d for d in self.deps[e] if d != a and d not in p.local),
                         key=lambda d: self.avail[d])
         for d in others:
-            clock = max(clock, self.avail[d]) + self.est.download(self.out[d])
+            if d in self.streams:
+                clock = self._stream_read(d, clock)
+            else:
+                clock = max(clock, self.avail[d]) + self.est.download(self.out[d])
             self.transfers.append(InputTransfer(e, d, "preload", self.out[d]))
             self.down += self.out[d]
             p.local.add(d)

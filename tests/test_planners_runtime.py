@@ -55,6 +55,8 @@ def forced(dag, plan: Plan, kind: str) -> Plan:
         opt.preload = kind != "delayed-io"
     if kind in ("pre-warm", "all"):
         opt.prewarm = [Warmup(0.0, 1024, 1), Warmup(0.05, 1024, 1)]
+    if kind in ("stream", "all"):  # 16-byte chunks: every uploaded output streams
+        opt.stream = {t: 16 for t in range(len(dag)) if layout.upload[t]}
     plan.optimizations = opt
     return plan
 

@@ -142,3 +142,27 @@ def test_critical_path_follows_the_longest_chain():
     r = simulate(dag, WukongPlanner().plan(dag, parallelism=2, memory_mb=1024), cm)
     assert r.makespan >= 0.5 + 3  # a cold start plus the three-task critical path
     assert r.critical_path[0] == 0 and r.critical_path[-1] == 3
+
+
+def test_streamed_output_is_read_while_it_uploads():
+    dag = dag_of([[], [0]], {0: "big"})
+    cm = model(1.0, {"big": 1000, "*": 10})
+    plan = plan_of(["w0", "w1"])
+    plain = simulate(dag, plan, cm, inline_bytes=100)
+    # w0: cold 0.5, runs to 1.5, uploads 1000 B (1.01) -> 2.51 and invokes w1 (cold) ->
+    # 3.01; w1 downloads (1.01) 4.02, runs 5.02, flush 5.04, client 5.06
+    assert plain.makespan == pytest.approx(5.06)
+    plan.optimizations = Optimizations(stream={0: 100})
+    r = simulate(dag, plan, cm, inline_bytes=100)
+    # w0 announces at 1.51 (one round trip), invokes w1 and uploads until 2.52; w1 starts
+    # at 2.01, its read of the stored inputs (none) ends 2.02, the stream read at
+    # max(2.52, 2.02 + 1.01) plus one 100 B chunk (0.11) = 3.14; runs 4.14, flush 4.16,
+    # client 4.18
+    assert r.makespan == pytest.approx(4.18)
+    assert r.invocations[0].ended_at == pytest.approx(2.52)
+    assert r.invocations[1].started_at == pytest.approx(2.01)
+    assert [(x.dep, x.source) for x in r.transfers] == [(0, "stream")]
+    assert (r.bytes_uploaded, r.bytes_downloaded) == (plain.bytes_uploaded,
+                                                      plain.bytes_downloaded)
+    plan.optimizations = Optimizations(stream={0: 1000})  # one chunk: not streamed
+    assert simulate(dag, plan, cm, inline_bytes=100).makespan == pytest.approx(5.06)

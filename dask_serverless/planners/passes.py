@@ -7,7 +7,10 @@ plan it was given (``plan.options["passes"]`` records what each pass did).
   inputs already exist runs that input itself;
 - ``delayed-io``: a producer with a large output holds it for its fan-in's other inputs;
 - ``pre-load``: the first producer of a fan-in holds and downloads the other inputs as
-  they are published, so the fan-in starts as soon as the last one lands.
+  they are published, so the fan-in starts as soon as the last one lands;
+- ``stream``: outputs predicted larger than ``serverless.stream-chunk-bytes`` that an
+  entry task reads are announced before they are uploaded, and written in chunks that
+  the consumers read while the upload goes on.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from .. import config
 from ..dag import DAG
 from ..plan import Plan, Warmup
 from ..simulator import SimResult, Simulator
@@ -140,18 +144,34 @@ def preload(dag: DAG, plan: Plan, sim: Simulator, objective: Objective) -> Plan:
     return _holds(dag, plan, sim, objective, "pre-load", preload=True)
 
 
+def stream(dag: DAG, plan: Plan, sim: Simulator, objective: Objective) -> Plan:
+    """Stream large outputs that entry tasks read: consumers start while they upload."""
+    from ..layout import build_layout
+
+    base = sim.run(plan)
+    chunk = config.get("stream-chunk-bytes")
+    layout = build_layout(dag, plan)
+    out = sim.est.out_bytes
+    streamed = {t: chunk for t in range(len(dag)) if layout.entry_dependents[t] and out[t] > chunk}
+    streamed = {**streamed, **plan.optimizations.stream}
+    candidate = _with(plan, stream=streamed) if streamed != plan.optimizations.stream else None
+    return _keep_better("stream", plan, base, candidate, sim, objective)
+
+
 PASSES: dict[str, Pass] = {"pre-warm": prewarm, "task-dup": task_dup,
-                           "delayed-io": delayed_io, "pre-load": preload}
+                           "delayed-io": delayed_io, "pre-load": preload, "stream": stream}
+_LAST = {"stream": 1, "pre-warm": 2}  # streaming reads the placement, pre-warm the timeline
 
 
 def apply_passes(dag: DAG, plan: Plan, names: list[str], sim: Simulator,
                  objective: Objective) -> Plan:
-    """Apply the named passes in order (pre-warm last: it depends on the timeline)."""
+    """Apply the named passes in order (then stream, and pre-warm last: it depends on the
+    timeline)."""
     unknown = [n for n in names if n not in PASSES]
     if unknown:
         raise ValueError(f"serverless.optimizations: {unknown} are not passes; choose from "
                          f"{sorted(PASSES)}")
-    ordered = sorted(dict.fromkeys(names), key=lambda n: n == "pre-warm")
+    ordered = sorted(dict.fromkeys(names), key=lambda n: _LAST.get(n, 0))
     for name in ordered:
         plan = PASSES[name](dag, plan, sim, objective)
     plan.options["optimizations"] = ordered

@@ -27,7 +27,7 @@ from ..metrics.records import RunRecord
 from ..metrics.runs import record_run
 from ..metrics.store import MetricsStore
 from ..plan import Plan, ResourceConfig, Warmup
-from ..storage import serialize
+from ..storage import serialize, streams
 from ..storage.store import RunStore, connect, redact
 from ..worker.payload import Invocation, RunSpec
 from .live import LiveFeed
@@ -126,7 +126,8 @@ class Run:
         spec = RunSpec(self.dag, self.plan, self.layout, self.ttl, self.inline_bytes,
                        self.on_progress is not None or self.live is not None,
                        self.max_output_bytes, self.metrics_url,
-                       self.task_log_level if self.metrics_url is not None else None)
+                       self.task_log_level if self.metrics_url is not None else None,
+                       self.submit_time + self.deadline)
         blob = spec.dumps()
         inline = len(blob) <= self.inline_bytes
         self.store.put_spec(blob)  # also inline when small; any worker can fetch it
@@ -243,6 +244,9 @@ class Run:
         blobs = self.store.get_outputs(self.dag.outputs)
         values = []
         for tid, blob in zip(self.dag.outputs, blobs, strict=True):
+            if blob is None and tid in self.plan.optimizations.stream:  # marked done: complete
+                blob, _ = streams.read(self.store, tid, f"output {self.dag.tasks[tid].key!r}",
+                                       self.submit_time + self.deadline)
             if blob is None:
                 raise RuntimeError(f"output {self.dag.tasks[tid].key!r} of run {self.run_id} "
                                    "is missing from Redis")
@@ -253,7 +257,8 @@ class Run:
         layout = self.layout
         try:
             self.store.cleanup([t for t in range(len(self.dag)) if layout.upload[t]],
-                               [t for t in range(len(self.dag)) if layout.is_entry[t]])
+                               [t for t in range(len(self.dag)) if layout.is_entry[t]],
+                               self.plan.optimizations.stream)
         except Exception:  # never hide the run's own outcome
             logger.warning("run %s: could not delete its Redis keys", self.run_id,
                            exc_info=True)

@@ -25,6 +25,19 @@ class RunKeys:
     def fired(self, task_id: int) -> str:
         return f"{self.prefix}x:{task_id}"
 
+    def stream(self, task_id: int) -> str:
+        """A streamed output's head: who writes it, its size and chunk count."""
+        return f"{self.prefix}s:{task_id}"
+
+    def stream_chunks(self, task_id: int, token: str) -> str:
+        """The chunks one writing attempt of a streamed output pushed so far (a list)."""
+        return f"{self.prefix}c:{task_id}:{token}"
+
+    @property
+    def streams(self) -> str:
+        """Set of every chunk list of the run (for cleanup)."""
+        return f"{self.prefix}streams"
+
     def payload(self, token: str) -> str:
         """An invocation payload too large for its transport (e.g. Lambda's event limit)."""
         return f"{self.prefix}p:{token}"

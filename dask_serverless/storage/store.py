@@ -76,11 +76,31 @@ class RunStore:
         if final:
             pipe.sadd(k.outputs_done, *final)
             pipe.expire(k.outputs_done, self.ttl)
+        return self._fanin_sizes(self._register(pipe, fanins).execute(), fanins)
+
+    def announce_stream(self, task: int, head: str, chunks_key: str,
+                        fanins: Sequence[tuple[int, int]]) -> tuple[bool, bytes, list[int]]:
+        """Announce a streamed output (head ``SET NX``; its chunk list registered for
+        cleanup) and register ``(producer, consumer)`` fan-in edges in one MULTI. Returns
+        whether this head was set, the head now stored and the fan-in set sizes seen."""
+        k = self.keys
+        pipe = self.r.pipeline(transaction=True)
+        pipe.set(k.stream(task), head, nx=True, ex=self.ttl)
+        pipe.get(k.stream(task))
+        pipe.sadd(k.streams, chunks_key)
+        pipe.expire(k.streams, self.ttl)
+        res = self._register(pipe, fanins).execute()
+        return bool(res[0]), res[1], self._fanin_sizes(res, fanins)
+
+    def _register(self, pipe: Any, fanins: Sequence[tuple[int, int]]) -> Any:
         for producer, consumer in fanins:
-            pipe.sadd(k.fanin(consumer), producer)
-            pipe.scard(k.fanin(consumer))
-            pipe.expire(k.fanin(consumer), self.ttl)
-        res = pipe.execute()
+            pipe.sadd(self.keys.fanin(consumer), producer)
+            pipe.scard(self.keys.fanin(consumer))
+            pipe.expire(self.keys.fanin(consumer), self.ttl)
+        return pipe
+
+    @staticmethod
+    def _fanin_sizes(res: list[Any], fanins: Sequence[tuple[int, int]]) -> list[int]:
         if not fanins:
             return []
         return [int(x) for x in res[-3 * len(fanins) + 1::3]]
@@ -151,13 +171,19 @@ class RunStore:
     def event(self, message: dict[str, Any]) -> None:
         self.r.publish(self.keys.events, json.dumps(message))
 
-    def cleanup(self, task_ids_with_outputs: Iterable[int], entry_ids: Iterable[int]) -> int:
-        """Delete the run's keys (all but the cancel flag, which expires by itself)."""
+    def cleanup(self, task_ids_with_outputs: Iterable[int], entry_ids: Iterable[int],
+                streamed: Iterable[int] = ()) -> int:
+        """Delete the run's keys (all but the cancel flag, which expires by itself);
+        ``streamed``: tasks whose outputs may have been streamed (heads and chunk lists)."""
         k = self.keys
         names = [k.dag, k.error, k.outputs_done]
         names += [k.output(t) for t in task_ids_with_outputs]
         for e in entry_ids:
             names += [k.fanin(e), k.fired(e)]
+        heads = [k.stream(t) for t in streamed]
+        if heads:
+            names += [*heads, k.streams]
+            names += [x.decode() for x in self.r.smembers(k.streams)]
         deleted = 0
         for i in range(0, len(names), 2000):
             deleted += int(self.r.unlink(*names[i:i + 2000]))

@@ -3,6 +3,8 @@
 The same code runs in every backend (local containers, AWS Lambda). It downloads only
 inputs it does not hold, uploads only outputs another group or the client needs,
 registers fan-ins atomically and invokes the workers of entry tasks it made ready.
+Streamed outputs (``plan.optimizations.stream``) are announced and their consumers
+invoked before the chunks are written (``storage.streams``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dask.sizeof import sizeof
 
 from ..errors import OutputTooLargeError, RunDataLostError
 from ..metrics.recorder import InvocationRecorder
-from ..storage import serialize
+from ..storage import serialize, streams
 from ..storage.store import RunStore, connect
 from .payload import Invocation, RunSpec
 
@@ -107,6 +109,8 @@ def execute(inv: Invocation, invoker: Invoker,
         try:
             _Execution(inv, spec, spec_blob, store, invoker, on_task_start, report,
                        recorder).run()
+        except streams.StreamCancelled:
+            report.cancelled = True
         except BaseException as exc:
             report.failed = True
             store.fail(error_record(exc, f"<worker {inv.worker_id}>", inv.worker_id,
@@ -238,6 +242,8 @@ class _Execution:
         t0 = time.perf_counter()
         blobs = self.store.get_outputs(ids)
         seconds = time.perf_counter() - t0
+        if self.opt.stream:
+            seconds += self._read_streams(ids, blobs)
         for d, blob in zip(ids, blobs, strict=True):
             if blob is None:
                 raise RunDataLostError(
@@ -247,6 +253,19 @@ class _Execution:
             self.local[d] = serialize.loads(blob)
         if self.rec is not None:
             self.rec.arrived_inputs(ids, [len(b) for b in blobs], "redis", seconds)
+
+    def _read_streams(self, ids: list[int], blobs: list[bytes | None]) -> float:
+        """Fill in the inputs not stored whole that may be streamed, waiting for their
+        chunks; returns the seconds spent reading (not waiting)."""
+        seconds = 0.0
+        for i, d in enumerate(ids):
+            if blobs[i] is None and d in self.opt.stream:
+                what = f"worker {self.inv.worker_id}: input {self.tasks[d].key!r}"
+                blobs[i], io_s = streams.read(
+                    self.store, d, what, self.spec.deadline_at,
+                    lambda: self._check_cancelled(time.monotonic()))
+                seconds += io_s
+        return seconds
 
     def _release(self, tid: int) -> None:
         left = self.refs.get(tid)
@@ -306,14 +325,21 @@ class _Execution:
             return ready
         final = [tid] if is_final else []
         fanins = [(tid, e) for e in entries if len(self.tasks[e].deps) > 1]
+        chunk = self.opt.stream.get(tid, 0)
+        head = streams.StreamHead.new(self.inv.id, self.inv.attempt, self.inv.worker_id,
+                                      len(data), chunk) if 0 < chunk < len(data) else None
         t0 = time.perf_counter()
-        sizes = self.store.publish_outputs([(tid, data)], final, fanins)
+        if head is None:
+            sizes = self.store.publish_outputs([(tid, data)], final, fanins)
+        else:  # announce only: consumers start before the chunks are written
+            writes, sizes = streams.announce(self.store, tid, head, fanins)
         t1 = time.perf_counter()
         complete = [c for (_, c), n in zip(fanins, sizes, strict=True)
                     if n == len(self.tasks[c].deps)]
         won = self.store.claim(complete, self.inv.id) if complete else []
         if rec is not None:
-            rec.uploaded(len(data), t1 - t0)
+            if head is None:
+                rec.uploaded(len(data), t1 - t0)
             if complete:
                 rec.claimed(time.perf_counter() - t1)
         fired = [e for e in entries if len(self.tasks[e].deps) == 1]
@@ -321,6 +347,14 @@ class _Execution:
         if len(data) <= self.spec.inline_bytes:
             self.local_bytes[tid] = data
         dup = [c for (_, c) in fanins if c in self.opt.duplicate and c not in complete]
+        if head is not None:
+            here = self._dispatch(fired, value, tid)
+            t2 = time.perf_counter()
+            if writes:
+                streams.write(self.store, tid, head, data, chunk, is_final)
+            if rec is not None:
+                rec.uploaded(len(data) if writes else 0, t1 - t0 + time.perf_counter() - t2)
+            return ready + here + [r for c in dup for r in self._duplicate(c)]
         extra = [r for c in dup for r in self._duplicate(c)]
         return ready + self._dispatch(fired, value, tid) + extra
 

@@ -59,6 +59,7 @@ class RunSpec:
     max_output_bytes: int = 500 * 2**20
     metrics_url: str | None = None  # where workers record metrics; None: not recorded
     task_log_level: int | None = None  # lowest level of task log lines recorded; None: none
+    deadline_at: float = 0.0  # epoch seconds the run must end by (0: none): bounds waits
     schema: str = ""  # set to SCHEMA when dumped: the client's payload layout
 
     def check_schema(self, worker_id: str) -> None:
