@@ -142,7 +142,7 @@ def recorded_source(url, log, n):
 
 
 def kill_mid_stream(url: str, log: str, killed: list[int], min_chunks: int = 40) -> None:
-    """Kill the producer once its stream holds ``min_chunks`` chunks (of 2048)."""
+    """Kill the producer once its stream holds ``min_chunks`` chunks (of 1954)."""
     r = redis.Redis.from_url(url)
     deadline = time.monotonic() + 30
     while not killed and time.monotonic() < deadline:
@@ -198,6 +198,27 @@ def test_producer_killed_mid_stream_without_retries_is_a_clear_error(any_redis):
             time.sleep(0.1)
         assert b.pool.busy_pids() == []
         assert [k for k in run.left if not k.endswith(b":cancel")] == []
+    finally:
+        killer.join()
+        b.close()
+
+
+def test_producer_dying_unnoticed_mid_stream_ends_at_the_deadline_naming_it(any_redis):
+    dag, plan, b, killer, killed, _ = chain_with_killer(any_redis, retries=0)
+    b.pool.on_crash = None  # nobody reports the death (as when Lambda drops an event)
+    try:
+        run = WatchedRun(dag, plan, b, any_redis, deadline=4.0)
+        t0 = time.monotonic()
+        with pytest.raises(DeadlineExceededError,
+                           match=r"output 'big' streamed by worker w0 \(invocation \w+, "
+                                 r"attempt 1\) stopped at \d+ of 1954 chunks"):
+            run.execute()
+        assert killed and time.monotonic() - t0 < 15
+        for _ in range(50):  # the waiting consumer was stopped with the run
+            if not b.pool.busy_pids():
+                break
+            time.sleep(0.1)
+        assert b.pool.busy_pids() == []
     finally:
         killer.join()
         b.close()

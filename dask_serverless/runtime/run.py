@@ -220,9 +220,13 @@ class Run:
         shown = ", ".join(f"{self.dag.tasks[t].key!r} (worker {self.plan.assignment[t]})"
                           for t in pending[:10])
         more = f" and {len(pending) - 10} more" if len(pending) > 10 else ""
+        cut = streams.unfinished(self.store, self.plan.optimizations.stream)
+        cut_off = "".join(f"; output {self.dag.tasks[t].key!r} streamed by {head.describe()} "
+                          f"stopped at {n} of {head.chunks} chunks (its producer died or "
+                          "stalled mid-stream)" for t, head, n in cut[:10])
         raise DeadlineExceededError(
             f"run {self.run_id} did not finish within serverless.deadline={self.deadline} s; "
-            f"{len(pending)} of {len(self.dag.outputs)} outputs pending: {shown}{more}")
+            f"{len(pending)} of {len(self.dag.outputs)} outputs pending: {shown}{more}{cut_off}")
 
     def _raise_if_failed(self) -> None:
         record = self.store.get_error()

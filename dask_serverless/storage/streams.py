@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
 from ..errors import DeadlineExceededError, RunDataLostError
@@ -95,6 +95,20 @@ def _take_over(store: RunStore, task: int, head: StreamHead, held: StreamHead) -
     pipe.delete(partial)
     pipe.execute()
     return True
+
+
+def unfinished(store: RunStore, tasks: Iterable[int]) -> list[tuple[int, StreamHead, int]]:
+    """Streams of ``tasks`` announced but not complete: (task, head, chunks written)."""
+    k = store.keys
+    tasks = list(tasks)
+    raws = store.r.mget([k.stream(t) for t in tasks]) if tasks else []
+    heads = [(t, StreamHead.loads(raw)) for t, raw in zip(tasks, raws, strict=True)
+             if raw is not None]
+    pipe = store.r.pipeline(transaction=False)
+    for t, head in heads:
+        pipe.llen(k.stream_chunks(t, head.token))
+    counts = pipe.execute() if heads else []
+    return [(t, h, int(n)) for (t, h), n in zip(heads, counts, strict=True) if n < h.chunks]
 
 
 def write(store: RunStore, task: int, head: StreamHead, data: bytes, chunk_bytes: int,
