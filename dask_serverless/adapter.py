@@ -12,7 +12,7 @@ from dask.utils import funcname, key_split
 
 from .dag import DAG, TaskNode
 from .hints import hints_of
-from .sizes import RootSizes, array_layers
+from .sizes import RootSizes
 
 DASK_ORDER_MAX_TASKS = 20_000  # above this, a depth-first order replaces dask.order
 
@@ -40,7 +40,7 @@ def graph_and_annotations(dsk: Any) -> tuple[Mapping, dict[str, dict]]:
 def to_dag(dsk: Any, keys: Any) -> DAG:
     """Convert the graph, cull it to what ``keys`` (possibly nested lists) need, order it;
     root tasks get their size (``sizes``)."""
-    sizes = RootSizes(array_layers(dsk))
+    sizes = RootSizes.of(dsk)
     graph, annotations = graph_and_annotations(dsk)
     wanted = list(flatten(keys)) if isinstance(keys, list) else [keys]
     graph = convert_legacy_graph(dict(graph))

@@ -5,7 +5,8 @@ A root task has 0 input bytes: its data size is baked into its arguments (``gen(
 adapter gives each root ``TaskNode.size`` from the first source that knows:
 
 1. ``dask.annotate(serverless={"size": nbytes})``, then ``@hints(size=...)``: bytes, or a
-   callable of the task's arguments returning bytes;
+   callable of the task's arguments returning bytes. dask.array's graph optimisation drops
+   layer annotations, so they are also read from the unoptimised layers, by key name;
 2. dask.array metadata: a root whose key is ``(name, i, j, ...)`` in an array layer makes
    ``prod(chunks[d][idx[d]]) * itemsize`` bytes (root layers only: an intermediate
    layer's annotations can be wrong, e.g. a reduction's). A root fused with its
@@ -53,23 +54,15 @@ class ArrayLayer:
         return n
 
 
-def array_layers(dsk: Any) -> dict[str, ArrayLayer]:
-    """Array layers of what a scheduler ``get`` received: a dask expression holding
-    HighLevelGraphs (what ``dask.compute`` passes) or a HighLevelGraph."""
+def _graphs(dsk: Any) -> list:
+    """The HighLevelGraphs in what a scheduler ``get`` received: a dask expression
+    (what ``dask.compute`` passes; they are its unoptimised graphs) or a HighLevelGraph."""
     from dask._expr import Expr
     from dask.highlevelgraph import HighLevelGraph
 
     if isinstance(dsk, Expr):
-        graphs = [op for e in dsk.walk() for op in e.operands if isinstance(op, HighLevelGraph)]
-    else:
-        graphs = [dsk] if isinstance(dsk, HighLevelGraph) else []
-    layers: dict[str, ArrayLayer] = {}
-    for graph in graphs:
-        for name, layer in graph.layers.items():
-            found = _array_layer(layer.collection_annotations)
-            if found is not None:
-                layers[name] = found
-    return layers
+        return [op for e in dsk.walk() for op in e.operands if isinstance(op, HighLevelGraph)]
+    return [dsk] if isinstance(dsk, HighLevelGraph) else []
 
 
 def _array_layer(meta: Mapping | None) -> ArrayLayer | None:
@@ -85,20 +78,37 @@ def _array_layer(meta: Mapping | None) -> ArrayLayer | None:
 def nbytes(value: Any, what: str) -> int:
     """``value`` as a number of bytes (an integer, or a finite float, >= 0); a
     HintError naming ``what`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        pass
-    elif isinstance(value, numbers.Integral) and value >= 0:
-        return int(value)
-    elif math.isfinite(value) and value >= 0:
-        return round(float(value))
+    if not isinstance(value, bool) and isinstance(value, numbers.Real) and value >= 0:
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        if math.isfinite(value):
+            return round(float(value))
     raise HintError(f"{what} {value!r}: a size must be a number of bytes >= 0")
 
 
 class RootSizes:
-    """Sizes of one graph's root tasks (see module docstring)."""
+    """Sizes of one graph's root tasks (see module docstring). ``arrays``: array layers
+    by name; ``annotated``: the ``serverless`` annotation of layers that have one."""
 
-    def __init__(self, layers: Mapping[str, ArrayLayer]):
-        self.layers = layers
+    def __init__(self, arrays: Mapping[str, ArrayLayer] | None = None,
+                 annotated: Mapping[str, Any] | None = None):
+        self.arrays = arrays or {}
+        self.annotated = annotated or {}
+
+    @classmethod
+    def of(cls, dsk: Any) -> RootSizes:
+        """From the layers of what a scheduler ``get`` received."""
+        arrays: dict[str, ArrayLayer] = {}
+        annotated: dict[str, Any] = {}
+        for graph in _graphs(dsk):
+            for name, layer in graph.layers.items():
+                found = _array_layer(layer.collection_annotations)
+                if found is not None:
+                    arrays[name] = found
+                value = (layer.annotations or {}).get("serverless")
+                if value is not None:
+                    annotated[name] = value
+        return cls(arrays, annotated)
 
     def size(self, key: Hashable, node: GraphNode, declared: Any, func_name: str) -> int:
         """Bytes ``node`` (a root task) makes; ``declared``: its ``size`` annotation or
@@ -108,19 +118,30 @@ class RootSizes:
         return self._derived(key, node) or 0
 
     def _derived(self, key: Hashable, node: GraphNode) -> int | None:
+        name = key[0] if isinstance(key, tuple) and key else key
+        declared = self._layer_annotation(name, key)
+        if declared is None and isinstance(node, Task):
+            declared = hints_of(node.func).get("size")
+        if declared is not None:
+            return _declared(declared, node, key, _func_name(node))
         if isinstance(node, DataNode):
             from dask.sizeof import sizeof
 
             return int(sizeof(node.value))
-        if isinstance(key, tuple) and key and isinstance(key[0], str):
-            layer = self.layers.get(key[0])
-            if layer is not None:
-                found = layer.block_bytes(key[1:])
-                if found is not None:
-                    return found
+        layer = self.arrays.get(name) if isinstance(name, str) else None
+        if layer is not None and isinstance(key, tuple):
+            found = layer.block_bytes(key[1:])
+            if found is not None:
+                return found
         if isinstance(node, Task) and node.func is _execute_subgraph:
             return self._fused(node)
         return None
+
+    def _layer_annotation(self, name: Any, key: Hashable) -> Any:
+        value = self.annotated.get(name) if isinstance(name, str) else None
+        if callable(value):  # dask.annotate(serverless=lambda key: {...})
+            value = value(key)
+        return value.get("size") if isinstance(value, Mapping) else None
 
     def _fused(self, node: Task) -> int | None:
         """A root fused with its successors: the sum over the roots inside it."""
@@ -131,9 +152,7 @@ class RootSizes:
         for k, n in inner.items():
             if not isinstance(n, GraphNode) or n.dependencies:
                 continue
-            hinted = hints_of(n.func).get("size") if isinstance(n, Task) else None
-            found = (_declared(hinted, n, k, _func_name(n)) if hinted is not None
-                     else self._derived(k, n))
+            found = self._derived(k, n)
             if found is not None:
                 total, known = total + found, True
         return total if known else None
