@@ -152,6 +152,26 @@ def test_cold_and_warm_start_predictions_follow_what_was_observed():
         p.predict_worker_invocation_time(MB1, "lukewarm")
 
 
+def test_transfer_bandwidth_from_one_large_size():
+    """Every upload the same 3.4 MB (a fan-out of equal chunks): the bandwidth comes from
+    those samples, not from the default, and small transfers give the latency."""
+    rng = random.Random(3)
+    samples = [TransferSample("upload", 3_400_000, (0.0003 + 3.4e6 / 1.5e9)
+                              * (1 + rng.gauss(0, 0.03)), 0) for _ in range(12)]
+    samples += [TransferSample("upload", 120, 0.0003 * (1 + rng.gauss(0, 0.03)), 0)
+                for _ in range(5)]
+    p = Predictor(transfers=samples, settings=Settings())
+    latency, bandwidth = p.transfer_model("upload")
+    assert latency == pytest.approx(0.0003, rel=0.1)
+    assert bandwidth == pytest.approx(1.5e9, rel=0.1)
+    # only large ones: latency is unknown (taken as 0) and folds into the bandwidth
+    big = Predictor(transfers=samples[:12], settings=Settings())
+    assert big.transfer_model("upload") == pytest.approx(
+        (0.0, 3.4e6 / (0.0003 + 3.4e6 / 1.5e9)), rel=0.05)
+    assert big.transfer_time(20e6, "upload") == pytest.approx(0.0003 + 20e6 / 1.5e9,
+                                                                     rel=0.15)
+
+
 def test_transfer_time_learns_latency_and_bandwidth():
     rng = random.Random(5)
     samples = []

@@ -127,6 +127,46 @@ def _check_run(rec, invocations, tasks):
             assert t.output_bytes in {expected_bytes(v, t.upload_bytes > 0) for v in values}
             assert t.upload_bytes in (0, t.output_bytes)
 
+class SlowPickle:
+    """Takes SEAL_S to pickle and to unpickle: a stand-in for a big object."""
+
+    def __reduce__(self):
+        time.sleep(SEAL_S)
+        return (_slow_unpickle, ())
+
+
+SEAL_S = 0.15
+
+
+def _slow_unpickle():
+    time.sleep(SEAL_S)
+    return "unpickled"
+
+
+def make_slow(i):
+    return SlowPickle()
+
+
+def join_slow(*xs):
+    return len(xs)
+
+
+def test_upload_and_download_times_include_pickling(any_redis):
+    """A transfer is only done once the value is pickled (and sealed) or unpickled: the
+    times the predictor learns from must include that, not just the Redis round trip."""
+    (n,) = dask.compute(delayed(join_slow)(*[delayed(make_slow)(i) for i in range(2)]),
+                        scheduler=serverless_get)
+    assert n == 2
+    tasks = MetricsStore.from_url(any_redis).tasks(get_mod.last_run.record.run_id)
+    made = [t for t in tasks if t.function == "make_slow"]
+    joined = [t for t in tasks if t.function == "join_slow"]
+    uploaded = [t for t in made if t.upload_bytes]
+    assert uploaded, "a make_slow output on the other worker must cross Redis"
+    assert all(t.upload_s >= SEAL_S for t in uploaded)
+    assert sum(i.download_s for t in joined for i in t.inputs
+               if i.source == "redis") >= SEAL_S * 0.99
+
+
 def test_reader_dataframes_export_and_cli(any_redis, tmp_path, capsys):
     run = run_once()
     reader = MetricsReader(MetricsStore.from_url(any_redis))

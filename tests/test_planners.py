@@ -115,6 +115,24 @@ def test_planners_beat_one_task_per_worker_on_fan_out_fan_in():
         assert r.makespan < naive.makespan and r.cost < naive.cost, name
 
 
+def test_uniform_narrows_to_the_cores_a_shared_backend_has():
+    """16 CPU-bound branches: on Lambda (a core each) all 16 go wide; on 2 shared cores
+    where cold starts need a core too, fewer workers finish sooner, and ``uniform``
+    finds that by simulation (``parallelism`` is an upper bound)."""
+    from dask_serverless.capacity import Capacity
+
+    dag = dag_of(fan_out_fan_in(16, 1), {0: "src"})
+    kw = dict(exec_s={"src": 0.01, "*": 0.2}, cold_s=0.4, warm_s=0.01)
+    wide = FixedCostModel(**kw)
+    shared = FixedCostModel(**kw, capacity=Capacity(cores=2))
+    lam = get_planner("uniform").plan(dag, parallelism=16, memory_mb=1024, predictor=wide)
+    local = get_planner("uniform").plan(dag, parallelism=16, memory_mb=1024, predictor=shared)
+    assert len(lam.workers) >= 16
+    assert len(local.workers) < 8
+    sim = Simulator(dag, shared)
+    assert sim.run(local).makespan < sim.run(lam).makespan
+
+
 def test_objectives_trade_makespan_for_cost():
     dag = dag_of(fan_out_fan_in(8, 3))
     cm = FixedCostModel(exec_s=0.5, cold_s=0.3, cpu_bound=1.0)

@@ -1,9 +1,12 @@
 """``uniform``: one resource config for every worker, chosen by simulation.
 
-For each candidate memory size it places tasks with predictions so that the critical
-path avoids transfers and cold starts (at a fan-out the branch with the longest path to
-the end continues on the producer's worker; blocks are sized by predicted work), adds
-delayed I/O where it pays, simulates, and keeps the best plan for the objective.
+For each candidate memory size and width (``parallelism``, then halved down to one
+worker: on a backend of few shared cores, fewer workers start fewer cold containers
+competing for them) it places tasks with predictions so that the critical path avoids
+transfers and cold starts (at a fan-out the branch with the longest path to the end
+continues on the producer's worker; blocks are sized by predicted work), adds delayed I/O
+where it pays, simulates, and keeps the best plan for the objective. ``parallelism`` is
+thus an upper bound, as for Dask's ``num_workers``.
 """
 
 from __future__ import annotations
@@ -43,13 +46,14 @@ class UniformPlanner:
         sim = Simulator(dag, est)
         deadline = time.monotonic() + self.search_s
         best: tuple[Plan, SimResult] | None = None
-        for mb in [memory_mb, *(m for m in self.memories if m != memory_mb)]:
+        memories = [memory_mb, *(m for m in self.memories if m != memory_mb)]
+        for mb, width in ((m, w) for m in memories for w in widths(parallelism)):
             if best is not None and time.monotonic() > deadline:
                 break
             min_block = 0.0
             if objective.kind != "makespan":
                 min_block = est.invocation_time(ResourceConfig(mb), "cold")
-            plan = Placement(dag, parallelism, mb, est, critical_first=True,
+            plan = Placement(dag, width, mb, est, critical_first=True,
                              min_block_s=min_block).plan(self.name)
             plan = delayed_io(dag, plan, sim, objective)
             result = sim.run(plan)
@@ -58,3 +62,12 @@ class UniformPlanner:
                 best = (plan, result)
         assert best is not None
         return best
+
+
+def widths(parallelism: int) -> list[int]:
+    """Widths to try: ``parallelism`` first, then halved down to 1."""
+    out, w = [], max(1, parallelism)
+    while w >= 1:
+        out.append(w)
+        w //= 2
+    return out
