@@ -209,9 +209,10 @@ def test_producer_dying_unnoticed_mid_stream_ends_at_the_deadline_naming_it(any_
     try:
         run = WatchedRun(dag, plan, b, any_redis, deadline=4.0)
         t0 = time.monotonic()
+        # the client's deadline error, or the waiting consumer's if it lands first
         with pytest.raises(DeadlineExceededError,
-                           match=r"output 'big' streamed by worker w0 \(invocation \w+, "
-                                 r"attempt 1\) stopped at \d+ of 1954 chunks"):
+                           match=r"'big' streamed by worker w0 \(invocation \w+, "
+                                 r"attempt 1\).* \d+ of 1954 chunks"):
             run.execute()
         assert killed and time.monotonic() - t0 < 15
         for _ in range(50):  # the waiting consumer was stopped with the run

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 MAX_BINS = 12
 LOCAL_WIDTH = 0.05  # log units (~5%): sizes this close count as "the same size"
 _TINY = 1e-9
+LARGE_TRANSFER = 256 * 1024  # bytes: transfers this big are timed by bandwidth, not latency
 
 
 def weighted_quantile(values: Sequence[float], weights: Sequence[float], q: float) -> float:
@@ -245,14 +246,28 @@ def fit_latency_bandwidth(points: Sequence[Point], *, q: float, threshold: float
                 inv_bw = sum(w * x * t for x, t, w in zip(xs, ts, ws, strict=True)) / sum(
                     w * x * x for x, w in zip(xs, ws, strict=True))
     if inv_bw is None:
-        inv_bw = 1.0 / default_bandwidth
-        latency = max(0.0, weighted_quantile([t - x * inv_bw for x, t in zip(xs, ts,
-                                                                            strict=True)],
-                                             ws, 0.5))
+        latency, inv_bw = _one_size_model(xs, ts, ws, default_bandwidth)
     resid = [math.log(max(p.y, _TINY)) - math.log(max(latency + p.x * inv_bw, _TINY))
              for p in points]
     _, spread, _ = robust_center(resid, [p.w for p in points], 0.5, threshold)
     return latency, 1.0 / inv_bw, kept_total, spread
+
+
+def _one_size_model(xs: Sequence[float], ts: Sequence[float], ws: Sequence[float],
+                    default_bandwidth: float) -> tuple[float, float]:
+    """(latency, 1 / bandwidth) when sizes vary too little to fit both. Large transfers
+    tell the bandwidth (latency is then small: that of the small ones, if any); only
+    when all are small does the default bandwidth stand in."""
+    small = [(t, w) for x, t, w in zip(xs, ts, ws, strict=True) if x < LARGE_TRANSFER]
+    big = [(x, t, w) for x, t, w in zip(xs, ts, ws, strict=True) if x >= LARGE_TRANSFER]
+    latency = weighted_quantile([t for t, _ in small], [w for _, w in small], 0.5) \
+        if small else 0.0
+    rates = [((t - latency) / x, w) for x, t, w in big if t > latency]
+    if rates:
+        return latency, weighted_quantile([r for r, _ in rates], [w for _, w in rates], 0.5)
+    inv_bw = 1.0 / default_bandwidth
+    return max(0.0, weighted_quantile([t - x * inv_bw for x, t in zip(xs, ts, strict=True)],
+                                      ws, 0.5)), inv_bw
 
 
 def _bin_edges(lx: Sequence[float]) -> list[float]:

@@ -134,21 +134,19 @@ def write(store: RunStore, task: int, head: StreamHead, data: bytes, chunk_bytes
 def read(store: RunStore, task: int, what: str, deadline_at: float = 0.0,
          cancelled: Callable[[], bool] | None = None) -> tuple[bytes | bytearray, float]:
     """The sealed blob of ``task``'s output, stored whole or streamed (waiting for the
-    chunks), and the seconds spent in Redis reads (not waiting). ``what`` names the
+    chunks), and the seconds spent waiting for chunks to be written. ``what`` names the
     input in errors; ``deadline_at`` (epoch seconds, 0: none) bounds the wait.
 
     Each round trip is one command: ``LRANGE`` for the next chunks, and when none came,
     ``MGET`` of the output and the head. Chunks of a list that the head no longer names
     are still a valid copy if they complete it (the seal is checked after the join)."""
     k = store.keys
-    token, buf, got, filled, io_s = "", bytearray(), 0, 0, 0.0
+    token, buf, got, filled, waited = "", bytearray(), 0, 0, 0.0
     head: StreamHead | None = None
     wait = POLL_MIN_S
     while True:
         if head is not None:
-            t0 = time.perf_counter()
             new = store.r.lrange(k.stream_chunks(task, token), got, got + _BATCH - 1)
-            io_s += time.perf_counter() - t0
             for chunk in new:
                 if filled + len(chunk) > head.nbytes:
                     raise ValueError(f"{what}: the stream from {head.describe()} is longer "
@@ -157,7 +155,7 @@ def read(store: RunStore, task: int, what: str, deadline_at: float = 0.0,
                 filled += len(chunk)
             got += len(new)
             if got >= head.chunks:
-                return buf, io_s
+                return buf, waited
             if new:
                 wait = POLL_MIN_S
                 continue
@@ -169,12 +167,11 @@ def read(store: RunStore, task: int, what: str, deadline_at: float = 0.0,
                     "arrived by the run's deadline (serverless.deadline); its producer died "
                     "or stalled mid-stream")
             time.sleep(wait)
+            waited += wait
             wait = min(wait * 2, POLL_MAX_S)
-        t0 = time.perf_counter()
         whole, raw = store.r.mget([k.output(task), k.stream(task)])
-        io_s += time.perf_counter() - t0
         if whole is not None:
-            return whole, io_s
+            return whole, waited
         if raw is None:
             raise RunDataLostError(f"{what} is missing from Redis: neither stored nor "
                                    "announced (run cancelled, expired or Redis restarted)")

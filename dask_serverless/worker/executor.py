@@ -10,6 +10,8 @@ invoked before the chunks are written (``storage.streams``).
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 import traceback
 from collections import OrderedDict
@@ -136,6 +138,34 @@ class _Held:
     data: bytes
 
 
+class _TaskThreads:
+    """Up to ``n`` daemon threads calling ``call(tid, args)`` for ``(tid, args)`` put on
+    ``todo``; ``(tid, *result)`` comes back on ``done``. Fewer threads when the process
+    cannot start more (``threads`` holds those that started)."""
+
+    def __init__(self, n: int, call: Callable[[int, dict], tuple]):
+        self.todo: queue.SimpleQueue = queue.SimpleQueue()
+        self.done: queue.SimpleQueue = queue.SimpleQueue()
+        self.threads: list[threading.Thread] = []
+        for i in range(n):
+            t = threading.Thread(target=self._loop, args=(call,), name=f"task-{i}",
+                                 daemon=True)
+            try:
+                t.start()
+            except RuntimeError:  # e.g. the container's memory cap
+                break
+            self.threads.append(t)
+
+    def _loop(self, call: Callable[[int, dict], tuple]) -> None:
+        while (item := self.todo.get()) is not None:
+            self.done.put((item[0], *call(*item)))
+
+    def close(self) -> None:
+        """Let each thread end after its current task (tasks cannot be interrupted)."""
+        for _ in self.threads:
+            self.todo.put(None)
+
+
 class _Execution:
     """State of one invocation while it runs (see ``execute``)."""
 
@@ -156,10 +186,13 @@ class _Execution:
         self.refs: dict[int, int] = {}
         self.final: list[tuple[int, bytes]] = []  # outputs only the client needs
         self.final_bytes = 0
+        self.final_ser_s = 0.0  # time spent sealing them
         self.progress: list[int] = []  # finished since the last progress event
         self.started: list[int] = []  # started since the last progress event
         my = spec.plan.workers[inv.worker_id]
         self.config = my.config
+        self.threads = my.threads
+        self.pool: _TaskThreads | None = None
         self.opt = spec.plan.optimizations
         self.held: list[_Held] = []
         self.next_cancel_check = time.monotonic() + _CANCEL_CHECK_S
@@ -168,6 +201,13 @@ class _Execution:
 
     # -- main loop ---------------------------------------------------------------------
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            if self.pool is not None:  # a failed run leaves its other tasks running
+                self.pool.close()
+
+    def _run(self) -> None:
         ready = list(reversed(self.inv.start))
         self._fetch_inputs(self.inv.start)
         while self._drain(ready) and self.held:
@@ -188,43 +228,103 @@ class _Execution:
 
     def _drain(self, ready: list[int]) -> bool:
         """Run ready tasks until none is left; False when the invocation must stop."""
+        if self.threads > 1 and self._task_threads():
+            return self._drain_threaded(ready)
         while ready:
-            now = time.monotonic()
-            if self._check_cancelled(now):
-                return False
             tid = ready.pop()
-            if self.spec.report_tasks:
-                self.started.append(tid)
-                if now >= self.next_progress:
-                    self.next_progress = now + _PROGRESS_S
-                    self._flush_progress()
-            task = self.tasks[tid]
-            if self.on_task_start is not None:
-                self.on_task_start(tid)
-            start = time.time()
-            missing = [d for d in task.deps if d not in self.local]
-            if missing:
-                self._fetch_inputs_of(missing)
-            if self.logs is not None:
-                self.logs.task = tid
-            t0, c0 = time.perf_counter(), time.thread_time()
-            try:
-                value = task.node({self.tasks[d].key: self.local[d] for d in task.deps})
-            except BaseException as exc:
-                self._fail(exc, task.key)
+            args = self._start(tid)
+            if args is None:
                 return False
-            finally:
-                if self.logs is not None:
-                    self.logs.task = -1
-            exec_s, cpu_s = time.perf_counter() - t0, time.thread_time() - c0
-            self.report.tasks += 1
-            for d in task.deps:
-                self._release(d)
-            ready.extend(self._finished(tid, value))
-            if self.rec is not None:
-                self.rec.task(task, start, exec_s, time.time(),
-                              bool(self.final) and self.final[-1][0] == tid, cpu_s)
+            value, exec_s, cpu_s, exc = self._call(tid, args[1])
+            if exc is not None:
+                self._fail(exc, self.tasks[tid].key)
+                return False
+            ready.extend(self._complete(tid, args[0], value, exec_s, cpu_s))
         return True
+
+    def _drain_threaded(self, ready: list[int]) -> bool:
+        """``_drain`` with up to ``threads`` tasks running at once. Only the tasks run in
+        the pool's threads; inputs, outputs, fan-ins and metrics stay on this thread."""
+        assert self.pool is not None
+        width = len(self.pool.threads)
+        running: dict[int, float] = {}  # task id -> start time
+        while ready or running:
+            while ready and len(running) < width:
+                tid = ready.pop()
+                args = self._start(tid)
+                if args is None:
+                    return False
+                running[tid] = args[0]
+                self.pool.todo.put((tid, args[1]))
+            try:
+                tid, value, exec_s, cpu_s, exc = self.pool.done.get(timeout=_CANCEL_CHECK_S)
+            except queue.Empty:
+                if self._check_cancelled(time.monotonic()):
+                    return False
+                continue
+            start = running.pop(tid)
+            if exc is not None:
+                self._fail(exc, self.tasks[tid].key)
+                return False
+            ready.extend(self._complete(tid, start, value, exec_s, cpu_s))
+        return True
+
+    def _task_threads(self) -> int:
+        """Threads running this invocation's tasks (started on first use; 0: run them
+        on this thread)."""
+        if self.pool is None:
+            self.pool = _TaskThreads(self.threads, self._call)
+            if len(self.pool.threads) < self.threads:
+                logger.warning("worker %s: started %d of %d task threads", self.inv.worker_id,
+                               len(self.pool.threads), self.threads)
+        return len(self.pool.threads)
+
+    def _start(self, tid: int) -> tuple[float, dict] | None:
+        """Bookkeeping before task ``tid`` runs, its missing inputs fetched: (start time,
+        its arguments), or None when the run was cancelled."""
+        now = time.monotonic()
+        if self._check_cancelled(now):
+            return None
+        if self.spec.report_tasks:
+            self.started.append(tid)
+            if now >= self.next_progress:
+                self.next_progress = now + _PROGRESS_S
+                self._flush_progress()
+        task = self.tasks[tid]
+        if self.on_task_start is not None:
+            self.on_task_start(tid)
+        start = time.time()
+        missing = [d for d in task.deps if d not in self.local]
+        if missing:
+            self._fetch_inputs_of(missing)
+        return start, {self.tasks[d].key: self.local[d] for d in task.deps}
+
+    def _call(self, tid: int, args: dict) -> tuple[Any, float, float, BaseException | None]:
+        """Run task ``tid``: (value, seconds, CPU seconds of this thread, exception)."""
+        if self.logs is not None:
+            self.logs.task = tid
+        t0, c0 = time.perf_counter(), time.thread_time()
+        try:
+            value = self.tasks[tid].node(args)
+        except BaseException as exc:
+            return None, 0.0, 0.0, exc
+        finally:
+            if self.logs is not None:
+                self.logs.task = -1
+        return value, time.perf_counter() - t0, time.thread_time() - c0, None
+
+    def _complete(self, tid: int, start: float, value: Any, exec_s: float,
+                  cpu_s: float) -> list[int]:
+        """Store what task ``tid`` made and record it; returns the tasks now ready."""
+        task = self.tasks[tid]
+        self.report.tasks += 1
+        for d in task.deps:
+            self._release(d)
+        ready = self._finished(tid, value)
+        if self.rec is not None:
+            self.rec.task(task, start, exec_s, time.time(),
+                          bool(self.final) and self.final[-1][0] == tid, cpu_s)
+        return ready
 
     # -- inputs ------------------------------------------------------------------------
     def _fetch_inputs(self, start: list[int]) -> None:
@@ -241,9 +341,7 @@ class _Execution:
             return
         t0 = time.perf_counter()
         blobs = self.store.get_outputs(ids)
-        seconds = time.perf_counter() - t0
-        if self.opt.stream:
-            seconds += self._read_streams(ids, blobs)
+        waited = self._read_streams(ids, blobs) if self.opt.stream else 0.0
         for d, blob in zip(ids, blobs, strict=True):
             if blob is None:
                 raise RunDataLostError(
@@ -251,21 +349,22 @@ class _Execution:
                     f"from Redis (run {self.inv.run_id} cancelled, expired or Redis "
                     "restarted)")
             self.local[d] = serialize.loads(blob)
+        seconds = time.perf_counter() - t0 - waited  # a download is only done once unsealed
         if self.rec is not None:
             self.rec.arrived_inputs(ids, [len(b) for b in blobs], "redis", seconds)
 
     def _read_streams(self, ids: list[int], blobs: list[bytes | None]) -> float:
         """Fill in the inputs not stored whole that may be streamed, waiting for their
-        chunks; returns the seconds spent reading (not waiting)."""
-        seconds = 0.0
+        chunks; returns the seconds spent waiting for chunks (not a download's time)."""
+        waited = 0.0
         for i, d in enumerate(ids):
             if blobs[i] is None and d in self.opt.stream:
                 what = f"worker {self.inv.worker_id}: input {self.tasks[d].key!r}"
-                blobs[i], io_s = streams.read(
+                blobs[i], wait_s = streams.read(
                     self.store, d, what, self.spec.deadline_at,
                     lambda: self._check_cancelled(time.monotonic()))
-                seconds += io_s
-        return seconds
+                waited += wait_s
+        return waited
 
     def _release(self, tid: int) -> None:
         left = self.refs.get(tid)
@@ -303,6 +402,7 @@ class _Execution:
             if rec is not None:
                 rec.output(tid, sizeof(value))
             return ready
+        t_ser = time.perf_counter()
         try:
             data = serialize.dumps(value)
         except Exception as exc:
@@ -311,6 +411,7 @@ class _Execution:
             raise OutputTooLargeError(
                 f"output of task {task.key!r} is {len(data)} bytes, over "
                 f"serverless.max-output-bytes={self.spec.max_output_bytes}")
+        ser_s = time.perf_counter() - t_ser  # sealing is part of the upload's cost
         if rec is not None:
             rec.output(tid, len(data))
         is_final = tid in self.spec.dag.output_set
@@ -320,6 +421,7 @@ class _Execution:
             if is_final:
                 self.final.append((tid, data))
                 self.final_bytes += len(data)
+                self.final_ser_s += ser_s
                 if self.final_bytes >= FINAL_FLUSH_BYTES:
                     self._flush_final()
             return ready
@@ -339,7 +441,7 @@ class _Execution:
         won = self.store.claim(complete, self.inv.id) if complete else []
         if rec is not None:
             if head is None:
-                rec.uploaded(len(data), t1 - t0)
+                rec.uploaded(len(data), t1 - t0 + ser_s)
             if complete:
                 rec.claimed(time.perf_counter() - t1)
         fired = [e for e in entries if len(self.tasks[e].deps) == 1]
@@ -353,7 +455,8 @@ class _Execution:
             if writes:
                 streams.write(self.store, tid, head, data, chunk, is_final)
             if rec is not None:
-                rec.uploaded(len(data) if writes else 0, t1 - t0 + time.perf_counter() - t2)
+                rec.uploaded(len(data) if writes else 0,
+                             t1 - t0 + ser_s + time.perf_counter() - t2)
             return ready + here + [r for c in dup for r in self._duplicate(c)]
         extra = [r for c in dup for r in self._duplicate(c)]
         return ready + self._dispatch(fired, value, tid) + extra
@@ -479,9 +582,9 @@ class _Execution:
             self.store.publish_outputs(self.final, [t for t, _ in self.final], [])
             if self.rec is not None:
                 self.rec.batch_uploaded([(t, len(d)) for t, d in self.final],
-                                        time.perf_counter() - t0)
+                                        time.perf_counter() - t0 + self.final_ser_s)
             self.store.event({"kind": "outputs"})
-            self.final, self.final_bytes = [], 0
+            self.final, self.final_bytes, self.final_ser_s = [], 0, 0.0
 
     def _flush_progress(self, end: bool = False) -> None:
         """Tell the client which tasks finished (``ids``) and started since the last
