@@ -35,11 +35,11 @@ def _preload() -> None:
     import dask
     import dask._task_spec  # noqa: F401
 
-    import dask_serverless.backends.local.handler_call  # noqa: F401
-    import dask_serverless.metrics.recorder  # noqa: F401
-    import dask_serverless.storage.serialize  # noqa: F401
-    import dask_serverless.storage.store  # noqa: F401
-    import dask_serverless.worker.executor  # noqa: F401
+    import dask_serverless.backends.local.handler_call
+    import dask_serverless.metrics.recorder
+    import dask_serverless.storage.serialize
+    import dask_serverless.storage.store
+    import dask_serverless.worker.executor
     import dask_serverless.worker.payload  # noqa: F401
 
     try:

@@ -199,6 +199,7 @@ class LocalPool:
         return [c for c in self._containers if c.state != "dead"]
 
     def _submit(self, inv: Work) -> None:
+        arrived = time.time()
         self._prepare()
         with self._lock:
             if self._closed:
@@ -207,6 +208,8 @@ class LocalPool:
             if target is None:
                 self._pending.append(inv)
                 return
+            if isinstance(inv, Invocation):  # not queued: starting the fork server is
+                inv.dispatch_time = arrived  # part of this cold start, not queueing
             if target.state == "starting":
                 return  # sent when the container reports ready
         self._send(target, inv)

@@ -14,12 +14,14 @@ message:
   ``("exited", pid, wait_status)`` when it has reaped a container, because only the
   parent can learn a process's exit status.
 
-It exits when the pool's end of the socket closes (pool closed, or the client died).
+It exits when the pool's end of the socket closes (pool closed, or the client died),
+killing the containers it still has: nobody is left to talk to them.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib
 import os
 import pickle
@@ -95,10 +97,8 @@ def _fork(sock: socket.socket, sel: selectors.BaseSelector, request: tuple,
             code = _become_container(request, fds, t0)
         finally:
             for stream in (sys.stdout, sys.stderr):
-                try:
+                with contextlib.suppress(Exception):  # a broken log must not stop the exit
                     stream.flush()
-                except Exception:  # noqa: S110 - a broken log must not keep it alive
-                    pass
             try:
                 atexit._run_exitfuncs()  # what a normal interpreter exit would run
             finally:
@@ -108,6 +108,16 @@ def _fork(sock: socket.socket, sel: selectors.BaseSelector, request: tuple,
     pidfd = os.pidfd_open(pid)
     sel.register(pidfd, selectors.EVENT_READ, pid)
     _send(sock, ("forked", request[1], pid), [pidfd])
+
+
+def _end_children(sel: selectors.BaseSelector) -> None:
+    """Kill and reap the containers still running: nobody can talk to them any more (a
+    closing pool has already stopped its own)."""
+    for key in list(sel.get_map().values()):
+        if key.data is not None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(key.fd, signal.SIGKILL)
+            os.waitpid(key.data, 0)
 
 
 def serve(sock: socket.socket) -> None:
@@ -124,8 +134,9 @@ def serve(sock: socket.socket) -> None:
                 _send(sock, ("exited", key.data, status))
                 continue
             data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
-            if not data:
-                return  # the pool closed its end or its process died
+            if not data:  # the pool closed its end or its process died
+                _end_children(sel)
+                return
             request = pickle.loads(data)
             if request[0] == "fork" and len(fds) == 2:
                 _fork(sock, sel, request, fds)
