@@ -31,8 +31,11 @@ METHODS = ["fork-server", "spawn"]
 
 def whoami(event, context):
     """A Lambda-style handler: where it ran."""
+    import numpy
+
     time.sleep(event.get("sleep", 0))
-    return {"pid": os.getpid(), "ppid": os.getppid()}
+    return {"pid": os.getpid(), "ppid": os.getppid(), "cwd": os.getcwd(),
+            "random": numpy.random.random()}
 
 
 def pid_after(seconds):
@@ -175,9 +178,17 @@ def test_close_leaves_no_fork_server_or_container(pool):
     zygote = pool.fork_server.pid
     pids = {r[1]["pid"] for r in results}
     assert len(pids) == 3 and {r[1]["ppid"] for r in results} == {zygote}
+    assert len({r[1]["random"] for r in results}) == 3  # numpy reseeded in each
     assert psutil.Process(zygote).children() and not gone(zygote)
     pool.close()
     assert gone(zygote) and all(gone(pid) for pid in pids)
+
+
+def test_forked_container_starts_in_the_current_directory(pool, tmp_path, monkeypatch):
+    assert call(pool)[1]["cwd"] == os.getcwd()  # the fork server starts here
+    monkeypatch.chdir(tmp_path)
+    ok, where, cold = call(pool, memory_mb=512)
+    assert ok and cold and where["cwd"] == str(tmp_path)
 
 
 CLIENT = """

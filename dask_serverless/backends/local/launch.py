@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 60.0  # a zygote not ready by then (imports) is given up
 FORK_TIMEOUT_S = 30.0  # a fork request not answered by then is given up
-MAX_FAILED_STARTS = 2  # zygotes in a row that never got ready: spawn from then on
+MAX_FAILURES = 3  # zygote deaths / failed starts / failed forks in a row: spawn from then
 
 
 class ContainerProcess(Protocol):
@@ -180,7 +180,8 @@ class _Zygote:
         try:
             with self._send_lock:
                 socket.send_fds(self.sock, [pickle.dumps(
-                    ("fork", rid, memory_mb, status_path, log_path))], list(child_fds))
+                    ("fork", rid, memory_mb, status_path, log_path, os.getcwd()))],
+                    list(child_fds))
             answered = slot[0].wait(FORK_TIMEOUT_S)
         except OSError as exc:
             raise ZygoteError(f"cannot reach the fork server: {exc}") from exc
@@ -266,7 +267,7 @@ class ForkServer:
         self._env, self._log_path = env, log_path
         self._lock = threading.Lock()
         self._zygote: _Zygote | None = None
-        self._failed_starts = 0
+        self._failures = 0
         self._closed = False
         self.disabled: str | None = None  # why containers are spawned from now on
         if not hasattr(os, "pidfd_open") or not hasattr(socket, "send_fds"):
@@ -281,7 +282,7 @@ class ForkServer:
     def prepare(self) -> None:
         """Have a zygote ready (call without the pool's lock: the first takes imports)."""
         z = self._zygote
-        if self.disabled is None and not (z is not None and z.alive and z.ready.is_set()):
+        if self.disabled is None and not (z is not None and z.alive):
             self._ready_zygote()
 
     def launch(self, memory_mb: int, status_path: str, log_path: str) -> Launched:
@@ -289,12 +290,17 @@ class ForkServer:
         if zygote is not None:
             child_fds, tx, rx = _pipes()
             try:
-                return zygote.fork(memory_mb, status_path, log_path, child_fds), tx, rx
+                proc = zygote.fork(memory_mb, status_path, log_path, child_fds)
+                with self._lock:
+                    self._failures = 0
+                return proc, tx, rx
             except ZygoteError as exc:
                 tx.close()  # a container forked after all sees EOF and exits
                 rx.close()
                 logger.warning("fork server could not start a container (%s): spawning it",
                                exc)
+                with self._lock:
+                    self._failed()
             finally:
                 _close_all(child_fds)
         return spawn(self._env, memory_mb, status_path, log_path)
@@ -307,32 +313,45 @@ class ForkServer:
             z.close()
 
     def _ready_zygote(self) -> _Zygote | None:
+        """The running zygote, started (again) if needed; None: spawn this one."""
         with self._lock:
             if self._closed or self.disabled is not None:
                 return None
             z = self._zygote
-            if z is None or not z.alive:
-                if z is not None:
-                    logger.warning("the fork server (pid %s) exited with code %s; starting "
-                                   "a new one", z.proc.pid, z.proc.returncode)
-                z = self._zygote = _Zygote(self._env, self._log_path)
-            if not z.ready.wait(START_TIMEOUT_S) or not z.alive:
+            if z is not None and z.alive:
+                return z
+            if z is not None:
+                logger.warning("the fork server (pid %s) exited with code %s",
+                               z.proc.pid, z.proc.poll())
                 self._zygote = None
-                z.close()
-                self._failed_starts += 1
-                if self._failed_starts >= MAX_FAILED_STARTS:
-                    self._disable(f"it failed to start {self._failed_starts} times; its log:"
-                                  f" {log_tail(self._log_path)}")
+                self._failed()
+                if self.disabled is not None:
+                    return None
+            try:
+                z = _Zygote(self._env, self._log_path)
+            except OSError as exc:
+                logger.warning("cannot start the fork server: %s", exc)
+                self._failed()
                 return None
-            self._failed_starts = 0
+            if not z.ready.wait(START_TIMEOUT_S) or not z.alive:
+                z.close()
+                self._failed()
+                return None
             if z.threads > 1:
-                self._zygote = None
                 z.close()
                 self._disable(f"it runs {z.threads} threads after its imports (is "
                               "OPENBLAS_NUM_THREADS or OMP_NUM_THREADS > 1?) and forking a "
                               "threaded process is unsafe")
                 return None
+            self._zygote = z
             return z
+
+    def _failed(self) -> None:
+        """A zygote died, did not get ready or could not fork. Caller holds the lock."""
+        self._failures += 1
+        if self._failures >= MAX_FAILURES and self.disabled is None:
+            self._disable(f"it failed {self._failures} times in a row; its log: "
+                          f"{log_tail(self._log_path, 800)}")
 
     def _disable(self, reason: str) -> None:
         self.disabled = reason

@@ -6,7 +6,7 @@ Started by ``forkserver.ForkServer`` as a fresh interpreter with the pool's envi
 it talks to the pool over one ``SOCK_SEQPACKET`` Unix socket, one pickled tuple per
 message:
 
-- from the pool: ``("fork", request_id, memory_mb, status_path, log_path)`` with the
+- from the pool: ``("fork", request_id, memory_mb, status_path, log_path, cwd)`` with the
   container's two pipe ends (its read end, its write end) attached as file descriptors;
 - to the pool: ``("ready", native_threads)`` once imports are done;
   ``("forked", request_id, pid)`` with a pidfd of the new container attached (the pool
@@ -52,8 +52,10 @@ def _become_container(request: tuple, fds: list[int], t0: float) -> int:
     state, then serve the pool like a spawned container. Returns the exit code."""
     from . import container
 
-    _, _, memory_mb, status_path, log_path = request
+    _, _, memory_mb, status_path, log_path, cwd = request
     read_fd, write_fd = fds
+    with contextlib.suppress(OSError):
+        os.chdir(cwd)  # where the pool's process is now, as for a spawned container
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
@@ -105,7 +107,13 @@ def _fork(sock: socket.socket, sel: selectors.BaseSelector, request: tuple,
                 os._exit(code)
     for fd in fds:
         os.close(fd)
-    pidfd = os.pidfd_open(pid)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError as exc:  # e.g. out of file descriptors: do without this container
+        os.kill(pid, signal.SIGKILL)  # still our unreaped child: the pid is its own
+        os.waitpid(pid, 0)
+        _send(sock, ("failed", request[1], f"pidfd_open: {exc}"))
+        return
     sel.register(pidfd, selectors.EVENT_READ, pid)
     _send(sock, ("forked", request[1], pid), [pidfd])
 
