@@ -7,8 +7,12 @@ chunk count, other data sizes), then compared with what the run records, per tas
 - "same size": the run after ``--runs`` earlier runs of this size (the issue's "after 3
   runs");
 - "new size": the first run of a size never seen (extrapolation through the learned
-  I/O fits). Only tasks with inputs are scored there: a root task's size parameter is
-  baked into the task, so its input is 0 bytes and no I/O fit can see the new size.
+  I/O fits). Root tasks have 0 input bytes (their size parameter is baked into the
+  task); they are scored there when they have a size feature (``TaskNode.size``: the
+  delayed workflows declare it with ``@hints(size=...)``, dask.array roots get their
+  chunk bytes), which the predictor extrapolates over;
+- "new, no size": the same runs and history, predicted as if no task had a size (what
+  the predictor did before root sizes existed; same tasks scored as "new size").
 
 Reported: median absolute % error of the makespan (the plan simulator replaying the run's
 plan with the Predictor as its cost model), of per-task execution time and output bytes,
@@ -35,9 +39,12 @@ from collections.abc import Callable
 import numpy as np
 from dask import delayed
 
+from dask_serverless import hints
+
 CHUNKS = 6
 
 
+@hints(size=lambda i, n: 8 * n)
 def gen(i: int, n: int) -> np.ndarray:
     return np.random.default_rng(i).random(n)
 
@@ -50,6 +57,7 @@ def tail(*xs: np.ndarray) -> float:
     return float(sum(x[-1] for x in xs))
 
 
+@hints(size=lambda i, n: 8 * n * n)
 def square_matrix(i: int, n: int) -> np.ndarray:
     return np.random.default_rng(i).random((n, n))
 
@@ -62,6 +70,7 @@ def trace_sum(*ms: np.ndarray) -> float:
     return float(sum(np.trace(m) for m in ms))
 
 
+@hints(size=lambda i, n: n)
 def payload(i: int, n: int) -> bytes:
     return bytes(n)
 
@@ -105,30 +114,42 @@ def med(values: list[float]) -> str:
     return f"{statistics.median(values):6.1f}%" if values else "     -"
 
 
+def unsized(dag):
+    """``dag`` as if no task had a size feature."""
+    from dataclasses import replace
+
+    from dask_serverless.dag import DAG
+
+    return DAG([replace(t, size=0, dependents=()) for t in dag.tasks], dag.outputs)
+
+
 def score(predictor, unlimited, store, run, errors: dict[str, list[float]], min_exec: float,
-          roots: bool, warm: dict[int, int]) -> None:
+          roots: bool, warm: dict[int, int], sizes: bool = True) -> None:
     """Add the % errors of ``predictor`` (and of the makespan of ``unlimited``, the same
     history without the backend's capacity) on what ``run`` (a ``Run``) recorded;
     ``warm``: live containers per memory config when the run started (those of the
-    previous run are idle or about to be)."""
+    previous run are idle or about to be); ``roots``: score every root, else only roots
+    with a size; ``sizes``: predict with the tasks' size feature (else as without)."""
     from dask_serverless.plan import ResourceConfig
     from dask_serverless.simulator import simulate
 
-    predicted = simulate(run.dag, run.plan, predictor, warm=warm).makespan
+    dag = run.dag if sizes else unsized(run.dag)
+    predicted = simulate(dag, run.plan, predictor, warm=warm).makespan
     errors.setdefault("makespan", []).append(pct_error(predicted, run.record.makespan))
-    predicted = simulate(run.dag, run.plan, unlimited, warm=warm).makespan
+    predicted = simulate(dag, run.plan, unlimited, warm=warm).makespan
     errors.setdefault("lambda", []).append(pct_error(predicted, run.record.makespan))
     run = run.record
 
     for t in store.tasks(run.run_id):
-        if not roots and not t.inputs:
+        if not roots and not t.inputs and not t.size:
             continue
         cfg = ResourceConfig(t.memory_mb)
+        size = t.size if sizes else 0
         if t.exec_s >= min_exec:
-            errors.setdefault("exec", []).append(
-                pct_error(predictor.exec_time(t.function, t.input_bytes, cfg), t.exec_s))
-        errors.setdefault("output", []).append(
-            pct_error(predictor.output_bytes(t.function, t.input_bytes), t.output_bytes))
+            errors.setdefault("exec", []).append(pct_error(
+                predictor.exec_time(t.function, t.input_bytes, cfg, size), t.exec_s))
+        errors.setdefault("output", []).append(pct_error(
+            predictor.output_bytes(t.function, t.input_bytes, size), t.output_bytes))
     for inv in store.invocations(run.run_id):
         state = "cold" if inv.cold else "warm"
         predicted = predictor.predict_worker_invocation_time(ResourceConfig(inv.memory_mb),
@@ -160,7 +181,8 @@ def main() -> int:
         capacity = session.backend().capacity()
         for name, (build, sizes) in WORKFLOWS.items():
             signature = None
-            errors: dict[str, dict[str, list[float]]] = {"same size": {}, "new size": {}}
+            errors: dict[str, dict[str, list[float]]] = {"same size": {}, "new size": {},
+                                                         "new, no size": {}}
             for size in sizes[:2] if args.quick else sizes:
                 for k in range(args.runs + 1):
                     t0 = time.perf_counter()
@@ -181,6 +203,9 @@ def main() -> int:
                     score(predictor, unlimited, store, run, e, args.min_exec, roots=k > 0,
                           warm=warm)
                     e.setdefault("fit_s", []).append(fit_s)
+                    if k == 0:
+                        score(predictor, unlimited, store, run, errors["new, no size"],
+                              args.min_exec, roots=False, warm=warm, sizes=False)
             for kind, e in errors.items():
                 rows.append((name, kind, e))
                 for key, vals in e.items():
@@ -189,12 +214,12 @@ def main() -> int:
 
     print(f"median absolute % error of predictions made before each run "
           f"(history: earlier runs of the workflow; {args.runs} runs per size)")
-    print(f"{'workflow':<13} {'scored run':<10} {'makespan':>9} {'(lambda)':>9} "
+    print(f"{'workflow':<13} {'scored run':<12} {'makespan':>9} {'(lambda)':>9} "
           f"{'task exec':>9} {'(n)':>5} "
           f"{'output B':>9} {'cold start':>10} {'warm start':>10} {'fit time':>9}")
     for name, kind, e in rows + [("ALL", k, v) for k, v in totals.items()]:
         fit = f"{statistics.median(e['fit_s']) * 1000:7.1f}ms" if e.get("fit_s") else "-"
-        print(f"{name:<13} {kind:<10} {med(e.get('makespan', [])):>9} "
+        print(f"{name:<13} {kind:<12} {med(e.get('makespan', [])):>9} "
               f"{med(e.get('lambda', [])):>9} "
               f"{med(e.get('exec', [])):>9} {len(e.get('exec', [])):>5} "
               f"{med(e.get('output', [])):>9} {med(e.get('cold', [])):>10} "

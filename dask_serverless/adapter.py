@@ -12,6 +12,7 @@ from dask.utils import funcname, key_split
 
 from .dag import DAG, TaskNode
 from .hints import hints_of
+from .sizes import RootSizes
 
 DASK_ORDER_MAX_TASKS = 20_000  # above this, a depth-first order replaces dask.order
 
@@ -37,7 +38,9 @@ def graph_and_annotations(dsk: Any) -> tuple[Mapping, dict[str, dict]]:
 
 
 def to_dag(dsk: Any, keys: Any) -> DAG:
-    """Convert the graph, cull it to what ``keys`` (possibly nested lists) need, order it."""
+    """Convert the graph, cull it to what ``keys`` (possibly nested lists) need, order it;
+    root tasks get their size (``sizes``)."""
+    sizes = RootSizes.of(dsk)
     graph, annotations = graph_and_annotations(dsk)
     wanted = list(flatten(keys)) if isinstance(keys, list) else [keys]
     graph = convert_legacy_graph(dict(graph))
@@ -47,7 +50,7 @@ def to_dag(dsk: Any, keys: Any) -> DAG:
     needed = _cull(graph, wanted)
     per_task = annotations.get("serverless", {})
     if len(needed) > DASK_ORDER_MAX_TASKS:  # dask.order costs seconds at this size
-        return _to_dag_plain_topo(needed, wanted, per_task)
+        return _to_dag_plain_topo(needed, wanted, per_task, sizes)
     priority = order(needed) if len(needed) > 1 else {k: 0 for k in needed}
     ordered = sorted(needed, key=priority.__getitem__)
     ids = {k: i for i, k in enumerate(ordered)}
@@ -56,12 +59,22 @@ def to_dag(dsk: Any, keys: Any) -> DAG:
         node = needed[k]
         deps = tuple(sorted(ids[d] for d in node.dependencies))
         if deps and deps[-1] >= i:  # dask.order should never produce this
-            return _to_dag_plain_topo(needed, wanted, per_task)
-        tasks.append(TaskNode(i, k, node, _name(node), deps, (), _annotations(node, per_task, k)))
+            return _to_dag_plain_topo(needed, wanted, per_task, sizes)
+        tasks.append(_task(i, k, node, deps, per_task, sizes))
     return DAG(tasks, [ids[k] for k in wanted])
 
 
-def _to_dag_plain_topo(needed: dict, wanted: list, per_task: dict) -> DAG:
+def _task(i: int, key: Hashable, node: GraphNode, deps: tuple[int, ...], per_task: dict,
+          sizes: RootSizes) -> TaskNode:
+    name = _name(node)
+    annotations = _annotations(node, per_task, key)
+    declared = annotations.pop("size", None)  # TaskNode.size holds it
+    size = 0 if deps else sizes.size(key, node, declared, name)
+    return TaskNode(i, key, node, name, deps, (), annotations, size)
+
+
+def _to_dag_plain_topo(needed: dict, wanted: list, per_task: dict,
+                       sizes: RootSizes) -> DAG:
     """Depth-first post-order from the outputs: topological, subtrees contiguous."""
     ordered: list[Hashable] = []
     seen: set = set()
@@ -81,12 +94,8 @@ def _to_dag_plain_topo(needed: dict, wanted: list, per_task: dict) -> DAG:
                 deps = sorted(deps, key=str, reverse=True)
             stack.extend((d, False) for d in deps if d not in seen)
     ids = {k: i for i, k in enumerate(ordered)}
-    tasks = [
-        TaskNode(i, k, needed[k], _name(needed[k]),
-                 tuple(sorted(ids[d] for d in needed[k].dependencies)), (),
-                 _annotations(needed[k], per_task, k))
-        for i, k in enumerate(ordered)
-    ]
+    tasks = [_task(i, k, needed[k], tuple(sorted(ids[d] for d in needed[k].dependencies)),
+                   per_task, sizes) for i, k in enumerate(ordered)]
     return DAG(tasks, [ids[k] for k in wanted])
 
 

@@ -22,6 +22,7 @@ DEFAULTS: dict[str, Any] = {
         "use-history": "auto",  # plan with a Predictor over earlier runs: auto | True | False
         "memory": 1024,  # default worker memory (MB)
         "parallelism": None,  # max concurrent workers a planner aims for; None: backend's
+        "threads": None,  # tasks a worker runs at once; None: the planner's choice (1 or searched)
         "payload-inline-bytes": 64 * 1024,  # DAG / inputs smaller than this travel inline
         "output-ttl": 3600,  # seconds intermediates live in Redis at most
         "deadline": 3600.0,  # seconds a compute may take before it is failed
@@ -142,6 +143,10 @@ def _validate(name: str, value: Any) -> None:
         not isinstance(value, int) or value < 1
     ):
         raise ConfigError(f"serverless.{name} = {value!r} must be a positive integer or None")
+    if name == "threads" and value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 256):
+        raise ConfigError(f"serverless.threads = {value!r} must be an integer from 1 to 256 "
+                          "or None (the planner chooses)")
     if name == "optimizations" and (not isinstance(value, list | tuple) or not all(
             isinstance(v, str) for v in value)):
         raise ConfigError(f"serverless.optimizations = {value!r} must be a list of pass "

@@ -1,5 +1,8 @@
 """What the simulator and the planners need to know about time, bytes and price.
 
+``size`` is given for a task without inputs that has one (``TaskNode.size``: the bytes
+of data it makes); a cost model may use it in place of the 0 input bytes.
+
 ``CostModel`` is the protocol (the metrics ``Predictor`` implements it from measured
 history); ``FixedCostModel`` answers with constant numbers (tests, and the fallback when
 there is no history yet). Prices default to AWS Lambda x86.
@@ -35,9 +38,9 @@ class CostModel(Protocol):
     price_request: float
 
     def exec_time(self, function: str, input_bytes: int,
-                  resource_config: ResourceConfig) -> float: ...
+                  resource_config: ResourceConfig, size: int = 0) -> float: ...
 
-    def output_bytes(self, function: str, input_bytes: int) -> int: ...
+    def output_bytes(self, function: str, input_bytes: int, size: int = 0) -> int: ...
 
     def transfer_time(self, nbytes: int, direction: Direction) -> float: ...
 
@@ -82,7 +85,7 @@ class FixedCostModel:
     _scale: dict[int, float] = field(default_factory=dict, repr=False)
 
     def exec_time(self, function: str, input_bytes: int,
-                  resource_config: ResourceConfig) -> float:
+                  resource_config: ResourceConfig, size: int = 0) -> float:
         base = _by_function(self.exec_s, function)
         if not self.cpu_bound:
             return base
@@ -94,7 +97,7 @@ class FixedCostModel:
                 mb, LAMBDA_MB_PER_VCPU)
         return base * scale
 
-    def output_bytes(self, function: str, input_bytes: int) -> int:
+    def output_bytes(self, function: str, input_bytes: int, size: int = 0) -> int:
         return int(_by_function(self.out_bytes, function))
 
     def cpu_share(self, function: str) -> float:

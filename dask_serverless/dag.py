@@ -19,7 +19,8 @@ Key = Hashable
 
 @dataclass(slots=True)
 class TaskNode:
-    """One task: its Dask key, the runnable Dask task spec node and its edges (ids)."""
+    """One task: its Dask key, the runnable Dask task spec node and its edges (ids);
+    ``size``: bytes of data a task without dependencies makes (``sizes``; 0: unknown)."""
 
     id: int
     key: Key
@@ -28,6 +29,7 @@ class TaskNode:
     deps: tuple[int, ...] = ()
     dependents: tuple[int, ...] = ()
     annotations: dict[str, Any] = field(default_factory=dict)
+    size: int = 0
 
 
 class DAG:
@@ -61,9 +63,9 @@ class DAG:
         return sum(len(t.deps) for t in self.tasks)
 
     def signature(self) -> str:
-        """Stable hash of the structure and function names, not of keys, data or task
-        order: each task hashes its function name with its dependencies' hashes (sorted),
-        so the same program on other data gets the same signature."""
+        """Stable hash of the structure and function names, not of keys, data, root
+        sizes or task order: each task hashes its function name with its dependencies'
+        hashes (sorted), so the same program on other data gets the same signature."""
         if self._signature is None:
             node_hash: list[bytes] = []
             for t in self.tasks:

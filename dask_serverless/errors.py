@@ -29,3 +29,7 @@ class RunDataLostError(RedisUnavailableError):
 
 class OutputTooLargeError(ServerlessError, ValueError):
     """A task output is larger than ``serverless.max-output-bytes``."""
+
+
+class HintError(ServerlessError, ValueError):
+    """A hint (``@hints``, ``dask.annotate(serverless=...)``) is invalid or failed."""

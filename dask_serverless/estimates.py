@@ -1,7 +1,9 @@
 """Per-task predictions for one DAG under a cost model: bytes in and out, run times.
 
 Output sizes do not depend on the resource config, so they are computed once; run times
-are computed per config on first use and cached by (function, input bytes, memory).
+are computed per config on first use and cached by (function, input bytes, size, memory).
+Each task's ``size`` (``TaskNode.size``, set for roots) goes to the cost model, so a
+root's predictions follow the data size this run asks for before it runs.
 ``capacity`` and ``cpu_times`` are what a shared-core backend needs (see ``capacity``).
 """
 
@@ -22,16 +24,16 @@ class Estimates:
         n = len(dag)
         out = [0] * n
         inb = [0] * n
-        cache: dict[tuple[str, int], int] = {}
+        cache: dict[tuple[str, int, int], int] = {}
         for t in dag.tasks:
             b = 0
             for d in t.deps:
                 b += out[d]
             inb[t.id] = b
-            key = (t.func_name, b)
+            key = (t.func_name, b, t.size)
             o = cache.get(key)
             if o is None:
-                o = cache[key] = int(cost.output_bytes(t.func_name, b))
+                o = cache[key] = int(cost.output_bytes(t.func_name, b, size=t.size))
             out[t.id] = o
         self.out_bytes, self.in_bytes = out, inb
         self._exec: dict[int, list[float]] = {}
@@ -42,13 +44,14 @@ class Estimates:
     def exec_times(self, config: ResourceConfig) -> list[float]:
         times = self._exec.get(config.memory_mb)
         if times is None:
-            cache: dict[tuple[str, int], float] = {}
+            cache: dict[tuple[str, int, int], float] = {}
             times = []
             for t in self.dag.tasks:
-                key = (t.func_name, self.in_bytes[t.id])
+                key = (t.func_name, self.in_bytes[t.id], t.size)
                 v = cache.get(key)
                 if v is None:
-                    v = cache[key] = float(self.cost.exec_time(t.func_name, key[1], config))
+                    v = cache[key] = float(
+                        self.cost.exec_time(t.func_name, key[1], config, size=t.size))
                 times.append(v)
             self._exec[config.memory_mb] = times
         return times

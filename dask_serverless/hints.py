@@ -6,7 +6,11 @@ Hints reach ``TaskNode.annotations`` of every task running the function, like
 - ``io``: how output bytes grow with input bytes, ``output ~ input ** b``: ``"constant"``
   (b=0), ``"linear"`` (1), ``"quadratic"`` (2) or a number b >= 0;
 - ``time``: the same for execution time vs input bytes;
-- ``memory``: worker memory in MB for the function's tasks.
+- ``memory``: worker memory in MB for the function's tasks;
+- ``size``: for tasks without dependencies, the bytes of data the task makes: a number,
+  or a callable taking the task's arguments (``size=lambda i, n: 8 * n``). The predictor
+  uses it as the input size of such tasks (see ``sizes``), so their time and output
+  follow the data size a run asks for.
 
 The predictor uses ``io`` / ``time`` only while it has too few samples of its own.
 """
@@ -33,8 +37,10 @@ def exponent(spec: Any, what: str = "io") -> float:
     raise ValueError(f"hint {what}={spec!r} must be one of {sorted(_NAMED)} or a number >= 0")
 
 
-def hints(*, io: Any = None, time: Any = None, memory: int | None = None) -> Callable:
-    """Decorate a function with hints (see module docstring); validated at once."""
+def hints(*, io: Any = None, time: Any = None, memory: int | None = None,
+          size: Any = None) -> Callable:
+    """Decorate a function with hints (see module docstring); validated at once (a
+    ``size`` callable when the DAG is built, naming the function and task)."""
     values: dict[str, Any] = {}
     if io is not None:
         exponent(io, "io")
@@ -45,6 +51,12 @@ def hints(*, io: Any = None, time: Any = None, memory: int | None = None) -> Cal
     if memory is not None:
         ResourceConfig(memory)  # raises a PlanError naming the bad value
         values["memory"] = memory
+    if size is not None:
+        if not callable(size):
+            from .sizes import nbytes
+
+            nbytes(size, "hint size")
+        values["size"] = size
 
     def decorate(func: Callable) -> Callable:
         try:

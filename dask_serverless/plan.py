@@ -10,6 +10,7 @@ from .dag import DAG
 
 LAMBDA_MB_PER_VCPU = 1769  # Lambda gives one full vCPU at 1769 MB
 MIN_MEMORY_MB, MAX_MEMORY_MB = 128, 10240
+MAX_THREADS = 256  # per worker invocation
 
 
 class PlanError(ValueError):
@@ -42,11 +43,14 @@ class ResourceConfig:
 @dataclass(frozen=True, slots=True)
 class WorkerSpec:
     """A worker (a cluster of tasks). ``floating``: its first task runs in whichever
-    invocation makes it ready (WUKONG's fan-in rule) when the config matches."""
+    invocation makes it ready (WUKONG's fan-in rule) when the config matches.
+    ``threads``: how many of its ready tasks an invocation runs at once (like a Dask
+    worker's ``nthreads``; tasks that wait on I/O or release the GIL overlap)."""
 
     id: str
     config: ResourceConfig
     floating: bool = False
+    threads: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +125,9 @@ class Plan:
                 raise PlanError(f"worker {wid!r} has a spec named {spec.id!r}")
             if not isinstance(spec.config, ResourceConfig):
                 raise PlanError(f"worker {wid!r} has no ResourceConfig: {spec.config!r}")
+            if not isinstance(spec.threads, int) or not 1 <= spec.threads <= MAX_THREADS:
+                raise PlanError(f"worker {wid!r} has threads={spec.threads!r}: must be an "
+                                f"integer between 1 and {MAX_THREADS}")
         self._validate_optimizations(dag)
 
     def _validate_optimizations(self, dag: DAG) -> None:
@@ -157,7 +164,8 @@ class Plan:
     def from_json(cls, text: str) -> Plan:
         data = json.loads(text)
         workers = {
-            w: WorkerSpec(s["id"], ResourceConfig(**s["config"]), s.get("floating", False))
+            w: WorkerSpec(s["id"], ResourceConfig(**s["config"]), s.get("floating", False),
+                          s.get("threads", 1))
             for w, s in data["workers"].items()
         }
         return cls(list(data["assignment"]), workers, data.get("planner", "custom"),

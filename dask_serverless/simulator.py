@@ -115,7 +115,7 @@ class SimResult:
 class _Proc:
     """A running invocation (simulated)."""
 
-    __slots__ = ("config", "final", "final_bytes", "gen", "held", "idx", "local",
+    __slots__ = ("config", "cores", "final", "final_bytes", "gen", "held", "idx", "local",
                  "prev", "rec", "remaining", "small", "spec_id", "token")
 
     def __init__(self, idx: int, spec_id: str, config: ResourceConfig, rec: InvocationRecord):
@@ -129,6 +129,7 @@ class _Proc:
         self.prev = -1
         self.token = 0
         self.gen: Generator[float, None, None] | None = None
+        self.cores: list[float] = []  # its own vCPUs when its threads share them
 
 
 class Simulator:
@@ -220,11 +221,12 @@ class _Run:
             return
         self._push(when, _RESUME, p, p.token)
 
-    def _on_core(self, t: float, seconds: float) -> float:
+    def _on_core(self, t: float, seconds: float, own: list[float] | None = None) -> float:
         """Run ``seconds`` of CPU from ``t`` (the current event time) on the first free
-        core; returns when it ends."""
-        cores = self.cores
-        if cores is None or seconds <= 0:
+        shared core (else on the first free of ``own``, an invocation's vCPUs); returns
+        when it ends."""
+        cores = self.cores if self.cores is not None else own
+        if not cores or seconds <= 0:
             return t + seconds
         begin = max(t, heapq.heappop(cores))
         heapq.heappush(cores, begin + seconds)
@@ -302,7 +304,10 @@ class _Run:
                     t: float) -> Generator[float, None, None]:
         layout, deps, out, est = self.layout, self.deps, self.out, self.est
         execs = est.exec_times(p.config)
-        cpus = est.cpu_times(p.config) if self.cores is not None else None
+        threads = self.plan.workers[p.spec_id].threads
+        if self.cores is None and threads > 1:  # its threads share the config's vCPUs
+            p.cores = [0.0] * max(1, math.ceil(p.config.vcpus - 1e-9))
+        cpus = est.cpu_times(p.config) if self.cores is not None or p.cores else None
         wanted = sorted({d for s in starts for d in deps[s]})
         for d in wanted:
             if d in inline:
@@ -314,22 +319,28 @@ class _Run:
         ready = list(reversed(starts))
         delay = self.opt.delay
         hold_since = -1.0
+        running: list[tuple[float, int, bool]] = []  # (end, task, first run) in threads
         while True:
-            while ready:
-                tid = ready.pop()
-                miss = [d for d in deps[tid] if d not in p.local]
-                if miss:
-                    t = self._fetch(p, tid, miss, t)
-                first = self.where[tid] < 0  # a duplicated task keeps its first run
+            while ready or running:
+                while ready and len(running) < threads:
+                    tid = ready.pop()
+                    miss = [d for d in deps[tid] if d not in p.local]
+                    if miss:
+                        t = self._fetch(p, tid, miss, t)
+                    first = self.where[tid] < 0  # a duplicated task keeps its first run
+                    if first:
+                        self.start[tid], self.where[tid], self.cause[tid] = t, p.idx, p.prev
+                    if cpus is None:
+                        end = t + execs[tid]
+                    else:
+                        if self.cores is not None:
+                            yield t  # wait for a core in event order
+                        end = self._on_core(t, cpus[tid], p.cores) + execs[tid] - cpus[tid]
+                    heapq.heappush(running, (end, tid, first))
+                end, tid, first = heapq.heappop(running)
+                t = max(t, end)
                 if first:
-                    self.start[tid], self.where[tid], self.cause[tid] = t, p.idx, p.prev
-                if cpus is None:
-                    t += execs[tid]
-                else:
-                    yield t  # wait for a core in event order
-                    t = self._on_core(t, cpus[tid]) + execs[tid] - cpus[tid]
-                if first:
-                    self.end[tid] = t
+                    self.end[tid] = end
                 p.prev = tid
                 new: list[int] = []
                 for d in layout.local_dependents[tid]:

@@ -33,8 +33,9 @@ def random_deps(rng: random.Random, n: int, max_deps: int = 3, p_root: float = 0
 
 
 def plan_of(assignment: list[str], floating: set[str] = frozenset(), mb: int = 1024,
-            **options) -> Plan:
-    workers = {w: WorkerSpec(w, ResourceConfig(mb), w in floating) for w in set(assignment)}
+            threads: int = 1, **options) -> Plan:
+    workers = {w: WorkerSpec(w, ResourceConfig(mb), w in floating, threads)
+               for w in set(assignment)}
     return Plan(assignment, workers, "test", options)
 
 

@@ -84,4 +84,4 @@ def test_real_runs_record_cpu_time_and_a_local_predictor_uses_it(any_redis):
     assert p.exec_time("spinner", 0, ResourceConfig(1024)) >= 0.045
     shared = simulate(run.dag, run.plan, p)
     alone = simulate(run.dag, run.plan, p, capacity=Capacity())
-    assert shared.makespan >= alone.makespan
+    assert shared.makespan >= alone.makespan - 1e-9  # float rounding

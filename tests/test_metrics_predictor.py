@@ -245,3 +245,91 @@ def test_near_equal_sizes_never_give_an_absurd_law():
     fit = fit_power(pts, q=0.5, threshold=3.5, min_samples=3, fallback_b=1.0)
     assert abs(fit.b) <= MAX_EXPONENT and math.isfinite(fit.a)
     assert 0.01 < fit(1000.3) < 1000
+
+
+def _root_records(run_id, sizes, exec_per_byte, overhead=150, seed=0):
+    """Records of a root function ``gen`` run at ``sizes`` (``size`` 0: not declared)."""
+    from dask_serverless.metrics.records import TaskRecord
+
+    rng = random.Random(seed)
+    out = []
+    for i, (declared, actual) in enumerate(sizes):
+        exec_s = exec_per_byte * actual * (1 + rng.gauss(0, 0.03))
+        out.append(TaskRecord(run_id, "inv", "w", 1024, i, f"('gen', {i})", "gen", 0.0,
+                              exec_s, exec_s, [], actual + overhead, size=declared))
+    return out
+
+
+def _runs(*ids):
+    from dask_serverless.metrics.records import RunRecord
+
+    return [RunRecord(r, "sig", "wukong", {}, "local", 3, 3, float(t), 1.0, "ok")
+            for t, r in enumerate(ids)]
+
+
+def test_root_size_extrapolates_time_and_output_to_an_unseen_size():
+    """Two sizes seen (older unsized runs too): a third size is extrapolated, and the
+    unsized samples neither pollute the sized fit nor vanish for unsized roots."""
+    old = _root_records("old", [(0, 1_000_000)] * 3 + [(0, 4_000_000)] * 3, 2e-8, seed=1)
+    small = _root_records("small", [(1_000_000, 1_000_000)] * 3, 2e-8, seed=2)
+    big = _root_records("big", [(2_000_000, 2_000_000)] * 3, 2e-8, seed=3)
+    p = Predictor.from_records(_runs("old", "small", "big"), old + small + big, [],
+                               settings=Settings(half_life=1e9))
+    assert p.exec_fit("gen", sized=True).b == pytest.approx(1.0, abs=0.1)
+    exec_time = p.exec_time("gen", 0, MB1, size=8_000_000)
+    assert exec_time == pytest.approx(2e-8 * 8e6, rel=0.1)
+    assert exec_time.source == "fit" and exec_time.samples == 6
+    out = p.output_bytes("gen", 0, size=8_000_000)
+    assert out == pytest.approx(8_000_150, rel=0.01) and out.source == "fit"
+    # a root without a size: the unsized samples, one constant for every size (as before)
+    unsized = p.exec_time("gen", 0, MB1)
+    assert unsized.samples == 6
+    assert 2e-8 * 1e6 <= unsized <= 2e-8 * 4e6
+    # with inputs, the size is not used at all
+    assert p.exec_time("gen", 1000, MB1, size=8_000_000) == p.exec_time("gen", 1000, MB1)
+
+
+def test_root_size_without_sized_history_falls_back():
+    old = _root_records("old", [(0, 1_000_000)] * 3, 2e-8)
+    p = Predictor.from_records(_runs("old"), old, [], settings=Settings())
+    # only unsized samples: today's constant, whatever the size
+    assert p.exec_time("gen", 0, MB1, size=9e6) == p.exec_time("gen", 0, MB1)
+    assert p.exec_fit("gen", sized=True) is None
+    # nothing seen at all: output grows with the size like with input bytes (io hint)
+    p.hint("new", io="linear")
+    assert p.output_bytes("new", 0, size=5000) == pytest.approx(5000)
+    assert p.output_bytes("new", 0, size=5000).source == "hint"
+
+
+def test_estimates_pass_root_sizes_to_the_cost_model_before_running():
+    """Planner side: a DAG's root sizes reach the predictor, before any execution."""
+    from dask_serverless.dag import DAG, TaskNode
+    from dask_serverless.estimates import Estimates
+
+    recs = (_root_records("a", [(1_000_000, 1_000_000)] * 3, 2e-8, seed=4)
+            + _root_records("b", [(2_000_000, 2_000_000)] * 3, 2e-8, seed=5))
+    p = Predictor.from_records(_runs("a", "b"), recs, [], settings=Settings())
+
+    def dag(n):
+        return DAG([TaskNode(0, "g0", None, "gen", size=n), TaskNode(1, "g1", None, "gen", size=n),
+                    TaskNode(2, "tail", None, "tail", (0, 1))], [2])
+
+    est = Estimates(dag(6_000_000), p)
+    assert est.out_bytes[:2] == [pytest.approx(6_000_150, rel=0.01)] * 2
+    assert est.in_bytes[2] == sum(est.out_bytes[:2])
+    assert est.exec_times(MB1)[0] == pytest.approx(0.12, rel=0.1)
+    small = Estimates(dag(1_000_000), p)
+    assert est.exec_times(MB1)[0] > 4 * small.exec_times(MB1)[0]
+
+
+def test_task_rows_written_before_sizes_still_read():
+    from dask_serverless.metrics.records import TASK_FIELDS, tasks_from_batch
+
+    row = [3, "'k'", "f", 10, 20, 10, [], 100, 0, 0, 0, []]  # no cpu_s, no size
+    new = [*row, 7, 4096]
+    assert TASK_FIELDS[-1] == "size" and len(new) == len(TASK_FIELDS)
+    batch = {"invocation_id": "i", "worker_id": "w", "memory_mb": 1024, "t0": 1.0}
+    old_rec, = tasks_from_batch("r", {**batch, "rows": [row]})
+    new_rec, = tasks_from_batch("r", {**batch, "rows": [new]})
+    assert (old_rec.size, old_rec.cpu_s) == (0, -1.0)
+    assert (new_rec.size, new_rec.cpu_s) == (4096, 7e-6)

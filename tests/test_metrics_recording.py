@@ -282,3 +282,46 @@ def test_predictor_drives_the_plan_simulator(any_redis):
     chain = SLEEP["load"] + SLEEP["grow"] + SLEEP["combine"]
     assert sim.makespan >= chain  # the learned exec times include the sleeps
     assert sim.invocations and sim.cost > 0
+
+
+@dask_serverless.hints(size=lambda i, n: n)
+def blob(i, n):
+    return bytes(n)
+
+
+def lengths(*parts):
+    return sum(len(p) for p in parts)
+
+
+def sized_run(n: int):
+    (total,) = dask.compute(delayed(lengths)(*[delayed(blob)(i, n) for i in range(2)]),
+                            scheduler=serverless_get)
+    assert total == 2 * n
+    return get_mod.last_run
+
+
+def test_runs_at_two_sizes_predict_a_third_sizes_root_output(any_redis):
+    """The size hint is recorded with each root and lets the predictor (and the planner's
+    estimates, before the run) follow the data size of a run it never saw."""
+    from dask_serverless.estimates import Estimates
+
+    store = MetricsStore.from_url(any_redis)
+    seen = [sized_run(n) for n in (20_000, 40_000)]
+    assert seen[0].record.signature == seen[1].record.signature
+    for run, n in zip(seen, (20_000, 40_000), strict=True):
+        tasks = store.tasks(run.run_id)
+        assert sorted(t.size for t in tasks if t.function == "blob") == [n, n]
+        assert all(t.size == 0 for t in tasks if t.inputs)
+    p = Predictor.from_store(store, run_ids=[r.run_id for r in seen])
+    new = 160_000
+    predicted = p.output_bytes("blob", 0, size=new)
+    planned = Estimates(sized_run(new).dag, p)  # the DAG a plan for this size would see
+    actual = [t.output_bytes for t in store.tasks(get_mod.last_run.run_id)
+              if t.function == "blob"]
+    assert len(actual) == 2 and predicted.source == "fit"
+    for a in actual:
+        assert predicted == pytest.approx(a, rel=0.05)
+    roots = [t.id for t in planned.dag.tasks if t.func_name == "blob"]
+    assert [planned.out_bytes[t] for t in roots] == [int(predicted)] * 2
+    # what the same history predicts without the size: the sizes seen, not the new one
+    assert p.output_bytes("blob", 0) < 0.5 * min(actual)

@@ -133,6 +133,25 @@ def test_uniform_narrows_to_the_cores_a_shared_backend_has():
     assert sim.run(local).makespan < sim.run(lam).makespan
 
 
+def test_uniform_gives_waiting_tasks_threads_instead_of_cold_workers():
+    """16 branches that wait (I/O, not CPU) on 2 shared cores: a few workers with
+    threads come close to one cold start plus the critical path; one task at a time
+    per worker cannot."""
+    from dask_serverless.capacity import Capacity
+
+    dag = dag_of(fan_out_fan_in(16, 1), {0: "src", 17: "sink"})
+    cm = FixedCostModel(exec_s={"src": 0.01, "sink": 0.01, "*": 0.5}, cold_s=0.4,
+                        warm_s=0.01, cpu_fraction=0.0, capacity=Capacity(cores=2))
+    sim = Simulator(dag, cm)
+    single = sim.run(get_planner("uniform").plan(dag, parallelism=16, memory_mb=1024,
+                                                 predictor=cm, threads=1))
+    plan = get_planner("uniform").plan(dag, parallelism=16, memory_mb=1024, predictor=cm)
+    best = sim.run(plan)
+    assert max(w.threads for w in plan.workers.values()) > 1
+    bound = 0.4 + 0.01 + 0.5 + 0.01  # one cold start and the critical path
+    assert best.makespan < 1.2 * bound < single.makespan
+
+
 def test_objectives_trade_makespan_for_cost():
     dag = dag_of(fan_out_fan_in(8, 3))
     cm = FixedCostModel(exec_s=0.5, cold_s=0.3, cpu_bound=1.0)

@@ -33,6 +33,29 @@ def test_chain_on_one_worker():
     assert r.critical_path == [0, 1, 2]
 
 
+def test_threads_overlap_tasks_that_wait_and_share_the_vcpus_of_those_that_compute():
+    """Four independent 1 s tasks and a sink, all on one worker of 3 threads."""
+    dag = dag_of([[], [], [], [], [0, 1, 2, 3]])
+    plan = plan_of(["w0"] * 5, threads=3)
+    waiting = FixedCostModel(exec_s=1.0, out_bytes=0, cold_s=0.5, warm_s=0.05,
+                             latency_s=0.01, bandwidth=1000.0, cpu_fraction=0.0)
+    # three roots at once (0.5 -> 1.5), the fourth 1.5 -> 2.5, the sink 2.5 -> 3.5,
+    # final flush and client download 0.01 each
+    r = simulate(dag, plan, waiting)
+    assert r.makespan == pytest.approx(3.52)
+    assert sorted(r.task_start[:4]) == pytest.approx([0.5, 0.5, 0.5, 1.5])
+    assert r.gb_seconds == pytest.approx(3.01)  # one invocation of 1 GB
+    # CPU-bound tasks on a 1024 MB worker (one vCPU): threads do not help
+    computing = FixedCostModel(exec_s=1.0, out_bytes=0, cold_s=0.5, warm_s=0.05,
+                               latency_s=0.01, bandwidth=1000.0, cpu_fraction=1.0)
+    assert simulate(dag, plan, computing).makespan == pytest.approx(0.5 + 5 + 0.02)
+    # one thread: the hand-computed sequential timeline
+    assert simulate(dag, plan_of(["w0"] * 5), waiting).makespan == pytest.approx(5.52)
+    # a 3008 MB worker has two vCPUs: two CPU-bound tasks at a time
+    assert simulate(dag, plan_of(["w0"] * 5, mb=3008, threads=3), computing).makespan \
+        == pytest.approx(0.5 + 2 + 1 + 0.02)
+
+
 def test_floating_fan_in_runs_where_the_last_input_finished():
     dag = dag_of([[], [], [0, 1]])
     plan = plan_of(["w0", "w1", "w2"], floating={"w2"})

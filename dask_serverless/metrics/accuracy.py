@@ -42,11 +42,13 @@ def prediction_errors(predictor: Predictor, tasks: Iterable[TaskRecord],
         cfg = ResourceConfig(t.memory_mb)
         if t.exec_s >= min_exec_s:
             out.append(PredictionError("exec", t.function,
-                                       predictor.exec_time(t.function, t.input_bytes, cfg),
+                                       predictor.exec_time(t.function, t.input_bytes, cfg,
+                                                           t.size),
                                        t.exec_s))
         if t.output_bytes > 0:
             out.append(PredictionError("output", t.function,
-                                       predictor.output_bytes(t.function, t.input_bytes),
+                                       predictor.output_bytes(t.function, t.input_bytes,
+                                                              t.size),
                                        t.output_bytes))
         for i in t.inputs:
             if i.source == "redis" and i.download_s >= min_transfer_s:

@@ -79,32 +79,35 @@ class PlanRecord:
 
 def recorded_dag(tasks: Iterable[TaskRecord], record: PlanRecord) -> DAG:
     """The workflow's structure from one run's task records and plan record: keys,
-    function names, dependencies, outputs and annotations; ``node`` is None. Raises a
+    function names, dependencies, root sizes, outputs and annotations; ``node`` is None. Raises a
     ValueError naming what is missing when the run did not record every task."""
     n = len(record.plan.assignment)
     keys: list[str | None] = [None] * n
     functions = [""] * n
     deps: list[list[int]] = [[] for _ in range(n)]
+    sizes = [0] * n
     for t in tasks:  # a duplicated task (task-dup) has two identical rows
         if not 0 <= t.task_id < n:
             raise ValueError(f"task record {t.key} has id {t.task_id}, outside the plan's "
                              f"{n} tasks")
         keys[t.task_id], functions[t.task_id] = t.key, t.function
         deps[t.task_id] = [i.dep for i in t.inputs]
+        sizes[t.task_id] = t.size
     missing = [i for i, k in enumerate(keys) if k is None]
     if missing:
         raise ValueError(f"{len(missing)} of {n} tasks have no record (ids "
                          f"{missing[:5]}...): the run failed or its records are incomplete")
-    return _build(keys, functions, deps, record)  # type: ignore[arg-type]
+    return _build(keys, functions, deps, record, sizes)  # type: ignore[arg-type]
 
 
 def _build(keys: Sequence[str], functions: Sequence[str], deps: Sequence[Sequence[int]],
-           record: PlanRecord) -> DAG:
+           record: PlanRecord, sizes: Sequence[int] | None = None) -> DAG:
     hints = record.hints
     nodes = []
     for i, (key, fn, ds) in enumerate(zip(keys, functions, deps, strict=True)):
         ann = dict(hints.get(fn, {}))
         if i in record.memory:
             ann["memory"] = record.memory[i]
-        nodes.append(TaskNode(i, key, None, fn, tuple(ds), (), ann))
+        nodes.append(TaskNode(i, key, None, fn, tuple(ds), (), ann,
+                              sizes[i] if sizes is not None else 0))
     return DAG(nodes, record.outputs)

@@ -8,6 +8,12 @@ residuals) - 1``) and where it came from (``source``: ``"fit"``, ``"fit+hint"``,
 ``"observed"`` at an input size seen often enough, ``"hint"`` / ``"default"`` with no
 samples at all).
 
+A task without inputs (a root) has 0 input bytes; when it has a size (``TaskNode.size``:
+the bytes of data it makes, from a hint or the array chunks, see ``sizes``), the size is
+the fit's x instead. Such samples are fitted apart from the function's other samples
+(x = input bytes), and a prediction for a root with a size uses them; without any, it
+falls back to the other samples (a constant at 0 input bytes, as before sizes existed).
+
 Samples weigh ``0.5 ** (age / half_life)``, ``age`` counting runs back from the newest,
 so after a change the new regime wins within about ``half_life`` runs. For a backend
 whose containers share cores (``capacity``), recorded task and cold-start times are first
@@ -67,6 +73,7 @@ class TaskSample:
     memory_mb: int
     age: float = 0.0  # runs back from the newest
     cpu_s: float = -1.0  # CPU time within exec_s (-1: not recorded)
+    size: int = 0  # a root's size feature (0: has inputs, or no size known)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +155,7 @@ class Predictor:
             self._tasks.setdefault(t.function, []).append(t)
         for function, samples in self._tasks.items():
             self._tasks[function] = _thin(samples)
+        self._sized = {f for f, samples in self._tasks.items() if any(t.size > 0 for t in samples)}
         self._transfers = _thin(list(transfers))
         self._starts = list(starts)
         self._hints: dict[str, dict[str, float]] = {}
@@ -199,7 +207,8 @@ class Predictor:
             a = age.get(t.run_id, float(len(age)))
             task_samples.append(TaskSample(t.function, t.input_bytes, t.output_bytes,
                                            alone, t.memory_mb, a,
-                                           min(t.cpu_s, alone) if t.cpu_s >= 0 else -1.0))
+                                           min(t.cpu_s, alone) if t.cpu_s >= 0 else -1.0,
+                                           0 if t.inputs else t.size))
             if t.download_bytes:
                 transfers.append(TransferSample("download", t.download_bytes, t.download_s, a))
             if t.upload_bytes:
@@ -226,22 +235,28 @@ class Predictor:
 
     # -- predictions ---------------------------------------------------------------------------
     def exec_time(self, function: str, input_bytes: float,
-                  resource_config: ResourceConfig) -> Prediction:
-        """Seconds ``function`` computes on ``input_bytes`` with ``resource_config``."""
-        fit = self._exec_fit(function)
+                  resource_config: ResourceConfig, size: float = 0) -> Prediction:
+        """Seconds ``function`` computes on ``input_bytes`` with ``resource_config``;
+        ``size``: a task without inputs, the bytes of data it makes (module docstring)."""
+        sized = self._sized_query(function, input_bytes, size)
+        fit = self._exec_fit(function, sized)
         if fit is None:
             return Prediction(self.settings.default("exec-time"), 0, 0.0, "default")
-        return self._from_fit(fit, input_bytes, resource_config.memory_mb, function, "time")
+        return self._from_fit(fit, size if sized else input_bytes, resource_config.memory_mb,
+                              function, "time")
 
-    def output_bytes(self, function: str, input_bytes: float) -> Prediction:
-        """Bytes ``function`` outputs for ``input_bytes`` of input."""
-        fit = self._output_fit(function)
+    def output_bytes(self, function: str, input_bytes: float, size: float = 0) -> Prediction:
+        """Bytes ``function`` outputs for ``input_bytes`` of input (``size``: as in
+        ``exec_time``; with no samples at all, a root's output grows with it)."""
+        sized = self._sized_query(function, input_bytes, size)
+        fit = self._output_fit(function, sized)
         if fit is None:
             source = "hint" if "io" in self._hints.get(function, {}) else "default"
-            if input_bytes <= 0:
+            x = input_bytes if input_bytes > 0 else size
+            if x <= 0:
                 return Prediction(self.settings.default("output-bytes"), 0, 0.0, "default")
-            return Prediction(input_bytes ** self._fallback_b(function, "io"), 0, 0.0, source)
-        return self._from_fit(fit, input_bytes, 1.0, function, "io")
+            return Prediction(x ** self._fallback_b(function, "io"), 0, 0.0, source)
+        return self._from_fit(fit, size if sized else input_bytes, 1.0, function, "io")
 
     def cpu_share(self, function: str) -> float:
         """Part of ``function``'s time spent computing (median over samples that
@@ -290,31 +305,43 @@ class Predictor:
         return Prediction(value, kept, value * math.expm1(spread), "fit")
 
     # -- fits (cached per function / direction) -----------------------------------------------
-    def exec_fit(self, function: str) -> PowerFit | None:
-        """The learned ``exec_s = a * input_bytes^b * scale(memory)`` (None: no samples)."""
-        return self._exec_fit(function)
+    def exec_fit(self, function: str, sized: bool = False) -> PowerFit | None:
+        """The learned ``exec_s = a * input_bytes^b * scale(memory)`` (None: no samples);
+        ``sized``: the fit of roots with a size, over their size."""
+        return self._exec_fit(function, sized)
 
-    def output_fit(self, function: str) -> PowerFit | None:
+    def output_fit(self, function: str, sized: bool = False) -> PowerFit | None:
         """The learned ``output_bytes = a * input_bytes^b`` (None: no samples)."""
-        return self._output_fit(function)
+        return self._output_fit(function, sized)
 
     def functions(self) -> list[str]:
         return sorted(self._tasks)
 
-    def _fit_exec(self, function: str) -> PowerFit | None:
-        samples = self._tasks.get(function)
+    def _sized_query(self, function: str, input_bytes: float, size: float) -> bool:
+        """Whether a prediction uses the function's sized samples (module docstring)."""
+        return size > 0 and input_bytes <= 0 and function in self._sized
+
+    def _samples(self, function: str, sized: bool) -> list[tuple[float, TaskSample]]:
+        """(x, sample): roots with a size over their size, else the other samples over
+        their input bytes (all samples when there are no others)."""
+        samples = self._tasks.get(function, [])
+        if sized:
+            return [(t.size, t) for t in samples if t.size > 0]
+        plain = [t for t in samples if t.size <= 0] or samples
+        return [(t.input_bytes, t) for t in plain]
+
+    def _fit_exec(self, function: str, sized: bool) -> PowerFit | None:
+        samples = self._samples(function, sized)
         if not samples:
             return None
-        points = [Point(t.input_bytes, t.memory_mb, t.exec_s, self._weight(t.age))
-                  for t in samples]
+        points = [Point(x, t.memory_mb, t.exec_s, self._weight(t.age)) for x, t in samples]
         return self._fit(points, function, "time", lambda_scaling, learn_memory=True)
 
-    def _fit_output(self, function: str) -> PowerFit | None:
-        samples = self._tasks.get(function)
+    def _fit_output(self, function: str, sized: bool) -> PowerFit | None:
+        samples = self._samples(function, sized)
         if not samples:
             return None
-        points = [Point(t.input_bytes, 1.0, t.output_bytes, self._weight(t.age))
-                  for t in samples]
+        points = [Point(x, 1.0, t.output_bytes, self._weight(t.age)) for x, t in samples]
         return self._fit(points, function, "io", None, learn_memory=False)
 
     def _fit(self, points, function, kind, rule, learn_memory) -> PowerFit:

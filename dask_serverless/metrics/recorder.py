@@ -97,7 +97,7 @@ class InvocationRecorder:
         t0 = self.t0
         row = [task.id, repr(task.key), task.func_name, micros(start - t0), micros(end - t0),
                micros(exec_s), inputs, self._out, self._up_bytes, micros(self._up_s),
-               micros(self._fanin_s), self._invoked, micros(cpu_s)]
+               micros(self._fanin_s), self._invoked, micros(cpu_s), task.size]
         self.rows.append(row)
         if upload_later:
             self._awaiting_upload[task.id] = row

@@ -51,6 +51,7 @@ class TaskRecord:
     fanin_s: float = 0.0
     invoked: list[str] = field(default_factory=list)  # invocation ids this task started
     cpu_s: float = -1.0  # CPU time of the task's thread during exec_s (-1: not recorded)
+    size: int = 0  # a task without inputs: bytes of data it makes (TaskNode.size; 0: unknown)
 
     @property
     def input_bytes(self) -> int:
@@ -66,7 +67,8 @@ class TaskRecord:
 
 
 TASK_FIELDS = ("task_id", "key", "function", "start", "end", "exec_s", "inputs",
-               "output_bytes", "upload_bytes", "upload_s", "fanin_s", "invoked", "cpu_s")
+               "output_bytes", "upload_bytes", "upload_s", "fanin_s", "invoked", "cpu_s",
+               "size")
 
 
 def micros(seconds: float) -> int:
@@ -79,14 +81,14 @@ def tasks_from_batch(run_id: str, batch: dict[str, Any]) -> list[TaskRecord]:
     "rows"}`` (see module docstring)."""
     out, t0 = [], batch["t0"]
     for row in batch["rows"]:
-        v = dict(zip(TASK_FIELDS, row, strict=False))  # rows before cpu_s lack it
+        v = dict(zip(TASK_FIELDS, row, strict=False))  # older rows lack cpu_s, size
         inputs = [InputRecord(dep, n, source, us / 1e6) for dep, n, source, us in v["inputs"]]
         out.append(TaskRecord(
             run_id, batch["invocation_id"], batch["worker_id"], batch["memory_mb"],
             v["task_id"], v["key"], v["function"], t0 + v["start"] / 1e6,
             t0 + v["end"] / 1e6, v["exec_s"] / 1e6, inputs, v["output_bytes"],
             v["upload_bytes"], v["upload_s"] / 1e6, v["fanin_s"] / 1e6, v["invoked"],
-            v.get("cpu_s", -1e6) / 1e6))
+            v.get("cpu_s", -1e6) / 1e6, v.get("size", 0)))
     return out
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from typing import Any
 
 MAX_LINES = 50  # per task
@@ -24,10 +25,19 @@ class TaskLogCapture(logging.Handler):
 
     def __init__(self, level: int):
         super().__init__(level)
-        self.task = -1  # the running task's id, -1 between tasks
+        self._running = threading.local()  # a worker may run tasks in several threads
         self.lines: dict[int, list[list[Any]]] = {}
         self._root_level: int | None = None
         self._forward = False
+
+    @property
+    def task(self) -> int:
+        """Id of the task this thread runs, -1 between tasks."""
+        return getattr(self._running, "task", -1)
+
+    @task.setter
+    def task(self, tid: int) -> None:
+        self._running.task = tid
 
     def emit(self, record: logging.LogRecord) -> None:
         last = logging.lastResort

@@ -11,12 +11,13 @@ from ..plan import Plan, ResourceConfig, WorkerSpec
 
 class Planner(Protocol):
     """Turns a DAG into a Plan. ``predictor`` is a ``CostModel`` (history-driven
-    planners fall back to ``default_cost_model()`` without one)."""
+    planners fall back to ``default_cost_model()`` without one). ``threads``: tasks each
+    worker runs at once (None: the planner's choice, 1 unless it searches)."""
 
     name: str
 
     def plan(self, dag: DAG, *, parallelism: int, memory_mb: int,
-             predictor: Any = None) -> Plan: ...
+             predictor: Any = None, threads: int | None = None) -> Plan: ...
 
 
 def task_memory(task: TaskNode, default_mb: int) -> int:
@@ -41,12 +42,13 @@ def cost_model_of(predictor: Any) -> CostModel:
 class Workers:
     """Worker ids handed out in order: ``w0``, ``w1``, ..."""
 
-    def __init__(self) -> None:
+    def __init__(self, threads: int | None = None) -> None:
         self.specs: dict[str, WorkerSpec] = {}
+        self.threads = threads or 1
 
     def new(self, config: ResourceConfig, floating: bool = False) -> str:
         wid = f"w{len(self.specs)}"
-        self.specs[wid] = WorkerSpec(wid, config, floating)
+        self.specs[wid] = WorkerSpec(wid, config, floating, self.threads)
         return wid
 
     def same_or_new(self, wid: str, config: ResourceConfig) -> str:

@@ -26,7 +26,7 @@ class DaskPlanner:
     workers: int | None = None  # pool size; default: the parallelism
 
     def plan(self, dag: DAG, *, parallelism: int, memory_mb: int,
-             predictor: Any = None) -> Plan:
+             predictor: Any = None, threads: int | None = None) -> Plan:
         est = Estimates(dag, cost_model_of(predictor))
         pool = max(1, self.workers or parallelism)
         specs: dict[str, WorkerSpec] = {}
@@ -42,7 +42,7 @@ class DaskPlanner:
                 heap = idle[cfg] = []
                 for _ in range(pool):
                     wid = f"w{len(specs)}"
-                    specs[wid] = WorkerSpec(wid, cfg)
+                    specs[wid] = WorkerSpec(wid, cfg, threads=threads or 1)
                     free[wid] = 0.0
                     heap.append((0.0, wid))
             while heap[0][0] != free[heap[0][1]]:  # drop stale entries

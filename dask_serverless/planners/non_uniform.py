@@ -32,12 +32,12 @@ class NonUniformPlanner:
     search_s: float = 1.5
 
     def plan(self, dag: DAG, *, parallelism: int, memory_mb: int,
-             predictor: Any = None) -> Plan:
+             predictor: Any = None, threads: int | None = None) -> Plan:
         objective = Objective.parse(self.objective, self.budget_s)
         est = Estimates(dag, cost_model_of(predictor))
         uniform = UniformPlanner(objective=objective, memories=self.memories,
                                  search_s=self.search_s / 2)
-        plan, result = uniform.best(dag, parallelism, memory_mb, est)
+        plan, result = uniform.best(dag, parallelism, memory_mb, est, threads)
         plan.planner = self.name
         sim = Simulator(dag, est)
         fixed = {plan.assignment[t.id] for t in dag.tasks if pinned(t)}

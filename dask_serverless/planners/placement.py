@@ -33,10 +33,11 @@ class Placement:
     est: Estimates | None = None
     critical_first: bool = False  # fan-out: the branch on the critical path continues
     min_block_s: float = 0.0
+    threads: int | None = None
 
     def plan(self, name: str) -> Plan:
         dag, width = self.dag, max(1, self.parallelism)
-        workers = Workers()
+        workers = Workers(self.threads)
         assignment: list[str] = [""] * len(dag)
         base = ResourceConfig(self.memory_mb)
         if self.est is not None:

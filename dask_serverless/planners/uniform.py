@@ -1,12 +1,14 @@
 """``uniform``: one resource config for every worker, chosen by simulation.
 
-For each candidate memory size and width (``parallelism``, then halved down to one
-worker: on a backend of few shared cores, fewer workers start fewer cold containers
-competing for them) it places tasks with predictions so that the critical path avoids
-transfers and cold starts (at a fan-out the branch with the longest path to the end
-continues on the producer's worker; blocks are sized by predicted work), adds delayed I/O
-where it pays, simulates, and keeps the best plan for the objective. ``parallelism`` is
-thus an upper bound, as for Dask's ``num_workers``.
+For each candidate memory size, width (``parallelism``, then halved down to one worker:
+on a backend of few shared cores, fewer workers start fewer cold containers competing for
+them) and thread count per worker (``THREADS`` unless the caller fixes it: a worker whose
+tasks wait on I/O runs several at once instead of starting more workers), it places tasks
+with predictions so that the critical path avoids transfers and cold starts (at a fan-out
+the branch with the longest path to the end continues on the producer's worker; blocks
+are sized by predicted work), adds delayed I/O where it pays, simulates, and keeps the
+best plan for the objective. ``parallelism`` is thus an upper bound, as for Dask's
+``num_workers``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .passes import delayed_io
 from .placement import Placement
 
 CANDIDATE_MB = (512, 1024, 1769, 3008)
+THREADS = (1, 2, 4, 8, 16)
 
 
 @dataclass
@@ -33,28 +36,32 @@ class UniformPlanner:
     objective: Objective | str = "makespan"
     budget_s: float | None = None
     memories: tuple[int, ...] = CANDIDATE_MB
+    threads: tuple[int, ...] = THREADS  # candidates when the caller does not fix it
     search_s: float = 1.0  # stop trying candidates after this long (the default is kept)
 
     def plan(self, dag: DAG, *, parallelism: int, memory_mb: int,
-             predictor: Any = None) -> Plan:
-        plan, _ = self.best(dag, parallelism, memory_mb, Estimates(dag, cost_model_of(predictor)))
+             predictor: Any = None, threads: int | None = None) -> Plan:
+        plan, _ = self.best(dag, parallelism, memory_mb,
+                            Estimates(dag, cost_model_of(predictor)), threads)
         return plan
 
-    def best(self, dag: DAG, parallelism: int, memory_mb: int,
-             est: Estimates) -> tuple[Plan, SimResult]:
+    def best(self, dag: DAG, parallelism: int, memory_mb: int, est: Estimates,
+             threads: int | None = None) -> tuple[Plan, SimResult]:
         objective = Objective.parse(self.objective, self.budget_s)
         sim = Simulator(dag, est)
         deadline = time.monotonic() + self.search_s
         best: tuple[Plan, SimResult] | None = None
         memories = [memory_mb, *(m for m in self.memories if m != memory_mb)]
-        for mb, width in ((m, w) for m in memories for w in widths(parallelism)):
+        counts = [threads] if threads else sorted(set(self.threads) | {1})
+        for mb, width, k in ((m, w, k) for m in memories for w in widths(parallelism)
+                             for k in counts):
             if best is not None and time.monotonic() > deadline:
                 break
             min_block = 0.0
             if objective.kind != "makespan":
                 min_block = est.invocation_time(ResourceConfig(mb), "cold")
             plan = Placement(dag, width, mb, est, critical_first=True,
-                             min_block_s=min_block).plan(self.name)
+                             min_block_s=min_block, threads=k).plan(self.name)
             plan = delayed_io(dag, plan, sim, objective)
             result = sim.run(plan)
             plan.options.update(memory_mb=mb, objective=objective.kind)

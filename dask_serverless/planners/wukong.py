@@ -34,16 +34,16 @@ class WukongPlanner:
     budget_s: float | None = None
 
     def plan(self, dag: DAG, *, parallelism: int, memory_mb: int,
-             predictor: Any = None) -> Plan:
+             predictor: Any = None, threads: int | None = None) -> Plan:
         if predictor is None:
-            return Placement(dag, parallelism, memory_mb).plan(self.name)
+            return Placement(dag, parallelism, memory_mb, threads=threads).plan(self.name)
         objective = Objective.parse(self.objective, self.budget_s)
         est = Estimates(dag, predictor)
         min_block = 0.0
         if objective.kind != "makespan":
             min_block = est.invocation_time(ResourceConfig(memory_mb), "cold")
         placement = Placement(dag, parallelism, memory_mb, est if self.clustering else None,
-                              min_block_s=min_block)
+                              min_block_s=min_block, threads=threads)
         plan = placement.plan(self.name)
         plan.options.update(clustering=self.clustering, objective=objective.kind)
         if self.delayed_io:

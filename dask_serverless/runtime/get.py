@@ -101,7 +101,7 @@ def make_plan(dag: DAG, planner: Any = None, backend: Any = None,
     chosen = get_planner(planner or config.get("planner"), **config.get("planner-options"))
     width = config.get("parallelism", parallelism) or session.backend(backend).default_parallelism()
     plan = chosen.plan(dag, parallelism=width, memory_mb=config.get("memory", memory),
-                       predictor=predictor)
+                       predictor=predictor, threads=config.get("threads"))
     passes = list(config.get("optimizations", optimizations))
     if passes:
         options = config.get("planner-options")

@@ -12,6 +12,7 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -157,6 +158,8 @@ class _Execution:
         self.started: list[int] = []  # started since the last progress event
         my = spec.plan.workers[inv.worker_id]
         self.config = my.config
+        self.threads = my.threads
+        self.pool: ThreadPoolExecutor | None = None
         self.opt = spec.plan.optimizations
         self.held: list[_Held] = []
         self.next_cancel_check = time.monotonic() + _CANCEL_CHECK_S
@@ -165,6 +168,13 @@ class _Execution:
 
     # -- main loop ---------------------------------------------------------------------
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            if self.pool is not None:  # a failed run leaves its other tasks running
+                self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _run(self) -> None:
         ready = list(reversed(self.inv.start))
         self._fetch_inputs(self.inv.start)
         while self._drain(ready) and self.held:
@@ -185,43 +195,91 @@ class _Execution:
 
     def _drain(self, ready: list[int]) -> bool:
         """Run ready tasks until none is left; False when the invocation must stop."""
+        if self.threads > 1:
+            return self._drain_threaded(ready)
         while ready:
-            now = time.monotonic()
-            if self._check_cancelled(now):
-                return False
             tid = ready.pop()
-            if self.spec.report_tasks:
-                self.started.append(tid)
-                if now >= self.next_progress:
-                    self.next_progress = now + _PROGRESS_S
-                    self._flush_progress()
-            task = self.tasks[tid]
-            if self.on_task_start is not None:
-                self.on_task_start(tid)
-            start = time.time()
-            missing = [d for d in task.deps if d not in self.local]
-            if missing:
-                self._fetch_inputs_of(missing)
-            if self.logs is not None:
-                self.logs.task = tid
-            t0, c0 = time.perf_counter(), time.thread_time()
-            try:
-                value = task.node({self.tasks[d].key: self.local[d] for d in task.deps})
-            except BaseException as exc:
-                self._fail(exc, task.key)
+            args = self._start(tid)
+            if args is None:
                 return False
-            finally:
-                if self.logs is not None:
-                    self.logs.task = -1
-            exec_s, cpu_s = time.perf_counter() - t0, time.thread_time() - c0
-            self.report.tasks += 1
-            for d in task.deps:
-                self._release(d)
-            ready.extend(self._finished(tid, value))
-            if self.rec is not None:
-                self.rec.task(task, start, exec_s, time.time(),
-                              bool(self.final) and self.final[-1][0] == tid, cpu_s)
+            value, exec_s, cpu_s, exc = self._call(tid, args[1])
+            if exc is not None:
+                self._fail(exc, self.tasks[tid].key)
+                return False
+            ready.extend(self._complete(tid, args[0], value, exec_s, cpu_s))
         return True
+
+    def _drain_threaded(self, ready: list[int]) -> bool:
+        """``_drain`` with up to ``threads`` tasks running at once. Only the tasks run in
+        the pool's threads; inputs, outputs, fan-ins and metrics stay on this thread."""
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="task")
+        running: dict[Future, tuple[int, float]] = {}
+        while ready or running:
+            while ready and len(running) < self.threads:
+                tid = ready.pop()
+                args = self._start(tid)
+                if args is None:
+                    return False
+                running[self.pool.submit(self._call, tid, args[1])] = (tid, args[0])
+            done, _ = wait(running, timeout=_CANCEL_CHECK_S, return_when=FIRST_COMPLETED)
+            if not done and self._check_cancelled(time.monotonic()):
+                return False
+            for fut in [f for f in running if f in done]:  # in the order they started
+                tid, start = running.pop(fut)
+                value, exec_s, cpu_s, exc = fut.result()
+                if exc is not None:
+                    self._fail(exc, self.tasks[tid].key)
+                    return False
+                ready.extend(self._complete(tid, start, value, exec_s, cpu_s))
+        return True
+
+    def _start(self, tid: int) -> tuple[float, dict] | None:
+        """Bookkeeping before task ``tid`` runs, its missing inputs fetched: (start time,
+        its arguments), or None when the run was cancelled."""
+        now = time.monotonic()
+        if self._check_cancelled(now):
+            return None
+        if self.spec.report_tasks:
+            self.started.append(tid)
+            if now >= self.next_progress:
+                self.next_progress = now + _PROGRESS_S
+                self._flush_progress()
+        task = self.tasks[tid]
+        if self.on_task_start is not None:
+            self.on_task_start(tid)
+        start = time.time()
+        missing = [d for d in task.deps if d not in self.local]
+        if missing:
+            self._fetch_inputs_of(missing)
+        return start, {self.tasks[d].key: self.local[d] for d in task.deps}
+
+    def _call(self, tid: int, args: dict) -> tuple[Any, float, float, BaseException | None]:
+        """Run task ``tid``: (value, seconds, CPU seconds of this thread, exception)."""
+        if self.logs is not None:
+            self.logs.task = tid
+        t0, c0 = time.perf_counter(), time.thread_time()
+        try:
+            value = self.tasks[tid].node(args)
+        except BaseException as exc:
+            return None, 0.0, 0.0, exc
+        finally:
+            if self.logs is not None:
+                self.logs.task = -1
+        return value, time.perf_counter() - t0, time.thread_time() - c0, None
+
+    def _complete(self, tid: int, start: float, value: Any, exec_s: float,
+                  cpu_s: float) -> list[int]:
+        """Store what task ``tid`` made and record it; returns the tasks now ready."""
+        task = self.tasks[tid]
+        self.report.tasks += 1
+        for d in task.deps:
+            self._release(d)
+        ready = self._finished(tid, value)
+        if self.rec is not None:
+            self.rec.task(task, start, exec_s, time.time(),
+                          bool(self.final) and self.final[-1][0] == tid, cpu_s)
+        return ready
 
     # -- inputs ------------------------------------------------------------------------
     def _fetch_inputs(self, start: list[int]) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import cloudpickle
 
-from ..dag import DAG
+from ..dag import DAG, TaskNode
 from ..layout import Layout
 from ..plan import Plan
 from ..storage import serialize
@@ -92,7 +92,7 @@ class SchemaMismatchError(RuntimeError):
 
 def _schema() -> str:
     names = [f"{cls.__name__}:{','.join(f.name for f in dataclasses.fields(cls))}"
-             for cls in (Invocation, RunSpec, Layout)]
+             for cls in (Invocation, RunSpec, Layout, TaskNode)]
     return hashlib.blake2b(";".join(names).encode(), digest_size=6).hexdigest()
 
 
