@@ -129,29 +129,39 @@ def _end_children(sel: selectors.BaseSelector) -> None:
 
 
 def serve(sock: socket.socket) -> None:
-    """Answer fork requests and report reaped containers until the pool goes away."""
+    """Answer fork requests and report reaped containers until the pool goes away (its
+    end of the socket closes, or a message to it finds it gone); then end the rest."""
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ, None)
-    _send(sock, ("ready", _native_threads()))
-    while True:
-        for key, _ in sel.select():
-            if key.data is not None:  # a container's pidfd: it exited
-                _, status = os.waitpid(key.data, 0)
-                sel.unregister(key.fd)
-                os.close(key.fd)
-                _send(sock, ("exited", key.data, status))
-                continue
-            data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
-            if not data:  # the pool closed its end or its process died
-                _end_children(sel)
-                return
-            request = pickle.loads(data)
-            if request[0] == "fork" and len(fds) == 2:
-                _fork(sock, sel, request, fds)
-            else:
-                for fd in fds:
-                    os.close(fd)
-                _send(sock, ("failed", request[1], f"bad request {request[0]!r}"))
+    try:
+        _send(sock, ("ready", _native_threads()))
+        while _step(sock, sel):
+            pass
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    _end_children(sel)
+
+
+def _step(sock: socket.socket, sel: selectors.BaseSelector) -> bool:
+    """Handle what is ready; False once the pool has closed its end."""
+    for key, _ in sel.select():
+        if key.data is not None:  # a container's pidfd: it exited
+            _, status = os.waitpid(key.data, 0)
+            sel.unregister(key.fd)
+            os.close(key.fd)
+            _send(sock, ("exited", key.data, status))
+            continue
+        data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
+        if not data:
+            return False
+        request = pickle.loads(data)
+        if request[0] == "fork" and len(fds) == 2:
+            _fork(sock, sel, request, fds)
+        else:
+            for fd in fds:
+                os.close(fd)
+            _send(sock, ("failed", request[1], f"bad request {request[0]!r}"))
+    return True
 
 
 def main(argv: list[str]) -> None:
@@ -160,10 +170,7 @@ def main(argv: list[str]) -> None:
     from . import container
 
     container._preload()
-    try:
-        serve(sock)
-    except (BrokenPipeError, ConnectionResetError):
-        pass  # the pool is gone
+    serve(sock)
 
 
 if __name__ == "__main__":
