@@ -88,6 +88,14 @@ def spawn(env: dict[str, str], memory_mb: int, status_path: str, log_path: str) 
     return proc, tx, rx
 
 
+def _cwd() -> str:
+    """This process's working directory ("" when it was deleted: the child stays put)."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return ""
+
+
 class ForkedProcess:
     """A container forked by a zygote. Signals go through a pidfd (no pid-reuse race);
     the exit status comes from the zygote that reaped it, or is None when that zygote
@@ -180,7 +188,7 @@ class _Zygote:
         try:
             with self._send_lock:
                 socket.send_fds(self.sock, [pickle.dumps(
-                    ("fork", rid, memory_mb, status_path, log_path, os.getcwd()))],
+                    ("fork", rid, memory_mb, status_path, log_path, _cwd()))],
                     list(child_fds))
             answered = slot[0].wait(FORK_TIMEOUT_S)
         except OSError as exc:
@@ -188,7 +196,8 @@ class _Zygote:
         finally:
             with self._lock:
                 self._replies.pop(rid, None)
-        if not answered:
+        if not answered:  # hung: replace it
+            self.proc.kill()
             raise ZygoteError(f"the fork server did not answer within {FORK_TIMEOUT_S:.0f} s")
         if isinstance(slot[1], ForkedProcess):
             return slot[1]

@@ -360,7 +360,7 @@ class LocalPool:
         elif self.on_crash is not None:
             self.on_crash(inv, info)
 
-    def _handler_died(self, c: _Container, call: HandlerCall, returncode: int) -> None:
+    def _handler_died(self, c: _Container, call: HandlerCall, returncode: int | None) -> None:
         """Answer a handler call whose container died, the way Lambda reports it."""
         reason = (f"Task timed out after {self.invocation_timeout:.0f} seconds" if c.timed_out
                   else f"Runtime exited with {_code(returncode)} (memory {c.memory_mb} MB)")

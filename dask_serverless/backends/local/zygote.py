@@ -81,6 +81,8 @@ def _become_container(request: tuple, fds: list[int], t0: float) -> int:
 def _fork(sock: socket.socket, sel: selectors.BaseSelector, request: tuple,
           fds: list[int]) -> None:
     t0 = time.perf_counter()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()  # else the child would write the zygote's buffered output again
     try:
         pid = os.fork()
     except OSError as exc:
