@@ -7,6 +7,9 @@ registered in one round trip and claimed in another, fired entries run in place 
 worker, or a floating fan-in of the same config) or by invoking their worker with small
 inputs inline. Containers start cold or warm (keep-alive, pre-warm); delayed I/O,
 pre-load and task-dup follow the plan's ``Optimizations`` exactly as the executor does.
+A worker with ``threads`` > 1 runs that many ready tasks at once (inputs, uploads and
+fan-ins stay sequential, as in the executor); their CPU parts share the config's vCPUs
+(or the machine's cores, below).
 
 Each invocation is a generator that runs ahead on its own clock and yields only before a
 step that reads or changes shared state (fan-in sets, claims, published outputs), so the

@@ -108,3 +108,13 @@ def test_results_match_sync_with_threads(any_redis, planner):
     assert sorted(got[1]) == sorted(expected[1])
     pd.testing.assert_series_equal(got[2].sort_index(), expected[2].sort_index())
     assert {w.threads for w in get_mod.last_run.plan.workers.values()} == {4}
+
+
+def test_many_threads_fit_a_small_memory_cap(real_redis):
+    """16 threads in a 512 MB container: thread stacks and malloc arenas must not eat
+    the address-space cap (they used to: "can't start new thread")."""
+    graph = delayed(total)(*[delayed(wait_then)(i) for i in range(16)])
+    with dask.config.set({"serverless.threads": 16, "serverless.parallelism": 1,
+                          "serverless.memory": 512}):
+        (got,) = dask.compute(graph, scheduler=serverless_get)
+    assert got == sum(1000.0 * i for i in range(16))

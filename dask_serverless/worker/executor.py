@@ -8,11 +8,12 @@ registers fan-ins atomically and invokes the workers of entry tasks it made read
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -133,6 +134,34 @@ class _Held:
     data: bytes
 
 
+class _TaskThreads:
+    """Up to ``n`` daemon threads calling ``call(tid, args)`` for ``(tid, args)`` put on
+    ``todo``; ``(tid, *result)`` comes back on ``done``. Fewer threads when the process
+    cannot start more (``threads`` holds those that started)."""
+
+    def __init__(self, n: int, call: Callable[[int, dict], tuple]):
+        self.todo: queue.SimpleQueue = queue.SimpleQueue()
+        self.done: queue.SimpleQueue = queue.SimpleQueue()
+        self.threads: list[threading.Thread] = []
+        for i in range(n):
+            t = threading.Thread(target=self._loop, args=(call,), name=f"task-{i}",
+                                 daemon=True)
+            try:
+                t.start()
+            except RuntimeError:  # e.g. the container's memory cap
+                break
+            self.threads.append(t)
+
+    def _loop(self, call: Callable[[int, dict], tuple]) -> None:
+        while (item := self.todo.get()) is not None:
+            self.done.put((item[0], *call(*item)))
+
+    def close(self) -> None:
+        """Let each thread end after its current task (tasks cannot be interrupted)."""
+        for _ in self.threads:
+            self.todo.put(None)
+
+
 class _Execution:
     """State of one invocation while it runs (see ``execute``)."""
 
@@ -159,7 +188,7 @@ class _Execution:
         my = spec.plan.workers[inv.worker_id]
         self.config = my.config
         self.threads = my.threads
-        self.pool: ThreadPoolExecutor | None = None
+        self.pool: _TaskThreads | None = None
         self.opt = spec.plan.optimizations
         self.held: list[_Held] = []
         self.next_cancel_check = time.monotonic() + _CANCEL_CHECK_S
@@ -172,7 +201,7 @@ class _Execution:
             self._run()
         finally:
             if self.pool is not None:  # a failed run leaves its other tasks running
-                self.pool.shutdown(wait=False, cancel_futures=True)
+                self.pool.close()
 
     def _run(self) -> None:
         ready = list(reversed(self.inv.start))
@@ -195,7 +224,7 @@ class _Execution:
 
     def _drain(self, ready: list[int]) -> bool:
         """Run ready tasks until none is left; False when the invocation must stop."""
-        if self.threads > 1:
+        if self.threads > 1 and self._task_threads():
             return self._drain_threaded(ready)
         while ready:
             tid = ready.pop()
@@ -212,27 +241,39 @@ class _Execution:
     def _drain_threaded(self, ready: list[int]) -> bool:
         """``_drain`` with up to ``threads`` tasks running at once. Only the tasks run in
         the pool's threads; inputs, outputs, fan-ins and metrics stay on this thread."""
-        if self.pool is None:
-            self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="task")
-        running: dict[Future, tuple[int, float]] = {}
+        assert self.pool is not None
+        width = len(self.pool.threads)
+        running: dict[int, float] = {}  # task id -> start time
         while ready or running:
-            while ready and len(running) < self.threads:
+            while ready and len(running) < width:
                 tid = ready.pop()
                 args = self._start(tid)
                 if args is None:
                     return False
-                running[self.pool.submit(self._call, tid, args[1])] = (tid, args[0])
-            done, _ = wait(running, timeout=_CANCEL_CHECK_S, return_when=FIRST_COMPLETED)
-            if not done and self._check_cancelled(time.monotonic()):
-                return False
-            for fut in [f for f in running if f in done]:  # in the order they started
-                tid, start = running.pop(fut)
-                value, exec_s, cpu_s, exc = fut.result()
-                if exc is not None:
-                    self._fail(exc, self.tasks[tid].key)
+                running[tid] = args[0]
+                self.pool.todo.put((tid, args[1]))
+            try:
+                tid, value, exec_s, cpu_s, exc = self.pool.done.get(timeout=_CANCEL_CHECK_S)
+            except queue.Empty:
+                if self._check_cancelled(time.monotonic()):
                     return False
-                ready.extend(self._complete(tid, start, value, exec_s, cpu_s))
+                continue
+            start = running.pop(tid)
+            if exc is not None:
+                self._fail(exc, self.tasks[tid].key)
+                return False
+            ready.extend(self._complete(tid, start, value, exec_s, cpu_s))
         return True
+
+    def _task_threads(self) -> int:
+        """Threads running this invocation's tasks (started on first use; 0: run them
+        on this thread)."""
+        if self.pool is None:
+            self.pool = _TaskThreads(self.threads, self._call)
+            if len(self.pool.threads) < self.threads:
+                logger.warning("worker %s: started %d of %d task threads", self.inv.worker_id,
+                               len(self.pool.threads), self.threads)
+        return len(self.pool.threads)
 
     def _start(self, tid: int) -> tuple[float, dict] | None:
         """Bookkeeping before task ``tid`` runs, its missing inputs fetched: (start time,

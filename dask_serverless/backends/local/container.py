@@ -11,6 +11,7 @@ invocation is warm). To the pool: ("ready", startup_s), ("invoke", [invocation_b
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pickle
 import resource
@@ -20,6 +21,7 @@ from dataclasses import asdict
 from multiprocessing.connection import Connection
 
 _T0 = time.perf_counter()
+_M_ARENA_MAX, _ARENA_MAX = -8, 2  # glibc mallopt parameter, arenas allowed
 
 
 def _vm_size_bytes() -> int:
@@ -49,7 +51,14 @@ def _preload() -> None:
 
 
 def _cap_memory(memory_mb: int) -> None:
-    """Cap the address space at what the runtime uses now plus the config's memory."""
+    """Cap the address space at what the runtime uses now plus the config's memory.
+    glibc reserves 64 MB of address space per malloc arena, up to 8 per core: a worker
+    running tasks in threads would hit the cap with memory it never uses, so arenas are
+    limited first (as container runtimes advise)."""
+    try:
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, _ARENA_MAX)
+    except (OSError, AttributeError):  # not glibc
+        pass
     limit = _vm_size_bytes() + memory_mb * 2**20
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
