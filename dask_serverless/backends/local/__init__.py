@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 
 from ... import config
 from ...capacity import Capacity
@@ -76,6 +77,9 @@ class LocalBackend:
                               retry_backoff=config.get("retry-backoff"),
                               invocation_timeout=config.get("local.invocation-timeout"),
                               start_method=config.get("local.start-method"))
+        # the fork server imports while the client converts and plans the first graph
+        threading.Thread(target=self.pool.prepare, name="dask-serverless-prepare",
+                         daemon=True).start()
 
     def invoke_many(self, invocations: list[Invocation]) -> None:
         self.pool.invoke_many(invocations)

@@ -139,7 +139,7 @@ class LocalPool:
 
     def warm_up(self, memory_mb: int, count: int = 1) -> None:
         """Start containers of ``memory_mb`` (they come up idle and warm for reuse)."""
-        self._prepare()
+        self.prepare()
         with self._lock:
             for _ in range(count):
                 if len(self._alive()) >= self.max_containers:
@@ -159,8 +159,9 @@ class LocalPool:
         with self._lock:
             return [c.proc.pid for c in self._containers if c.state == "busy"]
 
-    def _prepare(self) -> None:
-        """Have the fork server ready before taking the lock (its first start imports)."""
+    def prepare(self) -> None:
+        """Have the fork server ready (its first start imports the runtime); called
+        before taking the lock, and by the backend in the background when it is made."""
         if self.fork_server is not None:
             self.fork_server.prepare()
 
@@ -200,7 +201,7 @@ class LocalPool:
 
     def _submit(self, inv: Work) -> None:
         arrived = time.time()
-        self._prepare()
+        self.prepare()
         with self._lock:
             if self._closed:
                 raise RuntimeError("the local worker pool is closed")
