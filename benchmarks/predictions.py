@@ -5,7 +5,7 @@ every run a Predictor is built from the workflow's recorded history (its signatu
 chunk count, other data sizes), then compared with what the run records, per task:
 
 - "same size": the run after ``--runs`` earlier runs of this size (the issue's "after 3
-  runs");
+  runs"), and the ``--scored`` - 1 runs after it (each predicted from all before it);
 - "new size": the first run of a size never seen (extrapolation through the learned
   I/O fits). Root tasks have 0 input bytes (their size parameter is baked into the
   task); they are scored there when they have a size feature (``TaskNode.size``: the
@@ -160,6 +160,8 @@ def score(predictor, unlimited, store, run, errors: dict[str, list[float]], min_
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per size before scoring")
+    parser.add_argument("--scored", type=int, default=1,
+                        help="same-size runs scored after --runs (more: steadier medians)")
     parser.add_argument("--quick", action="store_true", help="two sizes per workflow")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--min-exec", type=float, default=1e-3,
@@ -184,7 +186,7 @@ def main() -> int:
             errors: dict[str, dict[str, list[float]]] = {"same size": {}, "new size": {},
                                                          "new, no size": {}}
             for size in sizes[:2] if args.quick else sizes:
-                for k in range(args.runs + 1):
+                for k in range(args.runs + max(1, args.scored)):
                     t0 = time.perf_counter()
                     predictor = (Predictor.from_store(store, signature=signature,
                                                       capacity=capacity)

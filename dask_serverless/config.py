@@ -37,6 +37,7 @@ DEFAULTS: dict[str, Any] = {
             "max-containers": None,  # None: 2 x CPU count
             "keep-alive": 300.0,  # seconds an idle container stays warm
             "invocation-timeout": 900.0,  # seconds before a busy container is killed
+            "start-method": "fork-server",  # "fork-server" | "spawn" (a fresh interpreter)
         },
         "lambda": {
             "endpoint-url": None,  # None: AWS; else e.g. the local Lambda API server
@@ -93,6 +94,7 @@ _CHOICES = {
     "use-history": ("auto", True, False),
     "backend": ("local", "lambda"),
     "embedded.prefer": ("redis-server", "fakeredis"),
+    "local.start-method": ("fork-server", "spawn"),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 
 from ... import config
 from ...capacity import Capacity
@@ -19,7 +20,9 @@ from .pool import LocalPool
 logger = logging.getLogger(__name__)
 
 
-def _crash_reason(returncode: int) -> str:
+def _crash_reason(returncode: int | None) -> str:
+    if returncode is None:  # forked by a fork server that died before reaping it
+        return "exited with an unknown status (its fork server had exited)"
     if returncode < 0:
         try:
             name = signal.Signals(-returncode).name
@@ -72,7 +75,11 @@ class LocalBackend:
         self.pool = LocalPool(self.max_containers, keep_alive or config.get("local.keep-alive"),
                               on_crash=report_crash, retries=config.get("retries"),
                               retry_backoff=config.get("retry-backoff"),
-                              invocation_timeout=config.get("local.invocation-timeout"))
+                              invocation_timeout=config.get("local.invocation-timeout"),
+                              start_method=config.get("local.start-method"))
+        # the fork server imports while the client converts and plans the first graph
+        threading.Thread(target=self.pool.prepare, name="dask-serverless-prepare",
+                         daemon=True).start()
 
     def invoke_many(self, invocations: list[Invocation]) -> None:
         self.pool.invoke_many(invocations)

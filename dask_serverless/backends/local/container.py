@@ -1,5 +1,6 @@
 """Entry point of a local "container": a long-lived worker subprocess, like a Lambda
-execution environment. Started by ``LocalPool``; talks to it over two pipes.
+execution environment. Started by ``LocalPool`` (a fresh interpreter, or forked by the
+pool's fork server, see ``zygote``); talks to it over two pipes.
 
 Messages are pickled tuples. From the pool: ("run", invocation_bytes, cold),
 ("call", "module.function", event_json, context_dict, cold) and ("exit",); ``cold`` is
@@ -32,8 +33,16 @@ def _vm_size_bytes() -> int:
 
 
 def _preload() -> None:
+    """Import what every container needs (the fork server does it once for all)."""
     import dask
     import dask._task_spec  # noqa: F401
+
+    import dask_serverless.backends.local.handler_call
+    import dask_serverless.metrics.recorder
+    import dask_serverless.storage.serialize
+    import dask_serverless.storage.store
+    import dask_serverless.worker.executor
+    import dask_serverless.worker.payload  # noqa: F401
 
     try:
         import numpy  # noqa: F401
@@ -64,9 +73,15 @@ class _PipeInvoker:
 
 def main(argv: list[str]) -> None:
     read_fd, write_fd, status_path, memory_mb = int(argv[0]), int(argv[1]), argv[2], int(argv[3])
+    _preload()
+    serve(read_fd, write_fd, status_path, memory_mb, _T0)
+
+
+def serve(read_fd: int, write_fd: int, status_path: str, memory_mb: int, t0: float) -> None:
+    """Cap memory, report ready (``t0``: when this container's start began) and run work
+    from the pool until it says exit or goes away."""
     rx, tx = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
     sys.stdout = sys.stderr  # user prints go to the container log
-    _preload()
     from dask_serverless.backends.local import handler_call
     from dask_serverless.storage.serialize import TamperedPayloadError
     from dask_serverless.worker.executor import execute
@@ -79,7 +94,7 @@ def main(argv: list[str]) -> None:
         os.pwrite(status_fd, b"%-23d\n" % tid, 0)
 
     invoker = _PipeInvoker(tx)
-    tx.send_bytes(pickle.dumps(("ready", time.perf_counter() - _T0)))
+    tx.send_bytes(pickle.dumps(("ready", time.perf_counter() - t0)))
     while True:
         try:
             msg = pickle.loads(rx.recv_bytes())

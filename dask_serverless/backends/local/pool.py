@@ -1,7 +1,9 @@
 """A Lambda-like pool of subprocess containers, keyed by memory config.
 
-Invoking with no idle container of the config is a real cold start (spawn + imports); an
-idle one is reused warm until ``keep_alive`` expires. At most ``max_containers`` live at
+Invoking with no idle container of the config is a real cold start: a new process, forked
+from the pool's fork server (``start_method="fork-server"``, see ``zygote``) or a fresh
+interpreter that imports everything (``"spawn"``), with its own memory cap, pipes and log;
+an idle one is reused warm until ``keep_alive`` expires. At most ``max_containers`` live at
 once; further invocations queue. Invocations from workers arrive over their pipes, so the
 pool plays the part of the Lambda service for the whole machine.
 
@@ -13,6 +15,7 @@ server runs ``lambda_handler`` this way).
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -26,10 +29,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 
+from ... import config
 from ...storage import serialize
 from ...worker.payload import Invocation
+from .launch import ForkServer, log_tail, spawn
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +60,10 @@ class HandlerCall:
 
 
 Work = Invocation | HandlerCall
+
+
+def _code(returncode: int | None) -> str:
+    return "an unknown status" if returncode is None else f"code {returncode}"
 
 
 def _dispatched(work: Work | None) -> Work | None:
@@ -87,7 +95,8 @@ class LocalPool:
     def __init__(self, max_containers: int, keep_alive: float,
                  on_crash: CrashHandler | None = None, on_done: ReportHandler | None = None,
                  env: dict[str, str] | None = None, retries: int = 0,
-                 retry_backoff: float = 0.2, invocation_timeout: float = 900.0):
+                 retry_backoff: float = 0.2, invocation_timeout: float = 900.0,
+                 start_method: str | None = None):
         self.max_containers = max_containers
         self.keep_alive = keep_alive
         self.retries, self.retry_backoff = retries, retry_backoff
@@ -108,6 +117,11 @@ class LocalPool:
         self._env["DASK_SERVERLESS__SECRET"] = serialize.secret()
         self._env["DASK_SERVERLESS_CONTAINER"] = "1"
         self._env.update(env or {})
+        self.start_method = config.get("local.start-method", start_method)
+        self.fork_server = (ForkServer(self._env, os.path.join(self._dir, "zygote.log"))
+                            if self.start_method == "fork-server" else None)
+        self._launch = (self.fork_server.launch if self.fork_server is not None
+                        else functools.partial(spawn, self._env))
         self.cold_starts = 0
         self.warm_starts = 0
         self._reaper = threading.Thread(target=self._reap_loop, daemon=True,
@@ -125,6 +139,7 @@ class LocalPool:
 
     def warm_up(self, memory_mb: int, count: int = 1) -> None:
         """Start containers of ``memory_mb`` (they come up idle and warm for reuse)."""
+        self.prepare()
         with self._lock:
             for _ in range(count):
                 if len(self._alive()) >= self.max_containers:
@@ -143,6 +158,12 @@ class LocalPool:
         """Process ids of containers running an invocation now."""
         with self._lock:
             return [c.proc.pid for c in self._containers if c.state == "busy"]
+
+    def prepare(self) -> None:
+        """Have the fork server ready (its first start imports the runtime); called
+        before taking the lock, and by the backend in the background when it is made."""
+        if self.fork_server is not None:
+            self.fork_server.prepare()
 
     def cancel_run(self, run_id: str) -> int:
         """Kill containers running invocations of ``run_id`` (no retry, no report)."""
@@ -169,12 +190,18 @@ class LocalPool:
                 c.proc.wait(timeout=2)
             except subprocess.TimeoutExpired:
                 c.proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    c.proc.wait(timeout=2)
+        if self.fork_server is not None:
+            self.fork_server.close()
 
     # -- dispatch ----------------------------------------------------------------------
     def _alive(self) -> list[_Container]:
         return [c for c in self._containers if c.state != "dead"]
 
     def _submit(self, inv: Work) -> None:
+        arrived = time.time()
+        self.prepare()
         with self._lock:
             if self._closed:
                 raise RuntimeError("the local worker pool is closed")
@@ -182,6 +209,8 @@ class LocalPool:
             if target is None:
                 self._pending.append(inv)
                 return
+            if isinstance(inv, Invocation):  # not queued: starting the fork server is
+                inv.dispatch_time = arrived  # part of this cold start, not queueing
             if target.state == "starting":
                 return  # sent when the container reports ready
         self._send(target, inv)
@@ -209,19 +238,7 @@ class LocalPool:
         c.current, c.cold = _dispatched(inv), inv is not None
         c.status_path = os.path.join(self._dir, f"c{c.id}.status")
         c.log_path = os.path.join(self._dir, f"c{c.id}.log")
-        to_child_r, to_child_w = os.pipe()
-        from_child_r, from_child_w = os.pipe()
-        with open(c.log_path, "wb") as log:
-            c.proc = subprocess.Popen(
-                [sys.executable, "-m", "dask_serverless.backends.local.container",
-                 str(to_child_r), str(from_child_w), c.status_path, str(memory_mb)],
-                pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL,
-                stdout=log, stderr=log, env=self._env, close_fds=True,
-            )
-        os.close(to_child_r)
-        os.close(from_child_w)
-        c.tx = Connection(to_child_w, readable=False)
-        c.rx = Connection(from_child_r, writable=False)
+        c.proc, c.tx, c.rx = self._launch(memory_mb, c.status_path, c.log_path)
         self._containers.append(c)
         threading.Thread(target=self._read_loop, args=(c,), daemon=True,
                          name=f"dask-serverless-container-{c.id}").start()
@@ -344,10 +361,10 @@ class LocalPool:
         elif self.on_crash is not None:
             self.on_crash(inv, info)
 
-    def _handler_died(self, c: _Container, call: HandlerCall, returncode: int) -> None:
+    def _handler_died(self, c: _Container, call: HandlerCall, returncode: int | None) -> None:
         """Answer a handler call whose container died, the way Lambda reports it."""
         reason = (f"Task timed out after {self.invocation_timeout:.0f} seconds" if c.timed_out
-                  else f"Runtime exited with code {returncode} (memory {c.memory_mb} MB)")
+                  else f"Runtime exited with {_code(returncode)} (memory {c.memory_mb} MB)")
         logger.warning("container %s running %s: %s", c.id, call.worker_id, reason)
         call.on_result(False, json.dumps({
             "errorType": "Runtime.ExitError", "errorMessage": reason,
@@ -387,11 +404,5 @@ class LocalPool:
             return None
 
     @staticmethod
-    def _log_tail(c: _Container, size: int = 2000) -> str:
-        try:
-            with open(c.log_path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - size))
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
+    def _log_tail(c: _Container) -> str:
+        return log_tail(c.log_path)
