@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
             "keep-alive": 300.0,  # seconds an idle container stays warm
             "invocation-timeout": 900.0,  # seconds before a busy container is killed
             "start-method": "fork-server",  # "fork-server" | "spawn" (a fresh interpreter)
+            "preload": ["dask.array", "dask.bag"],  # modules containers import before work
         },
         "lambda": {
             "endpoint-url": None,  # None: AWS; else e.g. the local Lambda API server
@@ -89,6 +90,7 @@ dask.config.update_defaults(DEFAULTS)
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 _FUNCTION_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,50}")
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 _CHOICES = {
     "use-history": ("auto", True, False),
@@ -152,6 +154,10 @@ def _validate(name: str, value: Any) -> None:
             not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 256):
         raise ConfigError(f"serverless.threads = {value!r} must be an integer from 1 to 256 "
                           "or None (the planner chooses)")
+    if name == "local.preload" and (not isinstance(value, list | tuple) or not all(
+            isinstance(v, str) and _MODULE.fullmatch(v) for v in value)):
+        raise ConfigError(f"serverless.local.preload = {value!r} must be a list of module "
+                          "names, e.g. ['dask.array', 'dask.dataframe']")
     if name == "optimizations" and (not isinstance(value, list | tuple) or not all(
             isinstance(v, str) for v in value)):
         raise ConfigError(f"serverless.optimizations = {value!r} must be a list of pass "

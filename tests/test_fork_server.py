@@ -278,6 +278,34 @@ def test_unknown_start_method_names_key_and_choices():
         LocalPool(2, 30, start_method="fork")
 
 
+def preloaded(event, context):
+    """Which modules the container had before this call imported anything."""
+    return {name: name in sys.modules for name in event["names"]}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_preload_imports_modules_before_the_first_invocation(method):
+    p = LocalPool(2, 30, start_method=method, preload=["colorsys", "no_such_module_x"])
+    try:
+        done, out = threading.Event(), []
+        p.call(HandlerCall(1024, f"{__name__}.preloaded",
+                           json.dumps({"names": ["colorsys", "wave"]}).encode(),
+                           lambda ok, payload, cold: (out.append((ok, payload)), done.set())))
+        assert done.wait(60)
+        ok, payload = out[0]
+        assert ok, payload
+        # imported before the call; an unimportable name is skipped (its tasks raise then)
+        assert json.loads(payload) == {"colorsys": True, "wave": False}
+    finally:
+        p.close()
+
+
+def test_bad_preload_config_names_the_key():
+    with dask.config.set({"serverless.local.preload": "dask.array"}), \
+            pytest.raises(ConfigError, match=r"serverless.local.preload = 'dask.array'"):
+        LocalBackend()
+
+
 # -- conformance under both start methods ------------------------------------------------
 @pytest.fixture(params=METHODS)
 def start_method(request, real_redis):

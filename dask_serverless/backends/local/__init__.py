@@ -76,7 +76,8 @@ class LocalBackend:
                               on_crash=report_crash, retries=config.get("retries"),
                               retry_backoff=config.get("retry-backoff"),
                               invocation_timeout=config.get("local.invocation-timeout"),
-                              start_method=config.get("local.start-method"))
+                              start_method=config.get("local.start-method"),
+                              preload=list(config.get("local.preload")))
         # the fork server imports while the client converts and plans the first graph
         threading.Thread(target=self.pool.prepare, name="dask-serverless-prepare",
                          daemon=True).start()

@@ -12,6 +12,7 @@ invocation is warm). To the pool: ("ready", startup_s), ("invoke", [invocation_b
 from __future__ import annotations
 
 import ctypes
+import importlib
 import os
 import pickle
 import resource
@@ -48,6 +49,11 @@ def _preload() -> None:
         import numpy  # noqa: F401
     except ImportError:
         pass
+    for name in filter(None, os.environ.get("DASK_SERVERLESS_PRELOAD", "").split(",")):
+        try:  # serverless.local.preload: modules the user's tasks will need
+            importlib.import_module(name)
+        except Exception as exc:  # a task needing it will raise the real error
+            sys.stderr.write(f"preload of {name!r} failed: {exc!r}\n")
 
 
 def _cap_memory(memory_mb: int) -> None:

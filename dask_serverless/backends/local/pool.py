@@ -96,7 +96,7 @@ class LocalPool:
                  on_crash: CrashHandler | None = None, on_done: ReportHandler | None = None,
                  env: dict[str, str] | None = None, retries: int = 0,
                  retry_backoff: float = 0.2, invocation_timeout: float = 900.0,
-                 start_method: str | None = None):
+                 start_method: str | None = None, preload: list[str] | None = None):
         self.max_containers = max_containers
         self.keep_alive = keep_alive
         self.retries, self.retry_backoff = retries, retry_backoff
@@ -116,6 +116,7 @@ class LocalPool:
         self._env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         self._env["DASK_SERVERLESS__SECRET"] = serialize.secret()
         self._env["DASK_SERVERLESS_CONTAINER"] = "1"
+        self._env["DASK_SERVERLESS_PRELOAD"] = ",".join(preload or ())
         self._env.update(env or {})
         self.start_method = config.get("local.start-method", start_method)
         self.fork_server = (ForkServer(self._env, os.path.join(self._dir, "zygote.log"))
