@@ -31,6 +31,7 @@ its own config warm (else makes room for another config), as the local pool does
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 from collections import deque
@@ -47,6 +48,7 @@ from .plan import Plan, ResourceConfig
 from .worker.executor import FINAL_FLUSH_BYTES, HOLD_POLL_S
 
 WARMUP_BILLED_S = 0.001  # a warm-up invocation returns at once
+_MIN_BOOKED_S = 1e-3  # shorter transfers are all latency: they do not queue for Redis
 _INF = math.inf
 _ARRIVE, _RESUME, _RELEASE, _WARMUP = 0, 1, 2, 3
 _Arrival = tuple[str, list[int], frozenset, int]  # worker, start tasks, inline inputs, trigger
@@ -118,6 +120,37 @@ class SimResult:
                 "bytes_moved": self.bytes_moved, "duplicates": self.duplicates}
 
 
+class _Calendar:
+    """Busy intervals of one server (Redis): a transfer takes the first gap at or after
+    its start long enough for it. Requests may come out of time order (invocations run
+    ahead on their own clocks), which a first-fit calendar handles consistently."""
+
+    __slots__ = ("ends", "starts")
+
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+        self.ends: list[float] = []
+
+    def book(self, t: float, seconds: float) -> float:
+        """Reserve ``seconds`` from the first gap at or after ``t``; returns its start."""
+        starts, ends = self.starts, self.ends
+        i = bisect.bisect_right(ends, t)  # intervals ending after t
+        while i < len(starts) and starts[i] < t + seconds:
+            t = max(t, ends[i])
+            i += 1
+        if i > 0 and ends[i - 1] == t:  # adjacent to the previous one: extend it
+            ends[i - 1] = t + seconds
+            if i < len(starts) and starts[i] == ends[i - 1]:
+                ends[i - 1] = ends.pop(i)
+                starts.pop(i)
+        elif i < len(starts) and starts[i] == t + seconds:
+            starts[i] = t
+        else:
+            starts.insert(i, t)
+            ends.insert(i, t + seconds)
+        return t
+
+
 class _Proc:
     """A running invocation (simulated)."""
 
@@ -169,6 +202,9 @@ class _Run:
         self.deps = [t.deps for t in dag.tasks]
         self.out = self.est.out_bytes
         self.rtt = self.est.upload(0)
+        # on a machine of shared cores the containers also share one Redis: whole
+        # transfers queue for it (on Lambda each function's network is the limit)
+        self.redis: _Calendar | None = _Calendar() if sim.capacity.shared else None
         self.opt = plan.optimizations
         self.avail = [_INF] * n  # when each output is in Redis
         self.streams: dict[int, tuple[float, float, int]] = {}  # announced, written, chunk
@@ -311,10 +347,20 @@ class _Run:
                 continue
             nbytes += b
             self.transfers.append(InputTransfer(task, d, source, b))
-        t += self.est.download(nbytes)
+        t = self._move(t, nbytes, "download")
         for d in streamed:
             t = self._stream_read(d, t)
         return t
+
+    def _move(self, t: float, nbytes: int, direction: str) -> float:
+        """When a transfer of ``nbytes`` asked for at ``t`` ends (one Redis round trip,
+        its bytes through the shared Redis when there is one)."""
+        total = self.est.upload(nbytes) if direction == "upload" else \
+            self.est.download(nbytes)
+        busy = total - self.rtt
+        if self.redis is None or busy < _MIN_BOOKED_S:
+            return t + total
+        return self.redis.book(t, busy) + total
 
     def _stream_read(self, d: int, t: float) -> float:
         """A read of streamed output ``d`` from ``t`` (or from its announcement) ends once
@@ -394,7 +440,7 @@ class _Run:
                     continue
                 chunk = self.opt.stream.get(tid, 0)
                 streamed = 0 < chunk < out[tid]
-                t += self.rtt if streamed else est.upload(out[tid])  # announce / upload
+                t = t + self.rtt if streamed else self._move(t, out[tid], "upload")
                 self.up += out[tid]
                 fanins = [e for e in entries if len(deps[e]) > 1]
                 if fanins:
@@ -411,7 +457,7 @@ class _Run:
                 here: list[int] = []
                 if streamed:  # consumers start, then the chunks are written
                     here, fired = self._dispatch(p, fired, t), []
-                    announced, t = t, t + est.upload(out[tid])
+                    announced, t = t, self._move(t, out[tid], "upload")
                     self.streams[tid] = (announced, t, chunk)
                     self.avail[tid] = min(self.avail[tid], t)
                 for e in fanins:
@@ -432,7 +478,7 @@ class _Run:
 
     def _flush(self, p: _Proc, t: float) -> float:
         if p.final:
-            t += self.est.upload(p.final_bytes)
+            t = self._move(t, p.final_bytes, "upload")
             self.up += p.final_bytes
             for x in p.final:
                 if t < self.avail[x]:
@@ -511,7 +557,7 @@ class _Run:
             if self.where[b] < 0:
                 self.start[b], self.where[b], self.cause[b] = t, p.idx, p.prev
                 self.end[b] = t + run_s
-            t += run_s + self.est.upload(out[b])
+            t = self._move(t + run_s, out[b], "upload")
             self.up += out[b]
             self.dups += 1
             yield t
@@ -527,7 +573,7 @@ class _Run:
     def _hold(self, p: _Proc, ready: list[int], t: float,
               since: float) -> Generator[float, None, float]:
         """Delayed I/O: wait for the held fan-ins' other inputs, or publish at deadline."""
-        deps, est = self.deps, self.est
+        deps = self.deps
         yield t
         while p.held and not ready:
             for h in list(p.held):
@@ -547,7 +593,7 @@ class _Run:
                     break
                 if deadline <= t:
                     p.held.remove(h)
-                    t += est.upload(self.out[a])
+                    t = self._move(t, self.out[a], "upload")
                     self.up += self.out[a]
                     yield t
                     if t < self.avail[a]:
@@ -575,7 +621,7 @@ class _Run:
             if d in self.streams:
                 clock = self._stream_read(d, clock)
             else:
-                clock = max(clock, self.avail[d]) + self.est.download(self.out[d])
+                clock = self._move(max(clock, self.avail[d]), self.out[d], "download")
             self.transfers.append(InputTransfer(e, d, "preload", self.out[d]))
             self.down += self.out[d]
             p.local.add(d)
@@ -589,7 +635,7 @@ class _Run:
         if missing:
             raise SimulationError(f"plan never produces outputs {missing[:3]!r}")
         done = max((self.avail[o] for o in outs), default=0.0)
-        makespan = done + self.est.download(sum(self.out[o] for o in outs))
+        makespan = self._move(done, sum(self.out[o] for o in outs), "download")
         gb_s = sum((r.ended_at - r.started_at) * r.memory_mb / 1024 for r in self.records)
         gb_s += sum(w.count * w.memory_mb / 1024 * WARMUP_BILLED_S for w in self.opt.prewarm)
         requests = len(self.records) + self.warmups

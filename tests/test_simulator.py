@@ -56,6 +56,27 @@ def test_threads_overlap_tasks_that_wait_and_share_the_vcpus_of_those_that_compu
         == pytest.approx(0.5 + 2 + 1 + 0.02)
 
 
+def test_shared_redis_queues_whole_transfers_on_a_machine_of_shared_cores():
+    """Two workers flush a 1000-byte output at 1.5 s. On Lambda each has its own network:
+    both land at 2.51. Locally they share one Redis: the second waits for the first."""
+    from dask_serverless.capacity import Capacity
+    from dask_serverless.simulator import _Calendar
+
+    dag = dag_of([[], []])
+    plan = plan_of(["w0", "w1"])
+    kw = dict(exec_s=1.0, out_bytes=1000, cold_s=0.5, warm_s=0.05, latency_s=0.01,
+              bandwidth=1000.0, cpu_fraction=0.0)
+    alone = simulate(dag, plan, FixedCostModel(**kw))
+    assert alone.makespan == pytest.approx(2.51 + 2.01)  # client reads 2000 bytes
+    shared = simulate(dag, plan, FixedCostModel(**kw, capacity=Capacity(cores=2)))
+    assert shared.makespan == pytest.approx(3.51 + 2.01)
+    # the calendar gives each transfer the first gap long enough, whatever the order
+    c = _Calendar()
+    assert [c.book(5.0, 1.0), c.book(3.0, 1.0), c.book(3.5, 1.0), c.book(0.0, 2.0)] == \
+        [5.0, 3.0, 4.0, 0.0]  # 3.5 finds [3, 4) busy and fits the gap [4, 5) exactly
+    assert (c.starts, c.ends) == ([0.0, 3.0], [2.0, 6.0])  # touching intervals merge
+
+
 def test_floating_fan_in_runs_where_the_last_input_finished():
     dag = dag_of([[], [], [0, 1]])
     plan = plan_of(["w0", "w1", "w2"], floating={"w2"})
