@@ -24,7 +24,9 @@ a machine of shared cores does: when ``cores`` is finite, each task's CPU part (
 times the cost model's ``cpu_share``) and each cold start wait for a free core, first
 come first served (a multi-server queue standing in for time-sharing: k equal tasks on
 c cores take ceil(k / c) task times); the rest of a task (sleeps, I/O) runs without one.
-Invocations then yield before every task, one more event per task. With a container cap,
+Invocations then yield before every task, one more event per task. Whole transfers
+(pickling, sealing and Redis copying the bytes) take a core too, on per-core calendars
+(first fit, so invocations running ahead of the clock book consistently). With a container cap,
 invocations beyond it queue until a container finishes, which takes the queued work of
 its own config warm (else makes room for another config), as the local pool does.
 """
@@ -131,13 +133,20 @@ class _Calendar:
         self.starts: list[float] = []
         self.ends: list[float] = []
 
-    def book(self, t: float, seconds: float) -> float:
-        """Reserve ``seconds`` from the first gap at or after ``t``; returns its start."""
+    def earliest(self, t: float, seconds: float) -> tuple[float, int]:
+        """Start of the first gap at or after ``t`` that holds ``seconds``, and the index
+        of the interval after it."""
         starts, ends = self.starts, self.ends
         i = bisect.bisect_right(ends, t)  # intervals ending after t
         while i < len(starts) and starts[i] < t + seconds:
             t = max(t, ends[i])
             i += 1
+        return t, i
+
+    def book(self, t: float, seconds: float) -> float:
+        """Reserve ``seconds`` from the first gap at or after ``t``; returns its start."""
+        starts, ends = self.starts, self.ends
+        t, i = self.earliest(t, seconds)
         if i > 0 and ends[i - 1] == t:  # adjacent to the previous one: extend it
             ends[i - 1] = t + seconds
             if i < len(starts) and starts[i] == ends[i - 1]:
@@ -202,9 +211,12 @@ class _Run:
         self.deps = [t.deps for t in dag.tasks]
         self.out = self.est.out_bytes
         self.rtt = self.est.upload(0)
-        # on a machine of shared cores the containers also share one Redis: whole
-        # transfers queue for it (on Lambda each function's network is the limit)
-        self.redis: _Calendar | None = _Calendar() if sim.capacity.shared else None
+        # on a machine of shared cores, whole transfers (pickling, sealing, Redis copying
+        # the bytes) share those cores too: one calendar per core, first fit on any (on
+        # Lambda each function's network is the limit)
+        cap = sim.capacity
+        self.lanes = [_Calendar() for _ in range(max(1, int(cap.cores)))] \
+            if cap.shared else []
         self.opt = plan.optimizations
         self.avail = [_INF] * n  # when each output is in Redis
         self.streams: dict[int, tuple[float, float, int]] = {}  # announced, written, chunk
@@ -225,7 +237,6 @@ class _Run:
         self.now = 0.0
         self.warmups = 0
         self.is_final = dag.output_set
-        cap = sim.capacity
         self.cores: list[float] | None = [0.0] * max(1, int(cap.cores)) if cap.shared else None
         self.limit = cap.containers
         self.busy = 0  # containers starting or running an invocation
@@ -358,9 +369,10 @@ class _Run:
         total = self.est.upload(nbytes) if direction == "upload" else \
             self.est.download(nbytes)
         busy = total - self.rtt
-        if self.redis is None or busy < _MIN_BOOKED_S:
+        if not self.lanes or busy < _MIN_BOOKED_S:
             return t + total
-        return self.redis.book(t, busy) + total
+        lane = min(self.lanes, key=lambda c: c.earliest(t, busy)[0])
+        return lane.book(t, busy) + total
 
     def _stream_read(self, d: int, t: float) -> float:
         """A read of streamed output ``d`` from ``t`` (or from its announcement) ends once

@@ -192,3 +192,29 @@ def test_enable_and_disable_like_dask_on_ray(any_redis):
     finally:
         disable_dask_serverless()
     assert dask.config.get("scheduler", None) is None
+
+
+def slow_leaf(i, seconds):
+    time.sleep(seconds)
+    return np.full(20_000, float(i))  # 160 KB: uploaded, not inlined
+
+
+def join_leaves(*xs):
+    return float(sum(x.sum() for x in xs))
+
+
+def test_floating_fan_in_reuses_outputs_its_worker_made(any_redis):
+    """The worker finishing last runs the fan-in; the inputs it made itself are still in
+    memory, so only the other worker's outputs are downloaded."""
+    from dask_serverless.metrics import MetricsStore
+
+    leaves = [delayed(slow_leaf)(i, 0.05 if i < 2 else 0.4) for i in range(4)]
+    with dask.config.set({"serverless.parallelism": 2}):
+        (got,) = dask.compute(delayed(join_leaves)(*leaves), scheduler=serverless_get)
+    assert got == 20_000 * 6
+    run = get_mod.last_run
+    tasks = {t.task_id: t for t in MetricsStore.from_url(any_redis).tasks(run.record.run_id)}
+    (join,) = [t for t in tasks.values() if t.function == "join_leaves"]
+    mine = [tasks[i.dep].worker_id == join.worker_id for i in join.inputs]
+    assert sorted(mine) == [False, False, True, True]
+    assert [i.source for i in join.inputs] == ["local" if m else "redis" for m in mine]

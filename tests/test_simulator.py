@@ -56,9 +56,11 @@ def test_threads_overlap_tasks_that_wait_and_share_the_vcpus_of_those_that_compu
         == pytest.approx(0.5 + 2 + 1 + 0.02)
 
 
-def test_shared_redis_queues_whole_transfers_on_a_machine_of_shared_cores():
-    """Two workers flush a 1000-byte output at 1.5 s. On Lambda each has its own network:
-    both land at 2.51. Locally they share one Redis: the second waits for the first."""
+def test_transfers_share_the_cores_of_a_machine():
+    """Two workers flush a 1000-byte output (1 s of bytes). On Lambda each has its own
+    network: both land at 2.51, the client reads 2000 bytes by 4.52. Locally transfers
+    (pickling, sealing, Redis copying) need the shared cores: on two they still overlap,
+    on one the second waits."""
     from dask_serverless.capacity import Capacity
     from dask_serverless.simulator import _Calendar
 
@@ -66,10 +68,13 @@ def test_shared_redis_queues_whole_transfers_on_a_machine_of_shared_cores():
     plan = plan_of(["w0", "w1"])
     kw = dict(exec_s=1.0, out_bytes=1000, cold_s=0.5, warm_s=0.05, latency_s=0.01,
               bandwidth=1000.0, cpu_fraction=0.0)
-    alone = simulate(dag, plan, FixedCostModel(**kw))
-    assert alone.makespan == pytest.approx(2.51 + 2.01)  # client reads 2000 bytes
-    shared = simulate(dag, plan, FixedCostModel(**kw, capacity=Capacity(cores=2)))
-    assert shared.makespan == pytest.approx(3.51 + 2.01)
+    assert simulate(dag, plan, FixedCostModel(**kw)).makespan == pytest.approx(4.52)
+    two = simulate(dag, plan, FixedCostModel(**kw, capacity=Capacity(cores=2)))
+    assert two.makespan == pytest.approx(4.52)
+    # one core: cold starts 0 -> 0.5 and 0.5 -> 1.0, tasks end 1.5 and 2.0; uploads
+    # 1.5 -> 2.5 (+0.01) and 2.5 -> 3.5 (+0.01); the client reads 3.51 -> 5.51 (+0.01)
+    one = simulate(dag, plan, FixedCostModel(**kw, capacity=Capacity(cores=1)))
+    assert one.makespan == pytest.approx(5.52)
     # the calendar gives each transfer the first gap long enough, whatever the order
     c = _Calendar()
     assert [c.book(5.0, 1.0), c.book(3.0, 1.0), c.book(3.5, 1.0), c.book(0.0, 2.0)] == \

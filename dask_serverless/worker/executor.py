@@ -182,6 +182,8 @@ class _Execution:
         self.layout = spec.layout
         self.local: dict[int, Any] = {}
         self.local_bytes: dict[int, bytes] = {}  # pickled outputs kept to inline downstream
+        self.kept: dict[int, Any] = {}  # outputs for fan-ins that may run here (``_keep``)
+        self.kept_sizes: dict[int, int] = {}
         self.remaining: dict[int, int] = {}
         self.refs: dict[int, int] = {}
         self.final: list[tuple[int, bytes]] = []  # outputs only the client needs
@@ -294,7 +296,7 @@ class _Execution:
         if self.on_task_start is not None:
             self.on_task_start(tid)
         start = time.time()
-        missing = [d for d in task.deps if d not in self.local]
+        missing = self._missing(task.deps)
         if missing:
             self._fetch_inputs_of(missing)
         return start, {self.tasks[d].key: self.local[d] for d in task.deps}
@@ -366,6 +368,30 @@ class _Execution:
                 waited += wait_s
         return waited
 
+    def _missing(self, ids: Any) -> list[int]:
+        """Of ``ids``, the values this invocation does not hold (kept ones become local)."""
+        out = []
+        for d in ids:
+            if d in self.local:
+                continue
+            if d in self.kept:
+                self.local[d] = self.kept[d]  # unreferenced: stays until the end
+            else:
+                out.append(d)
+        return out
+
+    def _keep(self, tid: int, value: Any) -> None:
+        """Keep ``tid``'s output (also uploaded) for fan-ins this invocation may run, if it
+        completes them, so they need not download it back; the oldest go first when the
+        kept values pass a quarter of the worker's memory (they are in Redis anyway)."""
+        self.kept[tid] = value
+        self.kept_sizes[tid] = sizeof(value)
+        total = sum(self.kept_sizes.values())
+        while total > self.config.memory_mb * 2**18 and self.kept:
+            old = next(iter(self.kept))
+            del self.kept[old]
+            total -= self.kept_sizes.pop(old)
+
     def _release(self, tid: int) -> None:
         left = self.refs.get(tid)
         if left is None:
@@ -389,6 +415,8 @@ class _Execution:
         if local_deps:
             self.local[tid] = value
             self.refs[tid] = len(local_deps)
+        if any(len(self.tasks[e].deps) > 1 and self._runs_here(e) for e in entries):
+            self._keep(tid, value)
         ready: list[int] = []
         for d in local_deps:
             left = self.remaining.get(d, len(self.tasks[d].deps)) - 1
@@ -505,7 +533,7 @@ class _Execution:
             if b in members:
                 continue
             task = self.tasks[b]
-            missing = [d for d in task.deps if d not in self.local]
+            missing = self._missing(task.deps)
             if missing and not self.store.outputs_exist(missing):
                 continue
             try:
@@ -571,8 +599,8 @@ class _Execution:
         return []
 
     def _preload(self, fanins: list[int]) -> None:
-        wanted = sorted({d for members in self.store.fanin_members(fanins) for d in members
-                         if d not in self.local})
+        wanted = self._missing(sorted({d for members in self.store.fanin_members(fanins)
+                                       for d in members}))
         if wanted:
             self._fetch_inputs_of(wanted)
 
