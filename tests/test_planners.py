@@ -153,6 +153,21 @@ def test_uniform_gives_waiting_tasks_threads_instead_of_cold_workers():
     assert best.makespan < 1.2 * bound < single.makespan
 
 
+def test_uniform_plans_no_longer_than_a_share_of_the_makespan_it_predicts():
+    """A search may not cost more than it could save: with no time allowed beyond the
+    first candidate, that one (the default memory, full width, one thread) is kept."""
+    from dask_serverless.planners import UniformPlanner
+
+    dag = dag_of(fan_out_fan_in(16, 1), {0: "src", 17: "sink"})
+    cm = FixedCostModel(exec_s=0.5, cold_s=0.4, warm_s=0.01, cpu_fraction=0.0)
+    quick = UniformPlanner(search_share=0.0, min_search_s=0.0).plan(
+        dag, parallelism=4, memory_mb=1024, predictor=cm)
+    assert quick.options["parallelism"] == 4 and quick.options["memory_mb"] == 1024
+    assert {w.threads for w in quick.workers.values()} == {1}
+    full = UniformPlanner().plan(dag, parallelism=4, memory_mb=1024, predictor=cm)
+    assert max(w.threads for w in full.workers.values()) > 1
+
+
 def test_objectives_trade_makespan_for_cost():
     dag = dag_of(fan_out_fan_in(8, 3))
     cm = FixedCostModel(exec_s=0.5, cold_s=0.3, cpu_bound=1.0)

@@ -33,8 +33,9 @@ class Objective:
         over = max(0.0, r.makespan - self.budget_s)  # type: ignore[operator]
         return (round(over, 9), r.cost, r.makespan)
 
-    def better(self, a: SimResult, b: SimResult | None) -> bool:
-        return b is None or self.key(a) < self.key(b)
+    def better(self, a: SimResult, b: SimResult | None, margin: float = 0.0) -> bool:
+        """Whether ``a`` beats ``b`` (by ``margin``, a fraction of each key part)."""
+        return b is None or tuple(x * (1 + margin) for x in self.key(a)) < self.key(b)
 
     @classmethod
     def parse(cls, value: Any, budget_s: float | None = None) -> Objective:

@@ -38,6 +38,10 @@ class UniformPlanner:
     memories: tuple[int, ...] = CANDIDATE_MB
     threads: tuple[int, ...] = THREADS  # candidates when the caller does not fix it
     search_s: float = 1.0  # stop trying candidates after this long (the default is kept)
+    search_share: float = 0.1  # ... or after this share of the best predicted makespan
+    min_search_s: float = 0.02
+    switch_margin: float = 0.05  # another memory size must be this much better: the
+    # default size's containers are the ones likely warm
 
     def plan(self, dag: DAG, *, parallelism: int, memory_mb: int,
              predictor: Any = None, threads: int | None = None) -> Plan:
@@ -49,14 +53,15 @@ class UniformPlanner:
              threads: int | None = None) -> tuple[Plan, SimResult]:
         objective = Objective.parse(self.objective, self.budget_s)
         sim = Simulator(dag, est)
-        deadline = time.monotonic() + self.search_s
+        started = time.monotonic()
         best: tuple[Plan, SimResult] | None = None
         memories = [memory_mb, *(m for m in self.memories if m != memory_mb)]
         counts = [threads] if threads else sorted(set(self.threads) | {1})
         for mb, width, k in ((m, w, k) for m in memories for w in widths(parallelism)
                              for k in counts):
-            if best is not None and time.monotonic() > deadline:
-                break
+            if best is not None and time.monotonic() - started > min(
+                    self.search_s, max(self.min_search_s, self.search_share * best[1].makespan)):
+                break  # planning longer than it could save
             min_block = 0.0
             if objective.kind != "makespan":
                 min_block = est.invocation_time(ResourceConfig(mb), "cold")
@@ -65,7 +70,8 @@ class UniformPlanner:
             plan = delayed_io(dag, plan, sim, objective)
             result = sim.run(plan)
             plan.options.update(memory_mb=mb, objective=objective.kind)
-            if best is None or objective.better(result, best[1]):
+            margin = self.switch_margin if mb != memory_mb else 0.0
+            if best is None or objective.better(result, best[1], margin):
                 best = (plan, result)
         assert best is not None
         return best
