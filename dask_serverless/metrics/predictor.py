@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -115,6 +116,28 @@ class Settings:
         return float(self.defaults.get(name, _DEFAULTS[name]))
 
 
+_ALONE_CACHE: OrderedDict[tuple, tuple] = OrderedDict()  # (store, run, cores) -> records
+_ALONE_CACHE_RUNS = 64
+
+
+def _run_alone(store: MetricsStore, run_id: str, cores: float) -> tuple:
+    """One run's (tasks, their times alone, invocations but warm-ups, their starts alone);
+    a run's records do not change once its run record is written, so they are kept."""
+    pool = getattr(getattr(store.r, "connection_pool", None), "connection_kwargs", None)
+    where = (pool.get("host"), pool.get("port"), pool.get("path"), pool.get("db")) \
+        if pool else id(store.r)  # e.g. a cluster client: cached for this client only
+    key = (where, run_id, cores)
+    hit = _ALONE_CACHE.get(key)
+    if hit is None:
+        tasks = store.tasks(run_id)
+        invocations = [i for i in store.invocations(run_id) if not i.warmup]
+        exec_s, startup_s = solo_times(tasks, invocations, cores)
+        hit = _ALONE_CACHE[key] = (tasks, exec_s, invocations, startup_s)
+        while len(_ALONE_CACHE) > _ALONE_CACHE_RUNS:
+            _ALONE_CACHE.popitem(last=False)
+    return hit
+
+
 _DEFAULTS: dict[str, float] = config.DEFAULTS["serverless"]["metrics"]["defaults"]
 
 
@@ -186,19 +209,32 @@ class Predictor:
         ids = list(run_ids) if run_ids is not None else store.run_ids(
             limit or config.get("metrics.history"), signature)
         runs = store.runs(ids)
-        return cls.from_records(runs, [t for r in ids for t in store.tasks(r)],
-                                [i for r in ids for i in store.invocations(r)],
-                                dag=dag, settings=settings, capacity=capacity)
+        if capacity is None or not capacity.shared:
+            return cls.from_records(runs, [t for r in ids for t in store.tasks(r)],
+                                    [i for r in ids for i in store.invocations(r)],
+                                    dag=dag, settings=settings, capacity=capacity)
+        # contention is worked out per run: reuse what earlier plans worked out
+        per_run = [_run_alone(store, r, capacity.cores) for r in ids]
+        return cls.from_records(runs, [t for x in per_run for t in x[0]],
+                                [i for x in per_run for i in x[2]], dag=dag,
+                                settings=settings, capacity=capacity,
+                                alone=([e for x in per_run for e in x[1]],
+                                       [s for x in per_run for s in x[3]]))
 
     @classmethod
     def from_records(cls, runs: Sequence[RunRecord], tasks: Iterable[TaskRecord],
                      invocations: Iterable[InvocationRecord], *, dag: Any = None,
                      settings: Settings | None = None,
-                     capacity: Capacity | None = None) -> Predictor:
+                     capacity: Capacity | None = None,
+                     alone: tuple[list[float], list[float]] | None = None) -> Predictor:
+        """``alone``: the tasks' and invocations' times alone, when already worked out
+        (``solo_times`` of these same records)."""
         newest_first = sorted(runs, key=lambda r: r.submit_time, reverse=True)
         age = {r.run_id: float(i) for i, r in enumerate(newest_first)}
         tasks, invocations = list(tasks), [i for i in invocations if not i.warmup]
-        if capacity is not None and capacity.shared:
+        if alone is not None:
+            exec_s, startup_s = alone
+        elif capacity is not None and capacity.shared:
             exec_s, startup_s = solo_times(tasks, invocations, capacity.cores)
         else:
             exec_s, startup_s = [t.exec_s for t in tasks], [i.startup_s for i in invocations]
