@@ -46,11 +46,12 @@ class Estimates:
         if times is None:
             cache: dict[tuple[str, int, int], float] = {}
             times = []
+            overhead = float(getattr(self.cost, "task_overhead", lambda: 0.0)())
             for t in self.dag.tasks:
                 key = (t.func_name, self.in_bytes[t.id], t.size)
                 v = cache.get(key)
                 if v is None:
-                    v = cache[key] = float(
+                    v = cache[key] = overhead + float(
                         self.cost.exec_time(t.func_name, key[1], config, size=t.size))
                 times.append(v)
             self._exec[config.memory_mb] = times

@@ -333,3 +333,30 @@ def test_task_rows_written_before_sizes_still_read():
     new_rec, = tasks_from_batch("r", {**batch, "rows": [new]})
     assert (old_rec.size, old_rec.cpu_s) == (0, -1.0)
     assert (new_rec.size, new_rec.cpu_s) == (4096, 7e-6)
+
+
+def test_task_overhead_is_the_median_residual_of_one_at_a_time_invocations():
+    """Time on the worker beyond execution and transfers (bookkeeping) is learned from
+    invocations that ran one task at a time; the planners' estimates add it per task."""
+    from dask_serverless.estimates import Estimates
+    from dask_serverless.metrics.predictor import _task_overhead
+    from dask_serverless.metrics.records import TaskRecord
+
+    def rec(inv, start, exec_s, gap, upload_s=0.0):
+        return TaskRecord("r", inv, "w", 1024, 0, "k", "f", start,
+                          start + exec_s + upload_s + gap, exec_s, [], 0, upload_s=upload_s)
+
+    one_at_a_time = [rec("a", 0.0, 0.01, 0.001), rec("a", 0.02, 0.01, 0.002, upload_s=0.005),
+                     rec("a", 0.05, 0.02, 0.003)]
+    threaded = [rec("b", 0.0, 0.5, 0.4), rec("b", 0.1, 0.5, 0.4)]  # overlapping: skipped
+    assert _task_overhead(one_at_a_time + threaded) == pytest.approx(0.002)
+    assert _task_overhead(threaded) == 0.0
+
+    from plan_dags import dag_of
+
+    p = Predictor(settings=Settings(), task_overhead=0.002)
+    plain = Predictor(settings=Settings())
+    dag = dag_of([[], [0]])
+    with_overhead = Estimates(dag, p).exec_times(MB1)
+    assert with_overhead == pytest.approx([t + 0.002 for t in Estimates(dag, plain).exec_times(
+        MB1)])

@@ -25,6 +25,7 @@ dropped by robust z-score (median / MAD) and predictions are a configurable perc
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections import OrderedDict
@@ -141,6 +142,22 @@ def _run_alone(store: MetricsStore, run_id: str, cores: float) -> tuple:
 _DEFAULTS: dict[str, float] = config.DEFAULTS["serverless"]["metrics"]["defaults"]
 
 
+def _task_overhead(tasks: Sequence[TaskRecord]) -> float:
+    """Median of each task's time on its worker beyond its execution and transfers, over
+    invocations that ran one task at a time (with threads, time in the queue would count)."""
+    by_invocation: dict[str, list[TaskRecord]] = {}
+    for t in tasks:
+        by_invocation.setdefault(t.invocation_id, []).append(t)
+    gaps = []
+    for group in by_invocation.values():
+        group.sort(key=lambda t: t.start)
+        if any(b.start < a.end for a, b in itertools.pairwise(group)):
+            continue
+        gaps += [max(0.0, t.end - t.start - t.exec_s - t.download_s - t.upload_s - t.fanin_s)
+                 for t in group]
+    return statistics.median(gaps) if gaps else 0.0
+
+
 def lambda_scaling(memory_mb: float) -> float:
     """Lambda's rule: CPU share grows with memory up to one vCPU (1769 MB); a task's time
     scales with 1 / share, relative to one full vCPU."""
@@ -168,8 +185,10 @@ class Predictor:
                  transfers: Iterable[TransferSample] = (),
                  starts: Iterable[StartSample] = (), *, settings: Settings | None = None,
                  hints: dict[str, dict[str, Any]] | None = None,
-                 prices: Prices | None = None, capacity: Capacity | None = None):
+                 prices: Prices | None = None, capacity: Capacity | None = None,
+                 task_overhead: float = 0.0):
         self.settings = settings or Settings.from_config()
+        self._overhead = task_overhead
         self.capacity = capacity or UNLIMITED
         prices = prices or Prices.from_config()
         self.price_gb_s, self.price_request = prices.gb_second, prices.request
@@ -257,7 +276,12 @@ class Predictor:
             if h:
                 hints.setdefault(task.func_name, h)
         return cls(task_samples, transfers, starts, settings=settings, hints=hints,
-                   capacity=capacity)
+                   capacity=capacity, task_overhead=_task_overhead(tasks))
+
+    def task_overhead(self) -> float:
+        """Seconds a worker spends per task besides running it and moving its data
+        (bookkeeping, dispatching, recording): the median recorded residual."""
+        return self._overhead
 
     def hint(self, function: str, io: Any = None, time: Any = None) -> None:
         """Shapes to assume for ``function`` while its own samples are too few."""
