@@ -159,6 +159,18 @@ def test_container_killed_mid_task_is_retried(real_redis, method):
         b.close()
 
 
+def test_idle_containers_are_reported_per_memory_size(pool):
+    """What planners count as warm (``Backend.warm_containers``)."""
+    assert pool.idle_by_memory() == {}
+    call(pool, 1024)
+    call(pool, 512)
+    for _ in range(50):  # a container turns idle right after it answers
+        if pool.idle_by_memory() == {1024: 1, 512: 1}:
+            break
+        time.sleep(0.05)
+    assert pool.idle_by_memory() == {1024: 1, 512: 1}
+
+
 def test_killed_container_reports_its_signal(pool):
     ok, first, cold = call(pool)
     assert ok and cold

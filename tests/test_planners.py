@@ -168,6 +168,20 @@ def test_uniform_plans_no_longer_than_a_share_of_the_makespan_it_predicts():
     assert max(w.threads for w in full.workers.values()) > 1
 
 
+def test_uniform_prefers_the_memory_size_whose_containers_are_warm():
+    """1769 MB computes 1.7x faster than 1024 MB (one full vCPU), but a cold start costs
+    2 s: with two idle 1024 MB containers the planner stays on them."""
+    dag = dag_of(fan_out_fan_in(2, 1), {0: "src", 3: "sink"})
+    cm = FixedCostModel(exec_s=0.1, cold_s=2.0, warm_s=0.01, cpu_bound=1.0)
+    cold = get_planner("uniform").plan(dag, parallelism=2, memory_mb=1024, predictor=cm)
+    assert {w.config.memory_mb for w in cold.workers.values()} != {1024}
+    warm = get_planner("uniform").plan(dag, parallelism=2, memory_mb=1024, predictor=cm,
+                                       warm={1024: 2})
+    assert {w.config.memory_mb for w in warm.workers.values()} == {1024}
+    sim = Simulator(dag, cm, warm={1024: 2})
+    assert sim.run(warm).makespan < sim.run(cold).makespan
+
+
 def test_objectives_trade_makespan_for_cost():
     dag = dag_of(fan_out_fan_in(8, 3))
     cm = FixedCostModel(exec_s=0.5, cold_s=0.3, cpu_bound=1.0)

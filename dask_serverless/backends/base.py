@@ -26,5 +26,9 @@ class Backend(Protocol):
     def capacity(self) -> Capacity:
         """Compute the simulator should assume (shared cores, container cap)."""
 
+    def warm_containers(self) -> dict[int, int]:
+        """Idle containers per memory size now ({} when unknown, as on Lambda): a plan
+        using them starts warm."""
+
     def close(self) -> None:
         """Release everything the backend started."""

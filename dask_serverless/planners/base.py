@@ -12,12 +12,14 @@ from ..plan import Plan, ResourceConfig, WorkerSpec
 class Planner(Protocol):
     """Turns a DAG into a Plan. ``predictor`` is a ``CostModel`` (history-driven
     planners fall back to ``default_cost_model()`` without one). ``threads``: tasks each
-    worker runs at once (None: the planner's choice, 1 unless it searches)."""
+    worker runs at once (None: the planner's choice, 1 unless it searches). ``warm``: idle
+    containers per memory size now (planners that simulate count them warm)."""
 
     name: str
 
     def plan(self, dag: DAG, *, parallelism: int, memory_mb: int,
-             predictor: Any = None, threads: int | None = None) -> Plan: ...
+             predictor: Any = None, threads: int | None = None,
+             warm: dict[int, int] | None = None) -> Plan: ...
 
 
 def task_memory(task: TaskNode, default_mb: int) -> int:

@@ -26,7 +26,8 @@ class DaskPlanner:
     workers: int | None = None  # pool size; default: the parallelism
 
     def plan(self, dag: DAG, *, parallelism: int, memory_mb: int,
-             predictor: Any = None, threads: int | None = None) -> Plan:
+             predictor: Any = None, threads: int | None = None,
+             warm: dict[int, int] | None = None) -> Plan:
         est = Estimates(dag, cost_model_of(predictor))
         pool = max(1, self.workers or parallelism)
         specs: dict[str, WorkerSpec] = {}

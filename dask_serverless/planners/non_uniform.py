@@ -32,14 +32,15 @@ class NonUniformPlanner:
     search_s: float = 1.5
 
     def plan(self, dag: DAG, *, parallelism: int, memory_mb: int,
-             predictor: Any = None, threads: int | None = None) -> Plan:
+             predictor: Any = None, threads: int | None = None,
+             warm: dict[int, int] | None = None) -> Plan:
         objective = Objective.parse(self.objective, self.budget_s)
         est = Estimates(dag, cost_model_of(predictor))
         uniform = UniformPlanner(objective=objective, memories=self.memories,
                                  search_s=self.search_s / 2)
-        plan, result = uniform.best(dag, parallelism, memory_mb, est, threads)
+        plan, result = uniform.best(dag, parallelism, memory_mb, est, threads, warm)
         plan.planner = self.name
-        sim = Simulator(dag, est)
+        sim = Simulator(dag, est, warm=warm)
         fixed = {plan.assignment[t.id] for t in dag.tasks if pinned(t)}
         ladder = sorted(set(self.memories) | {w.config.memory_mb for w in plan.workers.values()})
         deadline = time.monotonic() + self.search_s

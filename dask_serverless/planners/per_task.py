@@ -16,7 +16,8 @@ class PerTaskPlanner:
     name: str = "per-task"
 
     def plan(self, dag: DAG, *, parallelism: int, memory_mb: int,
-             predictor: Any = None, threads: int | None = None) -> Plan:
+             predictor: Any = None, threads: int | None = None,
+             warm: dict[int, int] | None = None) -> Plan:
         workers = Workers(threads)
         assignment = [workers.new(task_config(t, memory_mb)) for t in dag.tasks]
         return Plan(assignment, workers.specs, self.name)

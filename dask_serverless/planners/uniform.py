@@ -40,19 +40,21 @@ class UniformPlanner:
     search_s: float = 1.0  # stop trying candidates after this long (the default is kept)
     search_share: float = 0.1  # ... or after this share of the best predicted makespan
     min_search_s: float = 0.02
-    switch_margin: float = 0.05  # another memory size must be this much better: the
-    # default size's containers are the ones likely warm
+    switch_margin: float = 0.05  # another memory size must be this much better (plans
+    # that flip between near-equal sizes keep starting cold)
 
     def plan(self, dag: DAG, *, parallelism: int, memory_mb: int,
-             predictor: Any = None, threads: int | None = None) -> Plan:
+             predictor: Any = None, threads: int | None = None,
+             warm: dict[int, int] | None = None) -> Plan:
         plan, _ = self.best(dag, parallelism, memory_mb,
-                            Estimates(dag, cost_model_of(predictor)), threads)
+                            Estimates(dag, cost_model_of(predictor)), threads, warm)
         return plan
 
     def best(self, dag: DAG, parallelism: int, memory_mb: int, est: Estimates,
-             threads: int | None = None) -> tuple[Plan, SimResult]:
+             threads: int | None = None,
+             warm: dict[int, int] | None = None) -> tuple[Plan, SimResult]:
         objective = Objective.parse(self.objective, self.budget_s)
-        sim = Simulator(dag, est)
+        sim = Simulator(dag, est, warm=warm)
         started = time.monotonic()
         best: tuple[Plan, SimResult] | None = None
         memories = [memory_mb, *(m for m in self.memories if m != memory_mb)]

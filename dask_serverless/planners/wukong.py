@@ -34,7 +34,8 @@ class WukongPlanner:
     budget_s: float | None = None
 
     def plan(self, dag: DAG, *, parallelism: int, memory_mb: int,
-             predictor: Any = None, threads: int | None = None) -> Plan:
+             predictor: Any = None, threads: int | None = None,
+             warm: dict[int, int] | None = None) -> Plan:
         if predictor is None:
             return Placement(dag, parallelism, memory_mb, threads=threads).plan(self.name)
         objective = Objective.parse(self.objective, self.budget_s)
@@ -47,5 +48,5 @@ class WukongPlanner:
         plan = placement.plan(self.name)
         plan.options.update(clustering=self.clustering, objective=objective.kind)
         if self.delayed_io:
-            plan = delayed_io(dag, plan, Simulator(dag, est), objective)
+            plan = delayed_io(dag, plan, Simulator(dag, est, warm=warm), objective)
         return plan

@@ -99,16 +99,19 @@ def make_plan(dag: DAG, planner: Any = None, backend: Any = None,
     """Plan ``dag`` with the configured (or given) planner, then apply the configured
     optimisation passes (``serverless.optimizations``)."""
     chosen = get_planner(planner or config.get("planner"), **config.get("planner-options"))
-    width = config.get("parallelism", parallelism) or session.backend(backend).default_parallelism()
+    chosen_backend = session.backend(backend)
+    width = config.get("parallelism", parallelism) or chosen_backend.default_parallelism()
+    warm_of = getattr(chosen_backend, "warm_containers", None)
+    warm = warm_of() if warm_of is not None else {}
     plan = chosen.plan(dag, parallelism=width, memory_mb=config.get("memory", memory),
-                       predictor=predictor, threads=config.get("threads"))
+                       predictor=predictor, threads=config.get("threads"), warm=warm)
     passes = list(config.get("optimizations", optimizations))
     if passes:
         options = config.get("planner-options")
         objective = Objective.parse(options.get("objective"), options.get("budget_s"))
         sim = Simulator(dag, cost_model_of(predictor),
                         inline_bytes=config.get("payload-inline-bytes"),
-                        capacity=session.backend(backend).capacity())
+                        capacity=chosen_backend.capacity(), warm=warm)
         plan = apply_passes(dag, plan, passes, sim, objective)
     return plan
 

@@ -38,5 +38,9 @@ class LambdaBackend:
         """Every Lambda container has its own CPU share; cold starts run side by side."""
         return UNLIMITED
 
+    def warm_containers(self) -> dict[int, int]:
+        """Lambda does not say which execution environments are warm."""
+        return {}
+
     def close(self) -> None:
         self.invoker.close()

@@ -95,6 +95,9 @@ class LocalBackend:
     def default_parallelism(self) -> int:
         return min(self.max_containers, os.cpu_count() or 2)
 
+    def warm_containers(self) -> dict[int, int]:
+        return self.pool.idle_by_memory()
+
     def capacity(self) -> Capacity:
         """This machine's cores, time-shared by every container, and the container cap."""
         return Capacity(cores=usable_cores(), containers=self.max_containers)

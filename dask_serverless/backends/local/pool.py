@@ -155,6 +155,15 @@ class LocalPool:
                     "pending": len(self._pending), "cold_starts": self.cold_starts,
                     "warm_starts": self.warm_starts}
 
+    def idle_by_memory(self) -> dict[int, int]:
+        """Idle (warm) containers per memory size."""
+        with self._lock:
+            out: dict[int, int] = {}
+            for c in self._alive():
+                if c.state == "idle":
+                    out[c.memory_mb] = out.get(c.memory_mb, 0) + 1
+            return out
+
     def busy_pids(self) -> list[int]:
         """Process ids of containers running an invocation now."""
         with self._lock:
