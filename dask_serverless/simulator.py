@@ -50,7 +50,7 @@ from .plan import Plan, ResourceConfig
 from .worker.executor import FINAL_FLUSH_BYTES, HOLD_POLL_S
 
 WARMUP_BILLED_S = 0.001  # a warm-up invocation returns at once
-_MIN_BOOKED_S = 1e-3  # shorter transfers are all latency: they do not queue for Redis
+_MIN_BOOKED_S = 1e-3  # shorter transfers are all latency: they do not queue for a core
 _INF = math.inf
 _ARRIVE, _RESUME, _RELEASE, _WARMUP = 0, 1, 2, 3
 _Arrival = tuple[str, list[int], frozenset, int]  # worker, start tasks, inline inputs, trigger
@@ -123,9 +123,10 @@ class SimResult:
 
 
 class _Calendar:
-    """Busy intervals of one server (Redis): a transfer takes the first gap at or after
-    its start long enough for it. Requests may come out of time order (invocations run
-    ahead on their own clocks), which a first-fit calendar handles consistently."""
+    """Busy intervals of one server (a core moving data): a transfer takes the first gap
+    at or after its start long enough for it. Requests may come out of time order
+    (invocations run ahead on their own clocks), which a first-fit calendar handles
+    consistently."""
 
     __slots__ = ("ends", "starts")
 
@@ -145,8 +146,11 @@ class _Calendar:
 
     def book(self, t: float, seconds: float) -> float:
         """Reserve ``seconds`` from the first gap at or after ``t``; returns its start."""
+        return self.reserve(*self.earliest(t, seconds), seconds)
+
+    def reserve(self, t: float, i: int, seconds: float) -> float:
+        """Take ``seconds`` from ``t``, a gap found by ``earliest`` (``i`` with it)."""
         starts, ends = self.starts, self.ends
-        t, i = self.earliest(t, seconds)
         if i > 0 and ends[i - 1] == t:  # adjacent to the previous one: extend it
             ends[i - 1] = t + seconds
             if i < len(starts) and starts[i] == ends[i - 1]:
@@ -364,15 +368,16 @@ class _Run:
         return t
 
     def _move(self, t: float, nbytes: int, direction: str) -> float:
-        """When a transfer of ``nbytes`` asked for at ``t`` ends (one Redis round trip,
-        its bytes through the shared Redis when there is one)."""
+        """When a transfer of ``nbytes`` asked for at ``t`` ends (one Redis round trip;
+        on shared cores its bytes wait for the first core free long enough)."""
         total = self.est.upload(nbytes) if direction == "upload" else \
             self.est.download(nbytes)
         busy = total - self.rtt
         if not self.lanes or busy < _MIN_BOOKED_S:
             return t + total
-        lane = min(self.lanes, key=lambda c: c.earliest(t, busy)[0])
-        return lane.book(t, busy) + total
+        start, i, lane = min(((*c.earliest(t, busy), c) for c in self.lanes),
+                             key=lambda x: x[0])
+        return lane.reserve(start, i, busy) + total
 
     def _stream_read(self, d: int, t: float) -> float:
         """A read of streamed output ``d`` from ``t`` (or from its announcement) ends once

@@ -117,25 +117,31 @@ class Settings:
         return float(self.defaults.get(name, _DEFAULTS[name]))
 
 
-_ALONE_CACHE: OrderedDict[tuple, tuple] = OrderedDict()  # (store, run, cores) -> records
-_ALONE_CACHE_RUNS = 64
+_RUN_CACHE: OrderedDict[tuple, tuple] = OrderedDict()  # (store, run, cores) -> records
+_RUN_CACHE_RUNS = 64
 
 
-def _run_alone(store: MetricsStore, run_id: str, cores: float) -> tuple:
-    """One run's (tasks, their times alone, invocations but warm-ups, their starts alone);
-    a run's records do not change once its run record is written, so they are kept."""
+def _run_alone(store: MetricsStore, run: RunRecord, cores: float) -> tuple:
+    """One run's (tasks, their times alone, invocations but warm-ups, their starts
+    alone) on ``cores`` shared cores (``inf``: as recorded). A complete run's records do
+    not change once its run record is written, so those are kept for the next plan."""
     pool = getattr(getattr(store.r, "connection_pool", None), "connection_kwargs", None)
     where = (pool.get("host"), pool.get("port"), pool.get("path"), pool.get("db")) \
         if pool else id(store.r)  # e.g. a cluster client: cached for this client only
-    key = (where, run_id, cores)
-    hit = _ALONE_CACHE.get(key)
+    key = (where, run.run_id, cores)
+    hit = _RUN_CACHE.get(key)
     if hit is None:
-        tasks = store.tasks(run_id)
-        invocations = [i for i in store.invocations(run_id) if not i.warmup]
-        exec_s, startup_s = solo_times(tasks, invocations, cores)
-        hit = _ALONE_CACHE[key] = (tasks, exec_s, invocations, startup_s)
-        while len(_ALONE_CACHE) > _ALONE_CACHE_RUNS:
-            _ALONE_CACHE.popitem(last=False)
+        tasks = store.tasks(run.run_id)
+        invocations = [i for i in store.invocations(run.run_id) if not i.warmup]
+        if math.isfinite(cores):
+            exec_s, startup_s = solo_times(tasks, invocations, cores)
+        else:
+            exec_s, startup_s = [t.exec_s for t in tasks], [i.startup_s for i in invocations]
+        hit = (tasks, exec_s, invocations, startup_s)
+        if run.complete:
+            _RUN_CACHE[key] = hit
+            while len(_RUN_CACHE) > _RUN_CACHE_RUNS:
+                _RUN_CACHE.popitem(last=False)
     return hit
 
 
@@ -228,12 +234,8 @@ class Predictor:
         ids = list(run_ids) if run_ids is not None else store.run_ids(
             limit or config.get("metrics.history"), signature)
         runs = store.runs(ids)
-        if capacity is None or not capacity.shared:
-            return cls.from_records(runs, [t for r in ids for t in store.tasks(r)],
-                                    [i for r in ids for i in store.invocations(r)],
-                                    dag=dag, settings=settings, capacity=capacity)
-        # contention is worked out per run: reuse what earlier plans worked out
-        per_run = [_run_alone(store, r, capacity.cores) for r in ids]
+        cores = capacity.cores if capacity is not None else math.inf
+        per_run = [_run_alone(store, r, cores) for r in runs]
         return cls.from_records(runs, [t for x in per_run for t in x[0]],
                                 [i for x in per_run for i in x[2]], dag=dag,
                                 settings=settings, capacity=capacity,

@@ -184,6 +184,7 @@ class _Execution:
         self.local_bytes: dict[int, bytes] = {}  # pickled outputs kept to inline downstream
         self.kept: dict[int, Any] = {}  # outputs for fan-ins that may run here (``_keep``)
         self.kept_sizes: dict[int, int] = {}
+        self.kept_bytes = 0
         self.remaining: dict[int, int] = {}
         self.refs: dict[int, int] = {}
         self.final: list[tuple[int, bytes]] = []  # outputs only the client needs
@@ -385,12 +386,12 @@ class _Execution:
         completes them, so they need not download it back; the oldest go first when the
         kept values pass a quarter of the worker's memory (they are in Redis anyway)."""
         self.kept[tid] = value
-        self.kept_sizes[tid] = sizeof(value)
-        total = sum(self.kept_sizes.values())
-        while total > self.config.memory_mb * 2**18 and self.kept:
+        self.kept_sizes[tid] = size = sizeof(value)
+        self.kept_bytes += size
+        while self.kept_bytes > self.config.memory_mb * 2**18 and self.kept:
             old = next(iter(self.kept))
             del self.kept[old]
-            total -= self.kept_sizes.pop(old)
+            self.kept_bytes -= self.kept_sizes.pop(old)
 
     def _release(self, tid: int) -> None:
         left = self.refs.get(tid)
