@@ -47,7 +47,7 @@ from .dag import DAG
 from .estimates import Estimates
 from .layout import Layout, build_layout
 from .plan import Plan, ResourceConfig
-from .worker.executor import FINAL_FLUSH_BYTES, HOLD_POLL_S
+from .protocol.constants import FINAL_FLUSH_BYTES, HOLD_POLL_S
 
 WARMUP_BILLED_S = 0.001  # a warm-up invocation returns at once
 _MIN_BOOKED_S = 1e-3  # shorter transfers are all latency: they do not queue for a core

@@ -11,7 +11,7 @@ from dask import delayed
 from dask_serverless.adapter import to_dag
 from dask_serverless.layout import build_layout
 from dask_serverless.planners import get_planner
-from dask_serverless.worker.payload import RunSpec
+from dask_serverless.protocol.wire import RunSpec
 
 
 def _spec_bytes(n):

@@ -17,9 +17,9 @@ from dask_serverless.backends.aws_lambda import events
 from dask_serverless.backends.aws_lambda.deploy import DeployOptions, deploy
 from dask_serverless.errors import LambdaInvokeError
 from dask_serverless.plan import ResourceConfig
+from dask_serverless.protocol.wire import Invocation
 from dask_serverless.storage.serialize import TamperedPayloadError
 from dask_serverless.storage.store import connect
-from dask_serverless.worker.payload import Invocation
 
 
 def _client(server):

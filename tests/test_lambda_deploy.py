@@ -146,8 +146,9 @@ def test_zip_is_self_contained_and_reproducible(tmp_path):
         z.extractall(root)
     # -S: no site-packages, so every import must come from the package itself
     code = ("import sys, json; sys.path.insert(0, sys.argv[1]);"
-            "import dask, redis, cloudpickle, toolz, yaml, dask_serverless.worker.lambda_handler"
-            " as h; mods = [dask, redis, cloudpickle, toolz, yaml, h];"
+            "import dask, redis, cloudpickle, toolz, yaml;"
+            "import dask_serverless.backends.aws_lambda.handler as h;"
+            "mods = [dask, redis, cloudpickle, toolz, yaml, h];"
             "assert all(m.__file__.startswith(sys.argv[1]) for m in mods), mods;"
             "print(json.dumps(h.lambda_handler({'ds': 1, 'warmup': True}, None)))")
     out = subprocess.run([sys.executable, "-S", "-c", code, str(root)], capture_output=True,
@@ -163,6 +164,6 @@ def test_image_context(tmp_path):
     assert f"FROM public.ecr.aws/lambda/python:{packaging.runtime_python()}" in text
     assert f'CMD ["{packaging.HANDLER}"]' in text
     ctx = tmp_path / "ctx"
-    assert (ctx / "dask_serverless" / "worker" / "lambda_handler.py").exists()
+    assert (ctx / "dask_serverless" / "backends" / "aws_lambda" / "handler.py").exists()
     pins = (ctx / "requirements.txt").read_text().splitlines()
     assert pins[-1] == "scipy==1.14.1" and any(p.startswith("dask==") for p in pins)

@@ -26,10 +26,10 @@ from dask_serverless.errors import (
     RedisUnavailableError,
     WorkerCrashedError,
 )
+from dask_serverless.protocol.wire import Invocation
 from dask_serverless.storage import serialize
 from dask_serverless.storage.embedded import free_port, wait_ready
 from dask_serverless.storage.keys import RunKeys
-from dask_serverless.worker.payload import Invocation
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -334,9 +334,9 @@ def test_client_and_worker_from_different_code_is_a_clear_error(any_redis):
     from dask_serverless.adapter import to_dag
     from dask_serverless.layout import build_layout
     from dask_serverless.planners import get_planner
+    from dask_serverless.protocol.wire import RunSpec
     from dask_serverless.storage.store import RunStore, connect
     from dask_serverless.worker.executor import execute
-    from dask_serverless.worker.payload import RunSpec
 
     x = delayed(sleepy)(1, 0)
     dag = to_dag(x.__dask_graph__(), x.key)

@@ -12,8 +12,8 @@ from plan_dags import dag_of, plan_of
 from dask_serverless.costmodel import LAMBDA_PRICE_GB_S, LAMBDA_PRICE_REQUEST, FixedCostModel
 from dask_serverless.plan import Optimizations, Warmup
 from dask_serverless.planners import WukongPlanner
+from dask_serverless.protocol.constants import HOLD_POLL_S
 from dask_serverless.simulator import simulate
-from dask_serverless.worker.executor import HOLD_POLL_S
 
 
 def model(exec_s, out_bytes=10) -> FixedCostModel:

@@ -6,7 +6,7 @@ from typing import Protocol
 
 from ..capacity import Capacity
 from ..plan import ResourceConfig
-from ..worker.payload import Invocation
+from ..protocol.wire import Invocation
 
 
 class Backend(Protocol):

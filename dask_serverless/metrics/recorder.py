@@ -16,7 +16,7 @@ from typing import Any
 import redis
 
 from ..dag import TaskNode
-from ..worker.payload import Invocation
+from ..protocol.wire import Invocation
 from .records import TASK_FIELDS, InvocationRecord, micros
 from .store import MetricsStore
 from .task_logs import TaskLogCapture

@@ -23,8 +23,8 @@ from typing import Any
 from .. import config
 from ..dag import DAG
 from ..plan import Plan, Warmup
+from ..protocol.constants import HOLD_POLL_S
 from ..simulator import SimResult, Simulator
-from ..worker.executor import HOLD_POLL_S
 from .objective import Objective
 
 logger = logging.getLogger(__name__)

@@ -27,9 +27,9 @@ from ..metrics.records import RunRecord
 from ..metrics.runs import record_run
 from ..metrics.store import MetricsStore
 from ..plan import Plan, ResourceConfig, Warmup
+from ..protocol.wire import Invocation, RunSpec
 from ..storage import serialize, streams
 from ..storage.store import RunStore, connect, redact
-from ..worker.payload import Invocation, RunSpec
 from .live import LiveFeed
 
 logger = logging.getLogger(__name__)

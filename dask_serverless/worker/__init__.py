@@ -1,6 +1,5 @@
-"""What runs inside a worker, the same on every backend."""
+"""What runs inside a worker, the same on every backend: ``execute`` one invocation."""
 
-from .executor import InvocationReport, execute
-from .payload import Invocation, RunSpec
+from .executor import execute
 
-__all__ = ["Invocation", "InvocationReport", "RunSpec", "execute"]
+__all__ = ["execute"]

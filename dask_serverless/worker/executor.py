@@ -13,50 +13,29 @@ import logging
 import queue
 import threading
 import time
-import traceback
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from dask.sizeof import sizeof
 
 from ..errors import OutputTooLargeError, RunDataLostError
 from ..metrics.recorder import InvocationRecorder
+from ..protocol.constants import CANCEL_CHECK_S, FINAL_FLUSH_BYTES, HOLD_POLL_S, PROGRESS_S
+from ..protocol.wire import Invocation, InvocationReport, RunSpec, error_record
 from ..storage import serialize, streams
 from ..storage.store import RunStore, connect
-from .payload import Invocation, RunSpec
 
 logger = logging.getLogger(__name__)
 
 # per-container cache: run id -> (spec, its bytes when small enough to forward inline)
 _SPECS: OrderedDict[str, tuple[RunSpec, bytes | None]] = OrderedDict()
 _SPEC_CACHE_SIZE = 4
-FINAL_FLUSH_BYTES = 8 * 2**20
-_CANCEL_CHECK_S = 0.2
-_PROGRESS_S = 0.1
-HOLD_POLL_S = 0.005  # delayed I/O: how often a holding worker checks its fan-ins
 
 
 class Invoker(Protocol):
     def invoke_many(self, invocations: list[Invocation]) -> None: ...
-
-
-@dataclass
-class InvocationReport:
-    """What a worker tells its backend when an invocation ends."""
-
-    run_id: str
-    worker_id: str
-    tasks: int = 0
-    failed: bool = False
-    cancelled: bool = False
-    invoked: int = 0
-    cold: bool = False
-    spec_fetch_s: float = 0.0
-    start_time: float = 0.0
-    end_time: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def load_spec(inv: Invocation, store: RunStore) -> tuple[RunSpec, bytes | None, float]:
@@ -72,18 +51,6 @@ def load_spec(inv: Invocation, store: RunStore) -> tuple[RunSpec, bytes | None, 
     while len(_SPECS) > _SPEC_CACHE_SIZE:
         _SPECS.popitem(last=False)
     return spec, forward, time.perf_counter() - t0
-
-
-def error_record(exc: BaseException, key: Any, worker_id: str, memory_mb: int) -> bytes:
-    """Pickle the task's exception (or a stand-in) with the worker-side traceback."""
-    tb = "".join(traceback.format_exception(exc))
-    try:
-        exc_bytes = serialize.dumps(exc)
-        serialize.loads(exc_bytes)
-    except Exception:
-        exc_bytes = serialize.dumps(RuntimeError(f"{type(exc).__name__}: {exc}"))
-    return serialize.dumps({"exception": exc_bytes, "traceback": tb, "key": repr(key),
-                            "worker": worker_id, "memory_mb": memory_mb})
 
 
 def execute(inv: Invocation, invoker: Invoker,
@@ -198,7 +165,7 @@ class _Execution:
         self.pool: _TaskThreads | None = None
         self.opt = spec.plan.optimizations
         self.held: list[_Held] = []
-        self.next_cancel_check = time.monotonic() + _CANCEL_CHECK_S
+        self.next_cancel_check = time.monotonic() + CANCEL_CHECK_S
         self.next_progress = time.monotonic()  # the first task's start is reported at once
         self.logs = recorder.logs if recorder is not None else None
 
@@ -224,7 +191,7 @@ class _Execution:
 
     def _check_cancelled(self, now: float) -> bool:
         if now >= self.next_cancel_check:
-            self.next_cancel_check = now + _CANCEL_CHECK_S
+            self.next_cancel_check = now + CANCEL_CHECK_S
             if self.store.cancelled():
                 self.report.cancelled = True
         return self.report.cancelled
@@ -260,7 +227,7 @@ class _Execution:
                 running[tid] = args[0]
                 self.pool.todo.put((tid, args[1]))
             try:
-                tid, value, exec_s, cpu_s, exc = self.pool.done.get(timeout=_CANCEL_CHECK_S)
+                tid, value, exec_s, cpu_s, exc = self.pool.done.get(timeout=CANCEL_CHECK_S)
             except queue.Empty:
                 if self._check_cancelled(time.monotonic()):
                     return False
@@ -291,7 +258,7 @@ class _Execution:
         if self.spec.report_tasks:
             self.started.append(tid)
             if now >= self.next_progress:
-                self.next_progress = now + _PROGRESS_S
+                self.next_progress = now + PROGRESS_S
                 self._flush_progress()
         task = self.tasks[tid]
         if self.on_task_start is not None:

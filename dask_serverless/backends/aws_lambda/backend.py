@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ...capacity import UNLIMITED, Capacity
 from ...plan import ResourceConfig
-from ...worker.payload import Invocation
+from ...protocol.wire import Invocation
 from . import events
 from .invoker import EventCall, LambdaInvoker
 from .settings import LambdaSettings

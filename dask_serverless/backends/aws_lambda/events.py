@@ -15,9 +15,9 @@ import json
 import uuid
 from typing import Any
 
+from ...protocol.wire import Invocation
 from ...storage.keys import RunKeys
 from ...storage.store import connect
-from ...worker.payload import Invocation
 
 VERSION = 1
 WARMUP_EVENT = json.dumps({"ds": VERSION, "warmup": True}).encode()

@@ -17,7 +17,7 @@ from typing import Any
 
 from ... import config
 from ...errors import LambdaInvokeError
-from ...worker.payload import Invocation
+from ...protocol.wire import Invocation
 from . import events
 from .settings import LambdaSettings, make_client
 

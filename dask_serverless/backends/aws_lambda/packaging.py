@@ -27,7 +27,7 @@ import dask_serverless
 logger = logging.getLogger(__name__)
 
 WORKER_DEPENDENCIES = ("dask", "cloudpickle", "redis", "toolz")
-HANDLER = "dask_serverless.worker.lambda_handler.lambda_handler"
+HANDLER = "dask_serverless.backends.aws_lambda.handler.lambda_handler"
 MAX_ZIP_BYTES = 50 * 2**20  # direct upload limit
 MAX_UNZIPPED_BYTES = 250 * 2**20
 BASE_IMAGE = "public.ecr.aws/lambda/python"

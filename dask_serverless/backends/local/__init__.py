@@ -11,10 +11,9 @@ from ... import config
 from ...capacity import Capacity
 from ...errors import WorkerCrashedError
 from ...plan import ResourceConfig
+from ...protocol.wire import Invocation, error_record
 from ...storage.serialize import TamperedPayloadError
 from ...storage.store import RunStore, connect
-from ...worker.executor import error_record
-from ...worker.payload import Invocation
 from .pool import LocalPool
 
 logger = logging.getLogger(__name__)

@@ -38,12 +38,6 @@ def _preload() -> None:
     import dask
     import dask._task_spec  # noqa: F401
 
-    import dask_serverless.backends.local.handler_call
-    import dask_serverless.metrics.recorder
-    import dask_serverless.storage.serialize
-    import dask_serverless.storage.store
-    import dask_serverless.worker.executor
-    import dask_serverless.worker.payload  # noqa: F401
 
     try:
         import numpy  # noqa: F401
@@ -89,9 +83,9 @@ def serve(read_fd: int, write_fd: int, status_path: str, memory_mb: int, t0: flo
     rx, tx = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
     sys.stdout = sys.stderr  # user prints go to the container log
     from dask_serverless.backends.local import handler_call
+    from dask_serverless.protocol.wire import Invocation
     from dask_serverless.storage.serialize import TamperedPayloadError
     from dask_serverless.worker.executor import execute
-    from dask_serverless.worker.payload import Invocation
 
     _cap_memory(memory_mb)
     status_fd = os.open(status_path, os.O_WRONLY | os.O_CREAT, 0o600)

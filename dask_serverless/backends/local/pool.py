@@ -31,8 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ... import config
+from ...protocol.wire import Invocation
 from ...storage import serialize
-from ...worker.payload import Invocation
 from .launch import ForkServer, log_tail, spawn
 
 logger = logging.getLogger(__name__)

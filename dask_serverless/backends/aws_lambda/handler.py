@@ -1,4 +1,4 @@
-"""AWS Lambda entry point: ``dask_serverless.worker.lambda_handler.lambda_handler``.
+"""AWS Lambda entry point: ``dask_serverless.backends.aws_lambda.handler.lambda_handler``.
 
 Runs the same ``executor.execute`` as the local containers; successors are invoked through
 boto3 (``serverless.lambda.*`` comes from the function's environment, set by ``deploy``).
@@ -11,12 +11,13 @@ import dataclasses
 import logging
 from typing import Any
 
-from ..backends.aws_lambda import events
-from ..backends.aws_lambda.invoker import LambdaInvoker
-from ..backends.aws_lambda.settings import LambdaSettings
-from ..storage.serialize import TamperedPayloadError
-from ..storage.store import RunStore, connect
-from .executor import error_record, execute
+from ...protocol.wire import error_record
+from ...storage.serialize import TamperedPayloadError
+from ...storage.store import RunStore, connect
+from ...worker.executor import execute
+from . import events
+from .invoker import LambdaInvoker
+from .settings import LambdaSettings
 
 logger = logging.getLogger(__name__)
 

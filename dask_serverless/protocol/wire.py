@@ -1,12 +1,15 @@
-"""What an invocation carries, and the per-run spec a worker executes."""
+"""What travels between client and workers: invocations, the run spec, reports and
+error records (plain data, sealed when it crosses a process boundary)."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import pickle
+import traceback
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import cloudpickle
 
@@ -108,3 +111,32 @@ def _unpicklable_task(dag: DAG, exc: Exception) -> TypeError:
             return TypeError(f"task {t.key!r} cannot be serialised for the workers "
                              f"(function {t.func_name!r}): {inner}")
     return TypeError(f"the run spec cannot be serialised: {exc}")
+
+
+@dataclass
+class InvocationReport:
+    """What a worker tells its backend when an invocation ends."""
+
+    run_id: str
+    worker_id: str
+    tasks: int = 0
+    failed: bool = False
+    cancelled: bool = False
+    invoked: int = 0
+    cold: bool = False
+    spec_fetch_s: float = 0.0
+    start_time: float = 0.0
+    end_time: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def error_record(exc: BaseException, key: Any, worker_id: str, memory_mb: int) -> bytes:
+    """Pickle the task's exception (or a stand-in) with the worker-side traceback."""
+    tb = "".join(traceback.format_exception(exc))
+    try:
+        exc_bytes = serialize.dumps(exc)
+        serialize.loads(exc_bytes)
+    except Exception:
+        exc_bytes = serialize.dumps(RuntimeError(f"{type(exc).__name__}: {exc}"))
+    return serialize.dumps({"exception": exc_bytes, "traceback": tb, "key": repr(key),
+                            "worker": worker_id, "memory_mb": memory_mb})

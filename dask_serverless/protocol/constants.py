@@ -1,0 +1,6 @@
+"""Protocol timings and thresholds shared by the executor, the simulator and planners."""
+
+FINAL_FLUSH_BYTES = 8 * 2**20  # final outputs are written in batches of about this size
+CANCEL_CHECK_S = 0.2  # how often a running invocation checks the run's cancel flag
+PROGRESS_S = 0.1  # how often a worker reports task progress (when the client listens)
+HOLD_POLL_S = 0.005  # delayed I/O: how often a holding worker checks its fan-ins
