@@ -12,7 +12,6 @@ import threading
 import time
 from pathlib import Path
 
-import cloudpickle
 import dask
 import pytest
 from dask import delayed
@@ -31,6 +30,7 @@ from dask_serverless.protocol.wire import Invocation
 from dask_serverless.storage import serialize
 from dask_serverless.storage.embedded import free_port, server_binary, wait_ready
 from dask_serverless.storage.keys import RunKeys
+from dask_serverless.storage.serialize import Purpose
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -237,16 +237,16 @@ def test_tampered_payload_is_refused(any_redis):
 def test_payload_signed_with_another_secret_is_refused():
     inv = Invocation("run", "w0", 1024, "redis://x", [0])
     blob = inv.dumps()
-    assert Invocation.loads(blob).worker_id == "w0"
-    with dask.config.set({"serverless.secret": "another-secret"}):
+    assert Invocation.loads(blob, "run", "w0").worker_id == "w0"
+    with dask.config.set({"serverless.secret": "another-secret-" + "x" * 32}):
         serialize.reset_key()
         try:
             with pytest.raises(serialize.TamperedPayloadError):
-                Invocation.loads(blob)
+                Invocation.loads(blob, "run", "w0")
         finally:
             serialize.reset_key()
     with pytest.raises(serialize.TamperedPayloadError):
-        serialize.loads(b"\x80\x05N.")  # a bare pickle, no seal
+        serialize.loads(b"\x80\x05N.", Purpose.OUTPUT, "run", "k")  # a bare pickle, no seal
 
 
 def test_password_protected_redis(tmp_path):
@@ -364,7 +364,7 @@ def test_client_and_worker_from_different_code_is_a_clear_error(any_redis):
     from dask_serverless.adapter import to_dag
     from dask_serverless.layout import build_layout
     from dask_serverless.planners import get_planner
-    from dask_serverless.protocol.wire import RunSpec
+    from dask_serverless.protocol.wire import SPEC_NAME, RunSpec
     from dask_serverless.storage.store import RunStore, connect
     from dask_serverless.worker.executor import execute
 
@@ -373,11 +373,11 @@ def test_client_and_worker_from_different_code_is_a_clear_error(any_redis):
     plan = get_planner("wukong").plan(dag, parallelism=1, memory_mb=1024)
     spec = RunSpec(dag, plan, build_layout(dag, plan), 60, 10_000, False)
     spec.schema = "0ld5chema"  # as if an older client had laid it out
-    skewed = serialize.seal(cloudpickle.dumps(spec))
     run_id = f"skew{free_port()}"
+    skewed = serialize.dumps(spec, Purpose.SPEC, run_id, SPEC_NAME, by_value=True)
     report = execute(Invocation(run_id, "w0", 1024, any_redis, [0], skewed), invoker=None)
     assert report.failed
     store = RunStore(connect(any_redis), run_id)
-    record = serialize.loads(store.get_error())
+    record = store.get_error()
     store.cleanup([], [])
     assert "0ld5chema" in record["traceback"] and "different code" in record["traceback"]
