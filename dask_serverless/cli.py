@@ -70,15 +70,23 @@ def _runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recorded_run(args: argparse.Namespace):
+    """(metrics store, the run id ``args.run_id`` starts), or None after saying why not."""
+    store = _store()
+    try:
+        return store, store.resolve(args.run_id)
+    except KeyError as exc:
+        sys.stderr.write(f"dask-serverless {args.command}: {exc.args[0]}\n")
+        return None
+
+
 def _show(args: argparse.Namespace) -> int:
     from .metrics.report import format_show
 
-    store = _store()
-    try:
-        run_id = store.resolve(args.run_id)
-    except KeyError as exc:
-        sys.stderr.write(f"dask-serverless show: {exc.args[0]}\n")
+    found = _recorded_run(args)
+    if found is None:
         return 2
+    store, run_id = found
     sys.stdout.write(format_show(store.run(run_id), store.invocations(run_id),
                                  store.tasks(run_id)) + "\n")
     return 0
@@ -87,12 +95,10 @@ def _show(args: argparse.Namespace) -> int:
 def _logs(args: argparse.Namespace) -> int:
     from .metrics.report import format_logs
 
-    store = _store()
-    try:
-        run_id = store.resolve(args.run_id)
-    except KeyError as exc:
-        sys.stderr.write(f"dask-serverless logs: {exc.args[0]}\n")
+    found = _recorded_run(args)
+    if found is None:
         return 2
+    store, run_id = found
     run = store.run(run_id)
     text = format_logs(run, store.tasks(run_id), store.task_logs(run_id), args.task)
     sys.stdout.write((text or f"run {run_id}: no task printed, warned or logged anything "
