@@ -92,12 +92,15 @@ def with_every_optimization(dag, plan):
     return plan
 
 
-def sliced(dag, plan):
+RUN = "r1"
+
+
+def sliced(dag, plan, run_id=RUN):
     layout = build_layout(dag, plan)
-    slicer = slices.Slicer(dag, plan, layout)
+    slicer = slices.Slicer(dag, plan, layout, run_id)
     blobs = dict(slicer.encode(g) for g in slicer.order())
     for digest, blob in slicer.pieces_to_store().items():
-        slices.PIECES.add(digest, bytes(serialize.unseal(blob)))
+        slices.open_piece(blob, run_id, digest, "piece")
     return layout, blobs
 
 
@@ -109,7 +112,7 @@ class Loader:
 
     def __call__(self, names):
         self.loads += names
-        return [slices.decode(self.blobs[n], n, slices.SLICE) for n in names]
+        return [slices.decode(self.blobs[n], RUN, n, slices.SLICE, n) for n in names]
 
 
 def check_group_facts(dag, plan, layout, name, loader):
@@ -213,7 +216,7 @@ def test_the_same_group_fetches_the_same_bytes_on_a_larger_dag(real_redis):
     sizes = {}
     for tasks in (10_000, 100_000):
         dag, plan = tree_dag(tasks, 500)
-        _, blobs = sliced(dag, plan)
+        _, blobs = sliced(dag, plan, f"grow{tasks}")
         first_root = slices.root_slice(plan.assignment[dag.roots()[0]])
         top = slices.entry_slice(dag.outputs[0])
         store = RunStore(redis.Redis.from_url(real_redis), f"grow{tasks}", 60)
@@ -240,19 +243,28 @@ def test_the_same_group_fetches_the_same_bytes_on_a_larger_dag(real_redis):
 def test_a_slice_written_by_other_code_is_refused(monkeypatch):
     dag, plan = tree_dag(101, 10)
     layout, blobs = sliced(dag, plan)
-    name = next(iter(blobs))
+    g = layout.group[dag.roots()[0]]
+    name = slices.Slicer(dag, plan, layout, RUN).name_of[g]
     monkeypatch.setattr(slices, "SCHEMA", "0123456789ab")  # other code's schema
-    other = slices.Slicer(dag, plan, layout).encode(layout.group[dag.roots()[0]])[1]
+    other = slices.Slicer(dag, plan, layout, RUN).encode(g)[1]
     monkeypatch.undo()
     with pytest.raises(SchemaMismatchError, match="0123456789ab"):
-        slices.decode(other, name, slices.SLICE)
-    whole = RunSpec(dag, plan, layout, 60, 1024, False).dumps()  # the former format
+        slices.decode(other, RUN, name, slices.SLICE, name)
+    whole = serialize.seal(RunSpec(dag, plan, layout, 60, 1024, False).dumps(RUN),
+                           serialize.Purpose.SPEC, RUN, slices.seal_name(name))
     with pytest.raises(SchemaMismatchError, match="not a run spec slice"):
-        slices.decode(whole, name, slices.SLICE)
+        slices.decode(whole, RUN, name, slices.SLICE, name)  # the former format
+    header = slices.encode(HEADER, slices.HEADER, RUN, name)
     with pytest.raises(SchemaMismatchError, match="not a 'slice'"):
-        slices.decode(slices.encode(HEADER, slices.HEADER), name, slices.SLICE)
+        slices.decode(header, RUN, name, slices.SLICE, name)
+    blob = blobs[name]
     with pytest.raises(serialize.TamperedPayloadError):
-        slices.decode(blobs[name][:-1] + bytes([blobs[name][-1] ^ 1]), name, slices.SLICE)
+        slices.decode(blob[:-1] + bytes([blob[-1] ^ 1]), RUN, name, slices.SLICE, name)
+    with pytest.raises(serialize.TamperedPayloadError):  # another run's, or another slice's
+        slices.decode(blob, "r2", name, slices.SLICE, name)
+    other_name = next(n for n in blobs if n != name)
+    with pytest.raises(serialize.TamperedPayloadError):
+        slices.decode(blob, RUN, other_name, slices.SLICE, name)
 
 
 def test_a_function_pickled_by_value_is_one_shared_piece(real_redis):
@@ -263,7 +275,7 @@ def test_a_function_pickled_by_value_is_one_shared_piece(real_redis):
     dag = to_dag(dsk, "total")
     plan = get_planner("wukong").plan(dag, parallelism=4, memory_mb=1024)
     layout = build_layout(dag, plan)
-    slicer = slices.Slicer(dag, plan, layout)
+    slicer = slices.Slicer(dag, plan, layout, "pieces")
     store = RunStore(redis.Redis.from_url(real_redis), "pieces", 60)
     writer = stored.SliceWriter(store)
     writer.header(HEADER)
@@ -282,8 +294,9 @@ def test_a_function_pickled_by_value_is_one_shared_piece(real_redis):
 
 def test_a_reader_waits_for_a_slice_the_client_has_not_stored(any_redis):
     dag, plan = tree_dag(1001, 100)
-    _, blobs = sliced(dag, plan)
-    store = RunStore(redis.Redis.from_url(any_redis), f"wait{time.monotonic_ns()}", 60)
+    run_id = f"wait{time.monotonic_ns()}"
+    _, blobs = sliced(dag, plan, run_id)
+    store = RunStore(redis.Redis.from_url(any_redis), run_id, 60)
     writer = stored.SliceWriter(store)
     writer.header(slices.RunHeader(60, 1024, False, deadline_at=time.time() + 30))
     top = slices.entry_slice(dag.outputs[0])
@@ -315,7 +328,7 @@ def test_a_reader_waits_for_a_slice_the_client_has_not_stored(any_redis):
 
 def test_a_container_keeps_a_runs_view_and_loads_only_new_slices(real_redis):
     dag, plan = tree_dag(1001, 100)
-    _, blobs = sliced(dag, plan)
+    _, blobs = sliced(dag, plan, "cached")
     store = RunStore(redis.Redis.from_url(real_redis), "cached", 60)
     writer = stored.SliceWriter(store, batch_slices=3)
     writer.header(HEADER)

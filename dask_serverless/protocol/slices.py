@@ -47,14 +47,15 @@ from ..dag import DAG, TaskNode
 from ..layout import Layout
 from ..plan import Optimizations, Plan, ResourceConfig, WorkerSpec
 from ..storage import serialize
+from ..storage.serialize import Purpose, TamperedPayloadError
 from .wire import SCHEMA as WIRE_SCHEMA
-from .wire import SchemaMismatchError
+from .wire import SPEC_NAME, SchemaMismatchError
 
 MAGIC = b"DSS1"
 _HEAD_LEN = struct.Struct("<I")
 PIECE_MIN_BYTES = 256  # a function pickled to more bytes is by value: a shared piece
 PIECE_CACHE_BYTES = 64 * 2**20  # pieces a container keeps (pickled bytes, newest kept)
-HEADER, SLICE, PIECE = "header", "slice", "piece"
+HEADER, SLICE = "header", "slice"  # kinds of frames; also the header's name
 
 
 def root_slice(worker_id: str) -> str:
@@ -234,8 +235,8 @@ class PieceCache:
 
     def add(self, digest: str, data: bytes) -> None:
         if hashlib.blake2b(data, digest_size=16).hexdigest() != digest:
-            raise serialize.TamperedPayloadError(f"shared piece {digest}: its bytes do not "
-                                                 "match its digest")
+            raise TamperedPayloadError(f"shared piece {digest}: its bytes do not match its "
+                                       "digest")
         self._items[digest] = (pickle.loads(data), len(data))
         self.nbytes += len(data)
         while self.nbytes > self.max_bytes and len(self._items) > 1:
@@ -259,8 +260,21 @@ def _piece(digest: str) -> Any:
 
 
 # -- frames ----------------------------------------------------------------------------------
-def encode(obj: Any, kind: str, pieces: Pieces | None = None) -> bytes:
-    """Frame and seal ``obj`` (functions by value become ``pieces`` when given)."""
+def seal_name(name: str) -> str:
+    """What a slice (or the header: ``HEADER``, a piece: ``piece_name``) is sealed under,
+    inline or stored: the same blob travels both ways. The header is sealed as a whole
+    run spec was, so a whole spec of other code fails the schema check, not the seal."""
+    return SPEC_NAME if name == HEADER else f"{SPEC_NAME}:{name}"
+
+
+def piece_name(digest: str) -> str:
+    return f"piece:{digest}"
+
+
+def encode(obj: Any, kind: str, run_id: str, name: str,
+           pieces: Pieces | None = None) -> bytes:
+    """Frame ``obj`` and seal it for ``run_id`` under ``name`` (functions by value become
+    ``pieces`` when given)."""
     buf = io.BytesIO()
     used: set[str] = set()
     try:
@@ -271,16 +285,29 @@ def encode(obj: Any, kind: str, pieces: Pieces | None = None) -> bytes:
             pickler.dump(obj)
             used = pickler.used
     except Exception as exc:
-        raise TypeError(f"the run's {kind} {getattr(obj, 'name', '')} cannot be serialised "
-                        f"for the workers: {exc}") from exc
+        raise _unpicklable(obj, kind, exc) from exc
     head = json.dumps({"schema": SCHEMA, "kind": kind, "pieces": sorted(used)}).encode()
     with buf.getbuffer() as body:
-        return serialize.seal(b"".join([MAGIC, _HEAD_LEN.pack(len(head)), head, body]))
+        frame = b"".join([MAGIC, _HEAD_LEN.pack(len(head)), head, body])
+    return serialize.seal(frame, Purpose.SPEC, run_id, seal_name(name))
 
 
-def read_head(blob: bytes, what: str) -> tuple[dict[str, Any], memoryview]:
+def _unpicklable(obj: Any, kind: str, exc: Exception) -> TypeError:
+    """Name the task that cannot be pickled, when it is one of a slice's."""
+    if isinstance(obj, GroupSlice):
+        for key, node, name in zip(obj.keys, obj.nodes, obj.names, strict=True):
+            try:
+                cloudpickle.dumps(node)
+            except Exception as inner:
+                return TypeError(f"task {key!r} cannot be serialised for the workers "
+                                 f"(function {name!r}): {inner}")
+    return TypeError(f"the run's {kind} cannot be serialised for the workers: {exc}")
+
+
+def read_head(blob: bytes, run_id: str, name: str,
+              what: str) -> tuple[dict[str, Any], memoryview]:
     """Check the seal and the schema: (JSON head, pickle bytes). Nothing is unpickled."""
-    data = serialize.unseal(blob, what)
+    data = serialize.unseal(blob, Purpose.SPEC, run_id, seal_name(name), what)
     start = len(MAGIC) + _HEAD_LEN.size
     if bytes(data[:len(MAGIC)]) != MAGIC or len(data) < start:
         raise SchemaMismatchError(f"{what} is not a run spec slice of this code's format: "
@@ -301,12 +328,12 @@ def read_head(blob: bytes, what: str) -> tuple[dict[str, Any], memoryview]:
     return head, data[start + n:]
 
 
-def decode(blob: bytes, what: str, kind: str,
+def decode(blob: bytes, run_id: str, name: str, kind: str, what: str,
            fetch_pieces: Callable[[list[str]], None] | None = None) -> Any:
     """Unpickle a frame of ``kind`` once its seal and schema check out, after
     ``fetch_pieces`` put the shared pieces it uses that this container lacks in
     ``PIECES``."""
-    head, body = read_head(blob, what)
+    head, body = read_head(blob, run_id, name, what)
     if head.get("kind") != kind:
         raise SchemaMismatchError(f"{what} holds a {head.get('kind')!r}, not a {kind!r}")
     missing = PIECES.missing(head.get("pieces", ()))
@@ -317,13 +344,19 @@ def decode(blob: bytes, what: str, kind: str,
     return pickle.loads(body)
 
 
+def open_piece(blob: bytes, run_id: str, digest: str, what: str) -> None:
+    """Check a stored piece's seal and add it to this container's ``PIECES``."""
+    data = serialize.unseal(blob, Purpose.SPEC, run_id, seal_name(piece_name(digest)), what)
+    PIECES.add(digest, bytes(data))
+
+
 # -- the client's cut ------------------------------------------------------------------------
 class Slicer:
     """Cuts a planned run into group slices (see module docstring). ``pieces`` collects
     the shared pieces of every slice it encodes."""
 
-    def __init__(self, dag: DAG, plan: Plan, layout: Layout):
-        self.dag, self.plan, self.layout = dag, plan, layout
+    def __init__(self, dag: DAG, plan: Plan, layout: Layout, run_id: str):
+        self.dag, self.plan, self.layout, self.run_id = dag, plan, layout, run_id
         self.pieces = Pieces()
         self.members: list[list[int]] = [[] for _ in range(layout.n_groups)]
         for tid, g in enumerate(layout.group):
@@ -386,11 +419,13 @@ class Slicer:
 
     def encode(self, g: int) -> tuple[str, bytes]:
         """(name, sealed bytes) of group ``g``'s slice."""
-        return self.name_of[g], encode(self.slice(g), SLICE, self.pieces)
+        name = self.name_of[g]
+        return name, encode(self.slice(g), SLICE, self.run_id, name, self.pieces)
 
     def pieces_to_store(self) -> dict[str, bytes]:
         """Shared pieces found since the last call, sealed (digest -> bytes)."""
-        out = {d: serialize.seal(b) for d, b in self.pieces.blobs.items()}
+        out = {d: serialize.seal(b, Purpose.SPEC, self.run_id, seal_name(piece_name(d)))
+               for d, b in self.pieces.blobs.items()}
         self.pieces.blobs.clear()
         return out
 

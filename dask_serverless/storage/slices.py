@@ -18,16 +18,15 @@ from collections.abc import Iterable
 from ..errors import DeadlineExceededError, RunDataLostError
 from ..protocol.slices import (
     HEADER,
-    PIECES,
     SLICE,
     GroupSlice,
     RunHeader,
     SlicedView,
     decode,
     encode,
+    open_piece,
     start_slices,
 )
-from .serialize import unseal
 from .store import RunStore
 
 logger = logging.getLogger(__name__)
@@ -54,7 +53,7 @@ class SliceWriter:
         self.nbytes = 0  # bytes stored: header, slices, pieces
 
     def header(self, header: RunHeader) -> bytes:
-        blob = encode(header, HEADER)
+        blob = encode(header, HEADER, self.store.keys.run_id, HEADER)
         self.store.r.set(self.store.keys.dag, blob, ex=self.store.ttl)
         self.nbytes += len(blob)
         return blob
@@ -116,7 +115,7 @@ class SliceReader:
         if blobs[0] is None:
             raise RunDataLostError(f"run {keys.run_id}: its spec header is gone from Redis "
                                    "(run finished, cancelled, expired, or Redis restarted)")
-        header = decode(blobs[0], f"{self.what}: run header", HEADER)
+        header = decode(blobs[0], keys.run_id, HEADER, HEADER, f"{self.what}: run header")
         self.nbytes += len(blobs[0])
         self.deadline_at = header.deadline_at
         return header, self._decode(names, blobs[1:])
@@ -132,7 +131,8 @@ class SliceReader:
             blobs = [b if b is not None else found[n] for n, b in zip(names, blobs,
                                                                       strict=True)]
         self.nbytes += sum(len(b) for b in blobs if b is not None)
-        return [decode(b, f"{self.what}: slice {n!r} of the run spec", SLICE,
+        run_id = self.store.keys.run_id
+        return [decode(b, run_id, n, SLICE, f"{self.what}: slice {n!r} of the run spec",
                        self._fetch_pieces) for n, b in zip(names, blobs, strict=True)]
 
     def _wait_for(self, names: list[str]) -> list[bytes]:
@@ -166,7 +166,7 @@ class SliceReader:
                 raise RunDataLostError(f"run {keys.run_id}: shared piece {d} of its spec "
                                        "is gone from Redis")
             self.nbytes += len(blob)
-            PIECES.add(d, bytes(unseal(blob, f"{self.what}: shared piece {d}")))
+            open_piece(blob, keys.run_id, d, f"{self.what}: shared piece {d}")
 
 
 def load_view(run_id: str, worker_id: str, invoker: str, start: Iterable[int],
