@@ -93,8 +93,15 @@ def _measure_serverless(kind: str, n: int) -> dict[str, Any]:
     redis = connect(session.redis_url())
     dsk, keys, expected = graph_of(kind, n)
     out_before = int(redis.info("stats")["total_net_output_bytes"])
+    runtime_get.last_run = None
     t0 = time.time()
-    result = serverless_get(dsk, keys)
+    try:
+        result = serverless_get(dsk, keys)
+    except Exception as exc:  # the failure is a result too (e.g. a worker's MemoryError)
+        run = runtime_get.last_run
+        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+                "seconds": time.time() - t0, "peak_rss_mb": peak_rss_mb(), "tasks": len(dsk),
+                "first_invocation_s": run.first_invoke_at - t0 if run else None}
     seconds = time.time() - t0
     _check(result, expected, f"serverless_get on {kind} of {n} tasks")
     run = runtime_get.last_run
@@ -195,8 +202,11 @@ def table(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
     for case, by in results.items():
         th, sv = by.get("threads", {}), by.get("serverless", {})
         if "error" in th or "error" in sv:
-            lines.append(f"| {case} | | {th.get('error', '')} | {sv.get('error', '')} |"
-                         " | | | | | | | | |")
+            lines.append(f"| {case} | {sv.get('tasks', th.get('tasks', 0)):,} | "
+                         f"{_num(th, 'seconds')} | failed after {_num(sv, 'seconds')} s: "
+                         f"{sv.get('error', '')} | | {_num(th, 'peak_rss_mb', 0)} | "
+                         f"{_num(sv, 'peak_rss_mb', 0)} | | "
+                         f"{_num(sv, 'first_invocation_s')} | | | | |")
             continue
         tasks = sv["tasks"]
         lines.append(
@@ -207,6 +217,11 @@ def table(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
             f"{sv.get('spec_bytes_median', 0):,.0f} / {sv.get('spec_bytes_max', 0):,} | "
             f"{sv.get('spec_bytes_per_task', 0):.0f} | {sv['redis_out_bytes'] / tasks:.0f} |")
     return lines
+
+
+def _num(row: dict[str, Any], name: str, digits: int = 1) -> str:
+    value = row.get(name)
+    return "" if value is None else f"{value:.{digits}f}"
 
 
 def main() -> int:

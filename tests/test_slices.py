@@ -135,7 +135,7 @@ def check_group_facts(dag, plan, layout, name, loader):
         assert view.optimizations.delay.get(t) == opt.delay.get(t)
         assert view.optimizations.stream.get(t) == opt.stream.get(t)
         for d in task.deps:
-            assert view.key(d) == dag.tasks[d].key
+            assert view.key(d) == view.tasks[d].key == dag.tasks[d].key
             assert view.optimizations.stream.get(d) == opt.stream.get(d)
         for e in layout.entry_dependents[t]:
             assert view.deps[e] == dag.tasks[e].deps
@@ -279,9 +279,7 @@ def test_a_function_pickled_by_value_is_one_shared_piece(real_redis):
     store = RunStore(redis.Redis.from_url(real_redis), "pieces", 60)
     writer = stored.SliceWriter(store)
     writer.header(HEADER)
-    for g in slicer.order():
-        writer.add(*slicer.encode(g), slicer.pieces_to_store())
-    writer.finish()
+    stored.store_slices(slicer, writer, lambda names: None)
     assert len(writer.digests) == 1 and len(writer.names) == layout.n_groups
     digest = writer.digests[0]
     slices.PIECES._items.pop(digest, None)  # a new container
@@ -344,4 +342,26 @@ def test_a_container_keeps_a_runs_view_and_loads_only_new_slices(real_redis):
     assert again is view and view.nbytes == first + len(blobs[slices.entry_slice(top)])
     assert stored.load_view("cached", root, "client", [], store, 1024).nbytes == view.nbytes
     stored.forget("cached")
+    store.r.delete(*writer.cleanup_keys(), store.keys.dag)
+
+
+def test_root_groups_are_stored_first_in_batches(real_redis):
+    dag, plan = tree_dag(4001, 100)  # 20 root groups, fan-in entries above them
+    layout = build_layout(dag, plan)
+    store = RunStore(redis.Redis.from_url(real_redis), "batches", 60)
+    writer = stored.SliceWriter(store, batch_bytes=20_000)
+    writer.header(HEADER)
+    batches = []
+
+    def on_stored(names):
+        assert store.r.exists(*(store.keys.slice(n) for n in names)) == len(names)
+        assert not store.r.exists(store.keys.slices_done)
+        batches.append(names)
+
+    stored.store_slices(slices.Slicer(dag, plan, layout, "batches"), writer, on_stored)
+    names = [n for b in batches for n in b]
+    roots = {slices.root_slice(w) for w in layout.root_groups}
+    assert len(batches) > 2 and len(names) == len(set(names)) == layout.n_groups
+    assert set(names[:len(roots)]) == roots  # every root group before any entry's
+    assert store.r.exists(store.keys.slices_done)
     store.r.delete(*writer.cleanup_keys(), store.keys.dag)

@@ -94,11 +94,12 @@ class RunHeader:
 @dataclass(slots=True)
 class SliceTask(TaskNode):
     """A task as a slice carries it: ``TaskNode`` (``dependents`` left empty) with its
-    layout facts."""
+    layout facts and its worker."""
 
     local_dependents: tuple[int, ...] = ()
     entry_dependents: tuple[int, ...] = ()
     upload: bool = False
+    worker: str = ""
 
 
 @dataclass(slots=True)
@@ -125,18 +126,18 @@ class GroupSlice:
     delay: dict[int, float] = field(default_factory=dict)
     stream: dict[int, int] = field(default_factory=dict)  # tasks and inputs streamed
     duplicate: dict[int, tuple[int, ...]] = field(default_factory=dict)  # entry -> tasks
-    candidates: list[tuple[SliceTask, str]] = field(default_factory=list)  # task-dup's
-    # tasks of other groups, with their workers
+    candidates: list[SliceTask] = field(default_factory=list)  # task-dup's, of others
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def tasks(self) -> Iterator[SliceTask]:
-        up = self.upload
+        up, worker = self.upload, self.worker
         for i, tid in enumerate(self.ids):
             yield SliceTask(tid, self.keys[i], self.nodes[i], self.names[i], self.deps[i],
                             (), self.annotations[i], self.sizes[i],
-                            self.local_dependents[i], self.entry_dependents[i], bool(up[i]))
+                            self.local_dependents[i], self.entry_dependents[i], bool(up[i]),
+                            worker)
 
 
 def _schema() -> str:
@@ -400,7 +401,7 @@ class Slicer:
             if opt.duplicate else {}
         candidates = [self._candidate(b) for b in sorted({b for bs in duplicate.values()
                                                           for b in bs})]
-        for c, _ in candidates:
+        for c in candidates:
             for d in c.deps:
                 inputs.setdefault(d, tasks[d].key)
         return GroupSlice(
@@ -411,11 +412,11 @@ class Slicer:
             bytes(layout.upload[t] for t in ids), [t for t in ids if t in dag.output_set],
             inputs, entries, workers, delay, stream, duplicate, candidates)
 
-    def _candidate(self, b: int) -> tuple[SliceTask, str]:
+    def _candidate(self, b: int) -> SliceTask:
         t, layout = self.dag.tasks[b], self.layout
         return SliceTask(b, t.key, t.node, t.func_name, t.deps, (), t.annotations, t.size,
                          layout.local_dependents[b], layout.entry_dependents[b],
-                         layout.upload[b]), self.plan.assignment[b]
+                         layout.upload[b], self.plan.assignment[b])
 
     def encode(self, g: int) -> tuple[str, bytes]:
         """(name, sealed bytes) of group ``g``'s slice."""
@@ -505,8 +506,7 @@ class _Assignment:
         entry = view.entries.get(tid)
         if entry is not None:
             return entry[1]
-        view.task(tid)
-        return view.worker_by_task[tid]
+        return view.task(tid).worker
 
 
 class SlicedView:
@@ -526,7 +526,6 @@ class SlicedView:
         self.candidates: dict[int, SliceTask] = {}  # task-dup's, of other groups
         self.entries: dict[int, tuple[tuple[int, ...], str]] = {}
         self.inputs: dict[int, Any] = {}
-        self.worker_by_task: dict[int, str] = {}
         self.workers: dict[str, WorkerSpec] = {}
         self.final: set[int] = set()
         self.optimizations = Optimizations(preload=header.preload)
@@ -557,13 +556,11 @@ class SlicedView:
         if s.name in self.loaded:
             return
         self.loaded.add(s.name)
-        worker, by_task, own = s.worker, self.worker_by_task, self.own
+        own = self.own
         for t in s.tasks():
             own[t.id] = t
-            by_task[t.id] = worker
-        for c, w in s.candidates:
+        for c in s.candidates:
             self.candidates[c.id] = c
-            by_task.setdefault(c.id, w)
         for e, facts in s.entries.items():
             self.entries[e] = facts
         self.inputs.update(s.inputs)
@@ -575,9 +572,10 @@ class SlicedView:
         opt.duplicate.update(s.duplicate)
 
     def task(self, tid: int, whole: bool = False) -> SliceTask:
-        """Task ``tid`` of a loaded group; a task-dup candidate (its node and
-        dependencies) unless ``whole``; an entry of another group after loading its
-        slice (``whole``: its group's facts are about to be read)."""
+        """Task ``tid`` of a loaded group; unless ``whole``, a task-dup candidate (its
+        node and dependencies) or an input from another group (its key only); an entry
+        of another group after loading its slice (``whole``: its group's facts are about
+        to be read)."""
         found = self.own.get(tid)
         if found is not None:
             return found
@@ -590,6 +588,9 @@ class SlicedView:
                 return found
         found = self.candidates.get(tid)
         if found is not None:
+            return found
+        if not whole and tid in self.inputs:  # another group's output: only its key
+            found = self.candidates[tid] = SliceTask(tid, self.inputs[tid], None, "")
             return found
         raise MissingSliceError(f"task {tid} is in no slice this invocation loaded "
                                 f"({sorted(self.loaded)[:5]})")
@@ -607,3 +608,73 @@ class SlicedView:
         entry is that worker's, or floats and the memory config matches."""
         spec = self.worker_of(entry)
         return spec.id == worker.id or (spec.floating and spec.config == worker.config)
+
+
+# -- what a slice costs (for the simulator and cost model) --------------------------------
+SLICE_BASE_BYTES = 700  # a slice's fixed part: frame, head, class references, its worker
+ENTRY_BYTES = 40  # one entry it can fire: its dependencies and its worker's id
+INPUT_BYTES = 30  # one input from another group: its key
+SAMPLES_PER_FUNCTION = 8
+
+
+class SliceSizes:
+    """Predicted bytes of each group's slice without encoding the run: a task costs what
+    tasks of its function cost on average in a sample (each encoded alone, as slices
+    encode it), plus fixed parts per slice, entry and input. ``of_group(g)`` /
+    ``of_task(t)`` (the slice of ``t``'s group)."""
+
+    def __init__(self, dag: DAG, plan: Plan, layout: Layout):
+        self.dag, self.plan, self.layout = dag, plan, layout
+        self._per_function: dict[str, float] = {}
+        self._groups: dict[int, int] = {}
+        self._members: list[list[int]] | None = None
+
+    def of_task(self, tid: int) -> int:
+        return self.of_group(self.layout.group[tid])
+
+    def of_group(self, g: int) -> int:
+        found = self._groups.get(g)
+        if found is None:
+            found = self._groups[g] = self._estimate(g)
+        return found
+
+    def _estimate(self, g: int) -> int:
+        if self._members is None:
+            self._members = [[] for _ in range(self.layout.n_groups)]
+            for tid, group in enumerate(self.layout.group):
+                self._members[group].append(tid)
+        tasks, layout = self.dag.tasks, self.layout
+        ids = self._members[g]
+        members = set(ids)
+        total = float(SLICE_BASE_BYTES)
+        inputs: set[int] = set()
+        entries = 0
+        for t in ids:
+            total += self._task_bytes(tasks[t].func_name)
+            entries += len(layout.entry_dependents[t])
+            inputs.update(d for d in tasks[t].deps if d not in members)
+        return int(total + entries * ENTRY_BYTES + len(inputs) * INPUT_BYTES)
+
+    def _task_bytes(self, function: str) -> float:
+        if not self._per_function:
+            by_function: dict[str, list[int]] = {}
+            for t in self.dag.tasks:
+                by_function.setdefault(t.func_name, []).append(t.id)
+            for name, ids in by_function.items():
+                step = max(1, len(ids) // SAMPLES_PER_FUNCTION)
+                sample = [self.dag.tasks[t] for t in ids[::step][:SAMPLES_PER_FUNCTION]]
+                if len(sample) == 1:
+                    self._per_function[name] = self._bytes(sample)
+                else:  # the marginal task: what one more costs in a slice (memo shared)
+                    self._per_function[name] = (self._bytes(sample) - self._bytes(
+                        sample[:1])) / (len(sample) - 1)
+        return self._per_function[function]
+
+    def _bytes(self, tasks: list[TaskNode]) -> int:
+        """Bytes of ``tasks`` pickled together, as a slice's columns hold them."""
+        buf = io.BytesIO()
+        layout = self.layout
+        _SlicePickler(buf, Pieces()).dump(
+            [(t.id, t.key, t.node, t.func_name, t.deps, t.size, t.annotations,
+              layout.local_dependents[t.id], layout.entry_dependents[t.id]) for t in tasks])
+        return buf.tell()

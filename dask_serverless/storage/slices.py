@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from ..errors import DeadlineExceededError, RunDataLostError
 from ..protocol.slices import (
@@ -22,6 +22,7 @@ from ..protocol.slices import (
     GroupSlice,
     RunHeader,
     SlicedView,
+    Slicer,
     decode,
     encode,
     open_piece,
@@ -93,6 +94,22 @@ class SliceWriter:
         keys = self.store.keys
         return [keys.slices_done, *(keys.slice(n) for n in self.names),
                 *(keys.piece(d) for d in self.digests)]
+
+
+def store_slices(slicer: Slicer, writer: SliceWriter,
+                 on_stored: Callable[[list[str]], None]) -> None:
+    """Encode and store every slice of ``slicer``'s run in pipelined batches, root groups
+    first; ``on_stored(names)`` after each batch (the client invokes the root groups
+    stored), then mark them all stored."""
+    for g in slicer.order():
+        name, blob = slicer.encode(g)
+        stored = writer.add(name, blob, slicer.pieces_to_store())
+        if stored:
+            on_stored(stored)
+    stored = writer.flush()
+    if stored:
+        on_stored(stored)
+    writer.finish()
 
 
 _VIEWS: OrderedDict[str, SlicedView] = OrderedDict()  # this container's runs, newest last
