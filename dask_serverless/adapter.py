@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
+from functools import partial
 from typing import Any
 
 from dask._task_spec import (
@@ -18,6 +19,7 @@ from dask.order import order
 from dask.utils import funcname
 
 from .dag import DAG, NO_ANNOTATIONS, TaskNode, key_prefix
+from .errors import DiskShuffleError
 from .hints import hints_of
 from .sizes import RootSizes
 
@@ -105,7 +107,7 @@ class _Tasks:
             if isinstance(node, Task):
                 known = by_func.get(id(node.func))
                 if known is None or known[0] is not node.func:
-                    known = self._function(node.func)
+                    known = self._function(k, node.func)
                 name = known[1] or self._intern(_name(node))
                 annotations, declared = known[2], known[3]
             else:
@@ -122,10 +124,11 @@ class _Tasks:
             tasks.append(TaskNode(i, k, node, name, deps, (), annotations, size))
         return DAG(tasks, [ids[k] for k in wanted])
 
-    def _function(self, func: Any) -> tuple[Any, str | None, dict, Any]:
+    def _function(self, key: Hashable, func: Any) -> tuple[Any, str | None, dict, Any]:
         """What tasks of ``func`` share: (func, its name or None when each task is named
         by its key (see ``_name``), its ``@hints`` but ``size`` (one dict), the ``size``
-        hint or None)."""
+        hint or None). ``key``: the first task found running it."""
+        _refuse_disk_shuffle(key, func)
         name: str | None = _func_name(func)
         if not name or name in _GENERIC or func is _execute_subgraph:
             name = None
@@ -194,6 +197,22 @@ def _cull(graph: dict[Hashable, GraphNode], wanted: list) -> dict[Hashable, Grap
         needed[k] = node
         stack.extend(d for d in node.dependencies if d not in needed)
     return needed
+
+
+def _refuse_disk_shuffle(key: Hashable, func: Any) -> None:
+    """A task that makes a partd store (Dask's "disk" shuffle of bags and dataframes)
+    would keep the shuffle's data on one worker's disk: refuse the graph, naming the fix."""
+    while isinstance(func, partial):
+        func = func.func
+    made_by = getattr(func, "__module__", None) or type(func).__module__
+    if made_by.split(".")[0] == "partd" or type(func).__name__ == "maybe_buffered_partd":
+        raise DiskShuffleError(
+            f"task {key!r} starts a disk-based shuffle (partd files on the disk of the "
+            "worker that runs it), which serverless workers do not share. Use a task-based "
+            "shuffle: shuffle='tasks' (bags) or shuffle_method='tasks' (dataframes) in the "
+            "call, or dask.config.set({'dataframe.shuffle.method': 'tasks'}) before the "
+            "collection is built ('tasks' is the default once dask_serverless is imported, "
+            "unless that option was set)")
 
 
 _GENERIC = {"apply", "execute_task", "Compose", "compose"}
