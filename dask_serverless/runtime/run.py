@@ -73,6 +73,8 @@ class Run:
         self.roots: list[str] = []  # ids of the invocations the client made
         self.submit_time = 0.0
         self.makespan = 0.0
+        self.first_invoke_at = 0.0  # epoch seconds the first root invocations went out
+        self.spec_bytes = 0  # bytes of the run spec the client stored
         self._warmups: list[Warmup] = []
         self._started = 0.0
 
@@ -153,6 +155,7 @@ class Run:
                      self.run_id, len(self.dag), len(invocations), len(blob),
                      "inline" if inline else "redis")
         self.roots = [inv.id for inv in invocations]
+        self.spec_bytes, self.first_invoke_at = len(blob), time.time()
         self.backend.invoke_many(invocations)
         if self.metrics_url is not None:
             self.dag.signature()  # cached: hashed while the workers run, not after
