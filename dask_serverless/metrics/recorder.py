@@ -119,13 +119,15 @@ class InvocationRecorder:
 
     # -- end of invocation -----------------------------------------------------------------
     def record(self, start_time: float, end_time: float, spec_fetch_s: float,
-               failed: bool) -> InvocationRecord:
+               failed: bool, spec_bytes: int = 0) -> InvocationRecord:
+        """``spec_fetch_s`` / ``spec_bytes``: the run spec this invocation fetched and
+        decoded (its slices; 0 when its container had them)."""
         inv = self.inv
         return InvocationRecord(
             inv.run_id, inv.id, inv.worker_id, inv.invoker, inv.memory_mb, inv.invoke_time,
             start_time, end_time, self.cold, spec_fetch_s, len(self.rows), self.invoked,
             self.upload_bytes, self.download_bytes, self.inline_bytes, failed, inv.warmup,
-            inv.attempt, dispatch_time=inv.dispatch_time)
+            inv.attempt, dispatch_time=inv.dispatch_time, spec_bytes=spec_bytes)
 
     def flush(self, client: redis.Redis, record: InvocationRecord) -> None:
         """Write the invocation record and its task rows in one pipeline; a failure is
