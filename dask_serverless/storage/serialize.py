@@ -3,7 +3,8 @@
 Every blob that crosses a process boundary (invocations, run specs, task outputs, error
 records) is sealed with HMAC-SHA256 under ``serverless.secret``; ``unseal`` refuses a blob
 whose seal does not match, before anything is unpickled. With no secret configured, the
-process makes a random one and hands it to the containers it starts.
+process makes a random one (in its ``dask.config``, not its environment: processes it
+starts do not inherit it; the local pool hands it to its containers over their pipes).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import dask.config
 _MAC_BYTES = 32
 _ENV = "DASK_SERVERLESS__SECRET"
 _key: bytes | None = None
+_generated: str | None = None  # this process's random secret, once made
 
 
 class TamperedPayloadError(ValueError):
@@ -29,12 +31,19 @@ class TamperedPayloadError(ValueError):
 
 def secret() -> str:
     """The shared secret (config ``serverless.secret``; generated once when unset)."""
+    global _generated
     value = dask.config.get("serverless.secret", None) or os.environ.get(_ENV)
     if not value:
-        value = "ds-" + secrets.token_hex(32)
-        os.environ[_ENV] = value  # containers started from here inherit it
-        dask.config.set({"serverless.secret": value})
+        if _generated is None:
+            _generated = "ds-" + secrets.token_hex(32)
+            dask.config.set({"serverless.secret": _generated})
+        value = _generated
     return str(value)
+
+
+def is_generated(value: str) -> bool:
+    """Whether ``value`` is this process's own random secret (nobody else knows it)."""
+    return _generated is not None and value == _generated
 
 
 def _mac_key() -> bytes:
