@@ -7,7 +7,6 @@ claims the consumer with ``SET NX`` so exactly one invocation runs it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -15,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 
 from ..errors import RunDataLostError
+from . import run_events
 from .keys import RunKeys
 
 _CLIENTS: dict[str, redis.Redis] = {}
@@ -169,7 +169,8 @@ class RunStore:
         return bool(self.r.exists(self.keys.cancel))
 
     def event(self, message: dict[str, Any]) -> None:
-        self.r.publish(self.keys.events, json.dumps(message))
+        """Publish ``message`` to the run's client (sealed: ``run_events``)."""
+        self.r.publish(self.keys.events, run_events.encode(message))
 
     def cleanup(self, task_ids_with_outputs: Iterable[int], entry_ids: Iterable[int],
                 streamed: Iterable[int] = ()) -> int:

@@ -33,8 +33,8 @@ import yaml
 
 from ...plan import ResourceConfig
 from ...storage import serialize
+from ...storage.private import write_private
 from . import packaging
-from .local_auth import write_private
 from .local_service import REDACTED
 from .settings import LambdaSettings, make_client
 

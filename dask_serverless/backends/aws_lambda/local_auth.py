@@ -23,7 +23,6 @@ import contextlib
 import hashlib
 import hmac
 import logging
-import os
 import re
 import secrets
 import threading
@@ -35,6 +34,8 @@ from urllib.parse import urlsplit
 
 import dask.config
 import yaml
+
+from ...storage.private import write_private
 
 logger = logging.getLogger(__name__)
 
@@ -237,22 +238,6 @@ def credentials_file(url: str) -> Path:
     """The 0600 file in the Dask config directory that publishes ``url``'s credentials."""
     name = endpoint_key(url).replace(":", "-").replace("[", "").replace("]", "")
     return Path(dask.config.PATH) / f"dask-serverless-local-lambda-{name}.yaml"
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` readable by this user only (mode 0600, created so: never
-    readable by others, even for a moment); the directory is made 0700 when missing."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def publish_file(url: str, creds: Credentials) -> Path:
