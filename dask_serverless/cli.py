@@ -215,6 +215,20 @@ def _dockerfile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn_password_on_argv(url: str | None) -> None:
+    """A password on the command line is visible to every user of the machine (ps)."""
+    from urllib.parse import urlsplit
+
+    try:
+        password = urlsplit(url).password if url else None
+    except ValueError:
+        return
+    if password:
+        sys.stderr.write("warning: --redis-url carries a password, which every user of this "
+                         "machine can read (ps); set it in the environment instead "
+                         "(DASK_SERVERLESS__REDIS_URL, DASK_SERVERLESS__METRICS__REDIS_URL)\n")
+
+
 def _say(line: str) -> None:
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
@@ -308,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     bench_command.add_parser(sub)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    _warn_password_on_argv(getattr(args, "redis_url", None))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     return args.func(args)
 
