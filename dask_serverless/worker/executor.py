@@ -24,7 +24,8 @@ from ..errors import OutputTooLargeError, RunDataLostError
 from ..metrics.recorder import InvocationRecorder
 from ..protocol.constants import CANCEL_CHECK_S, FINAL_FLUSH_BYTES, HOLD_POLL_S, PROGRESS_S
 from ..protocol.wire import Invocation, InvocationReport, RunSpec, error_record
-from ..storage import serialize, streams
+from ..storage import streams
+from ..storage.serialize import Encoded
 from ..storage.store import RunStore, connect
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def load_spec(inv: Invocation, store: RunStore) -> tuple[RunSpec, bytes | None, 
         return cached[0], cached[1], 0.0
     t0 = time.perf_counter()
     blob = inv.spec if inv.spec is not None else store.get_spec()
-    spec = RunSpec.loads(blob)
+    spec = RunSpec.loads(blob, inv.run_id)
     forward = blob if len(blob) <= spec.inline_bytes else None
     _SPECS[inv.run_id] = (spec, forward)
     while len(_SPECS) > _SPEC_CACHE_SIZE:
@@ -102,7 +103,7 @@ class _Held:
     fanin: int
     deadline: float
     value: Any
-    data: bytes
+    data: Encoded
 
 
 class _TaskThreads:
@@ -154,7 +155,7 @@ class _Execution:
         self.kept_bytes = 0
         self.remaining: dict[int, int] = {}
         self.refs: dict[int, int] = {}
-        self.final: list[tuple[int, bytes]] = []  # outputs only the client needs
+        self.final: list[tuple[int, Encoded]] = []  # outputs only the client needs
         self.final_bytes = 0
         self.final_ser_s = 0.0  # time spent sealing them
         self.progress: list[int] = []  # finished since the last progress event
@@ -300,7 +301,7 @@ class _Execution:
     def _fetch_inputs(self, start: list[int]) -> None:
         wanted = sorted({d for s in start for d in self.tasks[s].deps})
         for d, data in self.inv.inputs.items():
-            self.local[d] = serialize.loads(data)
+            self.local[d] = self.store.decode_output(d, data)
         if self.rec is not None and self.inv.inputs:
             self.rec.arrived_inputs(list(self.inv.inputs),
                                     [len(b) for b in self.inv.inputs.values()], "inline")
@@ -318,7 +319,7 @@ class _Execution:
                     f"worker {self.inv.worker_id}: input {self.tasks[d].key!r} is missing "
                     f"from Redis (run {self.inv.run_id} cancelled, expired or Redis "
                     "restarted)")
-            self.local[d] = serialize.loads(blob)
+            self.local[d] = self.store.decode_output(d, blob)
         seconds = time.perf_counter() - t0 - waited  # a download is only done once unsealed
         if self.rec is not None:
             self.rec.arrived_inputs(ids, [len(b) for b in blobs], "redis", seconds)
@@ -400,23 +401,23 @@ class _Execution:
             return ready
         t_ser = time.perf_counter()
         try:
-            data = serialize.dumps(value)
+            data = self.store.encode_output(tid, value)
         except Exception as exc:
             raise TypeError(f"output of task {task.key!r} cannot be pickled: {exc}") from exc
-        if len(data) > self.spec.max_output_bytes:
+        if data.nbytes > self.spec.max_output_bytes:
             raise OutputTooLargeError(
-                f"output of task {task.key!r} is {len(data)} bytes, over "
+                f"output of task {task.key!r} is {data.nbytes} bytes, over "
                 f"serverless.max-output-bytes={self.spec.max_output_bytes}")
         ser_s = time.perf_counter() - t_ser  # sealing is part of the upload's cost
         if rec is not None:
-            rec.output(tid, len(data))
+            rec.output(tid, data.nbytes)
         is_final = tid in self.spec.dag.output_set
         if tid in self.opt.delay and entries:
             entries = self._hold(tid, value, data, entries)
         if not entries:
             if is_final:
                 self.final.append((tid, data))
-                self.final_bytes += len(data)
+                self.final_bytes += data.nbytes
                 self.final_ser_s += ser_s
                 if self.final_bytes >= FINAL_FLUSH_BYTES:
                     self._flush_final()
@@ -425,7 +426,7 @@ class _Execution:
         fanins = [(tid, e) for e in entries if len(self.tasks[e].deps) > 1]
         chunk = self.opt.stream.get(tid, 0)
         head = streams.StreamHead.new(self.inv.id, self.inv.attempt, self.inv.worker_id,
-                                      len(data), chunk) if 0 < chunk < len(data) else None
+                                      data.nbytes, chunk) if 0 < chunk < data.nbytes else None
         t0 = time.perf_counter()
         if head is None:
             sizes = self.store.publish_outputs([(tid, data)], final, fanins)
@@ -437,13 +438,13 @@ class _Execution:
         won = self.store.claim(complete, self.inv.id) if complete else []
         if rec is not None:
             if head is None:
-                rec.uploaded(len(data), t1 - t0 + ser_s)
+                rec.uploaded(data.nbytes, t1 - t0 + ser_s)
             if complete:
                 rec.claimed(time.perf_counter() - t1)
         fired = [e for e in entries if len(self.tasks[e].deps) == 1]
         fired += [c for c, w in zip(complete, won, strict=True) if w]
-        if len(data) <= self.spec.inline_bytes:
-            self.local_bytes[tid] = data
+        if data.nbytes <= self.spec.inline_bytes:
+            self.local_bytes[tid] = data.tobytes()
         dup = [c for (_, c) in fanins if c in self.opt.duplicate and c not in complete]
         if head is not None:
             here = self._dispatch(fired, value, tid)
@@ -451,7 +452,7 @@ class _Execution:
             if writes:
                 streams.write(self.store, tid, head, data, chunk, is_final)
             if rec is not None:
-                rec.uploaded(len(data) if writes else 0,
+                rec.uploaded(data.nbytes if writes else 0,
                              t1 - t0 + ser_s + time.perf_counter() - t2)
             return ready + here + [r for c in dup for r in self._duplicate(c)]
         extra = [r for c in dup for r in self._duplicate(c)]
@@ -507,7 +508,7 @@ class _Execution:
             try:
                 self._fetch_inputs_of(missing)
                 value = task.node({self.tasks[d].key: self.local[d] for d in task.deps})
-                data = serialize.dumps(value)
+                data = self.store.encode_output(b, value)
             except Exception:  # the task's own worker runs it and reports any error
                 logger.debug("task-dup of %r skipped", task.key, exc_info=True)
                 continue
@@ -519,7 +520,7 @@ class _Execution:
         return []
 
     # -- delayed I/O and pre-load ----------------------------------------------------------
-    def _hold(self, tid: int, value: Any, data: bytes, entries: tuple[int, ...]) -> tuple:
+    def _hold(self, tid: int, value: Any, data: Encoded, entries: tuple[int, ...]) -> tuple:
         """Hold ``tid``'s output for fan-ins this invocation may run; return the entries
         to publish to now."""
         held = [e for e in entries if len(self.tasks[e].deps) > 1 and self._runs_here(e)]
@@ -577,7 +578,7 @@ class _Execution:
             t0 = time.perf_counter()
             self.store.publish_outputs(self.final, [t for t, _ in self.final], [])
             if self.rec is not None:
-                self.rec.batch_uploaded([(t, len(d)) for t, d in self.final],
+                self.rec.batch_uploaded([(t, d.nbytes) for t, d in self.final],
                                         time.perf_counter() - t0 + self.final_ser_s)
             self.store.event({"kind": "outputs"})
             self.final, self.final_bytes, self.final_ser_s = [], 0, 0.0
