@@ -27,7 +27,6 @@ import os
 import pickle
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
@@ -37,6 +36,7 @@ from dataclasses import dataclass, field
 from ... import config
 from ...protocol.wire import Invocation
 from ...storage import serialize
+from . import scratch
 from .launch import ForkServer, log_tail, spawn
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class LocalPool:
         self._containers: list[_Container] = []
         self._pending: deque[Work] = deque()
         self._ids = itertools.count()
-        self._dir = tempfile.mkdtemp(prefix="dask-serverless-pool-")
+        self._dir = scratch.make_pool_dir()  # removed by close()
         self._closed = False
         self._env = dict(os.environ) if inherit_env else {}
         self._env.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -209,6 +209,7 @@ class LocalPool:
                     c.proc.wait(timeout=2)
         if self.fork_server is not None:
             self.fork_server.close()
+        scratch.remove_pool_dir(self._dir)
 
     # -- dispatch ----------------------------------------------------------------------
     def _alive(self) -> list[_Container]:
