@@ -30,6 +30,7 @@ class NonUniformPlanner:
     memories: tuple[int, ...] = CANDIDATE_MB
     rounds: int = 6
     search_s: float = 1.5
+    search_share: float = 0.1  # its uniform start: see ``UniformPlanner.search_share``
 
     def plan(self, dag: DAG, *, parallelism: int, memory_mb: int,
              predictor: Any = None, threads: int | None = None,
@@ -37,7 +38,8 @@ class NonUniformPlanner:
         objective = Objective.parse(self.objective, self.budget_s)
         est = Estimates(dag, cost_model_of(predictor))
         uniform = UniformPlanner(objective=objective, memories=self.memories,
-                                 search_s=self.search_s / 2)
+                                 search_s=self.search_s / 2,
+                                 search_share=self.search_share)
         plan, result = uniform.best(dag, parallelism, memory_mb, est, threads, warm)
         plan.planner = self.name
         sim = Simulator(dag, est, warm=warm)

@@ -104,6 +104,7 @@ class LocalPool:
         self.on_crash = on_crash
         self.on_done = on_done
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # a container ended its work
         self._containers: list[_Container] = []
         self._pending: deque[Work] = deque()
         self._ids = itertools.count()
@@ -163,6 +164,17 @@ class LocalPool:
                 if c.state == "idle":
                     out[c.memory_mb] = out.get(c.memory_mb, 0) + 1
             return out
+
+    def wait_idle(self, run_id: str, timeout: float) -> bool:
+        """Wait up to ``timeout`` s until no container runs or queues work of ``run_id``
+        (its workers report done right after their last records); True when none does."""
+        def idle() -> bool:
+            return not any(c.current is not None and c.current.run_id == run_id
+                           for c in self._containers) \
+                and not any(w.run_id == run_id for w in self._pending)
+
+        with self._changed:
+            return self._changed.wait_for(idle, timeout)
 
     def busy_pids(self) -> list[int]:
         """Process ids of containers running an invocation now."""
@@ -272,6 +284,7 @@ class LocalPool:
 
     def _next_for(self, c: _Container) -> Work | None:
         """Container ``c`` became idle: give it queued work. Caller holds the lock."""
+        self._changed.notify_all()
         for i, inv in enumerate(self._pending):
             if inv.memory_mb == c.memory_mb:
                 del self._pending[i]
@@ -351,6 +364,7 @@ class LocalPool:
             if nxt is not None:
                 self.cold_starts += 1
                 self._spawn(nxt.memory_mb, nxt)
+            self._changed.notify_all()
         if was_retired or inv is None or self._closed:
             return
         if isinstance(inv, HandlerCall):
