@@ -35,12 +35,12 @@ from __future__ import annotations
 import bisect
 import heapq
 import math
-from collections import deque
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
 from .capacity import Capacity
+from .containers import ContainerPolicy, Placement, Slot
 from .costmodel import CostModel
 from .dag import DAG
 from .estimates import Estimates
@@ -53,8 +53,7 @@ from .protocol.view import RunView
 WARMUP_BILLED_S = 0.001  # a warm-up invocation returns at once
 _MIN_BOOKED_S = 1e-3  # shorter transfers are all latency: they do not queue for a core
 _INF = math.inf
-_ARRIVE, _RESUME, _RELEASE, _WARMUP = 0, 1, 2, 3
-_Arrival = tuple[str, list[int], frozenset, int]  # worker, start tasks, inline inputs, trigger
+_ARRIVE, _RESUME, _FINISHED, _READY, _WARMUP = 0, 1, 2, 3, 4
 _MAY_WAIT = {core.Store, core.QueryDup, core.PollHeld, core.Execute}  # may sync on the heap
 
 
@@ -179,11 +178,11 @@ class _Proc:
     """A running invocation (simulated): its decision core and its own clock."""
 
     __slots__ = ("clock", "cores", "cpu_times", "exec_times", "fetched", "gen", "hold_until",
-                 "idx", "rec", "running", "spec", "state", "token")
+                 "idx", "rec", "running", "slot", "spec", "state", "token")
 
     def __init__(self, idx: int, spec: WorkerSpec, state: core.InvocationState,
-                 rec: PredictedInvocation, est: Estimates):
-        self.idx, self.spec, self.state, self.rec = idx, spec, state, rec
+                 rec: PredictedInvocation, est: Estimates, slot: Slot):
+        self.idx, self.spec, self.state, self.rec, self.slot = idx, spec, state, rec, slot
         self.exec_times = est.exec_times(spec.config)
         self.cpu_times: list[float] | None = None  # when shared cores or its threads need it
         self.clock = rec.start_time
@@ -206,8 +205,10 @@ class Simulator:
         self.capacity = capacity or self.est.capacity
         self.inline_bytes, self.keep_alive = inline_bytes, keep_alive
         self.warm = dict(warm or {})
+        self.simulated_tasks = 0  # work done so far: planners budget their search by it
 
     def run(self, plan: Plan, layout: Layout | None = None) -> SimResult:
+        self.simulated_tasks += len(self.dag)
         return _Run(self, plan, layout or build_layout(self.dag, plan)).result()
 
 
@@ -247,15 +248,17 @@ class _Run:
         self.transfers: list[InputTransfer] = []
         self.bytes_uploaded = self.bytes_downloaded = self.duplicates = 0
         self.records: list[PredictedInvocation] = []
-        self.pools: dict[int, deque[float]] = {m: deque([0.0] * c) for m, c in sim.warm.items()}
+        self.containers: ContainerPolicy = ContainerPolicy(cap.containers, sim.keep_alive)
+        for mb, count in sim.warm.items():  # idle containers of earlier runs
+            for _ in range(count):
+                slot = self.containers.start_idle(mb)
+                if slot is not None:
+                    self.containers.ready(slot, 0.0)
         self.heap: list[tuple[float, int, int, Any, int]] = []
         self.seq = 0
         self.now = 0.0
         self.warmups = 0
         self.cores: list[float] | None = [0.0] * max(1, int(cap.cores)) if cap.shared else None
-        self.limit = cap.containers
-        self.busy = 0  # containers starting or running an invocation
-        self.queued: deque[tuple[_Arrival, float]] = deque()
 
     def _with_members(self) -> set[int]:
         """Fan-ins whose members (not only their count) someone reads: task-dup's, and
@@ -284,8 +287,10 @@ class _Run:
                     self._step(obj)
             elif kind == _ARRIVE:
                 self._arrive(*obj)
-            elif kind == _RELEASE:
-                self._release(*obj)
+            elif kind == _FINISHED:
+                self._run_on(self.containers.finished(obj, t))
+            elif kind == _READY:
+                self._run_on(self.containers.ready(obj, t))
             else:
                 self._warmup(obj)
         return self._totals()
@@ -314,50 +319,30 @@ class _Run:
         cold = self.est.invocation_time(ResourceConfig(w.memory_mb), "cold")
         for _ in range(w.count):
             self.warmups += 1
-            self._push(self._on_core(self.now, cold), _RELEASE, (w.memory_mb, False))
+            slot = self.containers.start_idle(w.memory_mb)
+            if slot is not None:
+                self._push(self._on_core(self.now, cold), _READY, slot)
 
-    def _release(self, mem: int, busy: bool) -> None:
-        """A container became idle: it takes queued work (its own config first)."""
-        self.pools.setdefault(mem, deque()).append(self.now)
-        if busy:
-            self.busy -= 1
-        if not self.queued:
+    def _arrive(self, wid: str, starts: list[int], inline: frozenset, trigger: int) -> None:
+        arrival = (wid, starts, inline, trigger, self.now)
+        mb = self.plan.workers[wid].config.memory_mb
+        self._run_on(self.containers.place(mb, arrival, self.now))
+
+    def _run_on(self, placement: Placement | None) -> None:
+        """Start the placed work on its container (nothing when it queued)."""
+        if placement is None or placement.slot is None:
             return
-        pick = next((i for i, (a, _) in enumerate(self.queued)
-                     if self.plan.workers[a[0]].config.memory_mb == mem), 0)
-        arrival, at = self.queued[pick]
-        del self.queued[pick]
-        self._arrive(*arrival, invoked_at=at)
-
-    def _idle_pool(self, mem: int) -> deque[float] | None:
-        pool = self.pools.get(mem)
-        while pool and self.now - pool[0] > self.sim.keep_alive:
-            pool.popleft()
-        return pool
-
-    def _arrive(self, wid: str, starts: list[int], inline: frozenset, trigger: int,
-                invoked_at: float | None = None) -> None:
-        at = self.now if invoked_at is None else invoked_at
-        if self.limit and self.busy >= self.limit:
-            self.queued.append(((wid, starts, inline, trigger), at))
-            return
-        self.busy += 1
+        wid, starts, inline, trigger, invoked_at = placement.work
         spec = self.plan.workers[wid]
-        mem = spec.config.memory_mb
-        pool = self._idle_pool(mem)
-        cold = not pool
-        if pool:
-            pool.pop()
-        elif self.limit:
-            self._make_room(mem)
-        if cold:
+        if placement.cold:
             begin = self._on_core(self.now, self.est.invocation_time(spec.config, "cold"))
         else:
             begin = self.now + self.est.invocation_time(spec.config, "warm")
-        rec = PredictedInvocation(wid, mem, at, begin, begin, cold, starts, trigger)
+        rec = PredictedInvocation(wid, spec.config.memory_mb, invoked_at, begin, begin,
+                                  placement.cold, starts, trigger)
         state = core.InvocationState(self.view, spec, spec.threads,
                                      inline_bytes=self.sim.inline_bytes)
-        p = _Proc(len(self.records), spec, state, rec, self.est)
+        p = _Proc(len(self.records), spec, state, rec, self.est, placement.slot)
         if self.cores is None and spec.threads > 1:  # its threads share the config's vCPUs
             p.cores = [0.0] * max(1, math.ceil(spec.config.vcpus - 1e-9))
         if self.cores is not None or p.cores:
@@ -365,12 +350,6 @@ class _Run:
         self.records.append(rec)
         p.gen = self._invocation(p, starts, inline)
         self._push(begin, _RESUME, p, p.token)
-
-    def _make_room(self, mem: int) -> None:
-        """A new container at the cap replaces the longest-idle one of another config."""
-        idle = [(pool[0], m) for m, pool in self.pools.items() if pool and m != mem]
-        if idle and self.busy + sum(len(p) for p in self.pools.values()) > self.limit:
-            self.pools[min(idle)[1]].popleft()
 
     # -- one invocation: the core's instructions, timed --------------------------------------
     def _invocation(self, p: _Proc, starts: list[int],
@@ -399,7 +378,7 @@ class _Run:
             p.clock = max(p.clock, end)
             todo.extend(reversed(p.state.handle(self._task_done(p, tid, end, first))))
         p.rec.end_time = p.clock
-        self._push(p.clock, _RELEASE, (p.spec.config.memory_mb, True))
+        self._push(p.clock, _FINISHED, p.slot)
 
     def _step_now(self, p: _Proc, inst: core.Instruction) -> core.Event | None:
         """An instruction that needs no look at shared state in event order."""
@@ -504,7 +483,8 @@ class _Run:
             yield p.clock
         if s.write and not s.stream_chunk:
             self.stored_at[t] = min(self.stored_at[t], p.clock)
-        return core.Published(tuple(self._register(t, e) for e in s.fanins))
+        return core.Published(tuple(self._register(t, e) for e in s.fanins),
+                              tuple(self._claim(e) for e in s.claims))
 
     def _poll_held(self, p: _Proc, poll: core.PollHeld) -> Generator[float, None, Any]:
         """Answer when a poll would see something new: at once the first time, else when

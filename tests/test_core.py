@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 from plan_dags import dag_of, plan_of
 
+from dask_serverless.dag import DAG
 from dask_serverless.layout import build_layout
 from dask_serverless.plan import Optimizations
 from dask_serverless.protocol import core
@@ -17,8 +18,10 @@ from dask_serverless.protocol.view import RunView
 
 
 def state_for(deps, assignment, worker="w0", floating=(), width=1, opt=None,
-              inline_bytes=100, mb=1024):
+              inline_bytes=100, mb=1024, outputs=None):
     dag = dag_of(deps)
+    if outputs is not None:
+        dag = DAG(dag.tasks, outputs)
     plan = plan_of(assignment, floating=set(floating), mb=mb)
     if opt is not None:
         plan.optimizations = opt
@@ -50,8 +53,8 @@ def test_chain_runs_in_memory_and_releases_each_input_once_read():
 def test_remote_entry_is_invoked_with_its_small_input_inline():
     s = state_for([[], [0]], ["w0", "w1"])
     step(s, core.Begin((0,)))
-    assert step(s, core.TaskDone(0, 8, 30)) == [core.Store(0)]
-    out = step(s, core.Published(()))
+    assert step(s, core.TaskDone(0, 8, 30)) == [core.Store(0, claims=(1,))]
+    out = step(s, core.Published((), won=(True,)))  # every entry is claimed
     assert out == [core.Invoke("w1", (1,), (0,)), core.Release((0,))]
     assert s.done and 0 in s.inline_cache and 0 in s.blobs  # bytes kept to inline
 
@@ -60,7 +63,7 @@ def test_large_outputs_are_not_inlined_and_their_bytes_dropped():
     s = state_for([[], [0]], ["w0", "w1"], inline_bytes=10)
     step(s, core.Begin((0,)))
     step(s, core.TaskDone(0, 8, 30))
-    out = step(s, core.Published(()))
+    out = step(s, core.Published((), won=(True,)))
     assert out == [core.Invoke("w1", (1,), ()), core.DropBlobs((0,)), core.Release((0,))]
     assert not s.blobs
 
@@ -210,8 +213,8 @@ def test_streamed_output_fires_its_consumer_before_the_chunks_are_written():
     opt = Optimizations(stream={0: 10})
     s = state_for([[], [0]], ["w0", "w1"], opt=opt, inline_bytes=0)
     step(s, core.Begin((0,)))
-    assert step(s, core.TaskDone(0, 8, 30)) == [core.Store(0, stream_chunk=10)]
-    out = step(s, core.Published(()))
+    assert step(s, core.TaskDone(0, 8, 30)) == [core.Store(0, stream_chunk=10, claims=(1,))]
+    out = step(s, core.Published((), won=(True,)))
     assert out[:2] == [core.Invoke("w1", (1,), ()), core.WriteStream(0, False)]
 
 
@@ -219,3 +222,51 @@ def test_inputs_that_came_inline_are_not_fetched():
     s = state_for([[], [], [0, 1]], ["w0", "w1", "w2"])
     out = step(s, core.Begin((2,), inline=(0,)))
     assert out == [core.Fetch((1,), 2), core.Execute(2)]
+
+
+def test_an_entry_claimed_by_another_attempt_is_not_fired_again():
+    s = state_for([[], [0]], ["w0", "w1"])
+    step(s, core.Begin((0,)))
+    step(s, core.TaskDone(0, 8, 30))
+    out = step(s, core.Published((), won=(False,)))
+    assert not any(isinstance(i, core.Invoke) for i in out) and s.fired == []
+
+
+def test_a_write_lost_to_another_attempt_continues_with_the_stored_value():
+    s = state_for([[], [0], [0]], ["w0", "w1", "w0"])  # 1 reads 0 elsewhere, 2 here
+    step(s, core.Begin((0,)))
+    step(s, core.TaskDone(0, 8, 30))
+    out = step(s, core.Published((), won=(True,), written=False))
+    # the stored value replaces this attempt's before the local dependent runs, and this
+    # attempt's bytes are not sent inline
+    assert out[0] == core.Fetch((0,), 0)
+    assert core.Invoke("w1", (1,), ()) in out and out[-1] == core.Execute(2)
+    assert out.index(core.Fetch((0,), 0)) < out.index(core.Execute(2))
+
+
+def test_a_final_output_read_here_is_stored_at_once_not_batched():
+    s = state_for([[], [0]], ["w0", "w0"], outputs=[0, 1])
+    step(s, core.Begin((0,)))
+    assert step(s, core.TaskDone(0, 8, 30)) == [core.Store(0, final=True)]
+
+
+def test_a_retry_runs_only_what_is_not_stored_and_publishes_the_rest_again():
+    # 0 -> 1 -> 2 on w0; 1 also feeds 3 on w1; 2 is the client's
+    s = state_for([[], [0], [1], [1]], ["w0", "w0", "w0", "w1"])
+    out = step(s, core.Begin((0,), recheck=True))
+    assert out == [core.CheckStored((1, 2))]
+    out = step(s, core.Stored(frozenset({1})))
+    # 0 is not needed (1 is stored); 1 is registered and claimed again, 2 runs on 1's
+    # stored value
+    assert out == [core.Store(1, write=False, claims=(3,))]
+    out = step(s, core.Published((), won=(True,)))
+    assert out == [core.Invoke("w1", (3,), ()), core.Fetch((1,), 2), core.Execute(2)]
+    assert s.skipped == {0, 1}
+    out = step(s, core.TaskDone(2, 8, 30))
+    assert core.Flush((2,)) in out and s.done
+
+
+def test_a_retry_with_nothing_stored_runs_everything():
+    s = state_for([[], [0]], ["w0", "w0"])
+    assert step(s, core.Begin((0,), recheck=True)) == [core.CheckStored((1,))]
+    assert step(s, core.Stored(frozenset())) == [core.Execute(0)]

@@ -38,10 +38,13 @@ from .view import RunView
 
 @dataclass(slots=True)
 class Begin:
-    """The invocation starts ``start`` tasks; ``inline``: inputs that came with it."""
+    """The invocation starts ``start`` tasks; ``inline``: inputs that came with it.
+    ``recheck``: an earlier attempt of it may have stored outputs (a retry): each group
+    it starts first asks which are stored, and runs only what is still needed."""
 
     start: tuple[int, ...]
     inline: tuple[int, ...] = ()
+    recheck: bool = False
 
 
 @dataclass(slots=True)
@@ -66,9 +69,13 @@ class TaskFailed:
 
 @dataclass(slots=True)
 class Published:
-    """Answer to ``Store``: the fan-in set sizes seen after registering, per fan-in."""
+    """Answer to ``Store``: the fan-in set sizes seen after registering, per fan-in;
+    whether this invocation holds each claim asked for; ``written``: False when another
+    attempt stored the output first (its value is the one everybody reads)."""
 
     sizes: tuple[int, ...]
+    won: tuple[bool, ...] = ()
+    written: bool = True
 
 
 @dataclass(slots=True)
@@ -89,6 +96,13 @@ class HeldStatus:
 
 
 @dataclass(slots=True)
+class Stored:
+    """Answer to ``CheckStored``: which of the outputs asked about are stored."""
+
+    tasks: frozenset[int]
+
+
+@dataclass(slots=True)
 class DupStatus:
     """Answer to ``QueryDup``: the fan-in set's members and the candidates whose missing
     inputs are all stored."""
@@ -97,7 +111,8 @@ class DupStatus:
     available: frozenset[int]
 
 
-Event = Begin | TaskDone | TaskFailed | Published | Claimed | HeldStatus | DupStatus
+Event = (Begin | TaskDone | TaskFailed | Published | Claimed | HeldStatus | DupStatus
+         | Stored)
 
 # -- instructions (what to do) -------------------------------------------------------------
 
@@ -122,16 +137,25 @@ class Execute:
 
 @dataclass(slots=True)
 class Store:
-    """Store ``task``'s output (write-once; not when ``write`` is False: a held output
-    released to a fan-in that runs here), register it in ``fanins``' sets and mark it
-    done when ``final``, in one round trip; ``stream_chunk`` > 0: announce it instead,
-    its chunks follow (``WriteStream``). Answer: ``Published``."""
+    """Store ``task``'s output (write-once; not when ``write`` is False: it is stored
+    already, or held and released to a fan-in that runs here), register it in
+    ``fanins``' sets, claim ``claims`` (its single-input dependents) and mark it done when
+    ``final``, in one round trip; ``stream_chunk`` > 0: announce it instead, its chunks
+    follow (``WriteStream``). Answer: ``Published``."""
 
     task: int
     fanins: tuple[int, ...] = ()
     final: bool = False
     write: bool = True
     stream_chunk: int = 0
+    claims: tuple[int, ...] = ()
+
+
+@dataclass(slots=True)
+class CheckStored:
+    """Which of ``tasks``' outputs are stored already (a retry). Answer: ``Stored``."""
+
+    tasks: tuple[int, ...]
 
 
 @dataclass(slots=True)
@@ -212,8 +236,8 @@ class DropBlobs:
 
 
 Instruction = (Fetch | Execute | Store | WriteStream | Claim | Invoke | Flush | Hold
-               | PollHeld | QueryDup | Release | DropBlobs)
-QUESTIONS = (Store, Claim, PollHeld, QueryDup)  # (and ``Execute(duplicate=True)``)
+               | PollHeld | QueryDup | CheckStored | Release | DropBlobs)
+QUESTIONS = (Store, Claim, PollHeld, QueryDup, CheckStored)  # and Execute(duplicate=True)
 
 _Flow = Generator[Instruction, Event, None]
 
@@ -254,6 +278,9 @@ class InvocationState:
         self.held_producers: dict[int, int] = {}  # producer -> fan-ins it is held for
         self._released: list[int] = []  # values to drop, told before the next task runs
         self.fired: list[int] = []  # entries this invocation fired, in order
+        self.recheck = False  # a retry: groups check for stored outputs before running
+        self.to_recheck: list[int] = []  # entries fired here whose groups are to check
+        self.skipped: set[int] = set()  # tasks a retry does not run again
         self.tasks_done = 0
         self.duplicates = 0
         self.done = False
@@ -295,18 +322,74 @@ class InvocationState:
 
     # -- transitions -----------------------------------------------------------------------
     def _begin(self, ev: Begin) -> None:
-        deps = self.view.deps
         for d in ev.inline:
             self.memory[d] = 0
             self.fetched.add(d)
-        wanted = tuple(sorted({d for s in ev.start for d in deps[s]}.difference(ev.inline)))
+        self.recheck = ev.recheck
+        if ev.recheck:
+            self.to_recheck = list(ev.start)
+        else:
+            self._start_group(ev.start)
+
+    def _start_group(self, start: Sequence[int]) -> None:
+        """Ready ``start`` (in order), fetching the inputs they do not hold in one read."""
+        deps = self.view.deps
+        wanted = tuple(sorted({d for s in start for d in deps[s]}.difference(self.memory)))
         if wanted:
-            self._emit(Fetch(wanted, ev.start[0]))
+            self._emit(Fetch(wanted, start[0]))
             self._hold_fetched(wanted, uses=0)
-        for s in ev.start:
+        for s in start:
             for d in deps[s]:
                 self.uses[d] = self.uses.get(d, 0) + 1
-        self.ready = list(reversed(ev.start))
+        self.ready.extend(reversed(start))
+
+    def _recheck_groups(self) -> _Flow:
+        """A retry: of the groups about to start, run only the tasks still needed (outputs
+        not stored, and what they read); stored outputs are published again (their fan-in
+        registrations, claims and invocations are idempotent)."""
+        view = self.view
+        starts, self.to_recheck = self.to_recheck, []
+        group = self._group(starts)
+        asked = tuple(t for t in group if view.upload[t] and t not in view.optimizations.stream)
+        answer = yield CheckStored(asked)
+        assert isinstance(answer, Stored)
+        needed: set[int] = set()
+        for t in reversed(group):  # dependents first (ids are topological)
+            if t not in answer.tasks and (view.upload[t] or any(
+                    d in needed for d in view.local_dependents[t])):
+                needed.add(t)
+        skipped = [t for t in group if t not in needed]
+        self.skipped.update(skipped)
+        self._start_group([s for s in starts if s in needed])
+        for t in skipped:
+            for d in view.local_dependents[t]:
+                self._input_done(d)
+            if t in answer.tasks:
+                yield from self._publish(t, -1, view.entry_dependents[t], stored=True)
+
+    def _group(self, starts: Sequence[int]) -> list[int]:
+        """``starts`` and every task of their groups (same-group dependents), in id order."""
+        local = self.view.local_dependents
+        seen = set(starts)
+        todo = list(starts)
+        while todo:
+            for d in local[todo.pop()]:
+                if d not in seen:
+                    seen.add(d)
+                    todo.append(d)
+        return sorted(seen)
+
+    def _input_done(self, d: int) -> None:
+        """One input of same-group task ``d`` is done; ``d`` is ready after its last
+        (unless a retry skips it)."""
+        if d in self.skipped:
+            return
+        left = self.waiting.get(d, len(self.view.deps[d])) - 1
+        if left:
+            self.waiting[d] = left
+        else:
+            self.waiting.pop(d, None)
+            self.ready.append(d)
 
     def _task_done(self, ev: TaskDone) -> None:
         t = ev.task
@@ -322,12 +405,7 @@ class InvocationState:
         if local:
             self.uses[t] = len(local)
         for d in local:
-            left = self.waiting.get(d, len(view.deps[d])) - 1
-            if left:
-                self.waiting[d] = left
-            else:
-                self.waiting.pop(d, None)
-                self.ready.append(d)
+            self._input_done(d)
         if entries and any(len(view.deps[e]) > 1 and view.runs_in(e, self.worker)
                            for e in entries):
             self._keep(t)
@@ -349,29 +427,36 @@ class InvocationState:
             else:
                 self._read(d)
 
-    def _publish(self, t: int, nbytes: int, entries: tuple[int, ...]) -> _Flow:
-        """Store ``t``'s output where the plan needs it and fire what it completes."""
+    def _publish(self, t: int, nbytes: int, entries: tuple[int, ...],
+                 stored: bool = False) -> _Flow:
+        """Store ``t``'s output where the plan needs it and fire what it completes
+        (``stored``: a retry found it stored; it is registered and claimed again)."""
         view = self.view
         final = t in view.final
-        self._blob_ref(t)
-        if entries and t in view.optimizations.delay:
-            entries = self._hold(t, entries)
-        if not entries:
-            if final:
-                self._batch_final(t, nbytes)
-            self._blob_unref(t)
-            self._settle(t)
-            return
+        if not stored:
+            self._blob_ref(t)
+            if entries and t in view.optimizations.delay:
+                entries = self._hold(t, entries)
+            if not entries and not (final and view.local_dependents[t]):
+                if final:  # batched: nothing here reads it again
+                    self._batch_final(t, nbytes)
+                self._blob_unref(t)
+                self._settle(t)
+                return
         fanins = tuple(e for e in entries if len(view.deps[e]) > 1)
-        chunk = view.optimizations.stream.get(t, 0)
+        singles = tuple(e for e in entries if len(view.deps[e]) == 1)
+        chunk = 0 if stored else view.optimizations.stream.get(t, 0)
         streamed = 0 < chunk < nbytes
-        answer = yield Store(t, fanins, final, stream_chunk=chunk if streamed else 0)
+        answer = yield Store(t, fanins, final and not stored, write=not stored,
+                             stream_chunk=chunk if streamed else 0, claims=singles)
         assert isinstance(answer, Published)
-        if nbytes <= self.inline_bytes:
+        if not answer.written:  # another attempt stored it first: read its value
+            self._emit(Fetch((t,), t))
+        elif not stored and nbytes <= self.inline_bytes:
             self._cache_inline(t, nbytes)
         complete = tuple(e for e, n in zip(fanins, answer.sizes, strict=True)
                          if n == len(view.deps[e]))
-        fired = [e for e in entries if len(view.deps[e]) == 1]
+        fired = [e for e, won in zip(singles, answer.won, strict=True) if won]
         if complete:
             claimed = yield Claim(complete)
             assert isinstance(claimed, Claimed)
@@ -379,7 +464,8 @@ class InvocationState:
         self._dispatch(fired, t)
         if streamed:
             self._emit(WriteStream(t, final))
-        self._blob_unref(t)
+        if not stored:
+            self._blob_unref(t)
         for e in fanins:
             if e in view.optimizations.duplicate and e not in complete:
                 yield from self._duplicate(e)
@@ -392,8 +478,11 @@ class InvocationState:
         for e in fired:
             self.fired.append(e)
             if view.runs_in(e, self.worker):
-                self.ready.append(e)
-                self.uses[producer] = self.uses.get(producer, 0) + 1
+                if self.recheck:  # its group checks for stored outputs first
+                    self.to_recheck.append(e)
+                else:
+                    self.ready.append(e)
+                    self.uses[producer] = self.uses.get(producer, 0) + 1
             else:
                 remote.setdefault(view.assignment[e], []).append(e)
         for wid, starts in remote.items():
@@ -516,6 +605,10 @@ class InvocationState:
         deps, memory, kept, uses, out = (self.view.deps, self.memory, self.kept, self.uses,
                                          self._out)
         ready, running = self.ready, self.running
+        if self.to_recheck:
+            self._start(self._recheck_groups())
+            if self._flow is not None:
+                return
         if ready:
             self._tell_released()  # dropped before the next task takes memory
         while ready and len(running) < self.width:
@@ -531,7 +624,7 @@ class InvocationState:
                 self._hold_fetched(missing)
             running.add(t)
             out.append(Execute(t))
-        if self.running or self.ready or self.done:
+        if self.running or self.ready or self.done or self.to_recheck:
             return
         self._flush_final()
         if self.held:

@@ -191,8 +191,10 @@ class _Execution:
         if self.rec is not None and self.inv.inputs:
             self.rec.arrived_inputs(list(self.inv.inputs),
                                     [len(b) for b in self.inv.inputs.values()], "inline")
+        # a retry: its earlier attempt may have stored outputs, which are not run again
         self._perform(self.state.handle(core.Begin(tuple(self.inv.start),
-                                                   tuple(self.inv.inputs))))
+                                                   tuple(self.inv.inputs),
+                                                   recheck=self.inv.attempt > 0)))
 
     def _perform(self, instructions: Iterable[core.Instruction]) -> None:
         """Carry out ``instructions`` in order; a question's answer goes back to the
@@ -237,6 +239,10 @@ class _Execution:
                 return self._poll_held(inst)
             case core.QueryDup(fanin, candidates, missing):
                 return self._query_dup(fanin, candidates, missing)
+            case core.CheckStored(tasks):
+                stored = self.store.outputs_stored(tasks) if tasks else []
+                return core.Stored(frozenset(t for t, ok in zip(tasks, stored, strict=True)
+                                             if ok))
             case core.Release(ids):
                 for v in ids:
                     self.values.pop(v, None)
@@ -368,7 +374,8 @@ class _Execution:
                     "restarted)")
             self.values[d] = serialize.loads(blob)
             sizes.append(len(blob))
-        self.fetched.setdefault(task, []).extend(zip(ids, sizes, strict=True))
+        if task not in ids:  # (else: its own value, stored first by another attempt)
+            self.fetched.setdefault(task, []).extend(zip(ids, sizes, strict=True))
         seconds = time.perf_counter() - t0 - waited  # a download is only done once unsealed
         if self.rec is not None:
             self.rec.arrived_inputs(ids, sizes, "redis", seconds)
@@ -388,22 +395,24 @@ class _Execution:
 
     # -- outputs -----------------------------------------------------------------------
     def _store(self, s: core.Store) -> core.Published:
-        """Store an output (or announce a stream of it) and register its fan-in edges."""
+        """Store an output (or announce a stream of it), register its fan-in edges and
+        claim its single-input dependents."""
         data = self.blobs[s.task] if s.write else None
-        fanins = [(s.task, e) for e in s.fanins]
         t0 = time.perf_counter()
         if s.stream_chunk:
             assert data is not None
             head = streams.StreamHead.new(self.inv.id, self.inv.attempt, self.inv.worker_id,
                                           len(data), s.stream_chunk)
-            writes, sizes = streams.announce(self.store, s.task, head, fanins)
-            self.streams[s.task] = (head, writes)
+            written, sizes = streams.announce(self.store, s.task, head,
+                                              [(s.task, e) for e in s.fanins])
+            self.streams[s.task] = (head, written)
+            won = self.store.claim(s.claims, self.inv.id) if s.claims else []
         else:
-            outputs = [(s.task, data)] if data is not None else []
-            sizes = self.store.publish_outputs(outputs, [s.task] if s.final else [], fanins)
+            written, sizes, won = self.store.publish(s.task, data, s.final, s.fanins,
+                                                     s.claims, self.inv.id)
         if self.rec is not None and data is not None and not s.stream_chunk:
             self.rec.uploaded(len(data), time.perf_counter() - t0 + self.seal_s[s.task])
-        return core.Published(tuple(sizes))
+        return core.Published(tuple(sizes), tuple(won), written)
 
     def _write_stream(self, tid: int, final: bool) -> None:
         head, writes = self.streams.pop(tid)
