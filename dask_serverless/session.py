@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import shutil
 import threading
 
 import redis
@@ -13,7 +12,7 @@ from . import config
 from .backends import Backend, create_backend
 from .errors import RedisUnavailableError
 from .metrics.server import MetricsServer
-from .storage.embedded import EmbeddedRedis
+from .storage.embedded import EmbeddedRedis, server_binary
 from .storage.store import connect, redact
 
 logger = logging.getLogger(__name__)
@@ -45,7 +44,7 @@ def metrics_url(redis_url_override: str | None = None) -> str | None:
     ``serverless.metrics.redis-url`` if set; else the configured ``serverless.redis-url``
     (metrics keys never expire there); else the embedded metrics server that keeps its data
     in ``serverless.metrics.data-dir`` (shared with other processes; see
-    ``metrics.server``). Without a redis-server binary (or with
+    ``metrics.server``). Without a Redis server binary (or with
     ``serverless.embedded.prefer = "fakeredis"``) metrics go to the embedded intermediates
     server and last only as long as the process.
     """
@@ -54,9 +53,9 @@ def metrics_url(redis_url_override: str | None = None) -> str | None:
         return None
     url = config.get("metrics.redis-url") or config.get("redis-url", redis_url_override)
     if url is None:
-        if config.get("embedded.prefer") != "redis-server" or not shutil.which("redis-server"):
+        if config.get("embedded.prefer") != "redis-server" or server_binary() is None:
             logger.warning("metrics are kept in the in-process Redis and will not outlive "
-                           "this process (no redis-server binary, or embedded.prefer)")
+                           "this process (no Redis server binary, or embedded.prefer)")
             return redis_url()
         with _lock:
             if _metrics_server is None:

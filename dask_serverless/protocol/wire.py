@@ -17,6 +17,9 @@ from ..dag import DAG, TaskNode
 from ..layout import Layout
 from ..plan import Plan
 from ..storage import serialize
+from ..storage.serialize import Purpose
+
+SPEC_NAME = "spec"  # what a run spec is sealed under (inline or stored, the same blob)
 
 
 @dataclass(slots=True)
@@ -38,11 +41,17 @@ class Invocation:
     dispatch_time: float = 0.0  # when a backend handed it to a container (after queueing)
 
     def dumps(self) -> bytes:
-        return serialize.seal(pickle.dumps(self, protocol=5))
+        """Sealed for this run and worker (a carrier names both next to the blob)."""
+        return serialize.dumps(self, Purpose.INVOCATION, self.run_id, self.worker_id)
 
     @staticmethod
-    def loads(data: bytes) -> Invocation:
-        return pickle.loads(serialize.unseal(data, "invocation payload"))
+    def loads(data: bytes, run_id: str, worker_id: str) -> Invocation:
+        """The invocation sealed for ``run_id`` / ``worker_id``."""
+        inv = serialize.loads(data, Purpose.INVOCATION, run_id, worker_id,
+                              "invocation payload")
+        if not isinstance(inv, Invocation):
+            raise serialize.TamperedPayloadError("the invocation payload is not one")
+        return inv
 
     def retry(self) -> Invocation:
         """The same invocation (same id, so it may re-claim its fan-ins), next attempt."""
@@ -76,18 +85,17 @@ class RunSpec:
                 f"{SCHEMA}, but the client sent schema {theirs}: client and workers run "
                 "different code (re-deploy the Lambda functions, or restart the local pool)")
 
-    def dumps(self) -> bytes:
-        """Serialise once (each distinct function pickled once) and seal."""
+    def dumps(self, run_id: str) -> bytes:
+        """Serialise once (each distinct function pickled once) and seal for ``run_id``."""
         self.schema = SCHEMA
         try:
-            data = cloudpickle.dumps(self, protocol=5)
+            return serialize.dumps(self, Purpose.SPEC, run_id, SPEC_NAME, by_value=True)
         except Exception as exc:
             raise _unpicklable_task(self.dag, exc) from exc
-        return serialize.seal(data)
 
     @staticmethod
-    def loads(data: bytes) -> RunSpec:
-        return pickle.loads(serialize.unseal(data, "run spec"))
+    def loads(data: bytes, run_id: str) -> RunSpec:
+        return serialize.loads(data, Purpose.SPEC, run_id, SPEC_NAME, "run spec")
 
 
 class SchemaMismatchError(RuntimeError):
@@ -130,13 +138,15 @@ class InvocationReport:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def error_record(exc: BaseException, key: Any, worker_id: str, memory_mb: int) -> bytes:
-    """Pickle the task's exception (or a stand-in) with the worker-side traceback."""
+def error_record(exc: BaseException, key: Any, worker_id: str,
+                 memory_mb: int) -> dict[str, Any]:
+    """The task's exception pickled (or a stand-in) with the worker-side traceback; the
+    store seals the record for the run's error key (``RunStore.fail``)."""
     tb = "".join(traceback.format_exception(exc))
     try:
-        exc_bytes = serialize.dumps(exc)
-        serialize.loads(exc_bytes)
+        exc_bytes = serialize.pickled(exc)
+        pickle.loads(exc_bytes)
     except Exception:
-        exc_bytes = serialize.dumps(RuntimeError(f"{type(exc).__name__}: {exc}"))
-    return serialize.dumps({"exception": exc_bytes, "traceback": tb, "key": repr(key),
-                            "worker": worker_id, "memory_mb": memory_mb})
+        exc_bytes = serialize.pickled(RuntimeError(f"{type(exc).__name__}: {exc}"))
+    return {"exception": exc_bytes, "traceback": tb, "key": repr(key), "worker": worker_id,
+            "memory_mb": memory_mb}

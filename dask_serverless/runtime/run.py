@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import pickle
 import time
 import uuid
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from ..metrics.runs import record_run
 from ..metrics.store import MetricsStore
 from ..plan import Plan, ResourceConfig, Warmup
 from ..protocol.wire import Invocation, RunSpec
-from ..storage import serialize, streams
+from ..storage import streams
 from ..storage.store import RunStore, connect, redact
 from .live import LiveFeed
 
@@ -131,7 +132,7 @@ class Run:
                        self.max_output_bytes, self.metrics_url,
                        self.task_log_level if self.metrics_url is not None else None,
                        self.submit_time + self.deadline)
-        blob = spec.dumps()
+        blob = spec.dumps(self.run_id)
         inline = len(blob) <= self.inline_bytes
         self.store.put_spec(blob)  # also inline when small; any worker can fetch it
         now = time.time()
@@ -232,12 +233,11 @@ class Run:
             f"{len(pending)} of {len(self.dag.outputs)} outputs pending: {shown}{more}{cut_off}")
 
     def _raise_if_failed(self) -> None:
-        record = self.store.get_error()
-        if record is None:
+        info = self.store.get_error()
+        if info is None:
             return
-        info = serialize.loads(record)
-        try:
-            exc = serialize.loads(info["exception"])
+        try:  # the record's seal covers these bytes
+            exc = pickle.loads(info["exception"])
         except Exception:  # the exception's class is not importable here
             exc = RuntimeError(info["traceback"])
         if isinstance(exc, BaseException):
@@ -257,7 +257,8 @@ class Run:
             if blob is None:
                 raise RuntimeError(f"output {self.dag.tasks[tid].key!r} of run {self.run_id} "
                                    "is missing from Redis")
-            values.append(serialize.loads(blob))
+            values.append(self.store.decode_output(
+                tid, blob, f"output {self.dag.tasks[tid].key!r}"))
         return values
 
     def _cleanup(self) -> None:

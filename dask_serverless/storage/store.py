@@ -16,6 +16,7 @@ import redis
 
 from ..errors import RunDataLostError
 from .keys import RunKeys
+from .serialize import Encoded, Purpose, decode, encode
 
 _CLIENTS: dict[str, redis.Redis] = {}
 
@@ -58,27 +59,37 @@ class RunStore:
         self.ttl = ttl
 
     # -- outputs -------------------------------------------------------------------
+    def encode_output(self, task: int, value: Any) -> Encoded:
+        """``task``'s output sealed for its key in this run."""
+        return encode(value, Purpose.OUTPUT, self.keys.run_id, self.keys.output(task))
+
+    def decode_output(self, task: int, blob: bytes | bytearray | memoryview,
+                      what: str = "output") -> Any:
+        """The value of ``task``'s output ``blob`` (read whole or streamed) once its seal
+        checks out for this run and task."""
+        return decode(blob, Purpose.OUTPUT, self.keys.run_id, self.keys.output(task), what)
+
     def get_outputs(self, task_ids: Sequence[int]) -> list[bytes | None]:
         out: list[bytes | None] = []
         for i in range(0, len(task_ids), 1000):
             out.extend(self.r.mget([self.keys.output(t) for t in task_ids[i:i + 1000]]))
         return out
 
-    def publish_outputs(self, outputs: Iterable[tuple[int, bytes]], final: Iterable[int],
+    def publish_outputs(self, outputs: Iterable[tuple[int, Encoded]], final: Iterable[int],
                         fanins: Sequence[tuple[int, int]]) -> list[int]:
         """Write outputs (NX), mark final ones done, register ``(producer, consumer)``
         fan-in edges; one round trip. Returns the set sizes seen for each fan-in edge."""
         k = self.keys
         pipe = self.r.pipeline(transaction=True)
         for tid, data in outputs:
-            pipe.set(k.output(tid), data, nx=True, ex=self.ttl)
+            pipe.set(k.output(tid), data.tobytes(), nx=True, ex=self.ttl)
         final = list(final)
         if final:
             pipe.sadd(k.outputs_done, *final)
             pipe.expire(k.outputs_done, self.ttl)
         return self._fanin_sizes(self._register(pipe, fanins).execute(), fanins)
 
-    def publish(self, task: int, data: bytes | None, final: bool,
+    def publish(self, task: int, data: Encoded | None, final: bool,
                 fanins: Sequence[int], claims: Sequence[int],
                 claimer: str) -> tuple[bool, list[int], list[bool]]:
         """One output's step, in one MULTI: write it once (unless ``data`` is None), mark
@@ -88,7 +99,7 @@ class RunStore:
         k = self.keys
         pipe = self.r.pipeline(transaction=True)
         if data is not None:
-            pipe.set(k.output(task), data, nx=True, ex=self.ttl)
+            pipe.set(k.output(task), data.tobytes(), nx=True, ex=self.ttl)
         if final:
             pipe.sadd(k.outputs_done, task)
             pipe.expire(k.outputs_done, self.ttl)
@@ -186,14 +197,22 @@ class RunStore:
         return blob
 
     # -- errors, cancellation, events ---------------------------------------------------
-    def fail(self, record: bytes) -> bool:
-        """Store the run's first error (later ones are dropped) and wake the client."""
-        first = bool(self.r.set(self.keys.error, record, nx=True, ex=self.ttl))
+    def fail(self, record: dict[str, Any]) -> bool:
+        """Store the run's first error record (``protocol.wire.error_record``; later ones
+        are dropped), sealed for this run's error key, and wake the client."""
+        k = self.keys
+        blob = encode(record, Purpose.ERROR, k.run_id, k.error).tobytes()
+        first = bool(self.r.set(k.error, blob, nx=True, ex=self.ttl))
         self.event({"kind": "error"})
         return first
 
-    def get_error(self) -> bytes | None:
-        return self.r.get(self.keys.error)
+    def get_error(self) -> dict[str, Any] | None:
+        """The run's error record, or None; ``TamperedPayloadError`` when its seal is not
+        this run's."""
+        blob = self.r.get(self.keys.error)
+        if blob is None:
+            return None
+        return decode(blob, Purpose.ERROR, self.keys.run_id, self.keys.error, "error record")
 
     def cancel(self) -> None:
         self.r.set(self.keys.cancel, 1, ex=self.ttl)

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
 from ..errors import DeadlineExceededError, RunDataLostError
+from .serialize import Encoded
 from .store import RunStore
 
 POLL_MIN_S, POLL_MAX_S = 0.0005, 0.01
@@ -111,14 +112,13 @@ def unfinished(store: RunStore, tasks: Iterable[int]) -> list[tuple[int, StreamH
     return [(t, h, int(n)) for (t, h), n in zip(heads, counts, strict=True) if n < h.chunks]
 
 
-def write(store: RunStore, task: int, head: StreamHead, data: bytes, chunk_bytes: int,
+def write(store: RunStore, task: int, head: StreamHead, data: Encoded, chunk_bytes: int,
           final: bool) -> None:
     """Push ``data`` in chunks, one single-command round trip each (the list's TTL set
     after the first); the last push marks a final output done in the same MULTI."""
     k = store.keys
-    key, view = k.stream_chunks(task, head.token), memoryview(data)
-    for i in range(head.chunks):
-        chunk = view[i * chunk_bytes:(i + 1) * chunk_bytes]
+    key = k.stream_chunks(task, head.token)
+    for i, chunk in enumerate(data.chunks(chunk_bytes)):
         if final and i == head.chunks - 1:
             pipe = store.r.pipeline(transaction=True)
             pipe.rpush(key, chunk)

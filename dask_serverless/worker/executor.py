@@ -25,7 +25,8 @@ from ..protocol import core
 from ..protocol.constants import CANCEL_CHECK_S, HOLD_POLL_S, PROGRESS_S
 from ..protocol.view import RunView
 from ..protocol.wire import Invocation, InvocationReport, RunSpec, error_record
-from ..storage import serialize, streams
+from ..storage import streams
+from ..storage.serialize import Encoded
 from ..storage.store import RunStore, connect
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def load_spec(inv: Invocation, store: RunStore) -> tuple[RunSpec, bytes | None, 
         return cached[0], cached[1], 0.0
     t0 = time.perf_counter()
     blob = inv.spec if inv.spec is not None else store.get_spec()
-    spec = RunSpec.loads(blob)
+    spec = RunSpec.loads(blob, inv.run_id)
     forward = blob if len(blob) <= spec.inline_bytes else None
     _SPECS[inv.run_id] = (spec, forward)
     while len(_SPECS) > _SPEC_CACHE_SIZE:
@@ -158,7 +159,7 @@ class _Execution:
         self.state = core.InvocationState(RunView.of(spec.dag, spec.plan, spec.layout), my,
                                           width, inline_bytes=spec.inline_bytes)
         self.values: dict[int, Any] = {}
-        self.blobs: dict[int, bytes] = {}  # sealed outputs the core still needs
+        self.blobs: dict[int, Encoded] = {}  # sealed outputs the core still needs
         self.seal_s: dict[int, float] = {}  # seconds spent pickling and sealing each
         self.fetched: dict[int, list[tuple[int, int]]] = {}  # task -> inputs fetched for it
         self.started_at: dict[int, float] = {}  # running task -> its start (epoch s)
@@ -187,7 +188,7 @@ class _Execution:
 
     def _begin(self) -> None:
         for d, data in self.inv.inputs.items():
-            self.values[d] = serialize.loads(data)
+            self.values[d] = self.store.decode_output(d, data)
         if self.rec is not None and self.inv.inputs:
             self.rec.arrived_inputs(list(self.inv.inputs),
                                     [len(b) for b in self.inv.inputs.values()], "inline")
@@ -322,17 +323,17 @@ class _Execution:
     def _seal(self, tid: int, value: Any) -> int:
         t0 = time.perf_counter()
         try:
-            data = serialize.dumps(value)
+            data = self.store.encode_output(tid, value)
         except Exception as exc:
             raise TypeError(f"output of task {self.tasks[tid].key!r} cannot be pickled: "
                             f"{exc}") from exc
-        if len(data) > self.spec.max_output_bytes:
+        if data.nbytes > self.spec.max_output_bytes:
             raise OutputTooLargeError(
-                f"output of task {self.tasks[tid].key!r} is {len(data)} bytes, over "
+                f"output of task {self.tasks[tid].key!r} is {data.nbytes} bytes, over "
                 f"serverless.max-output-bytes={self.spec.max_output_bytes}")
         self.blobs[tid] = data
         self.seal_s[tid] = time.perf_counter() - t0  # sealing is part of the upload's cost
-        return len(data)
+        return data.nbytes
 
     def _close_row(self, batch: tuple[int, ...] = ()) -> None:
         """Close the metrics row of the last finished task once its outputs are out
@@ -372,7 +373,7 @@ class _Execution:
                     f"worker {self.inv.worker_id}: input {self.tasks[d].key!r} is missing "
                     f"from Redis (run {self.inv.run_id} cancelled, expired or Redis "
                     "restarted)")
-            self.values[d] = serialize.loads(blob)
+            self.values[d] = self.store.decode_output(d, blob)
             sizes.append(len(blob))
         if task not in ids:  # (else: its own value, stored first by another attempt)
             self.fetched.setdefault(task, []).extend(zip(ids, sizes, strict=True))
@@ -402,7 +403,7 @@ class _Execution:
         if s.stream_chunk:
             assert data is not None
             head = streams.StreamHead.new(self.inv.id, self.inv.attempt, self.inv.worker_id,
-                                          len(data), s.stream_chunk)
+                                          data.nbytes, s.stream_chunk)
             written, sizes = streams.announce(self.store, s.task, head,
                                               [(s.task, e) for e in s.fanins])
             self.streams[s.task] = (head, written)
@@ -411,7 +412,7 @@ class _Execution:
             written, sizes, won = self.store.publish(s.task, data, s.final, s.fanins,
                                                      s.claims, self.inv.id)
         if self.rec is not None and data is not None and not s.stream_chunk:
-            self.rec.uploaded(len(data), time.perf_counter() - t0 + self.seal_s[s.task])
+            self.rec.uploaded(data.nbytes, time.perf_counter() - t0 + self.seal_s[s.task])
         return core.Published(tuple(sizes), tuple(won), written)
 
     def _write_stream(self, tid: int, final: bool) -> None:
@@ -421,7 +422,7 @@ class _Execution:
         if writes:
             streams.write(self.store, tid, head, data, self.opt.stream[tid], final)
         if self.rec is not None:
-            self.rec.uploaded(len(data) if writes else 0,
+            self.rec.uploaded(data.nbytes if writes else 0,
                               time.perf_counter() - t0 + self.seal_s[tid])
 
     def _send_invokes(self) -> None:
@@ -432,7 +433,7 @@ class _Execution:
         plan = self.spec.plan
         invs = [Invocation(self.inv.run_id, i.worker, plan.workers[i.worker].config.memory_mb,
                            self.inv.redis_url, list(i.start), self.spec_blob,
-                           {d: self.blobs[d] for d in i.inline}, self.inv.worker_id,
+                           {d: self.blobs[d].tobytes() for d in i.inline}, self.inv.worker_id,
                            time.time())
                 for i in collected]
         self.report.invoked += len(invs)
@@ -448,7 +449,7 @@ class _Execution:
         t0 = time.perf_counter()
         self.store.publish_outputs(items, tasks, [])
         if self.rec is not None:
-            self.rec.batch_uploaded([(t, len(d)) for t, d in items],
+            self.rec.batch_uploaded([(t, d.nbytes) for t, d in items],
                                     time.perf_counter() - t0
                                     + sum(self.seal_s.get(t, 0.0) for t in tasks))
         self.store.event({"kind": "outputs"})

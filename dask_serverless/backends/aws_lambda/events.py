@@ -48,8 +48,9 @@ def decode(event: Any) -> tuple[Invocation, str | None]:
     """The invocation in ``event`` and its spill key (None when it came inline)."""
     if not isinstance(event, dict) or event.get("ds") != VERSION:
         raise EventError(f"not a dask-serverless event (version {VERSION}): {str(event)[:200]}")
+    run_id, worker_id = str(event.get("run_id")), str(event.get("worker_id"))  # seal-checked
     if "invocation" in event:
-        return Invocation.loads(base64.b64decode(event["invocation"])), None
+        return Invocation.loads(base64.b64decode(event["invocation"]), run_id, worker_id), None
     key = event.get("spilled")
     if not key or not event.get("redis_url"):
         raise EventError(f"event of worker {event.get('worker_id')!r} has neither an "
@@ -58,7 +59,7 @@ def decode(event: Any) -> tuple[Invocation, str | None]:
     if data is None:
         raise EventError(f"spilled payload {key} of worker {event.get('worker_id')!r} is gone "
                          "from Redis (run finished, cancelled or expired?)")
-    return Invocation.loads(data), key
+    return Invocation.loads(data, run_id, worker_id), key
 
 
 def drop_spilled(redis_url: str, key: str | None) -> None:

@@ -68,7 +68,8 @@ class _PipeInvoker:
         self.conn = conn
 
     def invoke_many(self, invocations) -> None:
-        self.conn.send_bytes(pickle.dumps(("invoke", [i.dumps() for i in invocations])))
+        self.conn.send_bytes(pickle.dumps(
+            ("invoke", [(i.run_id, i.worker_id, i.dumps()) for i in invocations])))
 
 
 def main(argv: list[str]) -> None:
@@ -109,7 +110,7 @@ def serve(read_fd: int, write_fd: int, status_path: str, memory_mb: int, t0: flo
             tx.send_bytes(pickle.dumps(("result", ok, payload, cold)))
             continue
         try:
-            inv = Invocation.loads(msg[1])
+            inv = Invocation.loads(msg[3], msg[1], msg[2])  # ("run", run, worker, blob, cold)
         except TamperedPayloadError as exc:
             sys.stderr.write(f"refused invocation: {exc}\n")
             tx.send_bytes(pickle.dumps(("refused", str(exc))))

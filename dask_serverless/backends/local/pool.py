@@ -267,7 +267,7 @@ class LocalPool:
         if isinstance(inv, HandlerCall):
             msg = ("call", inv.handler, inv.event, inv.context, cold)
         else:
-            msg = ("run", self.encode(inv), cold)
+            msg = ("run", inv.run_id, inv.worker_id, self.encode(inv), cold)
         try:
             c.tx.send_bytes(pickle.dumps(msg))
         except OSError:
@@ -290,8 +290,8 @@ class LocalPool:
                 return
             kind = msg[0]
             if kind == "invoke":
-                for data in msg[1]:
-                    self._submit_from_worker(Invocation.loads(data))
+                for run_id, worker_id, data in msg[1]:
+                    self._submit_from_worker(Invocation.loads(data, run_id, worker_id))
             elif kind == "ready":
                 c.startup_s = msg[1]
                 with self._lock:

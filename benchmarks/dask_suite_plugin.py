@@ -1,0 +1,95 @@
+"""pytest plugin for ``benchmarks/dask_suite.py``: run Dask's own tests with every
+compute on one scheduler.
+
+``DASK_SUITE_SCHEDULER`` picks it: ``serverless`` (``serverless_get``), ``localcluster``
+(a ``distributed.LocalCluster`` client) or ``sync`` (Dask's own, a baseline). The default
+scheduler is set to it, and Dask's local schedulers named in a test (``scheduler="sync"``,
+``"threads"``, ``"processes"``: ``assert_eq`` computes with ``"sync"``) are redirected to
+it, so the same computes reach each scheduler. A test that passes its own scheduler
+function keeps it.
+
+Each test's outcome is appended to ``DASK_SUITE_OUTCOMES`` as one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+
+_OUTCOMES: dict[str, dict[str, Any]] = {}
+
+
+def _target() -> Any:
+    kind = os.environ.get("DASK_SUITE_SCHEDULER", "serverless")
+    if kind == "serverless":
+        from dask_serverless import serverless_get
+
+        return serverless_get, None
+    if kind == "localcluster":
+        from distributed import Client, LocalCluster
+
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        client = Client(cluster, set_as_default=True)
+        return client.get, (client, cluster)
+    if kind == "sync":
+        import dask.local
+
+        return dask.local.get_sync, None
+    raise ValueError(f"DASK_SUITE_SCHEDULER={kind!r}: serverless, localcluster or sync")
+
+
+def _redirect(target: Any) -> None:
+    import dask.base
+    import dask.local
+    import dask.multiprocessing
+    import dask.threaded
+
+    local = {dask.local.get_sync, dask.threaded.get, dask.multiprocessing.get}
+    original = dask.base.get_scheduler
+
+    def get_scheduler(*args: Any, **kwargs: Any) -> Any:
+        chosen = original(*args, **kwargs)
+        return target if chosen in local else chosen
+
+    dask.base.get_scheduler = get_scheduler
+
+
+_STATE: dict[str, Any] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    import dask
+
+    target, resources = _target()
+    _STATE["resources"] = resources
+    _redirect(target)
+    dask.config.set({"scheduler": target})
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    resources = _STATE.pop("resources", None)
+    if resources is not None:
+        client, cluster = resources
+        client.close()
+        cluster.close()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    entry = _OUTCOMES.setdefault(report.nodeid, {"outcome": "passed", "message": ""})
+    if report.when == "call" and hasattr(report, "wasxfail"):
+        entry["outcome"] = "xpassed" if report.passed else "xfailed"
+    elif report.skipped and entry["outcome"] == "passed":
+        entry["outcome"] = "xfailed" if hasattr(report, "wasxfail") else "skipped"
+    elif report.failed:
+        entry["outcome"] = "failed" if report.when == "call" else "error"
+        crash = getattr(report.longrepr, "reprcrash", None)
+        entry["message"] = (crash.message if crash is not None else str(report.longrepr))[:500]
+    if report.when == "teardown":
+        path = os.environ.get("DASK_SUITE_OUTCOMES")
+        if path:
+            with open(path, "a") as f:
+                f.write(json.dumps({"test": report.nodeid, **entry}) + "\n")
