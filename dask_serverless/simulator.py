@@ -47,14 +47,63 @@ from .estimates import Estimates
 from .layout import Layout, build_layout
 from .plan import Plan, ResourceConfig, WorkerSpec
 from .protocol import core
-from .protocol.constants import HOLD_POLL_S
+from .protocol.constants import CANCEL_CHECK_S, HOLD_POLL_S, LEASE_INTERVALS
 from .protocol.view import RunView
 
 WARMUP_BILLED_S = 0.001  # a warm-up invocation returns at once
 _MIN_BOOKED_S = 1e-3  # shorter transfers are all latency: they do not queue for a core
 _INF = math.inf
 _ARRIVE, _RESUME, _FINISHED, _READY, _WARMUP = 0, 1, 2, 3, 4
-_MAY_WAIT = {core.Store, core.QueryDup, core.PollHeld, core.Execute}  # may sync on the heap
+_MAY_WAIT = {core.Store, core.QueryDup, core.PollHeld, core.Execute,  # may sync on the heap
+             core.CheckStored}
+
+
+@dataclass(frozen=True)
+class Faults:
+    """What goes wrong in a predicted run (a what-if; planners predict without faults):
+    ``slow``: task -> seconds its first attempt takes (a straggler: slow host, slow
+    start); ``crash``: task -> seconds into its first attempt its invocation dies."""
+
+    slow: dict[int, float] = field(default_factory=dict)
+    crash: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """How the client notices and repairs what goes wrong (``serverless.*`` keys):
+    ``direct``: the backend sees a container die (the local pool) instead of a lease
+    expiring (``heartbeat_s`` x ``lease_intervals`` after its last renewal, noticed at
+    the client's next ``poll_s`` check); a dead invocation is re-sent after
+    ``retry_backoff`` (doubling) at most ``retries`` times. ``speculation``: a task
+    running longer than ``factor`` x the time of its function's tasks and ``min_s`` gets
+    a backup invocation (the client checks each ``poll_s``; at most ``max_backups``); the
+    first to finish wins and the other is cancelled (billed until then)."""
+
+    direct: bool = False
+    heartbeat_s: float | None = 5.0
+    lease_intervals: int = LEASE_INTERVALS
+    poll_s: float = 0.5
+    retries: int = 2
+    retry_backoff: float = 0.2
+    speculation: bool = True
+    factor: float = 3.0
+    min_s: float = 10.0
+    max_backups: int = 8
+
+
+@dataclass(slots=True)
+class _Arrival:
+    """An invocation on its way: who runs it, what it starts with, and its identity
+    across retries and backups (``lineage``: claims and child invocations are its)."""
+
+    worker: str
+    starts: list[int]
+    inline: frozenset
+    trigger: int
+    invoked_at: float
+    lineage: str
+    attempt: int = 0
+    backup: bool = False
 
 
 class SimulationError(RuntimeError):
@@ -74,6 +123,9 @@ class PredictedInvocation:
     cold: bool
     start_tasks: list[int]
     invoked_by: int  # the task whose completion invoked it; -1: the client
+    attempt: int = 0  # a retry of an invocation that died: 1, 2...
+    backup: bool = False  # a straggler's backup
+    outcome: str = "ok"  # "ok" | "crashed" | "cancelled" (lost to its backup or original)
     tasks: list[int] = field(default_factory=list)  # the tasks it ran, in order
     duplicates: list[int] = field(default_factory=list)  # other workers' tasks it ran too
 
@@ -113,6 +165,9 @@ class SimResult:
     critical_path: list[int]
     workers: int = 0
     warmups: int = 0
+    retries: int = 0  # invocations re-sent after they died
+    backups: int = 0  # straggler backups started
+    failed: bool = False  # an invocation died more often than retries allow
     cold_starts: int = field(init=False)
     warm_starts: int = field(init=False)
 
@@ -129,7 +184,8 @@ class SimResult:
                 "gb_seconds": self.gb_seconds, "requests": self.requests,
                 "invocations": len(self.invocations), "workers": self.workers,
                 "cold_starts": self.cold_starts, "warm_starts": self.warm_starts,
-                "bytes_moved": self.bytes_moved, "duplicates": self.duplicates}
+                "bytes_moved": self.bytes_moved, "duplicates": self.duplicates,
+                "retries": self.retries, "backups": self.backups, "failed": self.failed}
 
 
 class _Calendar:
@@ -177,16 +233,21 @@ class _Calendar:
 class _Proc:
     """A running invocation (simulated): its decision core and its own clock."""
 
-    __slots__ = ("clock", "cores", "cpu_times", "exec_times", "fetched", "gen", "hold_until",
-                 "idx", "rec", "running", "slot", "spec", "state", "token")
+    __slots__ = ("arrival", "clock", "cores", "cpu_times", "dies_at", "exec_times", "fetched",
+                 "gen", "hold_until", "idx", "over", "rec", "running", "slot", "spec",
+                 "started", "state", "token")
 
     def __init__(self, idx: int, spec: WorkerSpec, state: core.InvocationState,
-                 rec: PredictedInvocation, est: Estimates, slot: Slot):
+                 rec: PredictedInvocation, est: Estimates, slot: Slot, arrival: _Arrival):
         self.idx, self.spec, self.state, self.rec, self.slot = idx, spec, state, rec, slot
+        self.arrival = arrival
+        self.dies_at = _INF  # a crash fault: when its container dies
+        self.over = False  # ended, crashed or cancelled in event time
+        self.started: dict[int, float] = {}  # task -> when it started here
         self.exec_times = est.exec_times(spec.config)
         self.cpu_times: list[float] | None = None  # when shared cores or its threads need it
         self.clock = rec.start_time
-        self.running: list[tuple[float, int, bool]] = []  # (end, task, first run) on threads
+        self.running: list[tuple[float, int]] = []  # (end, task) of tasks on its threads
         self.fetched: dict[int, list[tuple[int, int]]] = {}  # task -> inputs fetched for it
         self.hold_until: dict[tuple[int, int], float] = {}  # delayed I/O deadlines
         self.token = 0
@@ -199,17 +260,21 @@ class Simulator:
 
     def __init__(self, dag: DAG, cost: CostModel | Estimates, *,
                  inline_bytes: int = 64 * 1024, keep_alive: float = 300.0,
-                 warm: dict[int, int] | None = None, capacity: Capacity | None = None):
+                 warm: dict[int, int] | None = None, capacity: Capacity | None = None,
+                 recovery: Recovery | None = None):
         self.dag = dag
+        self.recovery = recovery or Recovery()
         self.est = cost if isinstance(cost, Estimates) else Estimates(dag, cost)
         self.capacity = capacity or self.est.capacity
         self.inline_bytes, self.keep_alive = inline_bytes, keep_alive
         self.warm = dict(warm or {})
         self.simulated_tasks = 0  # work done so far: planners budget their search by it
 
-    def run(self, plan: Plan, layout: Layout | None = None) -> SimResult:
+    def run(self, plan: Plan, layout: Layout | None = None,
+            faults: Faults | None = None) -> SimResult:
+        """Predict ``plan``'s run; ``faults``: what goes wrong (see ``Faults``)."""
         self.simulated_tasks += len(self.dag)
-        return _Run(self, plan, layout or build_layout(self.dag, plan)).result()
+        return _Run(self, plan, layout or build_layout(self.dag, plan), faults).result()
 
 
 def simulate(dag: DAG, plan: Plan, cost: CostModel | Estimates, **kwargs: Any) -> SimResult:
@@ -220,8 +285,9 @@ def simulate(dag: DAG, plan: Plan, cost: CostModel | Estimates, **kwargs: Any) -
 class _Run:
     """State of one simulation."""
 
-    def __init__(self, sim: Simulator, plan: Plan, layout: Layout):
+    def __init__(self, sim: Simulator, plan: Plan, layout: Layout, faults: Faults | None):
         dag = sim.dag
+        self.faults, self.recovery = faults or Faults(), sim.recovery
         n = len(dag)
         self.sim, self.plan, self.layout, self.est = sim, plan, layout, sim.est
         self.view = RunView.of(dag, plan, layout)
@@ -240,7 +306,11 @@ class _Run:
         self.streams: dict[int, tuple[float, float, int]] = {}  # announced, written, chunk
         self.fanin_size = [0] * n
         self.fanin_members: dict[int, set[int]] = {e: set() for e in self._with_members()}
-        self.claimed = bytearray(n)
+        self.claimed: dict[int, str] = {}  # entry -> the lineage that claimed it
+        self.sent: set[str] = set()  # child invocations sent (a second send is dropped)
+        self.live: dict[str, list[_Proc]] = {}  # lineage -> its invocations not over
+        self.retries = self.backups = 0
+        self.failed_at = _INF
         self.waiters: dict[int, list[_Proc]] = {}  # held fan-in -> invocations waiting on it
         self.task_start = [-1.0] * n
         self.task_end = [-1.0] * n
@@ -277,7 +347,7 @@ class _Run:
         for w in self.opt.prewarm:
             self._push(w.at_s, _WARMUP, w)
         for wid, roots in self.layout.root_groups.items():
-            self._push(0.0, _ARRIVE, (wid, roots, frozenset(), -1))
+            self._push(0.0, _ARRIVE, _Arrival(wid, roots, frozenset(), -1, 0.0, f"r:{wid}"))
         heap = self.heap
         while heap:
             t, _, kind, obj, token = heapq.heappop(heap)
@@ -286,9 +356,9 @@ class _Run:
                 if token == obj.token:
                     self._step(obj)
             elif kind == _ARRIVE:
-                self._arrive(*obj)
+                self._arrive(obj)
             elif kind == _FINISHED:
-                self._run_on(self.containers.finished(obj, t))
+                self._finished(obj)
             elif kind == _READY:
                 self._run_on(self.containers.ready(obj, t))
             else:
@@ -323,33 +393,92 @@ class _Run:
             if slot is not None:
                 self._push(self._on_core(self.now, cold), _READY, slot)
 
-    def _arrive(self, wid: str, starts: list[int], inline: frozenset, trigger: int) -> None:
-        arrival = (wid, starts, inline, trigger, self.now)
-        mb = self.plan.workers[wid].config.memory_mb
+    def _arrive(self, arrival: _Arrival) -> None:
+        mb = self.plan.workers[arrival.worker].config.memory_mb
         self._run_on(self.containers.place(mb, arrival, self.now))
 
     def _run_on(self, placement: Placement | None) -> None:
         """Start the placed work on its container (nothing when it queued)."""
         if placement is None or placement.slot is None:
             return
-        wid, starts, inline, trigger, invoked_at = placement.work
+        arrival: _Arrival = placement.work
+        wid, starts = arrival.worker, arrival.starts
         spec = self.plan.workers[wid]
         if placement.cold:
             begin = self._on_core(self.now, self.est.invocation_time(spec.config, "cold"))
         else:
             begin = self.now + self.est.invocation_time(spec.config, "warm")
-        rec = PredictedInvocation(wid, spec.config.memory_mb, invoked_at, begin, begin,
-                                  placement.cold, starts, trigger)
+        rec = PredictedInvocation(wid, spec.config.memory_mb, arrival.invoked_at, begin, begin,
+                                  placement.cold, starts, arrival.trigger, arrival.attempt,
+                                  arrival.backup)
         state = core.InvocationState(self.view, spec, spec.threads,
                                      inline_bytes=self.sim.inline_bytes)
-        p = _Proc(len(self.records), spec, state, rec, self.est, placement.slot)
+        p = _Proc(len(self.records), spec, state, rec, self.est, placement.slot, arrival)
+        self.live.setdefault(arrival.lineage, []).append(p)
         if self.cores is None and spec.threads > 1:  # its threads share the config's vCPUs
             p.cores = [0.0] * max(1, math.ceil(spec.config.vcpus - 1e-9))
         if self.cores is not None or p.cores:
             p.cpu_times = self.est.cpu_times(spec.config)
         self.records.append(rec)
-        p.gen = self._invocation(p, starts, inline)
+        p.gen = self._invocation(p, starts, arrival.inline)
         self._push(begin, _RESUME, p, p.token)
+
+    def _finished(self, p: _Proc) -> None:
+        """An invocation ended (in event time): its backup or original, if still running,
+        is cancelled (billed until the cancel is seen), and its container is free."""
+        if p.over:
+            return
+        p.over = True
+        for q in self.live.pop(p.arrival.lineage, []):
+            if q is not p and not q.over:
+                self._cancel(q)
+        self._run_on(self.containers.finished(p.slot, self.now))
+
+    def _cancel(self, q: _Proc) -> None:
+        q.over = True
+        q.token += 1  # what it would still do never happens
+        q.rec.outcome = "cancelled"
+        if self.recovery.direct:  # the local pool kills the container
+            q.rec.end_time = self.now
+            self._run_on(self.containers.died(q.slot, self.now))
+        else:  # Lambda: the function notices the cancel flag and returns
+            q.rec.end_time = self.now + CANCEL_CHECK_S
+            self._run_on(self.containers.finished(q.slot, q.rec.end_time))
+
+    def _crashed(self, p: _Proc) -> None:
+        """``p``'s container died: noticed directly or when its lease expires, then the
+        invocation is sent again (a retry checks which outputs are stored)."""
+        p.over = True
+        p.rec.end_time, p.rec.outcome = self.now, "crashed"
+        alive = self.live.get(p.arrival.lineage, [])
+        if p in alive:
+            alive.remove(p)
+        self._run_on(self.containers.died(p.slot, self.now))
+        r, a = self.recovery, p.arrival
+        noticed = self._noticed(p)
+        if a.attempt >= r.retries or noticed == _INF:
+            self.failed_at = min(self.failed_at, noticed)
+            return
+        self.retries += 1
+        at = noticed + r.retry_backoff * 2**a.attempt
+        self._push(at, _ARRIVE, _Arrival(a.worker, a.starts, a.inline, a.trigger, at,
+                                         a.lineage, a.attempt + 1, a.backup))
+
+    def _noticed(self, p: _Proc) -> float:
+        """When the client (or the pool) learns that ``p`` died (now)."""
+        r = self.recovery
+        if r.direct:
+            return self.now
+        if r.heartbeat_s is None:
+            return _INF  # nobody tells: the deadline ends the run
+        renewed = p.rec.start_time + math.floor(
+            (self.now - p.rec.start_time) / r.heartbeat_s) * r.heartbeat_s
+        return self._next_check(renewed + r.lease_intervals * r.heartbeat_s)
+
+    def _next_check(self, t: float) -> float:
+        """The client's first fallback check at or after ``t``."""
+        poll = self.recovery.poll_s
+        return math.ceil(t / poll - 1e-9) * poll
 
     # -- one invocation: the core's instructions, timed --------------------------------------
     def _invocation(self, p: _Proc, starts: list[int],
@@ -357,7 +486,9 @@ class _Run:
         out = self.out_bytes
         for d in sorted(inline):
             self.transfers.append(InputTransfer(starts[0], d, "inline", out[d], p.idx))
-        todo = list(reversed(p.state.handle(core.Begin(tuple(starts), tuple(sorted(inline))))))
+        again = p.arrival.attempt > 0 or p.arrival.backup  # earlier work may be stored
+        todo = list(reversed(p.state.handle(core.Begin(tuple(starts), tuple(sorted(inline)),
+                                                       recheck=again))))
         while True:
             while todo:
                 inst = todo.pop()
@@ -374,11 +505,15 @@ class _Run:
                     todo.extend(reversed(p.state.handle(answer)))
             if p.state.done:
                 break
-            end, tid, first = heapq.heappop(p.running)  # the core waits for a task thread
+            end, tid = heapq.heappop(p.running)  # the core waits for a task thread
+            if end >= p.dies_at:
+                yield p.dies_at
+                self._crashed(p)
+                return
             p.clock = max(p.clock, end)
-            todo.extend(reversed(p.state.handle(self._task_done(p, tid, end, first))))
+            todo.extend(reversed(p.state.handle(self._task_done(p, tid, end))))
         p.rec.end_time = p.clock
-        self._push(p.clock, _FINISHED, p.slot)
+        self._push(p.clock, _FINISHED, p)
 
     def _step_now(self, p: _Proc, inst: core.Instruction) -> core.Event | None:
         """An instruction that needs no look at shared state in event order."""
@@ -389,10 +524,15 @@ class _Run:
                 p.clock = self._fetch(p, inst.task, inst.ids, p.clock)
         elif isinstance(inst, core.Claim):
             p.clock += self.rtt
-            return core.Claimed(tuple(self._claim(e) for e in inst.entries))
+            return core.Claimed(tuple(self._claim(e, p.arrival.lineage)
+                                      for e in inst.entries))
         elif isinstance(inst, core.Invoke):
-            self._push(p.clock, _ARRIVE, (inst.worker, list(inst.start), frozenset(inst.inline),
-                                          self._last_input(inst.start[0])))
+            child = f"{p.arrival.lineage}>{','.join(map(str, sorted(inst.start)))}"
+            if child not in self.sent:  # a retry's or backup's second send is dropped
+                self.sent.add(child)
+                self._push(p.clock, _ARRIVE, _Arrival(
+                    inst.worker, list(inst.start), frozenset(inst.inline),
+                    self._last_input(inst.start[0]), p.clock, child))
         elif isinstance(inst, core.WriteStream):
             t = inst.task
             announced, p.clock = p.clock, self._move(p.clock, self.out_bytes[t], "upload")
@@ -415,6 +555,10 @@ class _Run:
             return (yield from self._execute_on_shared_cores(p, inst))
         if isinstance(inst, core.Store):
             return (yield from self._store(p, inst))
+        if isinstance(inst, core.CheckStored):
+            p.clock += self.rtt
+            yield p.clock
+            return core.Stored(frozenset(t for t in inst.tasks if self.stored_at[t] <= p.clock))
         if isinstance(inst, core.QueryDup):
             p.clock += self.rtt  # read the fan-in set and whether the inputs exist
             yield p.clock
@@ -429,51 +573,67 @@ class _Run:
     def _execute(self, p: _Proc, inst: core.Execute) -> core.Event | None:
         """Start a task (its own vCPUs at most: no shared cores to queue for)."""
         tid, t = inst.task, p.clock
-        first = self._task_started(p, inst)
+        self._task_started(p, inst)
         if p.cores:
             cpu = p.cpu_times[tid]  # type: ignore[index]
             end = self._on_core(t, cpu, p.cores) + p.exec_times[tid] - cpu
         else:
             end = t + p.exec_times[tid]
-        return self._task_running(p, inst, end, first)
+        return self._task_running(p, inst, self._faulty_end(p, tid, t, end))
 
     def _execute_on_shared_cores(self, p: _Proc,
                                  inst: core.Execute) -> Generator[float, None, Any]:
         tid, t = inst.task, p.clock
-        first = self._task_started(p, inst)
+        self._task_started(p, inst)
         cpu = p.cpu_times[tid]  # type: ignore[index]
         yield t  # wait for a core in event order
         end = self._on_core(t, cpu) + p.exec_times[tid] - cpu
-        return self._task_running(p, inst, end, first)
+        return self._task_running(p, inst, self._faulty_end(p, tid, t, end))
 
-    def _task_started(self, p: _Proc, inst: core.Execute) -> bool:
-        """Record the start; True when this is the task's first run (a duplicated task
-        keeps its first run's times)."""
-        tid = inst.task
-        first = self.task_invocation[tid] < 0
-        if first:
-            self.task_start[tid], self.task_invocation[tid] = p.clock, p.idx
-        (p.rec.duplicates if inst.duplicate else p.rec.tasks).append(tid)
-        return first
+    def _faulty_end(self, p: _Proc, tid: int, start: float, end: float) -> float:
+        """When task ``tid`` started at ``start`` really ends (a first attempt may be
+        slow, or die); a straggler gets a backup when speculation sees it in time."""
+        a, f, r = p.arrival, self.faults, self.recovery
+        if a.attempt or a.backup:
+            return end
+        if tid in f.crash:
+            p.dies_at = start + f.crash[tid]
+            return p.dies_at
+        if tid in f.slow:
+            normal_s, end = end - start, start + f.slow[tid]
+            waited = max(r.factor * normal_s, r.min_s)
+            if r.speculation and self.backups < r.max_backups and end - start > waited:
+                self.backups += 1
+                at = self._next_check(start + waited)
+                self._push(at, _ARRIVE, _Arrival(a.worker, a.starts, a.inline, a.trigger,
+                                                 at, a.lineage, 0, True))
+        return end
 
-    def _task_running(self, p: _Proc, inst: core.Execute, end: float,
-                      first: bool) -> core.Event | None:
+    def _task_started(self, p: _Proc, inst: core.Execute) -> None:
+        p.started[inst.task] = p.clock
+        (p.rec.duplicates if inst.duplicate else p.rec.tasks).append(inst.task)
+
+    def _task_running(self, p: _Proc, inst: core.Execute, end: float) -> core.Event | None:
         if inst.duplicate:  # runs now, on the invocation's own thread
             p.clock = end
             self.duplicates += 1
-            return self._task_done(p, inst.task, end, first)
-        heapq.heappush(p.running, (end, inst.task, first))
+            return self._task_done(p, inst.task, end)
+        heapq.heappush(p.running, (end, inst.task))
         return None
 
-    def _task_done(self, p: _Proc, tid: int, end: float, first: bool) -> core.TaskDone:
-        if first:
-            self.task_end[tid] = end
+    def _task_done(self, p: _Proc, tid: int, end: float) -> core.TaskDone:
+        """A task here ended; the task's recorded run is the one that ended first (a
+        duplicated, retried or backed-up task may run more than once)."""
+        if self.task_end[tid] < 0 or end < self.task_end[tid]:  # the run that ended first
+            self.task_start[tid], self.task_end[tid] = p.started[tid], end
+            self.task_invocation[tid] = p.idx
         out = self.out_bytes[tid]
         fetched = tuple(p.fetched.pop(tid)) if tid in p.fetched else ()
         return core.TaskDone(tid, out, out if self.view.upload[tid] else 0, fetched)
 
     def _store(self, p: _Proc, s: core.Store) -> Generator[float, None, Any]:
         t, nbytes = s.task, self.out_bytes[s.task]
+        written = not (s.write and self.stored_at[t] <= p.clock)  # another attempt's first
         if s.write and not s.stream_chunk:
             p.clock = self._move(p.clock, nbytes, "upload")
             self.bytes_uploaded += nbytes
@@ -484,7 +644,8 @@ class _Run:
         if s.write and not s.stream_chunk:
             self.stored_at[t] = min(self.stored_at[t], p.clock)
         return core.Published(tuple(self._register(t, e) for e in s.fanins),
-                              tuple(self._claim(e) for e in s.claims))
+                              tuple(self._claim(e, p.arrival.lineage) for e in s.claims),
+                              written)
 
     def _poll_held(self, p: _Proc, poll: core.PollHeld) -> Generator[float, None, Any]:
         """Answer when a poll would see something new: at once the first time, else when
@@ -579,21 +740,24 @@ class _Run:
                 self._push(self.now + HOLD_POLL_S / 2, _RESUME, w, w.token)
         return size
 
-    def _claim(self, e: int) -> bool:
-        if self.claimed[e]:
-            return False
-        self.claimed[e] = 1
-        return True
+    def _claim(self, e: int, lineage: str) -> bool:
+        """Claim ``e`` (``SET NX``): True when ``lineage`` holds it (claimed now, or by an
+        earlier attempt or a backup of the same invocation)."""
+        return self.claimed.setdefault(e, lineage) == lineage
 
     # -- totals ------------------------------------------------------------------------------
     def _totals(self) -> SimResult:
         dag = self.sim.dag
         outs = dag.outputs
         missing = [dag.tasks[o].key for o in outs if self.stored_at[o] == _INF]
-        if missing:
+        failed = self.failed_at < _INF or bool(missing and self.faults.crash)
+        if missing and not failed:
             raise SimulationError(f"plan never produces outputs {missing[:3]!r}")
-        done = max((self.stored_at[o] for o in outs), default=0.0)
-        makespan = self._move(done, sum(self.out_bytes[o] for o in outs), "download")
+        if failed:  # the client's error: when it notices the last death it cannot retry
+            makespan = self.failed_at
+        else:
+            done = max((self.stored_at[o] for o in outs), default=0.0)
+            makespan = self._move(done, sum(self.out_bytes[o] for o in outs), "download")
         gb_s = sum((r.end_time - r.start_time) * r.memory_mb / 1024 for r in self.records)
         gb_s += sum(w.count * w.memory_mb / 1024 * WARMUP_BILLED_S for w in self.opt.prewarm)
         requests = len(self.records) + self.warmups
@@ -607,4 +771,5 @@ class _Run:
         return SimResult(makespan, price, gb_s, requests, self.records, self.task_start,
                          self.task_end, self.task_invocation, self.transfers,
                          self.bytes_uploaded, self.bytes_downloaded, self.duplicates,
-                         path[::-1], len({r.worker_id for r in self.records}), self.warmups)
+                         path[::-1], len({r.worker_id for r in self.records}), self.warmups,
+                         self.retries, self.backups, failed)
