@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
+from functools import partial
 from typing import Any
 
 from dask._task_spec import Alias, DataNode, GraphNode, Task, convert_legacy_graph
@@ -11,6 +12,7 @@ from dask.order import order
 from dask.utils import funcname, key_split
 
 from .dag import DAG, TaskNode
+from .errors import DiskShuffleError
 from .hints import hints_of
 from .sizes import RootSizes
 
@@ -66,6 +68,7 @@ def to_dag(dsk: Any, keys: Any) -> DAG:
 
 def _task(i: int, key: Hashable, node: GraphNode, deps: tuple[int, ...], per_task: dict,
           sizes: RootSizes) -> TaskNode:
+    _refuse_disk_shuffle(key, node)
     name = _name(node)
     annotations = _annotations(node, per_task, key)
     declared = annotations.pop("size", None)  # TaskNode.size holds it
@@ -122,6 +125,25 @@ def _annotations(node: GraphNode, per_task: dict, key: Hashable) -> dict:
     if isinstance(annotated, Mapping):  # unannotated keys may hold Dask's tombstone
         found.update(annotated)
     return found
+
+
+def _refuse_disk_shuffle(key: Hashable, node: GraphNode) -> None:
+    """A task that makes a partd store (Dask's "disk" shuffle of bags and dataframes)
+    would keep the shuffle's data on one worker's disk: refuse the graph, naming the fix."""
+    if not isinstance(node, Task):
+        return
+    func = node.func
+    while isinstance(func, partial):
+        func = func.func
+    made_by = getattr(func, "__module__", None) or type(func).__module__
+    if made_by.split(".")[0] == "partd" or type(func).__name__ == "maybe_buffered_partd":
+        raise DiskShuffleError(
+            f"task {key!r} starts a disk-based shuffle (partd files on the disk of the "
+            "worker that runs it), which serverless workers do not share. Use a task-based "
+            "shuffle: shuffle='tasks' (bags) or shuffle_method='tasks' (dataframes) in the "
+            "call, or dask.config.set({'dataframe.shuffle.method': 'tasks'}) before the "
+            "collection is built ('tasks' is the default once dask_serverless is imported, "
+            "unless that option was set)")
 
 
 _GENERIC = {"apply", "execute_task", "Compose", "compose"}

@@ -32,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
         "redis-grace": 10.0,  # seconds the client rides out a Redis connection loss
         "max-output-bytes": 500 * 2**20,  # a task output larger than this is an error
         "stream-chunk-bytes": 2**20,  # pass "stream": chunk size; larger outputs stream
+        "echo-task-output": True,  # print what tasks print (stdout/stderr) on this terminal
         "secret": None,  # HMAC key for payloads; None: a random per-process secret
         "local": {
             "max-containers": None,  # None: 2 x CPU count
@@ -88,7 +89,13 @@ DEFAULTS: dict[str, Any] = {
     }
 }
 
+# Dask's own keys whose default changes once dask-serverless is imported (a value the
+# user set wins). Shuffles are task-based, as Dask chooses when distributed is in use: a
+# "disk" shuffle writes partd files that only the worker that made them can read.
+DASK_DEFAULTS: dict[str, Any] = {"dataframe": {"shuffle": {"method": "tasks"}}}
+
 dask.config.update_defaults(DEFAULTS)
+dask.config.update_defaults(DASK_DEFAULTS)
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 _FUNCTION_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,50}")
@@ -186,7 +193,8 @@ def _validate(name: str, value: Any) -> None:
         raise ConfigError(
             f"serverless.lambda.function-prefix = {value!r} must be 1-50 letters, digits, "
             "'-' or '_' (function names are <prefix>-<memory_mb>)")
-    if name in ("dashboard.enabled", "dashboard.open-browser") and not isinstance(value, bool):
+    if name in ("dashboard.enabled", "dashboard.open-browser", "echo-task-output") \
+            and not isinstance(value, bool):
         raise ConfigError(f"serverless.{name} = {value!r} must be True or False")
     if name == "dashboard.port" and (not isinstance(value, int) or isinstance(value, bool)
                                      or not 0 < value < 65536):

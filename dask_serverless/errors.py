@@ -33,3 +33,8 @@ class OutputTooLargeError(ServerlessError, ValueError):
 
 class HintError(ServerlessError, ValueError):
     """A hint (``@hints``, ``dask.annotate(serverless=...)``) is invalid or failed."""
+
+
+class DiskShuffleError(ServerlessError, ValueError):
+    """The graph shuffles through files on one worker's disk (Dask's ``"disk"`` shuffle),
+    which serverless workers do not share."""

@@ -39,11 +39,25 @@ class TaskLogCapture(logging.Handler):
     def task(self, tid: int) -> None:
         self._running.task = tid
 
+    @property
+    def forwarding(self) -> bool:
+        """This thread is passing a record on to ``logging.lastResort`` (stderr)."""
+        return getattr(self._running, "forwarding", False)
+
+    def add_lines(self, tid: int, lines: list[list[Any]]) -> None:
+        """Lines of task ``tid`` captured elsewhere (``worker.task_output``: what it
+        printed and warned), same shape as log lines."""
+        self.lines.setdefault(tid, []).extend(lines)
+
     def emit(self, record: logging.LogRecord) -> None:
         last = logging.lastResort
         if self._forward and last is not None and record.levelno >= last.level \
                 and not _handled_elsewhere(record.name, self):
-            last.handle(record)
+            self._running.forwarding = True
+            try:
+                last.handle(record)
+            finally:
+                self._running.forwarding = False
         if self.task < 0:
             return
         lines = self.lines.setdefault(self.task, [])

@@ -16,6 +16,7 @@ import cloudpickle
 from ..dag import DAG, TaskNode
 from ..layout import Layout
 from ..plan import Plan
+from ..portable_errors import portable
 from ..storage import serialize
 from ..storage.serialize import Purpose
 
@@ -143,8 +144,8 @@ def error_record(exc: BaseException, key: Any, worker_id: str,
     """The task's exception pickled (or a stand-in) with the worker-side traceback; the
     store seals the record for the run's error key (``RunStore.fail``)."""
     tb = "".join(traceback.format_exception(exc))
-    try:
-        exc_bytes = serialize.pickled(exc)
+    try:  # portable: a custom ``__init__`` must not stop it unpickling (type kept)
+        exc_bytes = serialize.pickled(portable(exc))
         pickle.loads(exc_bytes)
     except Exception:
         exc_bytes = serialize.pickled(RuntimeError(f"{type(exc).__name__}: {exc}"))

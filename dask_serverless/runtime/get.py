@@ -78,7 +78,7 @@ def serverless_get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
                       max_output_bytes=config.get("max-output-bytes"), on_progress=on_progress,
                       metrics_url=metrics_url, metrics_wait=config.get("metrics.wait"),
                       task_log_level=level_number(config.get("metrics.task-logs")),
-                      live=live)
+                      live=live, echo_output=config.get("echo-task-output"))
             last_run = run
             values = run.execute()
             results = {dag.tasks[t].key: v for t, v in zip(dag.outputs, values, strict=True)}

@@ -32,6 +32,7 @@ from ..protocol.wire import Invocation, RunSpec
 from ..storage import streams
 from ..storage.store import RunStore, connect, redact
 from .live import LiveFeed
+from .task_output import TaskOutputFeed
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ class Run:
                  max_output_bytes: int = 500 * 2**20,
                  on_progress: ProgressCallback | None = None,
                  metrics_url: str | None = None, metrics_wait: float = 2.0,
-                 task_log_level: int | None = None, live: bool = False):
+                 task_log_level: int | None = None, live: bool = False,
+                 echo_output: bool = True):
         plan.validate(dag)
         self.dag, self.plan, self.backend = dag, plan, backend
         self.redis_url = redis_url
@@ -64,6 +66,8 @@ class Run:
         # live: forward progress to dashboards (needs metrics; workers then report tasks)
         self.live = LiveFeed(metrics_url, self.run_id, deadline) \
             if live and metrics_url is not None else None
+        # what tasks print and warn: echoed here as it arrives, warnings re-emitted at the end
+        self.output = TaskOutputFeed(self.store, echo_output)
         self.record: RunRecord | None = None  # what was recorded (when metrics are on)
         self.roots: list[str] = []  # ids of the invocations the client made
         self.submit_time = 0.0
@@ -93,6 +97,7 @@ class Run:
                 self.makespan = time.time() - self.submit_time
             if self.live is None:
                 pubsub.close()
+            self.output.poll()  # the last lines, before cleanup deletes them
             self._cleanup()
             if self.metrics_url is not None:
                 self._write_record(ok)
@@ -103,6 +108,8 @@ class Run:
                 self._forward_late_events(pubsub)
                 pubsub.close()
                 self.live.finish(ok, self.makespan)
+            # last: a warning this process turns into an error raises after all of the above
+            self.output.finish(raise_errors=ok)
 
     def _forward_late_events(self, pubsub) -> None:
         """Pass on to the live feed the progress workers sent after the outputs were in
@@ -173,6 +180,7 @@ class Run:
                 self._raise_deadline()
             try:
                 if now >= next_check:
+                    self.output.poll()
                     self._raise_if_failed()
                     if self.store.outputs_done() >= n_out:
                         return

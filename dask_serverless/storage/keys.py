@@ -63,6 +63,11 @@ class RunKeys:
         return f"{self.prefix}events"
 
     @property
+    def task_output(self) -> str:
+        """List of what tasks printed and warned (JSON, one entry per task)."""
+        return f"{self.prefix}tout"
+
+    @property
     def pattern(self) -> str:
         return f"{self.prefix}*"
 

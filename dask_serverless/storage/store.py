@@ -223,12 +223,23 @@ class RunStore:
     def event(self, message: dict[str, Any]) -> None:
         self.r.publish(self.keys.events, json.dumps(message))
 
+    def push_task_output(self, entry: str) -> None:
+        """Append what one task printed and warned (``worker.task_output``)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.rpush(self.keys.task_output, entry)
+        pipe.expire(self.keys.task_output, self.ttl)
+        pipe.execute()
+
+    def task_output(self, start: int = 0) -> list[bytes]:
+        """Entries of ``push_task_output`` from list index ``start`` on."""
+        return self.r.lrange(self.keys.task_output, start, -1)
+
     def cleanup(self, task_ids_with_outputs: Iterable[int], entry_ids: Iterable[int],
                 streamed: Iterable[int] = ()) -> int:
         """Delete the run's keys (all but the cancel flag, which expires by itself);
         ``streamed``: tasks whose outputs may have been streamed (heads and chunk lists)."""
         k = self.keys
-        names = [k.dag, k.error, k.outputs_done]
+        names = [k.dag, k.error, k.outputs_done, k.task_output]
         names += [k.output(t) for t in task_ids_with_outputs]
         for e in entry_ids:
             names += [k.fanin(e), k.fired(e)]

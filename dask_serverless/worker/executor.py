@@ -15,6 +15,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from typing import Any, Protocol
 
 from dask.sizeof import sizeof
@@ -28,6 +29,7 @@ from ..protocol.wire import Invocation, InvocationReport, RunSpec, error_record
 from ..storage import streams
 from ..storage.serialize import Encoded
 from ..storage.store import RunStore, connect
+from .task_output import TaskOutput
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +79,10 @@ def execute(inv: Invocation, invoker: Invoker,
     if not inv.warmup:
         logs = (recorder.capture_logs(spec.task_log_level).install()
                 if recorder is not None and spec.task_log_level is not None else None)
+        output = TaskOutput(store, inv.worker_id, logs).install()  # prints, warnings
         try:
             _Execution(inv, spec, spec_blob, store, invoker, on_task_start, report,
-                       recorder).run()
+                       recorder, output).run()
         except (_Stopped, streams.StreamCancelled):
             pass
         except BaseException as exc:
@@ -87,6 +90,7 @@ def execute(inv: Invocation, invoker: Invoker,
             store.fail(error_record(exc, f"<worker {inv.worker_id}>", inv.worker_id,
                                     inv.memory_mb))
         finally:
+            output.remove()
             if logs is not None:
                 logs.remove()
     report.end_time = time.time()
@@ -135,8 +139,9 @@ class _Execution:
     def __init__(self, inv: Invocation, spec: RunSpec, spec_blob: bytes | None,
                  store: RunStore, invoker: Invoker,
                  on_task_start: Callable[[int], None] | None, report: InvocationReport,
-                 recorder: InvocationRecorder | None = None):
+                 recorder: InvocationRecorder | None = None, output: TaskOutput | None = None):
         self.inv, self.spec, self.store, self.invoker = inv, spec, store, invoker
+        self.output = output  # a task's prints and warnings, told with its key
         self.spec_blob = spec_blob
         self.on_task_start = on_task_start
         self.report = report
@@ -282,8 +287,10 @@ class _Execution:
         if self.logs is not None:
             self.logs.task = tid
         t0, c0 = time.perf_counter(), time.thread_time()
+        task = self.tasks[tid]
         try:
-            value = self.tasks[tid].node(args)
+            with self.output.task(tid, task.key) if self.output is not None else nullcontext():
+                value = task.node(args)
         except BaseException as exc:
             return None, 0.0, 0.0, exc
         finally:

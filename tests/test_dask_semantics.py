@@ -1,0 +1,158 @@
+"""Dask's semantics kept on serverless workers (real subprocess workers, real Redis and
+fakeredis): shuffles are task-based (a disk shuffle is refused, naming the fix), task
+warnings are re-emitted in the caller, prints reach the caller's terminal and the metrics,
+and exceptions keep their type and attributes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+
+import dask
+import dask.bag as db
+import dask.dataframe as dd
+import pandas as pd
+import pytest
+from dask import delayed
+
+from dask_serverless import serverless_get
+from dask_serverless.errors import DiskShuffleError
+from dask_serverless.metrics.store import MetricsStore
+from dask_serverless.runtime import get as get_mod
+
+pytestmark = pytest.mark.usefixtures("any_redis")
+
+
+# -- shuffles ---------------------------------------------------------------------------------
+def test_importing_makes_task_shuffles_the_default_unless_set():
+    assert dask.config.get("dataframe.shuffle.method") == "tasks"
+    code = ("import dask, dask_serverless; "
+            "print(dask.config.get('dataframe.shuffle.method'))")
+    env = dict(os.environ, DASK_DATAFRAME__SHUFFLE__METHOD="disk")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout.strip() == "disk", out.stderr[-1000:]
+
+
+def test_bag_groupby_by_default_keeps_every_element():
+    """The disk shuffle lost elements here (a group came back with 2 of 3 copies)."""
+    b = db.from_sequence(list(range(30)) * 3, npartitions=4)
+    got = dict(b.groupby(lambda v: v % 5).compute(scheduler=serverless_get))
+    assert {k: sorted(v) for k, v in got.items()} == \
+        {k: sorted(v for v in list(range(30)) * 3 if v % 5 == k) for k in range(5)}
+
+
+def test_dataframe_shuffle_by_default_matches_pandas():
+    pdf = pd.DataFrame({"a": [i % 7 for i in range(200)], "b": range(200)})
+    ddf = dd.from_pandas(pdf, npartitions=5)
+    got = ddf.shuffle("a").compute(scheduler=serverless_get)
+    pd.testing.assert_frame_equal(got.sort_values("b"), pdf.sort_values("b"))
+    per_partition = ddf.shuffle("a").map_partitions(lambda p: p["a"].nunique()).compute(
+        scheduler=serverless_get)
+    assert per_partition.sum() == 7  # each key in one partition only
+
+
+@pytest.mark.parametrize("make", [
+    lambda: db.from_sequence(range(30), npartitions=3).groupby(lambda v: v % 3,
+                                                                 shuffle="disk"),
+    lambda: dd.from_pandas(pd.DataFrame({"a": range(20)}), npartitions=3).shuffle(
+        "a", shuffle_method="disk"),
+], ids=["bag", "dataframe"])
+def test_disk_shuffle_is_refused_naming_the_fix(make):
+    with pytest.raises(DiskShuffleError, match="shuffle_method='tasks'") as info:
+        dask.compute(make(), scheduler=serverless_get)
+    assert "dataframe.shuffle.method" in str(info.value)
+
+
+# -- warnings ---------------------------------------------------------------------------------
+def careful(i):
+    warnings.warn(f"careful with {i % 2}", UserWarning, stacklevel=1)
+    warnings.warn("old api", DeprecationWarning, stacklevel=1)  # ignored by default filters
+    return i
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_task_warnings_are_reemitted_in_the_caller_naming_the_task():
+    parts = [delayed(careful)(i, dask_key_name=f"careful-{i}") for i in range(4)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert dask.compute(delayed(sum)(parts), scheduler=serverless_get) == (6,)
+    user = sorted(str(w.message) for w in caught if w.category is UserWarning)
+    assert len(user) == 2  # one per distinct warning, naming a task and the others
+    assert user[0].startswith("careful with 0 [task 'careful-")
+    assert "1 other task too" in user[0]
+    assert [w for w in caught if w.category is DeprecationWarning]
+    with pytest.warns(UserWarning, match="careful with 1"):
+        dask.compute(delayed(careful)(1), scheduler=serverless_get)
+
+
+def test_a_task_warning_turned_into_an_error_here_raises_here():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        with pytest.raises(UserWarning, match="careful with 1"):
+            dask.compute(delayed(careful)(1), scheduler=serverless_get)
+
+
+# -- prints -----------------------------------------------------------------------------------
+def chatty(i):
+    print(f"hello {i}")
+    print(f"oops {i}", file=sys.stderr)
+    print("\x1b[31mred\x1b[0m", end="")  # no newline: still one line
+    return i
+
+
+def test_prints_are_echoed_with_their_task_and_recorded_as_log_lines(capsys, any_redis):
+    got = dask.compute(delayed(chatty)(3, dask_key_name="chatty-3"), scheduler=serverless_get)
+    assert got == (3,)
+    out, err = capsys.readouterr()
+    assert "('chatty-3' on w" in out and "hello 3" in out
+    assert "('chatty-3' on w" in err and "oops 3" in err
+    assert "\x1b" not in out and "\\x1b[31mred\\x1b[0m" in out  # escapes escaped
+    run = get_mod.last_run
+    logs = MetricsStore.from_url(any_redis).task_logs(run.run_id)
+    (lines,) = logs.values()
+    assert [(level, message) for _, level, _, message in lines] == [
+        ("STDOUT", "hello 3"), ("STDERR", "oops 3"), ("STDOUT", "\x1b[31mred\x1b[0m")]
+
+
+def test_echo_can_be_turned_off(capsys):
+    with dask.config.set({"serverless.echo-task-output": False}):
+        dask.compute(delayed(chatty)(1), scheduler=serverless_get)
+    out, err = capsys.readouterr()
+    assert "hello 1" not in out and "oops 1" not in err
+
+
+def test_prints_of_a_failing_task_reach_the_caller(capsys):
+    def loud_failure():
+        print("about to fail")
+        raise KeyError("nope")
+
+    with pytest.raises(KeyError, match="nope"):
+        dask.compute(delayed(loud_failure)(), scheduler=serverless_get)
+    assert "about to fail" in capsys.readouterr().out
+
+
+# -- exceptions -------------------------------------------------------------------------------
+class BadRecord(ValueError):
+    """Its ``__init__`` takes other arguments than it passes on: plain unpickling fails."""
+
+    def __init__(self, record, why):
+        super().__init__(f"bad record {record['id']}: {why}")
+        self.record, self.why = record, why
+
+
+def check_record(record):
+    if record["id"] < 0:
+        raise BadRecord(record, "negative id")
+    return record
+
+
+def test_exception_with_custom_init_keeps_type_and_attributes():
+    with pytest.raises(BadRecord) as info:
+        dask.compute(delayed(check_record)({"id": -4}), scheduler=serverless_get)
+    exc = info.value
+    assert exc.record == {"id": -4} and exc.why == "negative id"
+    assert str(exc) == "bad record -4: negative id"
+    assert any("[dask-serverless] task" in note for note in exc.__notes__)
