@@ -6,12 +6,19 @@ from collections.abc import Hashable, Mapping
 from functools import partial
 from typing import Any
 
-from dask._task_spec import Alias, DataNode, GraphNode, Task, convert_legacy_graph
+from dask._task_spec import (
+    Alias,
+    DataNode,
+    GraphNode,
+    Task,
+    _execute_subgraph,
+    convert_legacy_graph,
+)
 from dask.core import flatten
 from dask.order import order
-from dask.utils import funcname, key_split
+from dask.utils import funcname
 
-from .dag import DAG, TaskNode
+from .dag import DAG, NO_ANNOTATIONS, TaskNode, key_prefix
 from .errors import DiskShuffleError
 from .hints import hints_of
 from .sizes import RootSizes
@@ -41,65 +48,139 @@ def graph_and_annotations(dsk: Any) -> tuple[Mapping, dict[str, dict]]:
 
 def to_dag(dsk: Any, keys: Any) -> DAG:
     """Convert the graph, cull it to what ``keys`` (possibly nested lists) need, order it;
-    root tasks get their size (``sizes``)."""
+    root tasks get their size (``sizes``). Linear in tasks above ``DASK_ORDER_MAX_TASKS``:
+    one walk culls and orders, names and hints are computed once per function."""
     sizes = RootSizes.of(dsk)
     graph, annotations = graph_and_annotations(dsk)
     wanted = list(flatten(keys)) if isinstance(keys, list) else [keys]
-    graph = convert_legacy_graph(dict(graph))
+    graph = convert_legacy_graph(graph)  # a new dict: the caller's graph is left alone
     missing = [k for k in wanted if k not in graph]
     if missing:
         raise KeyError(f"requested keys are not in the graph: {missing[:5]!r}")
-    needed = _cull(graph, wanted)
-    per_task = annotations.get("serverless", {})
-    if len(needed) > DASK_ORDER_MAX_TASKS:  # dask.order costs seconds at this size
-        return _to_dag_plain_topo(needed, wanted, per_task, sizes)
+    tasks = _Tasks(annotations.get("serverless", {}), sizes)
+    if len(graph) > DASK_ORDER_MAX_TASKS:  # dask.order costs seconds at this size
+        ordered = _post_order(graph, wanted)
+        if len(ordered) > DASK_ORDER_MAX_TASKS:
+            return tasks.dag(graph, ordered, wanted)
+        needed = {k: graph[k] for k in ordered}
+    else:
+        needed = _cull(graph, wanted)
+    del graph
     priority = order(needed) if len(needed) > 1 else {k: 0 for k in needed}
     ordered = sorted(needed, key=priority.__getitem__)
-    ids = {k: i for i, k in enumerate(ordered)}
-    tasks = []
-    for i, k in enumerate(ordered):
-        node = needed[k]
-        deps = tuple(sorted(ids[d] for d in node.dependencies))
-        if deps and deps[-1] >= i:  # dask.order should never produce this
-            return _to_dag_plain_topo(needed, wanted, per_task, sizes)
-        tasks.append(_task(i, k, node, deps, per_task, sizes))
-    return DAG(tasks, [ids[k] for k in wanted])
+    try:
+        return tasks.dag(needed, ordered, wanted)
+    except _NotTopological:  # dask.order should never produce this
+        return tasks.dag(needed, _post_order(needed, wanted), wanted)
 
 
-def _task(i: int, key: Hashable, node: GraphNode, deps: tuple[int, ...], per_task: dict,
-          sizes: RootSizes) -> TaskNode:
-    _refuse_disk_shuffle(key, node)
-    name = _name(node)
-    annotations = _annotations(node, per_task, key)
-    declared = annotations.pop("size", None)  # TaskNode.size holds it
-    size = 0 if deps else sizes.size(key, node, declared, name)
-    return TaskNode(i, key, node, name, deps, (), annotations, size)
+class _NotTopological(ValueError):
+    pass
 
 
-def _to_dag_plain_topo(needed: dict, wanted: list, per_task: dict,
-                       sizes: RootSizes) -> DAG:
-    """Depth-first post-order from the outputs: topological, subtrees contiguous."""
+class _Tasks:
+    """Builds ``TaskNode``s; what depends only on a task's function (its name, its
+    hints) is computed once per function, and equal names share one string."""
+
+    def __init__(self, per_task: dict, sizes: RootSizes):
+        self.per_task, self.sizes = per_task, sizes
+        self.by_func: dict[int, tuple[Any, str | None, dict, Any]] = {}  # id(func) ->
+        self.names: dict[str, str] = {}
+
+    def dag(self, graph: Mapping[Hashable, GraphNode], ordered: list[Hashable],
+            wanted: list[Hashable]) -> DAG:
+        ids: dict[Hashable, int] = {}
+        tasks: list[TaskNode] = []
+        per_task, sizes, by_func = self.per_task, self.sizes, self.by_func
+        for i, k in enumerate(ordered):  # one pass, inlined: it runs per task
+            node = graph[k]
+            dependencies = node.dependencies
+            if not dependencies:
+                deps: tuple[int, ...] = ()
+            elif len(dependencies) == 1:
+                deps = (ids[next(iter(dependencies))],)
+            else:
+                deps = tuple(sorted([ids[d] for d in dependencies]))
+            if deps and deps[-1] >= i:
+                raise _NotTopological(k)
+            ids[k] = i
+            if isinstance(node, Task):
+                known = by_func.get(id(node.func))
+                if known is None or known[0] is not node.func:
+                    known = self._function(k, node.func)
+                name = known[1] or self._intern(_name(node))
+                annotations, declared = known[2], known[3]
+            else:
+                name, annotations, declared = self._intern(_name(node)), NO_ANNOTATIONS, None
+            annotated = per_task.get(k) if per_task else None
+            if annotated is not None and isinstance(annotated, Mapping):  # else: none, or
+                annotations = {**annotations, **annotated}  # Dask's tombstone
+                declared = annotations.pop("size", declared)  # TaskNode.size holds it
+            if deps or (declared is None and not sizes.by_layer and isinstance(node, Task)
+                        and node.func is not _execute_subgraph):
+                size = 0  # has inputs, or nothing can know its size (no size hint)
+            else:
+                size = sizes.size(k, node, declared, name)
+            tasks.append(TaskNode(i, k, node, name, deps, (), annotations, size))
+        return DAG(tasks, [ids[k] for k in wanted])
+
+    def _function(self, key: Hashable, func: Any) -> tuple[Any, str | None, dict, Any]:
+        """What tasks of ``func`` share: (func, its name or None when each task is named
+        by its key (see ``_name``), its ``@hints`` but ``size`` (one dict), the ``size``
+        hint or None). ``key``: the first task found running it."""
+        _refuse_disk_shuffle(key, func)
+        name: str | None = _func_name(func)
+        if not name or name in _GENERIC or func is _execute_subgraph:
+            name = None
+        hints = hints_of(func)
+        declared = hints.pop("size", None)
+        known = self.by_func[id(func)] = (func, name, hints or NO_ANNOTATIONS, declared)
+        return known
+
+    def _intern(self, name: str) -> str:
+        return self.names.setdefault(name, name)
+
+
+def _post_order(graph: Mapping[Hashable, GraphNode], wanted: list) -> list[Hashable]:
+    """The tasks ``wanted`` need, depth-first post-order from the outputs: topological,
+    subtrees contiguous, dependencies visited in key order (deterministic).
+
+    A key is pushed to expand it; once expanded it is pushed again above its
+    dependencies, and popped that second time it is done. Copies of a key pushed
+    before it was expanded sit below that second push, so they find it done."""
     ordered: list[Hashable] = []
-    seen: set = set()
-    for root in wanted:
-        stack = [(root, False)]
-        while stack:
-            k, done = stack.pop()
-            if done:
-                ordered.append(k)
-                continue
-            if k in seen:
-                continue
-            seen.add(k)
-            stack.append((k, True))
-            deps = needed[k].dependencies
+    done: dict[Hashable, bool] = {}  # False: expanded, its dependencies pending
+    stack = list(reversed(wanted))
+    push, pop, emit = stack.append, stack.pop, ordered.append
+    while stack:
+        k = pop()
+        state = done.get(k)
+        if state is None:
+            done[k] = False
+            push(k)
+            try:
+                deps = graph[k].dependencies
+            except KeyError:
+                raise KeyError(f"task key {k!r} is referenced but missing from the "
+                               "graph") from None
             if len(deps) > 1:
-                deps = sorted(deps, key=str, reverse=True)
-            stack.extend((d, False) for d in deps if d not in seen)
-    ids = {k: i for i, k in enumerate(ordered)}
-    tasks = [_task(i, k, needed[k], tuple(sorted(ids[d] for d in needed[k].dependencies)),
-                   per_task, sizes) for i, k in enumerate(ordered)]
-    return DAG(tasks, [ids[k] for k in wanted])
+                stack.extend([d for d in _sorted_keys(deps) if d not in done])
+            elif deps:
+                (d,) = deps
+                if d not in done:
+                    push(d)
+        elif state is False:
+            done[k] = True
+            emit(k)
+    return ordered
+
+
+def _sorted_keys(keys: Any) -> list:
+    """Descending (popped last first); by ``str`` when keys of mixed types do not compare."""
+    try:
+        return sorted(keys, reverse=True)
+    except TypeError:
+        return sorted(keys, key=str, reverse=True)
 
 
 def _cull(graph: dict[Hashable, GraphNode], wanted: list) -> dict[Hashable, GraphNode]:
@@ -118,21 +199,9 @@ def _cull(graph: dict[Hashable, GraphNode], wanted: list) -> dict[Hashable, Grap
     return needed
 
 
-def _annotations(node: GraphNode, per_task: dict, key: Hashable) -> dict:
-    """``@hints`` of the task's function, overridden by ``dask.annotate(serverless=...)``."""
-    found = hints_of(node.func) if isinstance(node, Task) else {}
-    annotated = per_task.get(key)
-    if isinstance(annotated, Mapping):  # unannotated keys may hold Dask's tombstone
-        found.update(annotated)
-    return found
-
-
-def _refuse_disk_shuffle(key: Hashable, node: GraphNode) -> None:
+def _refuse_disk_shuffle(key: Hashable, func: Any) -> None:
     """A task that makes a partd store (Dask's "disk" shuffle of bags and dataframes)
     would keep the shuffle's data on one worker's disk: refuse the graph, naming the fix."""
-    if not isinstance(node, Task):
-        return
-    func = node.func
     while isinstance(func, partial):
         func = func.func
     made_by = getattr(func, "__module__", None) or type(func).__module__
@@ -153,16 +222,20 @@ def _name(node: GraphNode) -> str:
     """A task's function name; generic wrappers are named by their key prefix, fused
     subgraphs by their key prefix and the functions inside."""
     if isinstance(node, Task):
-        try:
-            name = funcname(node.func)
-        except Exception:
-            name = ""
+        name = _func_name(node.func)
         if name == "_execute_subgraph" and node.args and isinstance(node.args[0], Mapping):
             inner = sorted({_name(n) for n in node.args[0].values() if isinstance(n, Task)})
-            return f"{key_split(node.key)}[{','.join(inner)}]"
-        return key_split(node.key) if not name or name in _GENERIC else name
+            return f"{key_prefix(node.key)}[{','.join(inner)}]"
+        return key_prefix(node.key) if not name or name in _GENERIC else name
     if isinstance(node, Alias):
         return "alias"
     if isinstance(node, DataNode):
         return "data"
     return type(node).__name__.lower()
+
+
+def _func_name(func: Any) -> str:
+    try:
+        return funcname(func)
+    except Exception:
+        return ""

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 import time
+from pathlib import Path
 
 from .bench import command as bench_command
 
@@ -30,15 +33,19 @@ def _demo(args: argparse.Namespace) -> int:
     out.write(f"matches scheduler='sync': {abs(result - expected) <= 1e-9 * abs(expected)}\n")
     rec = run.record if run is not None else None
     if rec is not None:  # the summary comes from the recorded metrics
+        merged = rec.workers_planned - rec.workers
         out.write(
-            f"run {rec.run_id}: tasks: {rec.tasks}  workers: {rec.workers} "
-            f"({rec.workers_planned} planned)  invocations: {rec.invocations}  cold starts: "
-            f"{rec.cold_starts}  warm starts: {rec.warm_starts}\n"
+            f"run {rec.run_id}: {rec.tasks} tasks ran in {rec.invocations} worker "
+            f"invocations ({rec.cold_starts} started a new container, {rec.warm_starts} "
+            f"reused a warm one)\n"
+            f"plan: {rec.workers_planned} task groups"
+            + (f", {merged} of them run by an invocation already under way" if merged else "")
+            + "\n"
             f"makespan: {rec.makespan:.3f} s (compute call {elapsed:.3f} s)  "
             f"planner: {rec.planner}  backend: {rec.backend}  est. cost: "
             f"${rec.cost_usd:.6f}\n"
-            f"recorded runs so far: {len(_store().run_ids())} "
-            f"(`dask-serverless runs`, `dask-serverless show {rec.run_id}`)\n")
+            f"recorded runs so far: {len(_store().run_ids())} (`dask-serverless runs`, "
+            f"`dask-serverless show {rec.run_id}`, `dask-serverless logs {rec.run_id}`)\n")
     elif run is not None:
         out.write(f"tasks: {len(run.dag)}  makespan: {run.makespan:.3f} s (metrics off)\n")
     return 0
@@ -63,23 +70,46 @@ def _runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recorded_run(args: argparse.Namespace):
+    """(metrics store, the run id ``args.run_id`` starts), or None after saying why not."""
+    store = _store()
+    try:
+        return store, store.resolve(args.run_id)
+    except KeyError as exc:
+        sys.stderr.write(f"dask-serverless {args.command}: {exc.args[0]}\n")
+        return None
+
+
 def _show(args: argparse.Namespace) -> int:
     from .metrics.report import format_show
 
-    store = _store()
-    try:
-        run_id = store.resolve(args.run_id)
-    except KeyError as exc:
-        sys.stderr.write(f"dask-serverless show: {exc.args[0]}\n")
+    found = _recorded_run(args)
+    if found is None:
         return 2
+    store, run_id = found
     sys.stdout.write(format_show(store.run(run_id), store.invocations(run_id),
                                  store.tasks(run_id)) + "\n")
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from .metrics.report import format_logs
+
+    found = _recorded_run(args)
+    if found is None:
+        return 2
+    store, run_id = found
+    run = store.run(run_id)
+    text = format_logs(run, store.tasks(run_id), store.task_logs(run_id), args.task)
+    sys.stdout.write((text or f"run {run_id}: no task printed, warned or logged anything "
+                      "(serverless.metrics.task-logs sets the lowest log level kept)") + "\n")
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
     from .metrics.reader import MetricsReader
 
+    _output_dir(args.output, "metrics export")
     reader = MetricsReader(_store())
     ids = reader.run_ids(args.limit)
     for path in reader.export(args.output, args.format, ids):
@@ -101,6 +131,7 @@ def _report(args: argparse.Namespace) -> int:
                          "pip install 'dask-serverless[dashboard]'") from exc
     import dask
 
+    _output_file(args.output, "report")
     try:
         with dask.config.set({"serverless.metrics.redis-url": args.redis_url}
                              if args.redis_url else {}):
@@ -164,6 +195,7 @@ def _local_lambda(args: argparse.Namespace) -> int:
          f"  dask-serverless deploy --endpoint-url {server.url} --memory 1024\n"
          f"  DASK_SERVERLESS__BACKEND=lambda "
          f"DASK_SERVERLESS__LAMBDA__ENDPOINT_URL={server.url} python your_script.py")
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # stop() removes the temporary files
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -173,6 +205,10 @@ def _local_lambda(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _dockerfile(args: argparse.Namespace) -> int:
     from .backends.aws_lambda.packaging import write_image_context
 
@@ -180,6 +216,40 @@ def _dockerfile(args: argparse.Namespace) -> int:
     _say(f"wrote {path} and its build context; next: docker build -t IMAGE {args.directory} "
          "&& docker push IMAGE && dask-serverless deploy --image-uri IMAGE --memory ...")
     return 0
+
+
+def _output_dir(path: str, command: str) -> None:
+    """Refuse, before any work, an output directory that cannot be made or written."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise SystemExit(f"dask-serverless {command}: {path} exists and is not a directory "
+                         "(-o names a directory to write the tables into)")
+    existing = next((p for p in (target, *target.parents) if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise SystemExit(f"dask-serverless {command}: cannot write to {existing}")
+
+
+def _output_file(path: str, command: str) -> None:
+    """Refuse, before any work, an output file that is a directory or not writable."""
+    target = Path(path)
+    if target.is_dir():
+        raise SystemExit(f"dask-serverless {command}: {path} is a directory (-o names the "
+                         "HTML file to write)")
+    parent = target.parent
+    if not parent.is_dir():
+        raise SystemExit(f"dask-serverless {command}: directory {parent} does not exist")
+    if not os.access(target if target.exists() else parent, os.W_OK):
+        raise SystemExit(f"dask-serverless {command}: cannot write {path}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
+    return value
 
 
 def _say(line: str) -> None:
@@ -204,12 +274,16 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--chunk", type=int, default=1000)
     demo.set_defaults(func=_demo)
     runs = sub.add_parser("runs", help="list recent recorded runs")
-    runs.add_argument("--limit", type=int, default=20)
+    runs.add_argument("--limit", type=_positive_int, default=20, help="newest runs only")
     runs.add_argument("--signature", help="only runs of this workflow signature")
     runs.set_defaults(func=_runs)
     show = sub.add_parser("show", help="where one run's time went, per worker")
     show.add_argument("run_id", help="a run id (or a unique prefix of one)")
     show.set_defaults(func=_show)
+    logs = sub.add_parser("logs", help="what one run's tasks printed, warned and logged")
+    logs.add_argument("run_id", help="a run id (or a unique prefix of one)")
+    logs.add_argument("--task", help="only tasks whose key contains this text")
+    logs.set_defaults(func=_logs)
     dash = sub.add_parser("dashboard", help="serve the dashboards (Streamlit) over the "
                           "recorded metrics")
     dash.add_argument("--redis-url", help="metrics Redis (default: serverless.metrics."
@@ -229,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--format", choices=("parquet", "csv"), default="parquet")
     export.add_argument("-o", "--output", default="dask-serverless-metrics",
                         help="directory to write <table>.<format> files into")
-    export.add_argument("--limit", type=int, default=None, help="newest runs only")
+    export.add_argument("--limit", type=_positive_int, default=None, help="newest runs only")
     export.set_defaults(func=_export)
     dep = sub.add_parser("deploy", help="create or update the AWS Lambda worker functions")
     dep.add_argument("--memory", required=True, help="memory sizes in MB, e.g. 512,1024,2048")
@@ -270,7 +344,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except OSError as exc:  # a file or directory the command reads or writes: no traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        sys.stderr.write(f"dask-serverless {args.command}: {exc.strerror or exc}{where}\n")
+        return 1
 
 
 if __name__ == "__main__":

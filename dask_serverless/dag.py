@@ -15,12 +15,20 @@ import cloudpickle
 from dask.utils import key_split
 
 Key = Hashable
+NO_ANNOTATIONS: dict[str, Any] = {}  # shared by tasks without annotations: never mutate
+
+
+def key_prefix(key: Key) -> str:
+    """``dask.utils.key_split`` of a key; a tuple key's is its first element's (cached by
+    that element, so a million tuple keys do not churn key_split's cache)."""
+    return key_split(key[0] if type(key) is tuple and key else key)
 
 
 @dataclass(slots=True)
 class TaskNode:
     """One task: its Dask key, the runnable Dask task spec node and its edges (ids);
-    ``size``: bytes of data a task without dependencies makes (``sizes``; 0: unknown)."""
+    ``size``: bytes of data a task without dependencies makes (``sizes``; 0: unknown).
+    ``annotations`` may be shared with other tasks (of the same function): never mutate."""
 
     id: int
     key: Key
@@ -39,16 +47,30 @@ class DAG:
         self.tasks: list[TaskNode] = list(tasks)
         self.outputs: list[int] = list(dict.fromkeys(outputs))
         self.output_set = frozenset(self.outputs)
-        self.key_to_id: dict[Key, int] = {t.key: t.id for t in self.tasks}
+        self._key_to_id: dict[Key, int] | None = None
         self._signature: str | None = None
-        dependents: list[list[int]] = [[] for _ in self.tasks]
+        dependents: list[list[int] | None] = [None] * len(self.tasks)
         for t in self.tasks:
+            if t.dependents:  # a task of another DAG: its dependents are set below
+                t.dependents = ()
             for d in t.deps:
                 if d >= t.id:
                     raise ValueError(f"task {t.key!r} depends on a later task: not topological")
-                dependents[d].append(t.id)
+                found = dependents[d]
+                if found is None:
+                    dependents[d] = [t.id]
+                else:
+                    found.append(t.id)
         for t, ds in zip(self.tasks, dependents, strict=True):
-            t.dependents = tuple(ds)
+            if ds is not None:
+                t.dependents = tuple(ds)
+
+    @property
+    def key_to_id(self) -> dict[Key, int]:
+        """Task id by key (built on first use: the runtime does not need it)."""
+        if self._key_to_id is None:
+            self._key_to_id = {t.key: t.id for t in self.tasks}
+        return self._key_to_id
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -68,11 +90,23 @@ class DAG:
         hashes (sorted), so the same program on other data gets the same signature."""
         if self._signature is None:
             node_hash: list[bytes] = []
+            labels: dict[tuple[str, str], Any] = {}  # (function, key prefix) -> its hash
+            blake2b = hashlib.blake2b
             for t in self.tasks:
-                label = f"{t.func_name}|{key_split(t.key)}"
-                h = hashlib.blake2b(label.encode(), digest_size=12)
-                for d in sorted(node_hash[d] for d in t.deps):
-                    h.update(d)
+                label = (t.func_name, key_prefix(t.key))
+                base = labels.get(label)
+                if base is None:
+                    base = labels[label] = blake2b(f"{label[0]}|{label[1]}".encode(),
+                                                   digest_size=12)
+                if not t.deps:
+                    node_hash.append(base.digest())
+                    continue
+                h = base.copy()
+                if len(t.deps) == 1:
+                    h.update(node_hash[t.deps[0]])
+                else:
+                    for d in sorted([node_hash[d] for d in t.deps]):
+                        h.update(d)
                 node_hash.append(h.digest())
             top = hashlib.blake2b(digest_size=8)
             for digest in sorted(node_hash[o] for o in self.outputs):

@@ -58,10 +58,16 @@ def build_layout(dag: DAG, plan: Plan) -> Layout:
     local_dependents: list[tuple[int, ...]] = []
     entry_dependents: list[tuple[int, ...]] = []
     upload = [False] * n
+    outputs = dag.output_set
     for t in dag.tasks:
-        loc = tuple(d for d in t.dependents if not is_entry[d])
-        ent = tuple(d for d in t.dependents if is_entry[d])
-        local_dependents.append(loc)
+        dependents = t.dependents
+        if not any(is_entry[d] for d in dependents):  # the common case: share the tuple
+            local_dependents.append(dependents)
+            entry_dependents.append(())
+            upload[t.id] = t.id in outputs
+            continue
+        ent = tuple(d for d in dependents if is_entry[d])
+        local_dependents.append(tuple(d for d in dependents if not is_entry[d]))
         entry_dependents.append(ent)
-        upload[t.id] = bool(ent) or t.id in dag.output_set
+        upload[t.id] = True
     return Layout(group, is_entry, upload, local_dependents, entry_dependents, root_groups)

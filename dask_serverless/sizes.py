@@ -94,6 +94,7 @@ class RootSizes:
                  annotated: Mapping[str, Any] | None = None):
         self.arrays = arrays or {}
         self.annotated = annotated or {}
+        self.by_layer = bool(self.arrays or self.annotated)  # False: only hints, data
 
     @classmethod
     def of(cls, dsk: Any) -> RootSizes:

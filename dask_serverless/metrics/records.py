@@ -162,6 +162,8 @@ class RunRecord:
     gb_seconds: float = 0.0
     cost_usd: float = 0.0
     complete: bool = True  # every invocation record arrived before the run was written
+    functions: str = ""  # what the workflow runs: its outputs' functions <- the most used
+    error: str = ""  # a failed run: which task failed and why (first line)
     schema: int = SCHEMA
 
     @property

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .records import InvocationRecord, RunRecord, TaskRecord
 
@@ -67,17 +68,23 @@ def idle_time(run: RunRecord, tasks: Sequence[TaskRecord]) -> float:
 
 
 def format_runs(runs: Sequence[RunRecord]) -> str:
-    header = (f"{'run id':<16}  {'submitted':<19}  {'workflow':<16}  {'planner':<8}  "
+    header = (f"{'run id':<16}  {'submitted':<19}  {'workflow':<28}  {'planner':<8}  "
               f"{'tasks':>6}  {'inv':>5}  {'cold':>4}  {'warm':>4}  {'makespan':>9}  "
               f"{'moved':>9}  {'cost $':>10}  status")
     lines = [header]
     for r in runs:
         lines.append(
-            f"{r.run_id:<16}  {_when(r.submit_time):<19}  {r.signature:<16}  "
+            f"{r.run_id:<16}  {_when(r.submit_time):<19}  {_workflow(r):<28}  "
             f"{r.planner:<8.8}  {r.tasks:>6}  {r.invocations:>5}  {r.cold_starts:>4}  "
             f"{r.warm_starts:>4}  {r.makespan:>8.3f}s  {format_size(r.bytes_moved):>9}  "
             f"{r.cost_usd:>10.3g}  {r.status}{'' if r.complete else ' (partial)'}")
     return "\n".join(lines)
+
+
+def _workflow(run: RunRecord, width: int = 28) -> str:
+    """The run's function names (its signature for runs recorded without them)."""
+    text = run.functions or run.signature
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def format_show(run: RunRecord, invocations: Sequence[InvocationRecord],
@@ -85,8 +92,10 @@ def format_show(run: RunRecord, invocations: Sequence[InvocationRecord],
     total, per_worker = breakdown(invocations, tasks)
     worker_s = sum(total.seconds.values()) or 1.0
     lines = [
-        f"run {run.run_id}  workflow {run.signature}  planner {run.planner} "
-        f"{run.planner_options}  backend {run.backend}  status {run.status}",
+        f"run {run.run_id}  workflow {run.functions or '?'} (signature {run.signature})",
+        f"planner {run.planner} {run.planner_options}  backend {run.backend}  "
+        f"status {run.status}",
+        *([f"failed: {run.error}"] if run.error else []),
         f"submitted {_when(run.submit_time)}  makespan {run.makespan:.3f} s  tasks {run.tasks}"
         f"  invocations {run.invocations} ({run.cold_starts} cold, {run.warm_starts} warm)"
         f"  workers {run.workers}/{run.workers_planned} planned",
@@ -129,3 +138,20 @@ def format_size(n: float) -> str:
 def _natural(wid: str) -> tuple:
     digits = "".join(ch for ch in wid if ch.isdigit())
     return (wid.rstrip("0123456789"), int(digits) if digits else -1, wid)
+
+
+def format_logs(run: RunRecord | None, tasks: Sequence[TaskRecord],
+                logs: dict[int, list[list[Any]]], task_filter: str | None = None) -> str:
+    """Every line a run's tasks printed (STDOUT, STDERR), warned (WARNING py.warnings) or
+    logged, in time order: ``+seconds LEVEL (task key on worker) message``."""
+    who = {t.task_id: f"{t.key} on {t.worker_id}" for t in tasks}
+    t0 = run.submit_time if run is not None else 0.0
+    rows = []
+    for tid, lines in logs.items():
+        name = who.get(tid, f"task id {tid}")
+        if task_filter and task_filter not in name:
+            continue
+        for when, level, logger_name, message in lines:
+            source = "" if logger_name in ("stdout", "stderr") else f"{logger_name}: "
+            rows.append((when, f"+{when - t0:8.3f}s {level:<8} ({name}) {source}{message}"))
+    return "\n".join(text for _, text in sorted(rows, key=lambda r: r[0]))

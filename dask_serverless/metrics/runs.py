@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable
 
+from ..dag import DAG
 from .cost import Prices, invocations_cost
 from .records import InvocationRecord, RunRecord
 from .store import MetricsStore
@@ -53,6 +55,16 @@ def add_totals(run: RunRecord, invocations: list[InvocationRecord], prices: Pric
     run.download_bytes = sum(i.download_bytes for i in invocations)
     run.inline_bytes = sum(i.inline_bytes for i in invocations)
     run.gb_seconds, run.cost_usd = invocations_cost(invocations, prices)
+
+
+def workflow_functions(dag: DAG, most_used: int = 3) -> str:
+    """What a workflow runs, for people: its outputs' functions, then its most used others
+    (``"sum <- matmul, random_sample"``)."""
+    outs = list(dict.fromkeys(dag.tasks[t].func_name for t in dag.outputs))
+    counts = Counter(t.func_name for t in dag.tasks if t.func_name not in outs)
+    others = [name for name, _ in counts.most_common(most_used)]
+    text = ", ".join(outs[:most_used]) + (", ..." if len(outs) > most_used else "")
+    return f"{text} <- {', '.join(others)}" if others else text
 
 
 def record_run(store: MetricsStore, run: RunRecord, roots: Iterable[str], wait: float,

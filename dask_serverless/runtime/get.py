@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -36,8 +37,11 @@ def serverless_get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
     arguments override the ``serverless.*`` config for this call (``planner``, ``plan``,
     ``backend``, ``redis_url``, ``memory``, ``parallelism``, ``deadline``,
     ``optimizations``; ``serverless_dashboard``: ``serverless.dashboard.enabled``).
+    Other keywords raise ``TypeError``, except those Dask's local schedulers take
+    (``num_workers``, ``pool``, ...), which mean nothing here and are ignored.
     """
     global last_run
+    _check_keywords(kwargs)
     config.validate_all()
     with local_callbacks(callbacks) as cbs:
         _start_cbs, start_state_cbs, pretask_cbs, posttask_cbs, _finish_cbs = \
@@ -91,6 +95,29 @@ def serverless_get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
                 if cb[4]:
                     cb[4](graph, state, not succeeded)
     return _nested_get(keys, results)
+
+
+# keywords of Dask's local schedulers (``dask.local.get_async``, threaded, multiprocessing):
+# code written for them may pass these through ``compute``; they have no meaning here
+LOCAL_SCHEDULER_KEYWORDS = frozenset({
+    "num_workers", "pool", "chunksize", "cache", "get_id", "rerun_exceptions_locally",
+    "pack_exception", "raise_exception", "dumps", "loads", "initializer"})
+ACCEPTED_KEYWORDS = ("planner", "plan", "backend", "redis_url", "memory", "parallelism",
+                     "deadline", "optimizations", "serverless_dashboard", "callbacks")
+
+
+def _check_keywords(kwargs: dict[str, Any]) -> None:
+    """Refuse keywords serverless_get does not know (a typo must not pass silently)."""
+    unknown = sorted(set(kwargs) - LOCAL_SCHEDULER_KEYWORDS)
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, ACCEPTED_KEYWORDS, n=1)
+        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise TypeError(f"serverless_get got unexpected keyword argument{'s' * (len(hints) > 1)} "
+                    f"{', '.join(hints)}; it accepts {', '.join(ACCEPTED_KEYWORDS)} (other "
+                    "settings: dask.config.set({'serverless.<name>': value}))")
 
 
 def make_plan(dag: DAG, planner: Any = None, backend: Any = None,

@@ -25,7 +25,7 @@ from ..layout import Layout, build_layout
 from ..metrics.cost import Prices
 from ..metrics.plans import plan_record
 from ..metrics.records import RunRecord
-from ..metrics.runs import record_run
+from ..metrics.runs import record_run, workflow_functions
 from ..metrics.store import MetricsStore
 from ..plan import Plan, ResourceConfig, Warmup
 from ..protocol.wire import Invocation, RunSpec
@@ -69,9 +69,12 @@ class Run:
         # what tasks print and warn: echoed here as it arrives, warnings re-emitted at the end
         self.output = TaskOutputFeed(self.store, echo_output)
         self.record: RunRecord | None = None  # what was recorded (when metrics are on)
+        self.failure = ""  # why the run failed: recorded with it
         self.roots: list[str] = []  # ids of the invocations the client made
         self.submit_time = 0.0
         self.makespan = 0.0
+        self.first_invoke_at = 0.0  # epoch seconds the first root invocations went out
+        self.spec_bytes = 0  # bytes of the run spec the client stored
         self._warmups: list[Warmup] = []
         self._started = 0.0
 
@@ -91,6 +94,9 @@ class Run:
             self.makespan = time.time() - self.submit_time
             ok = True
             return values
+        except BaseException as exc:
+            self.failure = self.failure or _first_line(f"{type(exc).__name__}: {exc}")
+            raise
         finally:
             if not ok:
                 self._cancel()
@@ -152,6 +158,7 @@ class Run:
                      self.run_id, len(self.dag), len(invocations), len(blob),
                      "inline" if inline else "redis")
         self.roots = [inv.id for inv in invocations]
+        self.spec_bytes, self.first_invoke_at = len(blob), time.time()
         self.backend.invoke_many(invocations)
         if self.metrics_url is not None:
             self.dag.signature()  # cached: hashed while the workers run, not after
@@ -248,6 +255,8 @@ class Run:
             exc = pickle.loads(info["exception"])
         except Exception:  # the exception's class is not importable here
             exc = RuntimeError(info["traceback"])
+        self.failure = _first_line(f"task {info['key']} on worker {info['worker']}: "
+                                   f"{type(exc).__name__}: {exc}")
         if isinstance(exc, BaseException):
             exc.add_note(f"[dask-serverless] task {info['key']} failed on worker "
                          f"{info['worker']} (memory_mb={info['memory_mb']}); worker "
@@ -287,7 +296,8 @@ class Run:
         run = RunRecord(self.run_id, self.dag.signature(), self.plan.planner,
                         dict(self.plan.options), self.backend.name, len(self.dag),
                         len(self.plan.workers), self.submit_time, self.makespan,
-                        "ok" if ok else "failed")
+                        "ok" if ok else "failed", functions=workflow_functions(self.dag),
+                        error=self.failure)
         wait = self.metrics_wait if ok else min(self.metrics_wait, 0.2)
         try:
             plan = plan_record(self.dag, self.plan, capacity=self.backend.capacity())
@@ -299,3 +309,8 @@ class Run:
                                      self.roots, wait, Prices.from_config(), plan)
         except (redis.RedisError, OSError) as exc:
             logger.warning("run %s: could not record its metrics: %s", self.run_id, exc)
+
+
+def _first_line(text: str, limit: int = 300) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[:limit - 3] + "..."

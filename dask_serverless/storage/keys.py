@@ -44,7 +44,21 @@ class RunKeys:
 
     @property
     def dag(self) -> str:
+        """The run's spec header (``protocol.slices.RunHeader``)."""
         return f"{self.prefix}dag"
+
+    def slice(self, name: str) -> str:
+        """One invocation group's slice of the run spec (``protocol.slices``)."""
+        return f"{self.prefix}sl:{name}"
+
+    def piece(self, digest: str) -> str:
+        """A shared piece of the run's slices (a function pickled by value)."""
+        return f"{self.prefix}pc:{digest}"
+
+    @property
+    def slices_done(self) -> str:
+        """Set once the client stored every slice: a slice missing then is lost."""
+        return f"{self.prefix}sl-done"
 
     @property
     def error(self) -> str:

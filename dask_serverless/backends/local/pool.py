@@ -23,7 +23,6 @@ import os
 import pickle
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from ... import config
 from ...containers import ContainerPolicy, Placement, Slot
 from ...protocol.wire import Invocation
 from ...storage import serialize
+from . import scratch
 from .launch import ForkServer, log_tail, spawn
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class LocalPool:
         self._changed = threading.Condition(self._lock)  # a container ended its work
         self.policy: ContainerPolicy[Work] = ContainerPolicy(max_containers, keep_alive)
         self._containers: dict[int, _Container] = {}  # by slot id
-        self._dir = tempfile.mkdtemp(prefix="dask-serverless-pool-")
+        self._dir = scratch.make_pool_dir()  # removed by close()
         self._closed = False
         self._env = dict(os.environ)
         self._env.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -209,6 +209,7 @@ class LocalPool:
                     c.proc.wait(timeout=2)
         if self.fork_server is not None:
             self.fork_server.close()
+        scratch.remove_pool_dir(self._dir)
 
     # -- dispatch ----------------------------------------------------------------------
     def _submit(self, work: Work) -> None:

@@ -1,0 +1,239 @@
+"""Sliced run specs in Redis: the client stores them in pipelined batches, an invocation
+loads the slices it needs (``protocol.slices`` has the format).
+
+Keys (``RunKeys``): the header under ``dag``, each slice under ``slice(name)``, each
+shared piece under ``piece(digest)``, and ``slices_done`` once every slice is stored. The
+client invokes a root group as soon as its slice is stored, so an invocation may ask for
+an entry's slice before the client stored it: it waits for it until ``slices_done`` is
+set (then it is lost), the run is cancelled, or the run's deadline passes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+from ..errors import DeadlineExceededError, RunDataLostError
+from ..protocol.slices import (
+    HEADER,
+    SLICE,
+    GroupSlice,
+    RunHeader,
+    SlicedView,
+    Slicer,
+    decode,
+    encode,
+    open_piece,
+    start_slices,
+)
+from .store import RunStore
+
+logger = logging.getLogger(__name__)
+
+BATCH_BYTES = 8 * 2**20  # the client sends slices in pipelines of about this many bytes
+BATCH_SLICES = 1000  # ... or of this many slices
+WAIT_MAX_S = 0.05  # longest pause between looks for a slice not stored yet
+VIEW_CACHE_SHARE = 32  # a container keeps loaded runs up to 1/this of its memory
+
+
+class SliceWriter:
+    """Client side: store the header, slices and shared pieces in pipelined batches.
+    ``add`` returns the names stored by the batch it flushed (empty while it fills)."""
+
+    def __init__(self, store: RunStore, batch_bytes: int = BATCH_BYTES,
+                 batch_slices: int = BATCH_SLICES):
+        self.store = store
+        self.batch_bytes, self.batch_slices = batch_bytes, batch_slices
+        self._pipe = store.r.pipeline(transaction=False)
+        self._pending: list[str] = []
+        self._pending_bytes = 0
+        self.names: list[str] = []  # every slice stored (for cleanup)
+        self.digests: list[str] = []  # every piece stored
+        self.nbytes = 0  # bytes stored: header, slices, pieces
+
+    def header(self, header: RunHeader) -> bytes:
+        blob = encode(header, HEADER, self.store.keys.run_id, HEADER)
+        self.store.r.set(self.store.keys.dag, blob, ex=self.store.ttl)
+        self.nbytes += len(blob)
+        return blob
+
+    def add(self, name: str, blob: bytes, pieces: dict[str, bytes]) -> list[str]:
+        """Queue slice ``name`` after the new shared ``pieces`` it uses (a reader that
+        sees the slice finds its pieces: one connection runs the queue in order)."""
+        keys, ttl = self.store.keys, self.store.ttl
+        for digest, data in pieces.items():
+            self._pipe.set(keys.piece(digest), data, ex=ttl)
+            self.digests.append(digest)
+            self._pending_bytes += len(data)
+        self._pipe.set(keys.slice(name), blob, ex=ttl)
+        self._pending.append(name)
+        self._pending_bytes += len(blob)
+        if self._pending_bytes >= self.batch_bytes or len(self._pending) >= self.batch_slices:
+            return self.flush()
+        return []
+
+    def flush(self) -> list[str]:
+        """Send the queued writes; the names of the slices they stored."""
+        if not self._pending:
+            return []
+        self._pipe.execute()
+        done, self._pending = self._pending, []
+        self.names += done
+        self.nbytes += self._pending_bytes
+        self._pending_bytes = 0
+        return done
+
+    def finish(self) -> None:
+        """Flush, then mark every slice stored."""
+        self.flush()
+        self.store.r.set(self.store.keys.slices_done, 1, ex=self.store.ttl)
+
+    def cleanup_keys(self) -> list[str]:
+        keys = self.store.keys
+        return [keys.slices_done, *(keys.slice(n) for n in self.names),
+                *(keys.piece(d) for d in self.digests)]
+
+
+def store_slices(slicer: Slicer, writer: SliceWriter,
+                 on_stored: Callable[[list[str]], None]) -> None:
+    """Encode and store every slice of ``slicer``'s run in pipelined batches, root groups
+    first; ``on_stored(names)`` after each batch (the client invokes the root groups
+    stored), then mark them all stored."""
+    for g in slicer.order():
+        name, blob = slicer.encode(g)
+        stored = writer.add(name, blob, slicer.pieces_to_store())
+        if stored:
+            on_stored(stored)
+    stored = writer.flush()
+    if stored:
+        on_stored(stored)
+    writer.finish()
+
+
+_VIEWS: OrderedDict[str, SlicedView] = OrderedDict()  # this container's runs, newest last
+
+
+class SliceReader:
+    """Worker side: fetch an invocation's header and slices (waiting for slices the
+    client has not stored yet) and the shared pieces this container lacks."""
+
+    def __init__(self, store: RunStore, deadline_at: float = 0.0,
+                 what: str = "worker"):
+        self.store, self.deadline_at, self.what = store, deadline_at, what
+        self.nbytes = 0  # everything fetched: header, slices, pieces
+
+    def header_and_slices(self, names: list[str]) -> tuple[RunHeader, list[GroupSlice]]:
+        """The run header and slices ``names`` in one round trip (more when a slice is
+        not stored yet)."""
+        keys = self.store.keys
+        blobs = self.store.r.mget([keys.dag, *(keys.slice(n) for n in names)])
+        if blobs[0] is None:
+            raise RunDataLostError(f"run {keys.run_id}: its spec header is gone from Redis "
+                                   "(run finished, cancelled, expired, or Redis restarted)")
+        header = decode(blobs[0], keys.run_id, HEADER, HEADER, f"{self.what}: run header")
+        self.nbytes += len(blobs[0])
+        self.deadline_at = header.deadline_at
+        return header, self._decode(names, blobs[1:])
+
+    def slices(self, names: list[str]) -> list[GroupSlice]:
+        keys = self.store.keys
+        return self._decode(names, self.store.r.mget([keys.slice(n) for n in names]))
+
+    def _decode(self, names: list[str], blobs: list[bytes | None]) -> list[GroupSlice]:
+        missing = [n for n, b in zip(names, blobs, strict=True) if b is None]
+        if missing:
+            found = dict(zip(missing, self._wait_for(missing), strict=True))
+            blobs = [b if b is not None else found[n] for n, b in zip(names, blobs,
+                                                                      strict=True)]
+        self.nbytes += sum(len(b) for b in blobs if b is not None)
+        run_id = self.store.keys.run_id
+        return [decode(b, run_id, n, SLICE, f"{self.what}: slice {n!r} of the run spec",
+                       self._fetch_pieces) for n, b in zip(names, blobs, strict=True)]
+
+    def _wait_for(self, names: list[str]) -> list[bytes]:
+        """Slices the client has not stored yet: wait for them (see module docstring)."""
+        keys, r = self.store.keys, self.store.r
+        pause = 0.001
+        while True:
+            pipe = r.pipeline(transaction=False)
+            pipe.mget([keys.slice(n) for n in names])
+            pipe.exists(keys.slices_done, keys.cancel)
+            blobs, flags = pipe.execute()
+            if all(b is not None for b in blobs):
+                return blobs
+            if flags:
+                lost = [n for n, b in zip(names, blobs, strict=True) if b is None]
+                raise RunDataLostError(
+                    f"run {keys.run_id}: slices {lost[:5]} of its spec are not in Redis "
+                    "(run finished, cancelled, expired, or Redis restarted)")
+            if self.deadline_at and time.time() >= self.deadline_at:
+                raise DeadlineExceededError(
+                    f"run {keys.run_id}: {self.what} waited for slices {names[:5]} of the "
+                    "run spec until the run's deadline")
+            time.sleep(pause)
+            pause = min(2 * pause, WAIT_MAX_S)
+
+    def _fetch_pieces(self, digests: list[str]) -> None:
+        keys = self.store.keys
+        blobs = self.store.r.mget([keys.piece(d) for d in digests])
+        for d, blob in zip(digests, blobs, strict=True):
+            if blob is None:
+                raise RunDataLostError(f"run {keys.run_id}: shared piece {d} of its spec "
+                                       "is gone from Redis")
+            self.nbytes += len(blob)
+            open_piece(blob, keys.run_id, d, f"{self.what}: shared piece {d}")
+
+
+def load_view(run_id: str, worker_id: str, invoker: str, start: Iterable[int],
+              store: RunStore, memory_mb: int) -> SlicedView:
+    """The run as this invocation sees it, its start slices loaded (``view.nbytes`` /
+    ``view.load_s``: everything fetched and the time spent, since the view was made). A
+    container keeps the views of its recent runs up to 1/``VIEW_CACHE_SHARE`` of its
+    memory (in fetched bytes), so a later invocation of the same run loads only the
+    slices it lacks."""
+    t0 = time.perf_counter()
+    names = start_slices(invoker, worker_id, start)
+    view = _VIEWS.get(run_id)
+    if view is None:
+        reader = SliceReader(store, what=f"worker {worker_id}")
+        header, slices = reader.header_and_slices(names)
+        view = SlicedView(header, lambda more: _load_more(reader, view, more))
+        for s in slices:
+            view.add(s)
+        view.nbytes = reader.nbytes
+        view.load_s = time.perf_counter() - t0
+        _VIEWS[run_id] = view
+    else:
+        view.ensure(names)
+    _VIEWS.move_to_end(run_id)
+    _trim(memory_mb * 2**20 // VIEW_CACHE_SHARE, keep=run_id)
+    return view
+
+
+def _load_more(reader: SliceReader, view: SlicedView | None,
+               names: list[str]) -> list[GroupSlice]:
+    """A view's lazy load: more slices of its run (e.g. a floating fan-in's)."""
+    t0 = time.perf_counter()
+    slices = reader.slices(names)
+    if view is not None:
+        view.nbytes = reader.nbytes
+        view.load_s += time.perf_counter() - t0
+    return slices
+
+
+def _trim(max_bytes: int, keep: str) -> None:
+    total = sum(v.nbytes for v in _VIEWS.values())
+    for run_id in list(_VIEWS):
+        if total <= max_bytes:
+            break
+        if run_id != keep:
+            total -= _VIEWS.pop(run_id).nbytes
+    if total > max_bytes:  # the current run alone is too large to keep after this call
+        _VIEWS.pop(keep, None)
+
+
+def forget(run_id: str) -> None:
+    """Drop a run's view from this container (the run ended)."""
+    _VIEWS.pop(run_id, None)

@@ -1,0 +1,367 @@
+"""Sliced run specs: each group's slice holds exactly what its invocations read of the
+run, the same group's slice does not grow with the DAG, slices of other code are refused,
+shared pieces are stored once, and readers wait for slices the client has not stored."""
+
+from __future__ import annotations
+
+import operator
+import threading
+import time
+
+import dask
+import dask.array as da
+import dask.bag as db
+import numpy as np
+import pandas as pd
+import pytest
+import redis
+from dask import delayed
+
+from dask_serverless.adapter import to_dag
+from dask_serverless.bench.workloads.graphs import tree_graph
+from dask_serverless.errors import DeadlineExceededError, RunDataLostError
+from dask_serverless.layout import build_layout
+from dask_serverless.plan import Optimizations
+from dask_serverless.planners import get_planner
+from dask_serverless.protocol import slices
+from dask_serverless.protocol.wire import RunSpec, SchemaMismatchError
+from dask_serverless.storage import serialize
+from dask_serverless.storage import slices as stored
+from dask_serverless.storage.store import RunStore
+
+HEADER = slices.RunHeader(ttl=60, inline_bytes=64 * 1024, report_tasks=False)
+
+
+def captured(*collections):
+    """(graph, keys) a scheduler ``get`` receives for ``collections``."""
+    got = {}
+
+    def capture(dsk, keys, **_):
+        got["dsk"], got["keys"] = dsk, keys
+        return dask.get(dsk, keys)
+
+    dask.compute(*collections, scheduler=capture)
+    return got["dsk"], got["keys"]
+
+
+@delayed
+def inc(x):
+    return x + 1
+
+
+@delayed
+def add(*xs):
+    return sum(xs)
+
+
+def graphs():
+    x = da.random.RandomState(0).random((120, 80), chunks=(30, 20))
+    b = db.from_sequence(["a b", "b c", "c a b", "d"] * 5, npartitions=4)
+    import dask.dataframe as dd
+
+    df = dd.from_pandas(pd.DataFrame({"k": np.arange(60) % 5, "v": np.arange(60.0)}),
+                        npartitions=3)
+    level = [inc(i) for i in range(16)]
+    while len(level) > 1:
+        level = [add(level[i], level[i + 1]) for i in range(0, len(level), 2)]
+    return {
+        "array": captured(x.sum(), (x @ x.T)[:5, :5], x.rechunk((60, 40)).std()),
+        "bag": captured(b.map(str.split).flatten().frequencies(sort=True)),
+        "dataframe": captured(df.groupby("k").v.sum()),
+        "delayed-tree": captured(level[0], add(inc(1), inc(2))),
+        "raw": ({("x", 0): 1, ("x", 1): (operator.add, ("x", 0), 10),
+                 "y": (sum, [("x", 0), ("x", 1)]), "z": (lambda: None,)},
+                [["y", ("x", 1)], "z"]),
+    }
+
+
+GRAPHS = graphs()
+
+
+def with_every_optimization(dag, plan):
+    """The plan with task-dup on every fan-in entry, delayed I/O on its producers and
+    streaming of their outputs: every optimisation fact a slice must carry."""
+    layout = build_layout(dag, plan)
+    fanins = [t.id for t in dag.tasks if layout.is_entry[t.id] and len(t.deps) > 1]
+    producers = sorted({d for e in fanins for d in dag.tasks[e].deps})
+    plan.optimizations = Optimizations(
+        duplicate={e: dag.tasks[e].deps[:1] for e in fanins},
+        delay=dict.fromkeys(producers, 0.5), preload=True,
+        stream=dict.fromkeys(producers, 1024))
+    plan.validate(dag)
+    return plan
+
+
+RUN = "r1"
+
+
+def sliced(dag, plan, run_id=RUN):
+    layout = build_layout(dag, plan)
+    slicer = slices.Slicer(dag, plan, layout, run_id)
+    blobs = dict(slicer.encode(g) for g in slicer.order())
+    for digest, blob in slicer.pieces_to_store().items():
+        slices.open_piece(blob, run_id, digest, "piece")
+    return layout, blobs
+
+
+class Loader:
+    """A view's loader over encoded slices, counting what it loads."""
+
+    def __init__(self, blobs):
+        self.blobs, self.loads = blobs, []
+
+    def __call__(self, names):
+        self.loads += names
+        return [slices.decode(self.blobs[n], RUN, n, slices.SLICE, n) for n in names]
+
+
+def check_group_facts(dag, plan, layout, name, loader):
+    """A view holding only slice ``name`` answers every question an invocation of that
+    group asks, as the whole run does; an entry's own facts load the entry's slice."""
+    view = slices.SlicedView(HEADER, loader)
+    view.ensure([name])
+    own = list(view.tasks)
+    assert own, name
+    opt = plan.optimizations
+    for t in own:
+        task = dag.tasks[t]
+        assert view.deps[t] == task.deps
+        assert view.tasks[t].key == task.key and view.tasks[t].func_name == task.func_name
+        assert view.local_dependents[t] == layout.local_dependents[t]
+        assert view.entry_dependents[t] == layout.entry_dependents[t]
+        assert view.upload[t] == layout.upload[t]
+        assert (t in view.final) == (t in dag.output_set)
+        assert view.assignment[t] == plan.assignment[t]
+        assert view.optimizations.delay.get(t) == opt.delay.get(t)
+        assert view.optimizations.stream.get(t) == opt.stream.get(t)
+        for d in task.deps:
+            assert view.key(d) == view.tasks[d].key == dag.tasks[d].key
+            assert view.optimizations.stream.get(d) == opt.stream.get(d)
+        for e in layout.entry_dependents[t]:
+            assert view.deps[e] == dag.tasks[e].deps
+            assert view.worker_of(e) == plan.worker_of(e)
+            assert view.optimizations.duplicate.get(e) == opt.duplicate.get(e)
+            for b in opt.duplicate.get(e, ()):
+                assert view.tasks[b].key == dag.tasks[b].key
+                assert all(view.key(d) == dag.tasks[d].key for d in dag.tasks[b].deps)
+    assert loader.loads == [name]  # nothing else was needed
+    entries = [e for t in own for e in layout.entry_dependents[t]]
+    if entries:
+        e = entries[0]
+        assert view.local_dependents[e] == layout.local_dependents[e]  # loads e's slice
+        assert loader.loads == [name, slices.entry_slice(e)]
+
+
+def run_from_slices(view):
+    """Run the DAG the way invocations walk it: from the root slices, loading an entry's
+    slice when it becomes ready; returns {task id: value}."""
+    values, waiting = {}, {}
+    ready = sorted(t for t in view.tasks if not view.deps[t])
+    while ready:
+        t = ready.pop()
+        task = view.task(t, whole=True)
+        values[t] = task.node({view.key(d): values[d] for d in task.deps})
+        for d in (*view.local_dependents[t], *view.entry_dependents[t]):
+            left = waiting.get(d, len(view.deps[d])) - 1
+            waiting[d] = left
+            if left == 0:
+                view.task(d, whole=True)  # an entry: loads its slice
+                ready.append(d)
+    return values
+
+
+@pytest.mark.parametrize("graph", sorted(GRAPHS))
+@pytest.mark.parametrize("planner", ["wukong", "uniform", "non-uniform", "dask", "per-task"])
+@pytest.mark.parametrize("optimized", [False, True], ids=["plain", "optimized"])
+def test_each_slice_holds_what_its_group_reads(graph, planner, optimized):
+    dsk, keys = GRAPHS[graph]
+    dag = to_dag(dsk, keys)
+    plan = get_planner(planner).plan(dag, parallelism=4, memory_mb=1024)
+    if optimized:
+        plan = with_every_optimization(dag, plan)
+    layout, blobs = sliced(dag, plan)
+    assert len(blobs) == layout.n_groups
+    for name in blobs:
+        check_group_facts(dag, plan, layout, name, Loader(blobs))
+    loader = Loader(blobs)
+    view = slices.SlicedView(HEADER, loader)
+    view.ensure([slices.root_slice(w) for w in layout.root_groups])
+    values = run_from_slices(view)
+    assert sorted(loader.loads) == sorted(blobs)  # each slice loaded once
+    assert view.final == set(dag.outputs)
+    outputs = [dag.tasks[o].key for o in dag.outputs]
+    for o, want in zip(dag.outputs, dask.get(dsk, outputs), strict=True):
+        same(values[o], want)
+
+
+def same(a, b):
+    if isinstance(a, pd.Series):
+        pd.testing.assert_series_equal(a, b)
+    elif isinstance(a, pd.DataFrame):
+        pd.testing.assert_frame_equal(a, b)
+    else:
+        np.testing.assert_equal(a, b)
+
+
+def tree_dag(tasks: int, leaves_per_block: int):
+    dsk, root = tree_graph(tasks)
+    dag = to_dag(dsk, root)
+    leaves = (tasks + 1) // 2
+    plan = get_planner("wukong").plan(dag, parallelism=leaves // leaves_per_block,
+                                      memory_mb=1024)
+    return dag, plan
+
+
+def test_the_same_group_fetches_the_same_bytes_on_a_larger_dag(real_redis):
+    sizes = {}
+    for tasks in (10_000, 100_000):
+        dag, plan = tree_dag(tasks, 500)
+        _, blobs = sliced(dag, plan, f"grow{tasks}")
+        first_root = slices.root_slice(plan.assignment[dag.roots()[0]])
+        top = slices.entry_slice(dag.outputs[0])
+        store = RunStore(redis.Redis.from_url(real_redis), f"grow{tasks}", 60)
+        writer = stored.SliceWriter(store)
+        writer.header(HEADER)
+        for name, blob in blobs.items():
+            writer.add(name, blob, {})
+        writer.finish()
+        fetched = {}
+        for name, worker, start, invoker in ((first_root, first_root[2:], [], "client"),
+                                             (top, "w0", [dag.outputs[0]], "w1")):
+            stored.forget(store.keys.run_id)
+            view = stored.load_view(store.keys.run_id, worker, invoker, start, store, 1024)
+            fetched[name] = view.nbytes
+            assert view.loaded == {name}
+        sizes[tasks] = (fetched[first_root], fetched[top], len(dag))
+        store.r.delete(*writer.cleanup_keys(), store.keys.dag)
+    (root_small, top_small, n_small), (root_big, top_big, n_big) = sizes[10_000], sizes[100_000]
+    assert n_big > 9 * n_small
+    assert abs(root_big - root_small) <= 0.2 * root_small
+    assert abs(top_big - top_small) <= 0.2 * top_small
+
+
+def test_a_slice_written_by_other_code_is_refused(monkeypatch):
+    dag, plan = tree_dag(101, 10)
+    layout, blobs = sliced(dag, plan)
+    g = layout.group[dag.roots()[0]]
+    name = slices.Slicer(dag, plan, layout, RUN).name_of[g]
+    monkeypatch.setattr(slices, "SCHEMA", "0123456789ab")  # other code's schema
+    other = slices.Slicer(dag, plan, layout, RUN).encode(g)[1]
+    monkeypatch.undo()
+    with pytest.raises(SchemaMismatchError, match="0123456789ab"):
+        slices.decode(other, RUN, name, slices.SLICE, name)
+    whole = serialize.seal(RunSpec(dag, plan, layout, 60, 1024, False).dumps(RUN),
+                           serialize.Purpose.SPEC, RUN, slices.seal_name(name))
+    with pytest.raises(SchemaMismatchError, match="not a run spec slice"):
+        slices.decode(whole, RUN, name, slices.SLICE, name)  # the former format
+    header = slices.encode(HEADER, slices.HEADER, RUN, name)
+    with pytest.raises(SchemaMismatchError, match="not a 'slice'"):
+        slices.decode(header, RUN, name, slices.SLICE, name)
+    blob = blobs[name]
+    with pytest.raises(serialize.TamperedPayloadError):
+        slices.decode(blob[:-1] + bytes([blob[-1] ^ 1]), RUN, name, slices.SLICE, name)
+    with pytest.raises(serialize.TamperedPayloadError):  # another run's, or another slice's
+        slices.decode(blob, "r2", name, slices.SLICE, name)
+    other_name = next(n for n in blobs if n != name)
+    with pytest.raises(serialize.TamperedPayloadError):
+        slices.decode(blob, RUN, other_name, slices.SLICE, name)
+
+
+def test_a_function_pickled_by_value_is_one_shared_piece(real_redis):
+    scale = 3
+    triple = lambda v: v * scale  # noqa: E731  (pickled by value: a closure)
+    dsk = {("m", i): (triple, i) for i in range(40)}
+    dsk["total"] = (sum, list(dsk))
+    dag = to_dag(dsk, "total")
+    plan = get_planner("wukong").plan(dag, parallelism=4, memory_mb=1024)
+    layout = build_layout(dag, plan)
+    slicer = slices.Slicer(dag, plan, layout, "pieces")
+    store = RunStore(redis.Redis.from_url(real_redis), "pieces", 60)
+    writer = stored.SliceWriter(store)
+    writer.header(HEADER)
+    stored.store_slices(slicer, writer, lambda names: None)
+    assert len(writer.digests) == 1 and len(writer.names) == layout.n_groups
+    digest = writer.digests[0]
+    slices.PIECES._items.pop(digest, None)  # a new container
+    view = stored.load_view("pieces", "w0", "client", [], store, 1024)
+    assert digest in slices.PIECES
+    roots = [view.tasks[t] for t in view.tasks if not view.deps[t]]
+    assert roots and all(r.node({}) == 3 * r.key[1] for r in roots)
+    store.r.delete(*writer.cleanup_keys(), store.keys.dag)
+
+
+def test_a_reader_waits_for_a_slice_the_client_has_not_stored(any_redis):
+    dag, plan = tree_dag(1001, 100)
+    run_id = f"wait{time.monotonic_ns()}"
+    _, blobs = sliced(dag, plan, run_id)
+    store = RunStore(redis.Redis.from_url(any_redis), run_id, 60)
+    writer = stored.SliceWriter(store)
+    writer.header(slices.RunHeader(60, 1024, False, deadline_at=time.time() + 30))
+    top = slices.entry_slice(dag.outputs[0])
+
+    def store_later():
+        time.sleep(0.3)
+        writer.add(top, blobs[top], {})
+        writer.flush()
+
+    later = threading.Thread(target=store_later)
+    later.start()
+    view = stored.load_view(store.keys.run_id, "w9", "w0", [dag.outputs[0]], store, 1024)
+    later.join()
+    assert view.loaded == {top} and view.nbytes >= len(blobs[top])
+    writer.finish()  # every slice stored: one still missing is lost, not awaited
+    stored.forget(store.keys.run_id)
+    missing = slices.root_slice(plan.assignment[0])
+    t0 = time.monotonic()
+    with pytest.raises(RunDataLostError, match="not in Redis"):
+        stored.load_view(store.keys.run_id, missing[2:], "client", [], store, 1024)
+    assert time.monotonic() - t0 < 5
+    other = RunStore(store.r, f"late{time.monotonic_ns()}", 60)
+    stored.SliceWriter(other).header(slices.RunHeader(60, 1024, False,
+                                                      deadline_at=time.time() + 0.3))
+    with pytest.raises(DeadlineExceededError, match="deadline"):
+        stored.load_view(other.keys.run_id, "w0", "client", [], other, 1024)
+    store.r.delete(*writer.cleanup_keys(), store.keys.dag, other.keys.dag)
+
+
+def test_a_container_keeps_a_runs_view_and_loads_only_new_slices(real_redis):
+    dag, plan = tree_dag(1001, 100)
+    _, blobs = sliced(dag, plan, "cached")
+    store = RunStore(redis.Redis.from_url(real_redis), "cached", 60)
+    writer = stored.SliceWriter(store, batch_slices=3)
+    writer.header(HEADER)
+    for name, blob in blobs.items():
+        writer.add(name, blob, {})
+    writer.finish()
+    stored.forget("cached")
+    root = plan.assignment[dag.roots()[0]]
+    view = stored.load_view("cached", root, "client", [], store, 1024)
+    first = view.nbytes
+    top = dag.outputs[0]
+    again = stored.load_view("cached", "w-top", root, [top], store, 1024)
+    assert again is view and view.nbytes == first + len(blobs[slices.entry_slice(top)])
+    assert stored.load_view("cached", root, "client", [], store, 1024).nbytes == view.nbytes
+    stored.forget("cached")
+    store.r.delete(*writer.cleanup_keys(), store.keys.dag)
+
+
+def test_root_groups_are_stored_first_in_batches(real_redis):
+    dag, plan = tree_dag(4001, 100)  # 20 root groups, fan-in entries above them
+    layout = build_layout(dag, plan)
+    store = RunStore(redis.Redis.from_url(real_redis), "batches", 60)
+    writer = stored.SliceWriter(store, batch_bytes=20_000)
+    writer.header(HEADER)
+    batches = []
+
+    def on_stored(names):
+        assert store.r.exists(*(store.keys.slice(n) for n in names)) == len(names)
+        assert not store.r.exists(store.keys.slices_done)
+        batches.append(names)
+
+    stored.store_slices(slices.Slicer(dag, plan, layout, "batches"), writer, on_stored)
+    names = [n for b in batches for n in b]
+    roots = {slices.root_slice(w) for w in layout.root_groups}
+    assert len(batches) > 2 and len(names) == len(set(names)) == layout.n_groups
+    assert set(names[:len(roots)]) == roots  # every root group before any entry's
+    assert store.r.exists(store.keys.slices_done)
+    store.r.delete(*writer.cleanup_keys(), store.keys.dag)
