@@ -327,3 +327,34 @@ def test_runs_at_two_sizes_predict_a_third_sizes_root_output(any_redis):
     assert [planned.out_bytes[t] for t in roots] == [int(predicted)] * 2
     # what the same history predicts without the size: the sizes seen, not the new one
     assert p.output_bytes("blob", 0) < 0.5 * min(actual)
+
+
+def test_a_large_invocation_keeps_its_task_rows_encoded_and_writes_them_all(real_redis):
+    """Rows past ``ENCODE_ROWS`` are kept as JSON text; rows of outputs waiting in a
+    client batch stay open until the batch is written, then carry its upload."""
+    import redis
+
+    from dask_serverless.dag import TaskNode
+    from dask_serverless.metrics.recorder import ENCODE_ROWS, InvocationRecorder
+    from dask_serverless.protocol.wire import Invocation
+
+    n = 3 * ENCODE_ROWS + 10
+    inv = Invocation("rows-run", "w0", 1024, real_redis, [0])
+    rec = InvocationRecorder(inv, False, time.time())
+    later = {5, ENCODE_ROWS + 7, n - 1}
+    for i in range(n):
+        task = TaskNode(i, ("t", i), None, "f", (i - 1,) if i else ())
+        rec.output(i, 10)
+        rec.task(task, rec.t0, 0.0, rec.t0 + 1e-3, i in later)
+    assert rec.tasks == n and len(rec.encoded) >= 2 and len(rec.rows) < ENCODE_ROWS + 3
+    rec.batch_uploaded([(t, 100 + t) for t in sorted(later)], 0.01)
+    client = redis.Redis.from_url(real_redis)
+    rec.flush(client, rec.record(rec.t0, rec.t0 + 1, 0.0, False, spec_bytes=123))
+    rows = MetricsStore(client).tasks("rows-run")
+    assert sorted(t.task_id for t in rows) == list(range(n))
+    assert {t.task_id: t.upload_bytes for t in rows if t.upload_bytes} == \
+        {t: 100 + t for t in later}
+    assert all(t.inputs[0].dep == t.task_id - 1 for t in rows if t.task_id)
+    (record,) = MetricsStore(client).invocations("rows-run")
+    assert record.tasks == n and record.spec_bytes == 123
+    client.delete(*client.keys("dsm:{rows-run}:*"))

@@ -48,16 +48,20 @@ def task_table(run: RunData) -> pd.DataFrame:
     return _pandas().DataFrame(rows, columns=columns).sort_values("task_id")
 
 
+STARTUP_COLUMNS = ["worker", "invocation", "invoked", "started", "ended", "cold",
+                   "memory_mb", "tasks", "invoker", "spec_bytes", "spec_s"]
+
+
 def startup_table(run: RunData) -> pd.DataFrame:
-    """One row per invocation: worker, invoked / started / ended, cold or warm."""
+    """One row per invocation: worker, invoked / started / ended, cold or warm, and the
+    run spec it fetched (bytes, seconds to fetch and decode)."""
     rows = [{"worker": i.worker_id, "invocation": i.invocation_id[:8],
              "invoked": i.invoke_time - run.t0, "started": i.start_time - run.t0,
              "ended": i.end_time - run.t0, "cold": i.cold, "memory_mb": i.memory_mb,
-             "tasks": i.tasks, "invoker": i.invoker}
+             "tasks": i.tasks, "invoker": i.invoker, "spec_bytes": i.spec_bytes,
+             "spec_s": i.spec_fetch_s}
             for i in run.invocations if not i.warmup]
-    return _pandas().DataFrame(rows, columns=["worker", "invocation", "invoked", "started",
-                                              "ended", "cold", "memory_mb", "tasks",
-                                              "invoker"])
+    return _pandas().DataFrame(rows, columns=STARTUP_COLUMNS)
 
 
 def critical_path(run: RunData) -> list[int]:

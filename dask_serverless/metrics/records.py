@@ -105,7 +105,7 @@ class InvocationRecord:
     start_time: float
     end_time: float
     cold: bool
-    spec_fetch_s: float  # run spec (DAG, plan) fetched from Redis / decoded
+    spec_fetch_s: float  # run spec (its slices: tasks, plan, layout) fetched and decoded
     tasks: int
     invoked: list[str] = field(default_factory=list)
     upload_bytes: int = 0
@@ -115,6 +115,7 @@ class InvocationRecord:
     warmup: bool = False
     attempt: int = 0  # a retried invocation keeps its id; each attempt is recorded
     dispatch_time: float = 0.0  # handed to a container after queueing; 0: not queued/known
+    spec_bytes: int = 0  # run spec bytes fetched (header, slices, shared pieces); 0: cached
 
     @property
     def startup_s(self) -> float:
@@ -159,6 +160,7 @@ class RunRecord:
     upload_bytes: int = 0
     download_bytes: int = 0
     inline_bytes: int = 0
+    spec_bytes: int = 0  # run spec bytes the invocations fetched, in all
     gb_seconds: float = 0.0
     cost_usd: float = 0.0
     complete: bool = True  # every invocation record arrived before the run was written

@@ -54,6 +54,7 @@ def add_totals(run: RunRecord, invocations: list[InvocationRecord], prices: Pric
     run.upload_bytes = sum(i.upload_bytes for i in invocations)
     run.download_bytes = sum(i.download_bytes for i in invocations)
     run.inline_bytes = sum(i.inline_bytes for i in invocations)
+    run.spec_bytes = sum(i.spec_bytes for i in invocations)
     run.gb_seconds, run.cost_usd = invocations_cost(invocations, prices)
 
 

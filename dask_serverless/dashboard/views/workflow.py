@@ -64,6 +64,19 @@ else:
     st.plotly_chart(figures_run.gantt(tasks, startups, planned, planned_startups),
                     key="gantt")
 
+st.subheader("Invocations and the run spec they fetched")
+fetched = startups[startups["spec_bytes"] > 0]
+st.caption(
+    f"Each invocation fetches only the slices of the run spec its tasks need (its group's "
+    f"tasks and the facts to fire their successors); a container keeps what it fetched for "
+    f"the run's next invocations. {len(fetched)} of {len(startups)} invocations fetched "
+    f"{format_size(int(startups['spec_bytes'].sum()))} in all, at most "
+    f"{format_size(int(startups['spec_bytes'].max() if len(startups) else 0))} and "
+    f"{startups['spec_s'].max() if len(startups) else 0.0:.3f} s in one.")
+shown = startups.assign(spec_bytes_per_task=(startups["spec_bytes"]
+                                             / startups["tasks"].clip(lower=1)).round())
+st.dataframe(shown.sort_values("spec_bytes", ascending=False).head(200), hide_index=True)
+
 left, right = st.columns(2)
 with left:
     st.subheader("Where the time went")
