@@ -7,7 +7,6 @@ claims the consumer with ``SET NX`` so exactly one invocation runs it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -15,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 
 from ..errors import RunDataLostError
+from . import run_events
 from .keys import RunKeys
 from .serialize import Encoded, Purpose, decode, encode
 
@@ -221,7 +221,8 @@ class RunStore:
         return bool(self.r.exists(self.keys.cancel))
 
     def event(self, message: dict[str, Any]) -> None:
-        self.r.publish(self.keys.events, json.dumps(message))
+        """Publish ``message`` to the run's client (sealed: ``run_events``)."""
+        self.r.publish(self.keys.events, run_events.encode(message, self.keys.run_id))
 
     def push_task_output(self, entry: str) -> None:
         """Append what one task printed and warned (``worker.task_output``)."""

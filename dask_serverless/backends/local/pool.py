@@ -11,6 +11,10 @@ over their pipes, so the pool plays the part of the Lambda service for the whole
 Besides invocations, a container can run a ``HandlerCall``: a ``module.function(event,
 context)`` handler with a JSON event, answered through ``on_result`` (the local Lambda API
 server runs ``lambda_handler`` this way).
+
+Containers get this process's environment plus ``env`` and are handed this process's
+``serverless.secret`` over their pipe (not in the environment); with
+``inherit_env=False`` (Lambda functions) they get only ``env``, secret included if any.
 """
 
 from __future__ import annotations
@@ -95,7 +99,8 @@ class LocalPool:
                  on_crash: CrashHandler | None = None, on_done: ReportHandler | None = None,
                  env: dict[str, str] | None = None, retries: int = 0,
                  retry_backoff: float = 0.2, invocation_timeout: float = 900.0,
-                 start_method: str | None = None, preload: list[str] | None = None):
+                 start_method: str | None = None, preload: list[str] | None = None,
+                 inherit_env: bool = True):
         self.max_containers = max_containers
         self.keep_alive = keep_alive
         self.retries, self.retry_backoff = retries, retry_backoff
@@ -108,20 +113,20 @@ class LocalPool:
         self._containers: dict[int, _Container] = {}  # by slot id
         self._dir = scratch.make_pool_dir()  # removed by close()
         self._closed = False
-        self._env = dict(os.environ)
+        self._env = dict(os.environ) if inherit_env else {}
         self._env.setdefault("OPENBLAS_NUM_THREADS", "1")
         self._env.setdefault("OMP_NUM_THREADS", "1")
         self._env.setdefault("MKL_NUM_THREADS", "1")
         self._env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        self._env["DASK_SERVERLESS__SECRET"] = serialize.secret()
+        secret = serialize.secret() if inherit_env else None  # handed over the pipe
         self._env["DASK_SERVERLESS_CONTAINER"] = "1"
         self._env["DASK_SERVERLESS_PRELOAD"] = ",".join(preload or ())
         self._env.update(env or {})
         self.start_method = config.get("local.start-method", start_method)
-        self.fork_server = (ForkServer(self._env, os.path.join(self._dir, "zygote.log"))
+        self.fork_server = (ForkServer(self._env, os.path.join(self._dir, "zygote.log"), secret)
                             if self.start_method == "fork-server" else None)
         self._launch = (self.fork_server.launch if self.fork_server is not None
-                        else functools.partial(spawn, self._env))
+                        else functools.partial(spawn, self._env, secret=secret))
         self.cold_starts = 0
         self.warm_starts = 0
         self._reaper = threading.Thread(target=self._reap_loop, daemon=True,
