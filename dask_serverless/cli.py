@@ -374,8 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     loc.add_argument("--port", type=int, default=9001)
     loc.add_argument("--host", default="127.0.0.1")
     loc.add_argument("--max-containers", type=int, help="containers per function")
-    loc.add_argument("--keep-alive", type=float, default=300.0,
-                     help="seconds an idle container stays warm")
+    loc.add_argument("--keep-alive", type=float,
+                     help="seconds an idle container stays warm (default: "
+                          "serverless.local.keep-alive)")
     loc.add_argument("--latency-ms", type=float, default=0.0,
                      help="add this much latency to each Invoke (emulates AWS round trips)")
     loc.add_argument("--profile", help="accept requests signed with this AWS profile's "

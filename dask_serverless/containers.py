@@ -44,7 +44,7 @@ class Placement(Generic[W]):
 class ContainerPolicy(Generic[W]):
     """Containers and queued work (see module docstring); ``max_containers`` 0: no cap."""
 
-    def __init__(self, max_containers: int = 0, keep_alive: float = 300.0):
+    def __init__(self, max_containers: int, keep_alive: float):
         self.max_containers = max_containers
         self.keep_alive = keep_alive
         self.slots: dict[int, Slot] = {}

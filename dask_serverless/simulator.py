@@ -39,6 +39,7 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import config
 from .capacity import Capacity
 from .containers import ContainerPolicy, Placement, Slot
 from .costmodel import CostModel
@@ -47,7 +48,7 @@ from .estimates import Estimates
 from .layout import Layout, build_layout
 from .plan import Plan, ResourceConfig, WorkerSpec
 from .protocol import core
-from .protocol.constants import CANCEL_CHECK_S, HOLD_POLL_S, LEASE_INTERVALS
+from .protocol.constants import CANCEL_CHECK_S, HOLD_POLL_S, LEASE_BEATS
 from .protocol.view import RunView
 
 WARMUP_BILLED_S = 0.001  # a warm-up invocation returns at once
@@ -72,7 +73,7 @@ class Faults:
 class Recovery:
     """How the client notices and repairs what goes wrong (``serverless.*`` keys):
     ``direct``: the backend sees a container die (the local pool) instead of a lease
-    expiring (``heartbeat_s`` x ``lease_intervals`` after its last renewal, noticed at
+    expiring (``heartbeat_s`` x ``lease_beats`` after its last renewal, noticed at
     the client's next ``poll_s`` check); a dead invocation is re-sent after
     ``retry_backoff`` (doubling) at most ``retries`` times. ``speculation``: a task
     running longer than ``factor`` x the time of its function's tasks and ``min_s`` gets
@@ -81,7 +82,7 @@ class Recovery:
 
     direct: bool = False
     heartbeat_s: float | None = 5.0
-    lease_intervals: int = LEASE_INTERVALS
+    lease_beats: int = LEASE_BEATS
     poll_s: float = 0.5
     retries: int = 2
     retry_backoff: float = 0.2
@@ -259,14 +260,17 @@ class Simulator:
     """Predicts plans of one DAG; keep one per DAG to reuse its estimates."""
 
     def __init__(self, dag: DAG, cost: CostModel | Estimates, *,
-                 inline_bytes: int = 64 * 1024, keep_alive: float = 300.0,
+                 inline_bytes: int | None = None, keep_alive: float | None = None,
                  warm: dict[int, int] | None = None, capacity: Capacity | None = None,
                  recovery: Recovery | None = None):
         self.dag = dag
         self.recovery = recovery or Recovery()
         self.est = cost if isinstance(cost, Estimates) else Estimates(dag, cost)
         self.capacity = capacity or self.est.capacity
-        self.inline_bytes, self.keep_alive = inline_bytes, keep_alive
+        # what the runtime will use (``serverless.payload-inline-bytes``, the local pool's
+        # keep-alive) unless a caller models something else
+        self.inline_bytes = config.get("payload-inline-bytes", inline_bytes)
+        self.keep_alive = config.get("local.keep-alive", keep_alive)
         self.warm = dict(warm or {})
         self.simulated_tasks = 0  # work done so far: planners budget their search by it
 
@@ -473,7 +477,7 @@ class _Run:
             return _INF  # nobody tells: the deadline ends the run
         renewed = p.rec.start_time + math.floor(
             (self.now - p.rec.start_time) / r.heartbeat_s) * r.heartbeat_s
-        return self._next_check(renewed + r.lease_intervals * r.heartbeat_s)
+        return self._next_check(renewed + r.lease_beats * r.heartbeat_s)
 
     def _next_check(self, t: float) -> float:
         """The client's first fallback check at or after ``t``."""

@@ -16,7 +16,9 @@ from ..storage.keys import MetricsKeys as K
 
 
 @dataclass
-class Invocation:
+class LiveInvocation:
+    """An invocation a live run reported: its worker, start kind, whether it ended."""
+
     worker: str
     cold: bool
     ended: bool = False
@@ -33,7 +35,7 @@ class LiveState:
     planned_worker: list[str]
     started: set[int] = field(default_factory=set)
     finished: set[int] = field(default_factory=set)
-    invocations: dict[str, Invocation] = field(default_factory=dict)
+    invocations: dict[str, LiveInvocation] = field(default_factory=dict)
     status: str = "running"  # "running" | "ok" | "failed"
     makespan: float | None = None
     seq: int = 0
@@ -47,7 +49,7 @@ class LiveState:
             self.started.update(event.get("started", ()))
             self.finished.update(event.get("ids", ()))
             inv = self.invocations.setdefault(
-                event["invocation"], Invocation(event["worker"], bool(event.get("cold"))))
+                event["invocation"], LiveInvocation(event["worker"], bool(event.get("cold"))))
             inv.ended = inv.ended or bool(event.get("end"))
         elif kind == "finished":
             self.status = event["status"]

@@ -10,7 +10,7 @@ model and its event heap, so a protocol change is made once and predicted as it 
 
 Driving it::
 
-    state = InvocationState(view, worker, width)
+    state = InvocationState(view, worker, width, inline_bytes=inline_bytes)
     instructions = state.handle(Begin(start, inline))
     # perform them in order; an instruction that asks a question (``Store``, ``Claim``,
     # ``PollHeld``, ``QueryDup``, ``Execute(duplicate=True)``) is always the last of its
@@ -255,8 +255,8 @@ class InvocationState:
     fan-ins it may run and inputs it fetched, oldest dropped first.
     """
 
-    def __init__(self, view: RunView, worker: WorkerSpec, width: int = 1, *,
-                 inline_bytes: int = 64 * 1024):
+    def __init__(self, view: RunView, worker: WorkerSpec, width: int, *,
+                 inline_bytes: int):
         self.view, self.worker = view, worker
         self.width = max(1, width)
         self.inline_bytes = inline_bytes

@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 
+from .. import config
 from ..backends import Backend
 from ..dag import DAG
 from ..errors import DeadlineExceededError, RedisUnavailableError, RunDataLostError
@@ -42,7 +43,7 @@ class Run:
     """Execute ``plan`` for ``dag`` on ``backend`` with intermediates in ``redis_url``."""
 
     def __init__(self, dag: DAG, plan: Plan, backend: Backend, redis_url: str, *,
-                 ttl: int = 3600, inline_bytes: int = 64 * 1024, deadline: float = 3600.0,
+                 ttl: int = 3600, inline_bytes: int | None = None, deadline: float = 3600.0,
                  poll_interval: float = 0.5, redis_grace: float = 10.0,
                  max_output_bytes: int = 500 * 2**20,
                  on_progress: ProgressCallback | None = None,
@@ -54,7 +55,8 @@ class Run:
         self.redis_url = redis_url
         self.run_id = uuid.uuid4().hex[:16]
         self.layout: Layout = build_layout(dag, plan)
-        self.ttl, self.inline_bytes = ttl, inline_bytes
+        self.ttl = ttl
+        self.inline_bytes = config.get("payload-inline-bytes", inline_bytes)
         self.deadline, self.poll_interval = deadline, poll_interval
         self.redis_grace = redis_grace
         self.max_output_bytes = max_output_bytes

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from ... import config
 from ..local.pool import HandlerCall, LocalPool
 from .local_auth import Credentials, Keyring
 from .packaging import MAX_UNZIPPED_BYTES, MAX_ZIP_BYTES
@@ -79,12 +80,12 @@ class LocalLambdaService:
     """Functions by name; ``invoke`` runs them in local containers. Thread-safe."""
 
     def __init__(self, region: str = "us-east-1", max_containers: int | None = None,
-                 keep_alive: float = 300.0, inherit_path: bool = True,
+                 keep_alive: float | None = None, inherit_path: bool = True,
                  invoke_latency: float = 0.0, keyring: Keyring | None = None):
         self.region = region
         self.keyring = keyring  # None: functions get no key (they cannot invoke others)
         self.max_containers = max_containers or 2 * (os.cpu_count() or 2)
-        self.keep_alive = keep_alive
+        self.keep_alive = config.get("local.keep-alive", keep_alive)
         self.inherit_path = inherit_path
         self.invoke_latency = invoke_latency  # seconds added to each Invoke (AWS-like RTT)
         self._dir = tempfile.mkdtemp(prefix="dask-serverless-local-lambda-")
