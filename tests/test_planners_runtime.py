@@ -154,7 +154,7 @@ def test_runtime_sends_the_plans_warm_ups(any_redis):
         plan = get_planner("wukong").plan(dag, parallelism=1, memory_mb=1024)
         plan.optimizations = Optimizations(prewarm=[Warmup(0.0, 1536, 2)])
         assert Run(dag, plan, backend, any_redis).execute() == [3]
-        sizes = [c.memory_mb for c in backend.pool._containers if c.state != "dead"]
+        sizes = [c.memory_mb for c in backend.pool._containers.values() if c.state != "dead"]
         assert sizes.count(1536) == 2
     finally:
         backend.close()

@@ -63,7 +63,8 @@ def execute(inv: Invocation, invoker: Invoker,
     """Execute ``inv``; errors are stored in Redis for the client, never raised.
 
     ``cold``: this is the first invocation of a new container (the backend knows).
-    Metrics (when the run records them) are written in one pipeline at the end.
+    Metrics (when the run records them) are written in one pipeline at the end, before
+    an error is stored: the client stops the run's workers once it sees the error.
     """
     report = InvocationReport(inv.run_id, inv.worker_id, cold=cold, start_time=time.time())
     store = RunStore(connect(inv.redis_url), inv.run_id)
@@ -80,23 +81,29 @@ def execute(inv: Invocation, invoker: Invoker,
         logs = (recorder.capture_logs(spec.task_log_level).install()
                 if recorder is not None and spec.task_log_level is not None else None)
         output = TaskOutput(store, inv.worker_id, logs).install()  # prints, warnings
+        execution = _Execution(inv, spec, spec_blob, store, invoker, on_task_start, report,
+                               recorder, output)
         try:
-            _Execution(inv, spec, spec_blob, store, invoker, on_task_start, report,
-                       recorder, output).run()
+            execution.run()
         except (_Stopped, streams.StreamCancelled):
             pass
         except BaseException as exc:
             report.failed = True
-            store.fail(error_record(exc, f"<worker {inv.worker_id}>", inv.worker_id,
-                                    inv.memory_mb))
+            execution.error = error_record(exc, f"<worker {inv.worker_id}>", inv.worker_id,
+                                           inv.memory_mb)
         finally:
             output.remove()
             if logs is not None:
                 logs.remove()
+        error = execution.error
+    else:
+        error = None
     report.end_time = time.time()
     if recorder is not None:
         recorder.flush(connect(spec.metrics_url), recorder.record(
             report.start_time, report.end_time, report.spec_fetch_s, report.failed))
+    if error is not None:
+        store.fail(error)
     return report
 
 
@@ -175,6 +182,7 @@ class _Execution:
         self.progress: list[int] = []  # finished since the last progress event
         self.started: list[int] = []  # started since the last progress event
         self.ended = False  # the client was told this invocation is over
+        self.error: dict[str, Any] | None = None  # stored for the client after the metrics
         self.next_cancel_check = time.monotonic() + CANCEL_CHECK_S
         self.next_progress = time.monotonic()  # the first task's start is reported at once
         self.logs = recorder.logs if recorder is not None else None
@@ -512,5 +520,5 @@ class _Execution:
         self.report.failed = True
         if self.spec.report_tasks:
             self._flush_progress(end=True)
-        self.store.fail(error_record(exc, key, self.inv.worker_id, self.config.memory_mb))
+        self.error = error_record(exc, key, self.inv.worker_id, self.config.memory_mb)
         raise _Stopped
