@@ -106,6 +106,9 @@ class Run:
             self._cleanup()
             if self.metrics_url is not None:
                 self._write_record(ok)
+            wait_idle = getattr(self.backend, "wait_idle", None)
+            if ok and wait_idle is not None:  # the next compute finds its containers warm
+                wait_idle(self.run_id, self.metrics_wait)
             if self.live is not None:
                 self._forward_late_events(pubsub)
                 pubsub.close()
