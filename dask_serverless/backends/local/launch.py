@@ -237,6 +237,7 @@ class _Zygote:
         self.sock = ours
         self.alive = True
         self.threads = 0  # native threads it reported once ready
+        self.thread_names: list[str] = []  # those besides its main thread
         self.ready = threading.Event()  # also set when it dies
         self._lock = threading.Lock()  # replies, children, alive
         self._send_lock = threading.Lock()  # sending, closing the socket
@@ -297,6 +298,7 @@ class _Zygote:
         kind = msg[0]
         if kind == "ready":
             self.threads = msg[1]
+            self.thread_names = list(msg[2]) if len(msg) > 2 else []
             self.ready.set()
         elif kind == "forked":
             child = ForkedProcess(msg[2], fds[0] if fds else None)
@@ -335,6 +337,25 @@ class _Zygote:
         with self._send_lock:
             self.sock.close()
         self.proc.wait()  # reap it; it exits once its socket is closed
+
+
+# native threads some libraries start at import, and the setting that prevents it
+THREAD_CAUSES = {
+    "jemalloc_bg_thd": "pyarrow's jemalloc (JE_ARROW_MALLOC_CONF=background_thread:false)",
+    "openblas": "OpenBLAS (OPENBLAS_NUM_THREADS=1)",
+    "omp": "OpenMP (OMP_NUM_THREADS=1)",
+}
+
+
+def _threaded_reason(count: int, names: list[str]) -> str:
+    """Why the fork server cannot be used: its threads, named, and what started them."""
+    causes = sorted({cause for name in names for prefix, cause in THREAD_CAUSES.items()
+                     if name.lower().startswith(prefix)})
+    named = f" ({', '.join(names)})" if names else ""
+    known = f"; started by {', '.join(causes)}" if causes else \
+        "; a module in serverless.local.preload starts threads when imported"
+    return (f"it runs {count} threads after its imports{named} and forking a threaded "
+            f"process is unsafe{known}")
 
 
 class ForkServer:
@@ -417,9 +438,7 @@ class ForkServer:
                 return None
             if z.threads > 1:
                 z.close()
-                self._disable(f"it runs {z.threads} threads after its imports (is "
-                              "OPENBLAS_NUM_THREADS or OMP_NUM_THREADS > 1?) and forking a "
-                              "threaded process is unsafe")
+                self._disable(_threaded_reason(z.threads, z.thread_names))
                 return None
             self._zygote = z
             return z

@@ -117,6 +117,9 @@ class LocalPool:
         self._env.setdefault("OPENBLAS_NUM_THREADS", "1")
         self._env.setdefault("OMP_NUM_THREADS", "1")
         self._env.setdefault("MKL_NUM_THREADS", "1")
+        # pyarrow's jemalloc starts a background thread at import: the fork server (which
+        # imports dask.dataframe when preloaded) must stay single-threaded to fork safely
+        self._env.setdefault("JE_ARROW_MALLOC_CONF", "background_thread:false")
         self._env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         secret = serialize.secret() if inherit_env else None  # handed over the pipe
         self._env["DASK_SERVERLESS_CONTAINER"] = "1"

@@ -9,7 +9,8 @@ message:
 - from the pool: ``("secret", value)`` first when the pool hands its containers a secret;
   ``("fork", request_id, memory_mb, status_path, log_path, cwd)`` with the
   container's two pipe ends (its read end, its write end) attached as file descriptors;
-- to the pool: ``("ready", native_threads)`` once imports are done;
+- to the pool: ``("ready", native_threads, names_of_the_other_threads)`` once imports
+  are done;
   ``("forked", request_id, pid)`` with a pidfd of the new container attached (the pool
   signals it without pid-reuse races); ``("failed", request_id, reason)``; and
   ``("exited", pid, wait_status)`` when it has reaped a container, because only the
@@ -45,11 +46,19 @@ def _send(sock: socket.socket, msg: tuple, fds: list[int] | None = None) -> None
     socket.send_fds(sock, [pickle.dumps(msg)], fds or [])
 
 
-def _native_threads() -> int:
+def _native_threads() -> list[str]:
+    """Names of this process's native threads (the first is the main thread)."""
+    names = []
     try:
-        return len(os.listdir("/proc/self/task"))
+        for tid in sorted(os.listdir("/proc/self/task"), key=int):
+            try:
+                with open(f"/proc/self/task/{tid}/comm") as f:
+                    names.append(f.read().strip())
+            except OSError:
+                names.append("?")
     except OSError:
-        return 1
+        return ["main"]
+    return names
 
 
 def _become_container(request: tuple, fds: list[int], t0: float) -> int:
@@ -149,7 +158,8 @@ def serve(sock: socket.socket) -> None:
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ, None)
     try:
-        _send(sock, ("ready", _native_threads()))
+        threads = _native_threads()
+        _send(sock, ("ready", len(threads), threads[1:]))
         while _step(sock, sel):
             pass
     except (BrokenPipeError, ConnectionResetError):
