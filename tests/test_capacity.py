@@ -44,7 +44,7 @@ def test_cold_starts_share_the_cores_with_tasks():
     # four 0.5 s cold starts take both cores until 1.0; the first two tasks (asking at
     # 0.5) get cores at 1.0, the others at 2.0: 4 * (0.5 + 1) CPU seconds over 2 cores
     r = four_workers(model(cores=2, cold_s=0.5))
-    assert [i.started_at for i in r.invocations] == pytest.approx([0.5, 0.5, 1.0, 1.0])
+    assert [i.start_time for i in r.invocations] == pytest.approx([0.5, 0.5, 1.0, 1.0])
     assert r.makespan == pytest.approx(3.0)
     assert four_workers(model(cold_s=0.5)).makespan == pytest.approx(1.5)
 
@@ -53,7 +53,7 @@ def test_invocations_beyond_the_container_cap_queue_and_reuse_warm_containers():
     r = four_workers(model(containers=2, cold_s=0.5, warm_s=0.05))
     # two cold containers run 0.5-1.5; the queued invocations (made at 0) start warm
     assert [i.cold for i in r.invocations] == [True, True, False, False]
-    assert [i.invoked_at for i in r.invocations] == [0.0, 0.0, 0.0, 0.0]
+    assert [i.invoke_time for i in r.invocations] == [0.0, 0.0, 0.0, 0.0]
     assert r.makespan == pytest.approx(1.5 + 0.05 + 1.0)
 
 

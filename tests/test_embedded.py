@@ -70,7 +70,7 @@ def test_zero_config_fresh_process_starts_and_stops_its_own_redis(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     same, kind, url, pid = proc.stdout.split()
     assert same == "True" and kind == os.path.basename(server_binary())
-    assert url.startswith("redis://127.0.0.1:") and not url.endswith(":6379/0")
+    assert url.startswith("redis://:") and "@127.0.0.1:" in url and not url.endswith(":6379/0")
     for _ in range(50):
         if not _alive(int(pid)):
             break

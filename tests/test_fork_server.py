@@ -275,6 +275,34 @@ def test_threaded_fork_server_falls_back_to_spawning():
         p.close()
 
 
+def test_preloading_dask_dataframe_keeps_the_fork_server():
+    """pyarrow's jemalloc starts a background thread at import unless told not to; the
+    pool tells it, so a fork server that preloads dask.dataframe still forks."""
+    pytest.importorskip("pyarrow")
+    p = LocalPool(2, 30, start_method="fork-server", preload=["dask.dataframe"])
+    try:
+        ok, where, cold = call(p)
+        assert ok and cold
+        assert p.fork_server.disabled is None
+        assert where["ppid"] == p.fork_server.pid  # forked by the zygote
+    finally:
+        p.close()
+
+
+def test_a_threaded_fork_server_is_explained_by_its_threads():
+    pytest.importorskip("pyarrow")
+    p = LocalPool(2, 30, start_method="fork-server", preload=["pyarrow"],
+                  env={"JE_ARROW_MALLOC_CONF": "background_thread:true"})
+    try:
+        ok, where, _ = call(p)
+        assert ok and where["ppid"] == os.getpid()  # spawned instead
+        reason = p.fork_server.disabled
+        assert "jemalloc_bg_thd" in reason and "JE_ARROW_MALLOC_CONF" in reason
+        assert "OPENBLAS" not in reason
+    finally:
+        p.close()
+
+
 def test_spawn_method_starts_no_fork_server():
     p = LocalPool(2, 30, start_method="spawn")
     try:

@@ -24,7 +24,7 @@ from dask_serverless.storage.store import connect
 
 def _client(server):
     return boto3.client("lambda", endpoint_url=server.url, region_name="us-east-1",
-                        aws_access_key_id="x", aws_secret_access_key="x")
+                        **server.credentials.client_kwargs())
 
 
 @delayed
@@ -143,8 +143,8 @@ def test_event_spill_roundtrip(any_redis):
     assert not spilled and events.decode(json.loads(small))[0] == inv
     event, spilled = events.encode(inv, max_bytes=1000, ttl=60)
     assert spilled and len(event) < 1000
-    back, key = events.decode(json.loads(event))
-    assert back == inv and key.startswith("ds:{run1}:p:")
+    back, key, url = events.decode(json.loads(event))
+    assert back == inv and key.startswith("ds:{run1}:p:") and url == any_redis
     assert 0 < connect(any_redis).ttl(key) <= 60
     events.drop_spilled(any_redis, key)
     with pytest.raises(events.EventError, match="gone from Redis"):

@@ -18,6 +18,7 @@ from dask_serverless import cli, serverless_get, session
 from dask_serverless.backends.aws_lambda import LambdaSettings, packaging
 from dask_serverless.backends.aws_lambda.deploy import DeployOptions, deploy, destroy
 from dask_serverless.backends.aws_lambda.local_server import start_process
+from dask_serverless.backends.aws_lambda.settings import make_client
 from dask_serverless.plan import PlanError
 from dask_serverless.storage import serialize
 
@@ -59,7 +60,7 @@ def test_deploy_is_idempotent_and_destroy_cleans_up_on_moto(aws):
     longer = LambdaSettings(function_prefix="ds-moto", region="us-east-1", timeout=300)
     changed = deploy(DeployOptions([1024], longer, redis_url="rediss://:pw@cache:6379/0"),
                      say=lines.append)
-    assert changed[0]["action"] == "updated configuration (Environment, Timeout)"
+    assert changed[0]["action"] == "updated configuration (Description, Environment, Timeout)"
     conf = lam.get_function(FunctionName="ds-moto-1024")["Configuration"]
     assert conf["Timeout"] == 300
     assert conf["Environment"]["Variables"]["DASK_SERVERLESS__REDIS_URL"] == \
@@ -96,8 +97,7 @@ def test_bad_memory_is_rejected_before_anything_is_created():
 def local_lambda_process():
     """``dask-serverless local-lambda`` in a subprocess: yields its URL."""
     proc, url = start_process("--max-containers", "2")
-    client = boto3.client("lambda", endpoint_url=url, region_name="us-east-1",
-                          aws_access_key_id="x", aws_secret_access_key="x")
+    client = make_client("lambda", LambdaSettings(endpoint_url=url, region="us-east-1"))
     yield url, client
     proc.terminate()
     proc.wait(timeout=30)

@@ -53,7 +53,7 @@ def _cli(data_dir, *args) -> str:
 
 
 def _server_stopped(data_dir) -> bool:
-    return not (data_dir / "server.port").exists()
+    return not (data_dir / "server.url").exists()
 
 
 def test_history_survives_the_process_and_the_cli_sees_it(tmp_path):
@@ -93,10 +93,10 @@ def test_shared_server_stops_with_its_last_user_and_keeps_data(tmp_path):
         c.release()
 
 
-def test_stale_port_file_starts_a_new_server(tmp_path):
+def test_stale_url_file_starts_a_new_server(tmp_path):
     from dask_serverless.storage.embedded import free_port
 
-    (tmp_path / "server.port").write_text(f"{free_port()}\n")
+    (tmp_path / "server.url").write_text(f"redis://:old@127.0.0.1:{free_port()}/0\n")
     server = MetricsServer(tmp_path)
     try:
         url = server.acquire()
@@ -112,4 +112,4 @@ def test_without_redis_server_metrics_degrade_to_the_process(tmp_path):
     assert proc.returncode == 0, err
     assert len(out.split()) == 1  # recorded, in the in-process Redis
     assert "will not outlive this process" in err
-    assert not (tmp_path / "server.port").exists() and not (tmp_path / "appendonlydir").exists()
+    assert not (tmp_path / "server.url").exists() and not (tmp_path / "appendonlydir").exists()

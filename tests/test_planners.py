@@ -186,13 +186,15 @@ def test_objectives_trade_makespan_for_cost():
     dag = dag_of(fan_out_fan_in(8, 3))
     cm = FixedCostModel(exec_s=0.5, cold_s=0.3, cpu_bound=1.0)
     sim = Simulator(dag, cm)
-    fast = sim.run(get_planner("uniform", objective="makespan").plan(
+    whole = {"search_s": 60.0, "search_share": 60.0}  # every candidate, whatever the load
+    fast = sim.run(get_planner("uniform", objective="makespan", **whole).plan(
         dag, parallelism=8, memory_mb=1024, predictor=cm))
-    cheap = sim.run(get_planner("uniform", objective="cost").plan(
+    cheap = sim.run(get_planner("uniform", objective="cost", **whole).plan(
         dag, parallelism=8, memory_mb=1024, predictor=cm))
     assert fast.makespan <= cheap.makespan and cheap.cost <= fast.cost
     budget = fast.makespan * 1.5
-    mid = sim.run(get_planner("non-uniform", objective="budget", budget_s=budget).plan(
+    mid = sim.run(get_planner("non-uniform", objective="budget", budget_s=budget,
+                              search_s=60.0, search_share=60.0).plan(
         dag, parallelism=8, memory_mb=1024, predictor=cm))
     assert mid.makespan <= budget and mid.cost <= fast.cost
 

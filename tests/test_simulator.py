@@ -13,7 +13,7 @@ from dask_serverless.costmodel import LAMBDA_PRICE_GB_S, LAMBDA_PRICE_REQUEST, F
 from dask_serverless.plan import Optimizations, Warmup
 from dask_serverless.planners import WukongPlanner
 from dask_serverless.protocol.constants import HOLD_POLL_S
-from dask_serverless.simulator import simulate
+from dask_serverless.simulator import Faults, Recovery, Simulator, simulate
 
 
 def model(exec_s, out_bytes=10) -> FixedCostModel:
@@ -163,8 +163,12 @@ def test_pre_load_downloads_inputs_while_holding():
     assert r.makespan == pytest.approx(wake + 0.01 + 0.01 + 1.02 + 0.1 + 0.02 + 0.02)
     plan.optimizations = Optimizations(delay={0: 10.0}, preload=True)
     r = simulate(dag, plan, cm)
-    # mid's output lands at 2.51 and is loaded by 3.52, last's by 3.54
-    assert r.makespan == pytest.approx(3.54 + 0.01 + 0.1 + 0.02 + 0.02)
+    # as the executor polls: mid's output lands at 2.51, the holder's poll finds it half
+    # a poll later and downloads it (1.01) by 3.5225; last's (stored 3.02) is found by the
+    # next poll and loaded by 3.5425; the holder registers (0.01), claims (0.01), runs
+    # the join (0.1), flushes, the client reads
+    loaded = 2.51 + HOLD_POLL_S / 2 + 1.01 + 0.02
+    assert r.makespan == pytest.approx(loaded + 0.01 + 0.01 + 0.1 + 0.02 + 0.02)
     assert sorted(x.source for x in r.transfers) == ["preload", "preload"]
 
 
@@ -208,10 +212,65 @@ def test_streamed_output_is_read_while_it_uploads():
     # max(2.52, 2.02 + 1.01) plus one 100 B chunk (0.11) = 3.14; runs 4.14, flush 4.16,
     # client 4.18
     assert r.makespan == pytest.approx(4.18)
-    assert r.invocations[0].ended_at == pytest.approx(2.52)
-    assert r.invocations[1].started_at == pytest.approx(2.01)
+    assert r.invocations[0].end_time == pytest.approx(2.52)
+    assert r.invocations[1].start_time == pytest.approx(2.01)
     assert [(x.dep, x.source) for x in r.transfers] == [(0, "stream")]
     assert (r.bytes_uploaded, r.bytes_downloaded) == (plain.bytes_uploaded,
                                                       plain.bytes_downloaded)
     plan.optimizations = Optimizations(stream={0: 1000})  # one chunk: not streamed
     assert simulate(dag, plan, cm, inline_bytes=100).makespan == pytest.approx(5.06)
+
+
+def test_a_straggler_gets_a_backup_that_finishes_its_work():
+    """Eight 0.2 s roots on eight workers and a floating sink; root 3's first attempt
+    takes 60 s. Speculation (factor 3, at least 10 s) sends a backup when root 3 has run
+    10 s, at the client's check 10.5: warm (0.05), it checks what is stored (0.01), runs
+    root 3 (0.2), stores it completing the sink's set (0.02), claims (0.01), checks the
+    sink's group too (0.01), fetches the seven other inputs (70 B: 0.08), runs the sink
+    (0.2), flushes (0.02); the client reads (0.02). The straggler is cancelled when the
+    backup ends (billed 0.2 s more)."""
+    dag = dag_of([[] for _ in range(8)] + [list(range(8))])
+    plan = plan_of([f"w{i}" for i in range(8)] + ["s"], floating={"s"})
+    slow = Faults(slow={3: 60.0})
+    r = Simulator(dag, model(0.2), recovery=Recovery(min_s=10.0)).run(plan, faults=slow)
+    assert r.backups == 1 and r.retries == 0
+    assert r.makespan == pytest.approx(10.5 + 0.05 + 0.01 + 0.2 + 0.02 + 0.01 + 0.01 + 0.08
+                                       + 0.2 + 0.02 + 0.02)
+    backup = next(i for i in r.invocations if i.backup)
+    original = next(i for i in r.invocations if i.worker_id == "w3" and not i.backup)
+    assert original.outcome == "cancelled"
+    assert original.end_time == pytest.approx(backup.end_time + 0.2)
+    assert r.task_invocation[8] == r.invocations.index(backup)  # the sink ran there
+    # without speculation the straggler holds the run: 60.5 + store, claim, fetch, sink...
+    off = Simulator(dag, model(0.2), recovery=Recovery(speculation=False)).run(plan,
+                                                                               faults=slow)
+    assert off.backups == 0
+    assert off.makespan == pytest.approx(60.5 + 0.02 + 0.01 + 0.08 + 0.2 + 0.02 + 0.02)
+    assert r.cost > Simulator(dag, model(0.2)).run(plan).cost  # backups cost something
+
+
+def test_a_dead_worker_is_noticed_by_its_lease_and_retried_without_redoing_stored_work():
+    """a -> b -> c on w0 (b also feeds d on w1, so it is stored); w0 dies 1 s into c.
+    Leases (heartbeat 5 s, three intervals): renewed at 0.5 and 5.5, expired at 20.5, seen
+    by the client's check at 20.5; re-sent after 0.2; warm (0.05: w1's container is idle
+    by then). The retry asks what is
+    stored (0.01): b is, so a is not run again; b is registered and claimed again (0.01;
+    d was sent already, not sent twice); c fetches b (0.02), runs (2), flushes (0.02); the
+    client reads both outputs (20 B: 0.03)."""
+    dag = dag_of([[], [0], [1], [1]])
+    plan = plan_of(["w0", "w0", "w0", "w1"])
+    crash = Faults(crash={2: 1.0})
+    r = Simulator(dag, model(2.0), recovery=Recovery(heartbeat_s=5.0)).run(plan, faults=crash)
+    assert r.retries == 1 and not r.failed
+    assert r.makespan == pytest.approx(20.7 + 0.05 + 0.01 + 0.01 + 0.02 + 2 + 0.02 + 0.03)
+    died, _, retry = r.invocations
+    assert died.outcome == "crashed" and died.end_time == pytest.approx(5.52)
+    assert retry.attempt == 1 and retry.tasks == [2]  # neither a nor b again
+    assert [i.worker_id for i in r.invocations].count("w1") == 1
+    # the local pool sees the death itself: re-sent at once (cold: w1 is busy until 7.04)
+    local = Simulator(dag, model(2.0), recovery=Recovery(direct=True)).run(plan, faults=crash)
+    assert local.makespan == pytest.approx(5.52 + 0.2 + 0.5 + 0.01 + 0.01 + 0.02 + 2 + 0.02
+                                           + 0.03)
+    # no retries left: the run fails when the client notices
+    gone = Simulator(dag, model(2.0), recovery=Recovery(retries=0)).run(plan, faults=crash)
+    assert gone.failed and gone.makespan == pytest.approx(20.5)

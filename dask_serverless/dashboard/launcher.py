@@ -7,6 +7,11 @@ stopped when this process exits; run ``dask-serverless dashboard`` yourself to k
 after your script ends. A graphical browser (when there is one) opens the realtime page
 once the dashboard answers; the URL is logged at INFO level either way.
 Nothing here imports Streamlit: the client only starts a process.
+
+The child learns the metrics Redis (its URL holds a password) from its environment, not
+its command line; it logs to this user's private state directory. A registration is used
+only when it names a dashboard on loopback (``http://127.0.0.1:PORT``): whatever is in
+Redis, the browser never opens another address.
 """
 
 from __future__ import annotations
@@ -19,16 +24,17 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
 import webbrowser
+from urllib.parse import urlsplit
 
 import redis
 
 from ..storage.embedded import free_port
 from ..storage.keys import MetricsKeys
+from ..storage.private import state_dir
 from ..storage.store import connect
 
 logger = logging.getLogger(__name__)
@@ -67,8 +73,27 @@ def registered(metrics_url: str) -> str | None:
         return None
     if blob is None:
         return None
-    url = json.loads(blob)["url"]
+    url = loopback_url(blob)
+    if url is None:
+        logger.warning("ignoring the dashboard registration in the metrics Redis: it does "
+                       "not name a dashboard on this machine's loopback")
+        return None
     return url if healthy(url) else None
+
+
+def loopback_url(blob: bytes) -> str | None:
+    """The ``http://127.0.0.1:PORT`` (or localhost) a registration names, else None."""
+    try:
+        url = json.loads(blob)["url"]
+        parts = urlsplit(url)
+        port = parts.port
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    if (parts.scheme != "http" or parts.hostname not in ("127.0.0.1", "localhost")
+            or port is None or parts.username is not None or parts.password is not None
+            or parts.path not in ("", "/") or parts.query or parts.fragment):
+        return None
+    return f"http://{parts.hostname}:{port}"
 
 
 def _port_free(port: int) -> bool:
@@ -80,16 +105,21 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def log_path(port: int) -> str:
+    """Where a dashboard started here on ``port`` logs (a private directory)."""
+    return str(state_dir() / f"dashboard-{port}.log")
+
+
 def start(metrics_url: str, port: int) -> tuple[subprocess.Popen, str]:
     """Start ``dask-serverless dashboard`` over ``metrics_url`` on loopback; its output
-    goes to a log file in the temporary directory."""
+    goes to ``log_path(port)``."""
     port = port if _port_free(port) else free_port()
-    log = os.path.join(tempfile.gettempdir(), f"dask-serverless-dashboard-{port}.log")
-    with open(log, "ab") as out:
+    env = {**os.environ, "DASK_SERVERLESS__METRICS__REDIS_URL": metrics_url}
+    fd = os.open(log_path(port), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dask_serverless.cli", "dashboard", "--redis-url",
-             metrics_url, "--port", str(port)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+            [sys.executable, "-m", "dask_serverless.cli", "dashboard", "--port", str(port)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -141,5 +171,5 @@ def _open_when_up(url: str, proc: subprocess.Popen | None) -> None:
         with contextlib.suppress(Exception):  # no browser here: the URL is logged
             webbrowser.open(f"{url}/realtime")
     else:
-        logger.warning("the dashboard at %s did not start; see its log in %s", url,
-                       tempfile.gettempdir())
+        logger.warning("the dashboard at %s did not start; see its log %s", url,
+                       log_path(int(url.rpartition(":")[2])))

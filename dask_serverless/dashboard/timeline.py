@@ -143,7 +143,7 @@ def planned_table(run: RunData, sim: SimResult) -> pd.DataFrame:
         inv = sim.invocations[sim.task_invocation[t.id]] if sim.task_invocation[t.id] >= 0 \
             else None
         rows.append({"task_id": t.id, "key": t.key, "function": t.func_name,
-                     "worker": inv.worker if inv else "?",
+                     "worker": inv.worker_id if inv else "?",
                      "start": sim.task_start[t.id], "end": sim.task_end[t.id],
                      "cold": bool(inv and inv.cold)})
     return _pandas().DataFrame(rows)
@@ -151,8 +151,8 @@ def planned_table(run: RunData, sim: SimResult) -> pd.DataFrame:
 
 def planned_startups(sim: SimResult) -> pd.DataFrame:
     """The simulated invocations in ``startup_table``'s terms."""
-    rows = [{"worker": r.worker, "invoked": r.invoked_at, "started": r.started_at,
-             "ended": r.ended_at, "cold": r.cold, "memory_mb": r.memory_mb}
+    rows = [{"worker": r.worker_id, "invoked": r.invoke_time, "started": r.start_time,
+             "ended": r.end_time, "cold": r.cold, "memory_mb": r.memory_mb}
             for r in sim.invocations]
     return _pandas().DataFrame(rows, columns=["worker", "invoked", "started", "ended", "cold",
                                               "memory_mb"])

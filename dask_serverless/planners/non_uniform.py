@@ -9,7 +9,6 @@ and the cost drops. Workers running tasks with a user-annotated memory keep it.
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +18,7 @@ from ..plan import Plan, ResourceConfig
 from ..simulator import Simulator
 from .base import cost_model_of, pinned
 from .objective import Objective
-from .uniform import CANDIDATE_MB, UniformPlanner
+from .uniform import CANDIDATE_MB, SIM_TASKS_PER_S, UniformPlanner
 
 
 @dataclass
@@ -30,6 +29,7 @@ class NonUniformPlanner:
     memories: tuple[int, ...] = CANDIDATE_MB
     rounds: int = 6
     search_s: float = 1.5
+    search_share: float = 0.1  # its uniform start: see ``UniformPlanner.search_share``
 
     def plan(self, dag: DAG, *, parallelism: int, memory_mb: int,
              predictor: Any = None, threads: int | None = None,
@@ -37,15 +37,16 @@ class NonUniformPlanner:
         objective = Objective.parse(self.objective, self.budget_s)
         est = Estimates(dag, cost_model_of(predictor))
         uniform = UniformPlanner(objective=objective, memories=self.memories,
-                                 search_s=self.search_s / 2)
+                                 search_s=self.search_s / 2,
+                                 search_share=self.search_share)
         plan, result = uniform.best(dag, parallelism, memory_mb, est, threads, warm)
         plan.planner = self.name
         sim = Simulator(dag, est, warm=warm)
         fixed = {plan.assignment[t.id] for t in dag.tasks if pinned(t)}
         ladder = sorted(set(self.memories) | {w.config.memory_mb for w in plan.workers.values()})
-        deadline = time.monotonic() + self.search_s
+        budget = sim.simulated_tasks + SIM_TASKS_PER_S * self.search_s / 2  # as uniform's
         for _ in range(self.rounds):
-            if time.monotonic() > deadline:
+            if sim.simulated_tasks > budget:
                 break
             critical = {plan.assignment[t] for t in result.critical_path} - fixed
             others = set(plan.workers) - critical - fixed

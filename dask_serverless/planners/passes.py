@@ -66,9 +66,9 @@ def prewarm(dag: DAG, plan: Plan, sim: Simulator, objective: Objective) -> Plan:
     for rec in base.invocations:
         if not rec.cold:
             continue
-        config = plan.workers[rec.worker].config
+        config = plan.workers[rec.worker_id].config
         cold = sim.est.invocation_time(config, "cold")
-        at = rec.invoked_at - cold * 1.25 - 0.02
+        at = rec.invoke_time - cold * 1.25 - 0.02
         if at >= 0:
             key = (round(at, 3), rec.memory_mb)
             warmups[key] = warmups.get(key, 0) + 1

@@ -13,7 +13,6 @@ best plan for the objective. ``parallelism`` is thus an upper bound, as for Dask
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +26,7 @@ from .passes import delayed_io
 from .placement import Placement
 
 CANDIDATE_MB = (512, 1024, 1769, 3008)
+SIM_TASKS_PER_S = 100_000  # tasks the simulator replays per second (a quiet machine)
 THREADS = (1, 2, 4, 8, 16)
 
 
@@ -37,8 +37,11 @@ class UniformPlanner:
     budget_s: float | None = None
     memories: tuple[int, ...] = CANDIDATE_MB
     threads: tuple[int, ...] = THREADS  # candidates when the caller does not fix it
-    search_s: float = 1.0  # stop trying candidates after this long (the default is kept)
-    search_share: float = 0.1  # ... or after this share of the best predicted makespan
+    # stop trying candidates after about this long (the default is kept) or this share of
+    # the best predicted makespan; counted in simulated tasks at ``SIM_TASKS_PER_S``, not
+    # wall time, so the same inputs give the same plan however busy the machine is
+    search_s: float = 1.0
+    search_share: float = 0.1
     min_search_s: float = 0.02
     switch_margin: float = 0.05  # another memory size must be this much better (plans
     # that flip between near-equal sizes keep starting cold)
@@ -55,13 +58,12 @@ class UniformPlanner:
              warm: dict[int, int] | None = None) -> tuple[Plan, SimResult]:
         objective = Objective.parse(self.objective, self.budget_s)
         sim = Simulator(dag, est, warm=warm)
-        started = time.monotonic()
         best: tuple[Plan, SimResult] | None = None
         memories = [memory_mb, *(m for m in self.memories if m != memory_mb)]
         counts = [threads] if threads else sorted(set(self.threads) | {1})
         for mb, width, k in ((m, w, k) for m in memories for w in widths(parallelism)
                              for k in counts):
-            if best is not None and time.monotonic() - started > min(
+            if best is not None and sim.simulated_tasks > SIM_TASKS_PER_S * min(
                     self.search_s, max(self.min_search_s, self.search_share * best[1].makespan)):
                 break  # planning longer than it could save
             min_block = 0.0

@@ -4,3 +4,6 @@ FINAL_FLUSH_BYTES = 8 * 2**20  # final outputs are written in batches of about t
 CANCEL_CHECK_S = 0.2  # how often a running invocation checks the run's cancel flag
 PROGRESS_S = 0.1  # how often a worker reports task progress (when the client listens)
 HOLD_POLL_S = 0.005  # delayed I/O: how often a holding worker checks its fan-ins
+KEPT_MEMORY_FRACTION = 0.25  # of a worker's memory: values kept for fan-ins it may run
+INLINE_CACHE_BYTES = 4 * 2**20  # small outputs' sealed bytes kept to send inline
+LEASE_INTERVALS = 3  # a lease lasts this many heartbeat intervals after its renewal

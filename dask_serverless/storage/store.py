@@ -7,7 +7,6 @@ claims the consumer with ``SET NX`` so exactly one invocation runs it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -15,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 
 from ..errors import RunDataLostError
+from . import run_events
 from .keys import RunKeys
 from .serialize import Encoded, Purpose, decode, encode
 
@@ -88,6 +88,39 @@ class RunStore:
             pipe.sadd(k.outputs_done, *final)
             pipe.expire(k.outputs_done, self.ttl)
         return self._fanin_sizes(self._register(pipe, fanins).execute(), fanins)
+
+    def publish(self, task: int, data: Encoded | None, final: bool,
+                fanins: Sequence[int], claims: Sequence[int],
+                claimer: str) -> tuple[bool, list[int], list[bool]]:
+        """One output's step, in one MULTI: write it once (unless ``data`` is None), mark
+        it done when ``final``, add it to ``fanins``' sets and claim ``claims`` for
+        ``claimer``. Returns whether this write stored it (False: an earlier attempt
+        did), the set sizes seen, and which claims ``claimer`` holds."""
+        k = self.keys
+        pipe = self.r.pipeline(transaction=True)
+        if data is not None:
+            pipe.set(k.output(task), data.tobytes(), nx=True, ex=self.ttl)
+        if final:
+            pipe.sadd(k.outputs_done, task)
+            pipe.expire(k.outputs_done, self.ttl)
+        edges = [(task, c) for c in fanins]
+        self._register(pipe, edges)
+        for c in claims:
+            pipe.set(k.fired(c), claimer, nx=True, ex=self.ttl)
+            pipe.get(k.fired(c))
+        res = pipe.execute()
+        written = data is None or bool(res[0])
+        claimed = res[len(res) - 2 * len(claims):]
+        head = res[:len(res) - 2 * len(claims)]
+        mine = claimer.encode()
+        return written, self._fanin_sizes(head, edges), [v == mine for v in claimed[1::2]]
+
+    def outputs_stored(self, task_ids: Sequence[int]) -> list[bool]:
+        """Which of these outputs are stored (whole)."""
+        pipe = self.r.pipeline(transaction=False)
+        for t in task_ids:
+            pipe.exists(self.keys.output(t))
+        return [bool(x) for x in pipe.execute()]
 
     def announce_stream(self, task: int, head: str, chunks_key: str,
                         fanins: Sequence[tuple[int, int]]) -> tuple[bool, bytes, list[int]]:
@@ -188,7 +221,8 @@ class RunStore:
         return bool(self.r.exists(self.keys.cancel))
 
     def event(self, message: dict[str, Any]) -> None:
-        self.r.publish(self.keys.events, json.dumps(message))
+        """Publish ``message`` to the run's client (sealed: ``run_events``)."""
+        self.r.publish(self.keys.events, run_events.encode(message, self.keys.run_id))
 
     def push_task_output(self, entry: str) -> None:
         """Append what one task printed and warned (``worker.task_output``)."""

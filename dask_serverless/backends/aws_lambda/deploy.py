@@ -6,23 +6,36 @@ policy (``worker_policy``): write logs, invoke the ``<prefix>-*`` functions (wor
 their successors) and, when subnets are given, manage VPC network interfaces. Against
 the local Lambda API server (an ``endpoint_url`` and no IAM endpoint) no IAM is involved
 and a placeholder role ARN is used.
+
+The functions get ``serverless.secret`` in their environment. Without a configured one,
+deploy generates it and stores it in a 0600 file of the Dask config directory
+(``secret_file``), which ``dask.config`` loads in every later process of this user: the
+clients then seal what the workers accept. The secret is never printed. The functions'
+description carries a keyed digest of their environment, so a re-deploy knows whether it
+changed even where the API redacts environment values (the local Lambda API server).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
-import os
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import dask.config
+import yaml
 
 from ...plan import ResourceConfig
 from ...storage import serialize
+from ...storage.private import write_private
 from . import packaging
+from .local_service import REDACTED
 from .settings import LambdaSettings, make_client
 
 logger = logging.getLogger(__name__)
@@ -34,6 +47,7 @@ _TRUST = {"Version": "2012-10-17", "Statement": [{
 _POLICY_NAME = "dask-serverless-worker"
 _SECRET_ENV = "DASK_SERVERLESS__SECRET"
 _ROLE_WAIT_S = 60.0
+SECRET_FILE = "dask-serverless-secret.yaml"
 
 
 class DeployError(RuntimeError):
@@ -119,17 +133,20 @@ def deploy(opts: DeployOptions, *, lambda_client: Any = None, iam_client: Any = 
         say(f"package: {package.path} ({package.size / 2**20:.1f} MB zipped, "
             f"{package.unzipped_size / 2**20:.1f} MB unzipped, {package.files} files, "
             f"{'cached' if package.cached else 'built'} for {platform})")
+    secret = _secret(say)
     env = {"DASK_SERVERLESS__LAMBDA__FUNCTION_PREFIX": s.function_prefix,
-           "DASK_SERVERLESS__SECRET": _secret(say)}
+           _SECRET_ENV: secret}
     if s.endpoint_url:
         env["DASK_SERVERLESS__LAMBDA__ENDPOINT_URL"] = s.endpoint_url
     if opts.redis_url:
         env["DASK_SERVERLESS__REDIS_URL"] = opts.redis_url
+    digest = env_digest(env, secret)
     results = []
     for mb in opts.memory:
         desired: dict[str, Any] = {"Role": role, "MemorySize": mb, "Timeout": s.timeout,
                                    "Environment": {"Variables": env},
-                                   "Description": f"dask-serverless worker, {mb} MB"}
+                                   "Description": f"dask-serverless worker, {mb} MB, "
+                                                  f"environment {digest}"}
         if package is not None:
             desired.update(Runtime=opts.runtime, Handler=packaging.HANDLER)
         if opts.subnets:
@@ -142,14 +159,35 @@ def deploy(opts: DeployOptions, *, lambda_client: Any = None, iam_client: Any = 
     return results
 
 
+def secret_file() -> Path:
+    """Where ``deploy`` stores a secret it generated (read back through ``dask.config``)."""
+    return Path(dask.config.PATH) / SECRET_FILE
+
+
 def _secret(say: Callable[[str], None]) -> str:
-    """``serverless.secret``: workers must share it with clients to accept their payloads."""
-    configured = dask.config.get("serverless.secret", None) or os.environ.get(_SECRET_ENV)
-    value = serialize.secret()
-    if not configured:
-        say(f"generated serverless.secret for the workers; clients need the same one:\n"
-            f"  export {_SECRET_ENV}={value}")
+    """``serverless.secret``: workers must share it with clients to accept their payloads.
+    A configured one is used as is; else this process's (or a new) random one is stored
+    in ``secret_file()`` for this user's later processes."""
+    value = dask.config.get("serverless.secret", None)
+    if value and not serialize.is_generated(str(value)):
+        return str(value)
+    value = str(value or "ds-" + secrets.token_hex(32))
+    path = secret_file()
+    write_private(path, "# written by `dask-serverless deploy`: the payload secret its "
+                        "workers accept\n" + yaml.safe_dump({"serverless": {"secret": value}}))
+    dask.config.set({"serverless.secret": value})
+    serialize.reset_key()
+    say(f"generated serverless.secret and stored it in {path} (mode 0600): this user's "
+        f"clients read it from there; elsewhere set {_SECRET_ENV} to the same value")
     return value
+
+
+def env_digest(env: dict[str, str], secret: str) -> str:
+    """A digest of the functions' environment keyed by the secret (it reveals nothing about
+    either), so a re-deploy sees a change even where environment values are redacted."""
+    rest = {k: v for k, v in env.items() if k != _SECRET_ENV}
+    data = json.dumps(rest, sort_keys=True).encode()
+    return hmac.new(secret.encode(), data, hashlib.sha256).hexdigest()[:16]
 
 
 def _deploy_one(lam: Any, name: str, desired: dict[str, Any],
@@ -184,6 +222,8 @@ def _deploy_one(lam: Any, name: str, desired: dict[str, Any],
 
 
 def _differs(current: Any, wanted: Any) -> bool:
+    if current == REDACTED:  # not shown; the description's digest covers it
+        return False
     if isinstance(wanted, dict) and isinstance(current, dict):
         return any(_differs(current.get(k), v) for k, v in wanted.items())
     if isinstance(wanted, list) and isinstance(current, list):

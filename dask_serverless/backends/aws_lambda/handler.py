@@ -11,9 +11,7 @@ import dataclasses
 import logging
 from typing import Any
 
-from ...protocol.wire import error_record
 from ...storage.serialize import TamperedPayloadError
-from ...storage.store import RunStore, connect
 from ...worker.executor import execute
 from . import events
 from .invoker import LambdaInvoker
@@ -33,16 +31,20 @@ def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
 
     Task errors are stored in the run's Redis for the client, never raised; an event that
     is not ours raises ``EventError`` (a function error for Lambda). A payload sealed with
-    another ``serverless.secret`` is refused, and the refusal is reported to its run.
+    another ``serverless.secret`` is refused (``TamperedPayloadError``) before anything in
+    it is used: not even its Redis URL, so the refusal is not reported there (the client's
+    handshake, ``events.check_event``, finds a mismatch before it invokes anything).
     """
     global _cold, _invoker
     cold, _cold = _cold, False
     if events.is_warmup(event):
         return {"warmup": True, "cold": cold}
     try:
-        inv, spilled = events.decode(event)
-    except TamperedPayloadError as exc:
-        _report_refusal(event, exc)
+        if events.is_check(event):
+            return {**events.answer_check(event), "cold": cold}
+        inv, spilled, spill_url = events.decode(event)
+    except TamperedPayloadError:
+        logger.warning("refused an event sealed with another serverless.secret")
         raise
     if _invoker is None:
         settings = LambdaSettings.from_config()
@@ -51,17 +53,7 @@ def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
                                              WORKER_INVOKE_THREADS)))
     report = execute(inv, _invoker, cold=cold)
     report.extra["request_id"] = getattr(context, "aws_request_id", None)
-    events.drop_spilled(inv.redis_url, spilled)
+    events.drop_spilled(spill_url, spilled)
     logger.info("run %s worker %s: %d tasks, invoked %d, %s start", inv.run_id,
                 inv.worker_id, report.tasks, report.invoked, "cold" if cold else "warm")
     return dataclasses.asdict(report)
-
-
-def _report_refusal(event: dict, exc: Exception) -> None:
-    """Wake the run's client (it fails on the record's seal too: secrets differ)."""
-    worker = str(event.get("worker_id"))
-    try:
-        store = RunStore(connect(event["redis_url"]), str(event["run_id"]))
-        store.fail(error_record(exc, "<invocation payload>", worker, 0))
-    except Exception:
-        logger.exception("could not report the refused invocation of worker %s", worker)

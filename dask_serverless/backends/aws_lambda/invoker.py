@@ -83,7 +83,7 @@ class LambdaInvoker:
             for call in calls:
                 self.send_one(call)
             return
-        futures = [self._executor().submit(self.send_one, call) for call in calls]
+        futures = [self.executor().submit(self.send_one, call) for call in calls]
         errors = [f.exception() for f in futures]
         failed = [e for e in errors if e is not None]
         if failed:
@@ -94,12 +94,20 @@ class LambdaInvoker:
 
     def send_one(self, call: EventCall) -> None:
         """One ``Event`` invoke with exponential backoff on throttling / 5xx."""
+        self._with_retries(call, "Event")
+
+    def request(self, call: EventCall) -> tuple[str | None, bytes]:
+        """One ``RequestResponse`` invoke (retried like ``send_one``): the function error
+        (None: it answered) and the answer's payload."""
+        answer = self._with_retries(call, "RequestResponse")
+        return answer.get("FunctionError"), answer["Payload"].read()
+
+    def _with_retries(self, call: EventCall, kind: str) -> dict[str, Any]:
         attempt = 0
         while True:
             try:
-                self.client.invoke(FunctionName=call.function, InvocationType="Event",
-                                   Payload=call.payload)
-                return
+                return self.client.invoke(FunctionName=call.function, InvocationType=kind,
+                                          Payload=call.payload)
             except Exception as exc:
                 retryable, text = _is_retryable(exc)
                 if not retryable or attempt >= self.settings.max_retries:
@@ -123,7 +131,7 @@ class LambdaInvoker:
                     f"{call.function.rpartition('-')[2]}` and the same function prefix")
         return LambdaInvokeError(msg)
 
-    def _executor(self) -> ThreadPoolExecutor:
+    def executor(self) -> ThreadPoolExecutor:
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.settings.invoke_concurrency,

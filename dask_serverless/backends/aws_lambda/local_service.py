@@ -7,11 +7,20 @@ function's ``MemorySize``). Its containers see the unpacked code first on ``PYTH
 bundled libraries, e.g. boto3), and the function's environment variables. Updating code or
 configuration starts fresh execution environments, like Lambda; old ones finish their
 work first. A handler running longer than the function's ``Timeout`` is killed.
+
+Like Lambda, a function's environment is its ``Environment`` variables plus the runtime's
+own (an allow-list of this process's: ``PATH``, locale, time zone, temp dir), never the
+server's whole environment; a Dask config directory of its own (empty: config comes from
+the ``Environment``, as on AWS); and a key of its own that may only invoke functions (the
+role credentials Lambda hands a function). Answers never carry environment values (they
+hold e.g. ``serverless.secret``): each is replaced by ``REDACTED``. Uploaded zips are
+bounded zipped and unzipped (Lambda's limits).
 """
 
 from __future__ import annotations
 
 import base64
+import fnmatch
 import hashlib
 import io
 import json
@@ -29,6 +38,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..local.pool import HandlerCall, LocalPool
+from .local_auth import Credentials, Keyring
+from .packaging import MAX_UNZIPPED_BYTES, MAX_ZIP_BYTES
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +48,11 @@ MAX_EVENT_BYTES = 256 * 1024  # asynchronous invoke payload limit
 MAX_SYNC_BYTES = 6 * 2**20  # synchronous invoke payload limit
 _CONFIG_FIELDS = ("Role", "Handler", "Runtime", "MemorySize", "Timeout", "Environment",
                   "Description", "VpcConfig")
+REDACTED = "(redacted)"  # what answers carry in place of an environment value
+MAX_ZIP_ENTRIES = 100_000
+# what a function inherits from this process's environment (the runtime's own variables)
+RUNTIME_ENV = ("PATH", "LANG", "LANGUAGE", "LC_*", "TZ", "TMPDIR", "LD_LIBRARY_PATH",
+               "SYSTEMROOT")
 
 
 class ApiError(Exception):
@@ -52,6 +68,7 @@ class _Function:
     config: dict[str, Any]
     code_dir: str
     pool: LocalPool | None = None
+    credentials: Credentials | None = None  # its own key: may invoke functions
     invocations: int = 0
     cold_starts: int = 0
     warm_starts: int = 0
@@ -63,8 +80,9 @@ class LocalLambdaService:
 
     def __init__(self, region: str = "us-east-1", max_containers: int | None = None,
                  keep_alive: float = 300.0, inherit_path: bool = True,
-                 invoke_latency: float = 0.0):
+                 invoke_latency: float = 0.0, keyring: Keyring | None = None):
         self.region = region
+        self.keyring = keyring  # None: functions get no key (they cannot invoke others)
         self.max_containers = max_containers or 2 * (os.cpu_count() or 2)
         self.keep_alive = keep_alive
         self.inherit_path = inherit_path
@@ -103,24 +121,26 @@ class LocalLambdaService:
             _apply_config(config, body)
             fn = _Function(config, "")
             self._set_code(fn, zipped)
+            if self.keyring is not None:
+                fn.credentials = self.keyring.mint("invoke")
             self._functions[name] = fn
         logger.info("created function %s (%s MB)", name, config["MemorySize"])
-        return dict(config)
+        return redacted(config)
 
     def get_function(self, name: str) -> dict[str, Any]:
         fn = self._get(name)
-        return {"Configuration": dict(fn.config),
+        return {"Configuration": redacted(fn.config),
                 "Code": {"RepositoryType": "Local", "Location": fn.code_dir}}
 
     def get_configuration(self, name: str) -> dict[str, Any]:
-        return dict(self._get(name).config)
+        return redacted(self._get(name).config)
 
     def list_functions(self, marker: str | None, max_items: int | None) -> dict[str, Any]:
         with self._lock:
             names = sorted(self._functions)
             start = names.index(marker) + 1 if marker in names else 0
             page = names[start:start + (max_items or 50)]
-            out: dict[str, Any] = {"Functions": [dict(self._functions[n].config)
+            out: dict[str, Any] = {"Functions": [redacted(self._functions[n].config)
                                                  for n in page]}
             if start + len(page) < len(names):
                 out["NextMarker"] = page[-1]
@@ -132,7 +152,7 @@ class LocalLambdaService:
             fn = self._get_locked(name)
             old = self._set_code(fn, zipped)
         _retire(old)
-        return dict(fn.config)
+        return redacted(fn.config)
 
     def update_configuration(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
@@ -141,12 +161,14 @@ class LocalLambdaService:
             fn.config["LastModified"] = _now()
             old, fn.pool = fn.pool, None
         _retire(old)
-        return dict(fn.config)
+        return redacted(fn.config)
 
     def delete_function(self, name: str) -> None:
         with self._lock:
             fn = self._get_locked(name)
-            del self._functions[name]
+            del self._functions[_short_name(name)]
+        if self.keyring is not None:
+            self.keyring.revoke(fn.credentials)
         _retire(fn.pool)
 
     def stats(self, name: str) -> dict[str, int]:
@@ -232,10 +254,19 @@ class LocalLambdaService:
             raise ApiError(400, "InvalidParameterValueException",
                            f"function {name}: the local Lambda API server runs zip packages "
                            "only, not container images")
-        if not code.get("ZipFile"):
+        if not isinstance(code.get("ZipFile"), str) or not code["ZipFile"]:
             raise ApiError(400, "InvalidParameterValueException",
                            f"function {name}: Code.ZipFile is required")
-        return base64.b64decode(code["ZipFile"])
+        try:
+            zipped = base64.b64decode(code["ZipFile"], validate=True)
+        except ValueError as exc:
+            raise ApiError(400, "InvalidParameterValueException",
+                           f"function {name}: Code.ZipFile is not base64") from exc
+        if len(zipped) > MAX_ZIP_BYTES:
+            raise ApiError(413, "RequestEntityTooLargeException",
+                           f"function {name}: the zip is {len(zipped)} bytes, over Lambda's "
+                           f"{MAX_ZIP_BYTES} byte limit for direct uploads")
+        return zipped
 
     def _set_code(self, fn: _Function, zipped: bytes) -> LocalPool | None:
         digest = hashlib.sha256(zipped).digest()
@@ -243,12 +274,10 @@ class LocalLambdaService:
         if not os.path.isdir(code_dir):
             tmp = tempfile.mkdtemp(dir=self._dir)
             try:
-                zipfile.ZipFile(io.BytesIO(zipped)).extractall(tmp)
-            except zipfile.BadZipFile as exc:
+                _extract(zipped, tmp, fn.config["FunctionName"])
+            except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
-                raise ApiError(400, "InvalidParameterValueException",
-                               f"function {fn.config['FunctionName']}: could not unzip the "
-                               f"uploaded file: {exc}") from exc
+                raise
             os.makedirs(os.path.dirname(code_dir), exist_ok=True)
             os.rename(tmp, code_dir)
         fn.code_dir = code_dir
@@ -259,18 +288,30 @@ class LocalLambdaService:
 
     def _pool_locked(self, fn: _Function) -> LocalPool:
         if fn.pool is None:
-            config = fn.config
-            path = [fn.code_dir] + ([p for p in sys.path if p] if self.inherit_path else [])
-            env = {"PYTHONPATH": os.pathsep.join(path), "LAMBDA_TASK_ROOT": fn.code_dir,
-                   "AWS_LAMBDA_FUNCTION_NAME": config["FunctionName"],
-                   "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(config["MemorySize"]),
-                   "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST", "AWS_REGION": self.region,
-                   "AWS_DEFAULT_REGION": self.region, "AWS_ACCESS_KEY_ID": "local",
-                   "AWS_SECRET_ACCESS_KEY": "local"}
-            env.update(config.get("Environment", {}).get("Variables", {}))
-            fn.pool = LocalPool(self.max_containers, self.keep_alive, env=env,
-                                invocation_timeout=float(config["Timeout"]))
+            fn.pool = LocalPool(self.max_containers, self.keep_alive, env=self._env_of(fn),
+                                invocation_timeout=float(fn.config["Timeout"]),
+                                inherit_env=False)
         return fn.pool
+
+    def _env_of(self, fn: _Function) -> dict[str, str]:
+        """A function's whole environment: the runtime's variables, its own key and
+        Dask config directory, then its ``Environment``."""
+        config = fn.config
+        path = [fn.code_dir] + ([p for p in sys.path if p] if self.inherit_path else [])
+        config_dir = os.path.join(self._dir, "dask-config")  # empty: config comes from env
+        os.makedirs(config_dir, mode=0o700, exist_ok=True)
+        env = runtime_env(os.environ)
+        env.update({"PYTHONPATH": os.pathsep.join(path), "LAMBDA_TASK_ROOT": fn.code_dir,
+                    "DASK_CONFIG": config_dir,
+                    "AWS_LAMBDA_FUNCTION_NAME": config["FunctionName"],
+                    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(config["MemorySize"]),
+                    "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST", "AWS_REGION": self.region,
+                    "AWS_DEFAULT_REGION": self.region})
+        if fn.credentials is not None:
+            env.update(fn.credentials.env())
+        env.update({str(k): str(v) for k, v in
+                    config.get("Environment", {}).get("Variables", {}).items()})
+        return env
 
     def close(self) -> None:
         with self._lock:
@@ -297,6 +338,36 @@ def _retire(pool: LocalPool | None, timeout: float = 900.0) -> None:
         pool.close()
 
     threading.Thread(target=drain, daemon=True, name="dask-serverless-retire").start()
+
+
+def runtime_env(environ: dict[str, str] | os._Environ) -> dict[str, str]:
+    """The variables of ``environ`` a function inherits (``RUNTIME_ENV``)."""
+    return {k: v for k, v in environ.items()
+            if any(fnmatch.fnmatchcase(k, pattern) for pattern in RUNTIME_ENV)}
+
+
+def redacted(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a function's configuration with its environment values redacted."""
+    out = dict(config)
+    variables = (config.get("Environment") or {}).get("Variables") or {}
+    out["Environment"] = {"Variables": {k: REDACTED for k in variables}}
+    return out
+
+
+def _extract(zipped: bytes, target: str, name: str) -> None:
+    """Unpack an uploaded zip within Lambda's unzipped size limit."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(zipped))
+        infos = archive.infolist()
+        size = sum(i.file_size for i in infos)  # reads stop at these sizes (zipfile)
+        if size > MAX_UNZIPPED_BYTES or len(infos) > MAX_ZIP_ENTRIES:
+            raise ApiError(400, "InvalidParameterValueException",
+                           f"function {name}: unzipped size {size} bytes in {len(infos)} "
+                           f"files is over Lambda's {MAX_UNZIPPED_BYTES} byte limit")
+        archive.extractall(target)  # names with '..' or a leading '/' stay inside
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as exc:
+        raise ApiError(400, "InvalidParameterValueException",
+                       f"function {name}: could not unzip the uploaded file: {exc}") from exc
 
 
 def _apply_config(config: dict[str, Any], body: dict[str, Any]) -> None:

@@ -47,19 +47,25 @@ def make_client(service: str, settings: LambdaSettings, *, pool_size: int = 10,
                 endpoint_url: str | None = None) -> Any:
     """A boto3 client with our own retry policy (botocore's retries are turned off).
 
-    With a custom ``endpoint_url`` (the local Lambda API server) and no credentials in the
-    boto3 chain, dummy credentials are used: the local server does not check signatures.
+    With a custom ``endpoint_url``, credentials a local Lambda API server published for it
+    (``serverless.lambda.local-credentials``) come first, then the boto3 chain; with
+    neither, placeholder ones (the server's refusal then says what it accepts).
     """
     import boto3
     from botocore.config import Config
+
+    from .local_auth import published
 
     url = endpoint_url if endpoint_url is not None else (
         settings.endpoint_url if service == "lambda" else None)
     session = boto3.session.Session(region_name=settings.region)
     kwargs: dict[str, Any] = {}
-    if url is not None and session.get_credentials() is None:
-        logger.info("no AWS credentials found; using dummy ones for endpoint %s", url)
-        kwargs = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
+    creds = published(url) if url is not None else None
+    if creds is not None:
+        kwargs = creds.client_kwargs()
+    elif url is not None and session.get_credentials() is None:
+        logger.info("no AWS credentials found for endpoint %s", url)
+        kwargs = {"aws_access_key_id": "none", "aws_secret_access_key": "none"}
     region = session.region_name or ("us-east-1" if url is not None else None)
     if region is None:
         raise ValueError("no AWS region configured: set serverless.lambda.region, "

@@ -91,6 +91,11 @@ class LocalBackend:
         """Stop this run's running invocations now (its run failed or was cancelled)."""
         self.pool.cancel_run(run_id)
 
+    def wait_idle(self, run_id: str, timeout: float) -> bool:
+        """After a run: wait (bounded) until its containers are idle again, so the next
+        compute finds them warm."""
+        return self.pool.wait_idle(run_id, timeout)
+
     def default_parallelism(self) -> int:
         return min(self.max_containers, os.cpu_count() or 2)
 

@@ -2,7 +2,9 @@
 execution environment. Started by ``LocalPool`` (a fresh interpreter, or forked by the
 pool's fork server, see ``zygote``); talks to it over two pipes.
 
-Messages are pickled tuples. From the pool: ("run", invocation_bytes, cold),
+Messages are pickled tuples. From the pool: ("secret", value) first when the pool hands
+down its ``serverless.secret`` (never through the environment: processes a task starts
+must not inherit it), ("run", invocation_bytes, cold),
 ("call", "module.function", event_json, context_dict, cold) and ("exit",); ``cold`` is
 true for the work the container was spawned for (a pre-warmed container's first
 invocation is warm). To the pool: ("ready", startup_s), ("invoke", [invocation_bytes, ...]),
@@ -16,6 +18,7 @@ import importlib
 import os
 import pickle
 import resource
+import signal
 import sys
 import time
 from dataclasses import asdict
@@ -63,6 +66,29 @@ def _cap_memory(memory_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
+def use_secret(value: str) -> None:
+    """Seal and unseal with ``value`` (``serverless.secret``) in this process."""
+    import dask.config
+
+    from dask_serverless.storage import serialize
+
+    dask.config.set({"serverless.secret": value})
+    reset = getattr(serialize, "reset_key", None)
+    if reset is not None:
+        reset()
+
+
+def _end_group() -> None:
+    """The pool is gone: nobody will kill this container's group, so do it (with this
+    process in it) once output is flushed."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a broken log must not keep the group alive
+            pass
+    os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
 class _PipeInvoker:
     def __init__(self, conn: Connection):
         self.conn = conn
@@ -100,9 +126,14 @@ def serve(read_fd: int, write_fd: int, status_path: str, memory_mb: int, t0: flo
         try:
             msg = pickle.loads(rx.recv_bytes())
         except EOFError:
+            if os.getpgrp() == os.getpid():  # leads its group (always, when pool-started)
+                _end_group()
             return
         if msg[0] == "exit":
             return
+        if msg[0] == "secret":
+            use_secret(msg[1])
+            continue
         cold = msg[-1]
         if msg[0] == "call":
             os.pwrite(status_fd, b" " * 23 + b"\n", 0)

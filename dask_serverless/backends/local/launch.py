@@ -6,6 +6,13 @@ Either way ``launch`` returns ``(process, tx, rx)``: the process offers ``pid``,
 ``kill()`` and ``wait(timeout)`` (``subprocess.TimeoutExpired`` when it is still
 running; the exit code like ``Popen.returncode``, negative for a signal), and the two
 pipe ends the pool talks to it through.
+
+A container leads its own session and process group, and the group is killed when the
+container ends (before its exit status is collected, so the group id is still its own):
+whatever a task forked goes with it. ``kill()`` kills the whole group. The pool's secret
+(``serverless.secret``) reaches a container as the first message on its pipe (a forked
+one inherits it from the fork server, which got it on its socket), never through its
+environment or command line, so the processes tasks start do not inherit it.
 """
 
 from __future__ import annotations
@@ -69,8 +76,10 @@ def log_tail(path: str, size: int = 2000) -> str:
         return ""
 
 
-def spawn(env: dict[str, str], memory_mb: int, status_path: str, log_path: str) -> Launched:
-    """A container in a fresh interpreter (``container.main``)."""
+def spawn(env: dict[str, str], memory_mb: int, status_path: str, log_path: str,
+          secret: str | None = None) -> Launched:
+    """A container in a fresh interpreter (``container.main``), in a session of its own;
+    ``secret`` (if any) is its first message."""
     child_fds, tx, rx = _pipes()
     try:
         with open(log_path, "wb") as log:
@@ -78,14 +87,66 @@ def spawn(env: dict[str, str], memory_mb: int, status_path: str, log_path: str) 
                 [sys.executable, "-m", "dask_serverless.backends.local.container",
                  str(child_fds[0]), str(child_fds[1]), status_path, str(memory_mb)],
                 pass_fds=child_fds, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                env=env, close_fds=True)
+                env=env, close_fds=True, start_new_session=True)
+        if secret is not None:
+            tx.send_bytes(pickle.dumps(("secret", secret)))
     except BaseException:
         tx.close()
         rx.close()
         raise
     finally:
         _close_all(child_fds)
-    return proc, tx, rx
+    return SpawnedProcess(proc), tx, rx
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL process group ``pgid`` (gone already: nothing to do)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+class SpawnedProcess:
+    """A spawned container: waits through a pidfd without reaping, so its group (its pid)
+    can be killed before the exit status is collected; no pidfd (not Linux): the group is
+    killed right after (a narrow pid-reuse window)."""
+
+    def __init__(self, popen: subprocess.Popen):
+        self.popen = popen
+        self.pid = popen.pid
+        self._lock = threading.Lock()
+        self._reaped = False
+        self._pidfd: int | None = None
+        if hasattr(os, "pidfd_open"):
+            with contextlib.suppress(OSError):
+                self._pidfd = os.pidfd_open(popen.pid)  # our unreaped child: its own pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        with self._lock:
+            if not self._reaped:
+                kill_group(self.pid)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        if self._pidfd is None:
+            code = self.popen.wait(timeout)
+            kill_group(self.pid)
+            return code
+        try:
+            ready, _, _ = select.select([self._pidfd], [], [], timeout)
+        except (OSError, ValueError):  # closed by a concurrent wait that reaped it
+            ready = [True]
+        if not ready:
+            raise subprocess.TimeoutExpired(f"container pid {self.pid}", timeout or 0)
+        with self._lock:
+            if not self._reaped:
+                kill_group(self.pid)  # unreaped, the leader keeps the group id ours
+                self.popen.wait()
+                self._reaped = True
+                os.close(self._pidfd)
+        return self.popen.returncode
 
 
 def _cwd() -> str:
@@ -109,8 +170,14 @@ class ForkedProcess:
         self._exited = threading.Event()
 
     def kill(self) -> None:
+        """Kill its process group (the zygote kills it again when it reaps the leader)."""
         with self._lock:
             if self._pidfd is not None:
+                try:  # not reaped yet (maybe a zombie): its pid is still its group's id
+                    signal.pidfd_send_signal(self._pidfd, 0)
+                except ProcessLookupError:
+                    return
+                kill_group(self.pid)
                 with contextlib.suppress(ProcessLookupError):
                     signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
 
@@ -151,7 +218,7 @@ class ZygoteError(RuntimeError):
 class _Zygote:
     """One running fork server process and the thread reading its messages."""
 
-    def __init__(self, env: dict[str, str], log_path: str):
+    def __init__(self, env: dict[str, str], log_path: str, secret: str | None = None):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             with open(log_path, "ab") as log:
@@ -160,6 +227,8 @@ class _Zygote:
                      str(theirs.fileno())],
                     pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=log,
                     stderr=log, env=env, close_fds=True)
+            if secret is not None:  # the first message: its containers inherit it
+                socket.send_fds(ours, [pickle.dumps(("secret", secret))], [])
         except BaseException:
             ours.close()
             raise
@@ -168,6 +237,7 @@ class _Zygote:
         self.sock = ours
         self.alive = True
         self.threads = 0  # native threads it reported once ready
+        self.thread_names: list[str] = []  # those besides its main thread
         self.ready = threading.Event()  # also set when it dies
         self._lock = threading.Lock()  # replies, children, alive
         self._send_lock = threading.Lock()  # sending, closing the socket
@@ -228,6 +298,7 @@ class _Zygote:
         kind = msg[0]
         if kind == "ready":
             self.threads = msg[1]
+            self.thread_names = list(msg[2]) if len(msg) > 2 else []
             self.ready.set()
         elif kind == "forked":
             child = ForkedProcess(msg[2], fds[0] if fds else None)
@@ -268,12 +339,31 @@ class _Zygote:
         self.proc.wait()  # reap it; it exits once its socket is closed
 
 
+# native threads some libraries start at import, and the setting that prevents it
+THREAD_CAUSES = {
+    "jemalloc_bg_thd": "pyarrow's jemalloc (JE_ARROW_MALLOC_CONF=background_thread:false)",
+    "openblas": "OpenBLAS (OPENBLAS_NUM_THREADS=1)",
+    "omp": "OpenMP (OMP_NUM_THREADS=1)",
+}
+
+
+def _threaded_reason(count: int, names: list[str]) -> str:
+    """Why the fork server cannot be used: its threads, named, and what started them."""
+    causes = sorted({cause for name in names for prefix, cause in THREAD_CAUSES.items()
+                     if name.lower().startswith(prefix)})
+    named = f" ({', '.join(names)})" if names else ""
+    known = f"; started by {', '.join(causes)}" if causes else \
+        "; a module in serverless.local.preload starts threads when imported"
+    return (f"it runs {count} threads after its imports{named} and forking a threaded "
+            f"process is unsafe{known}")
+
+
 class ForkServer:
     """Launches containers by forking them from a zygote started on first use; a dead
     zygote is replaced on the next launch, and a launch it cannot serve is spawned."""
 
-    def __init__(self, env: dict[str, str], log_path: str):
-        self._env, self._log_path = env, log_path
+    def __init__(self, env: dict[str, str], log_path: str, secret: str | None = None):
+        self._env, self._log_path, self._secret = env, log_path, secret
         self._lock = threading.Lock()
         self._zygote: _Zygote | None = None
         self._failures = 0
@@ -312,7 +402,7 @@ class ForkServer:
                     self._failed()
             finally:
                 _close_all(child_fds)
-        return spawn(self._env, memory_mb, status_path, log_path)
+        return spawn(self._env, memory_mb, status_path, log_path, self._secret)
 
     def close(self) -> None:
         with self._lock:
@@ -337,7 +427,7 @@ class ForkServer:
                 if self.disabled is not None:
                     return None
             try:
-                z = _Zygote(self._env, self._log_path)
+                z = _Zygote(self._env, self._log_path, self._secret)
             except OSError as exc:
                 logger.warning("cannot start the fork server: %s", exc)
                 self._failed()
@@ -348,9 +438,7 @@ class ForkServer:
                 return None
             if z.threads > 1:
                 z.close()
-                self._disable(f"it runs {z.threads} threads after its imports (is "
-                              "OPENBLAS_NUM_THREADS or OMP_NUM_THREADS > 1?) and forking a "
-                              "threaded process is unsafe")
+                self._disable(_threaded_reason(z.threads, z.thread_names))
                 return None
             self._zygote = z
             return z

@@ -3,20 +3,24 @@
 Invoking with no idle container of the config is a real cold start: a new process, forked
 from the pool's fork server (``start_method="fork-server"``, see ``zygote``) or a fresh
 interpreter that imports everything (``"spawn"``), with its own memory cap, pipes and log;
-an idle one is reused warm until ``keep_alive`` expires. At most ``max_containers`` live at
-once; further invocations queue. Invocations from workers arrive over their pipes, so the
-pool plays the part of the Lambda service for the whole machine.
+an idle one is reused warm until ``keep_alive`` expires. Which container runs what is
+``containers.ContainerPolicy``'s choice (the simulator makes the same): at most
+``max_containers`` live at once; further invocations queue. Invocations from workers arrive
+over their pipes, so the pool plays the part of the Lambda service for the whole machine.
 
 Besides invocations, a container can run a ``HandlerCall``: a ``module.function(event,
 context)`` handler with a JSON event, answered through ``on_result`` (the local Lambda API
 server runs ``lambda_handler`` this way).
+
+Containers get this process's environment plus ``env`` and are handed this process's
+``serverless.secret`` over their pipe (not in the environment); with
+``inherit_env=False`` (Lambda functions) they get only ``env``, secret included if any.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import json
 import logging
 import os
@@ -25,11 +29,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ... import config
+from ...containers import ContainerPolicy, Placement, Slot
 from ...protocol.wire import Invocation
 from ...storage import serialize
 from . import scratch
@@ -66,27 +70,26 @@ def _code(returncode: int | None) -> str:
     return "an unknown status" if returncode is None else f"code {returncode}"
 
 
-def _dispatched(work: Work | None) -> Work | None:
-    """Mark the moment an invocation gets its container: queueing ends, startup begins."""
-    if isinstance(work, Invocation):
-        work.dispatch_time = time.time()
-    return work
-
-
 class _Container:
-    __slots__ = ("busy_since", "cold", "current", "id", "idle_since", "invocations",
-                 "log_path", "memory_mb", "proc", "rx", "startup_s", "state", "status_path",
-                 "timed_out", "tx")
+    """A container process; ``slot`` is the policy's view of it."""
 
-    def __init__(self, cid: int, memory_mb: int):
-        self.id, self.memory_mb = cid, memory_mb
-        self.state = "starting"  # starting -> idle <-> busy -> dead
+    __slots__ = ("busy_since", "cold", "current", "dead", "id", "invocations", "log_path",
+                 "memory_mb", "proc", "rx", "slot", "startup_s", "status_path", "timed_out",
+                 "tx")
+
+    def __init__(self, slot: Slot):
+        self.slot, self.id, self.memory_mb = slot, slot.id, slot.memory_mb
+        self.dead = False  # retired by the pool, or its process ended
         self.current: Work | None = None
         self.cold = False  # the next work sent is what it was spawned for
-        self.idle_since = self.busy_since = time.monotonic()
+        self.busy_since = time.monotonic()
         self.timed_out = False
         self.startup_s = 0.0
         self.invocations = 0
+
+    @property
+    def state(self) -> str:
+        return "dead" if self.dead else self.slot.state
 
 
 class LocalPool:
@@ -96,7 +99,8 @@ class LocalPool:
                  on_crash: CrashHandler | None = None, on_done: ReportHandler | None = None,
                  env: dict[str, str] | None = None, retries: int = 0,
                  retry_backoff: float = 0.2, invocation_timeout: float = 900.0,
-                 start_method: str | None = None, preload: list[str] | None = None):
+                 start_method: str | None = None, preload: list[str] | None = None,
+                 inherit_env: bool = True):
         self.max_containers = max_containers
         self.keep_alive = keep_alive
         self.retries, self.retry_backoff = retries, retry_backoff
@@ -104,25 +108,28 @@ class LocalPool:
         self.on_crash = on_crash
         self.on_done = on_done
         self._lock = threading.Lock()
-        self._containers: list[_Container] = []
-        self._pending: deque[Work] = deque()
-        self._ids = itertools.count()
+        self._changed = threading.Condition(self._lock)  # a container ended its work
+        self.policy: ContainerPolicy[Work] = ContainerPolicy(max_containers, keep_alive)
+        self._containers: dict[int, _Container] = {}  # by slot id
         self._dir = scratch.make_pool_dir()  # removed by close()
         self._closed = False
-        self._env = dict(os.environ)
+        self._env = dict(os.environ) if inherit_env else {}
         self._env.setdefault("OPENBLAS_NUM_THREADS", "1")
         self._env.setdefault("OMP_NUM_THREADS", "1")
         self._env.setdefault("MKL_NUM_THREADS", "1")
+        # pyarrow's jemalloc starts a background thread at import: the fork server (which
+        # imports dask.dataframe when preloaded) must stay single-threaded to fork safely
+        self._env.setdefault("JE_ARROW_MALLOC_CONF", "background_thread:false")
         self._env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        self._env["DASK_SERVERLESS__SECRET"] = serialize.secret()
+        secret = serialize.secret() if inherit_env else None  # handed over the pipe
         self._env["DASK_SERVERLESS_CONTAINER"] = "1"
         self._env["DASK_SERVERLESS_PRELOAD"] = ",".join(preload or ())
         self._env.update(env or {})
         self.start_method = config.get("local.start-method", start_method)
-        self.fork_server = (ForkServer(self._env, os.path.join(self._dir, "zygote.log"))
+        self.fork_server = (ForkServer(self._env, os.path.join(self._dir, "zygote.log"), secret)
                             if self.start_method == "fork-server" else None)
         self._launch = (self.fork_server.launch if self.fork_server is not None
-                        else functools.partial(spawn, self._env))
+                        else functools.partial(spawn, self._env, secret=secret))
         self.cold_starts = 0
         self.warm_starts = 0
         self._reaper = threading.Thread(target=self._reap_loop, daemon=True,
@@ -143,31 +150,36 @@ class LocalPool:
         self.prepare()
         with self._lock:
             for _ in range(count):
-                if len(self._alive()) >= self.max_containers:
+                slot = self.policy.start_idle(memory_mb)
+                if slot is None:
                     break
-                self._spawn(memory_mb, None)
+                self._spawn(slot, None)
 
     def stats(self) -> dict[str, int]:
         with self._lock:
-            alive = self._alive()
-            return {"containers": len(alive), "idle": sum(c.state == "idle" for c in alive),
-                    "busy": sum(c.state == "busy" for c in alive),
-                    "pending": len(self._pending), "cold_starts": self.cold_starts,
+            return {**self.policy.counts(), "cold_starts": self.cold_starts,
                     "warm_starts": self.warm_starts}
 
     def idle_by_memory(self) -> dict[int, int]:
         """Idle (warm) containers per memory size."""
         with self._lock:
-            out: dict[int, int] = {}
-            for c in self._alive():
-                if c.state == "idle":
-                    out[c.memory_mb] = out.get(c.memory_mb, 0) + 1
-            return out
+            return self.policy.idle_by_memory()
+
+    def wait_idle(self, run_id: str, timeout: float) -> bool:
+        """Wait up to ``timeout`` s until no container runs or queues work of ``run_id``
+        (its workers report done right after their last records); True when none does."""
+        def idle() -> bool:
+            return not any(c.current is not None and c.current.run_id == run_id
+                           for c in self._containers.values()) \
+                and not any(w.run_id == run_id for _, w in self.policy.queue)
+
+        with self._changed:
+            return self._changed.wait_for(idle, timeout)
 
     def busy_pids(self) -> list[int]:
         """Process ids of containers running an invocation now."""
         with self._lock:
-            return [c.proc.pid for c in self._containers if c.state == "busy"]
+            return [c.proc.pid for c in self._containers.values() if c.state == "busy"]
 
     def prepare(self) -> None:
         """Have the fork server ready (its first start imports the runtime); called
@@ -178,10 +190,10 @@ class LocalPool:
     def cancel_run(self, run_id: str) -> int:
         """Kill containers running invocations of ``run_id`` (no retry, no report)."""
         with self._lock:
-            doomed = [c for c in self._containers
+            doomed = [c for c in self._containers.values()
                       if c.state == "busy" and c.current is not None
                       and c.current.run_id == run_id]
-            self._pending = deque(i for i in self._pending if i.run_id != run_id)
+            self.policy.drop_queued(lambda w: w.run_id != run_id)
             for c in doomed:
                 c.current = None  # its exit is not a crash to report
         for c in doomed:
@@ -191,8 +203,9 @@ class LocalPool:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            containers, self._containers = self._containers, []
-            self._pending.clear()
+            containers = list(self._containers.values())
+            self._containers.clear()
+            self.policy.queue.clear()
         for c in containers:
             self._retire(c)
         for c in containers:
@@ -207,50 +220,48 @@ class LocalPool:
         scratch.remove_pool_dir(self._dir)
 
     # -- dispatch ----------------------------------------------------------------------
-    def _alive(self) -> list[_Container]:
-        return [c for c in self._containers if c.state != "dead"]
-
-    def _submit(self, inv: Work) -> None:
+    def _submit(self, work: Work) -> None:
         arrived = time.time()
         self.prepare()
         with self._lock:
             if self._closed:
                 raise RuntimeError("the local worker pool is closed")
-            target = self._place(inv)
-            if target is None:
-                self._pending.append(inv)
-                return
-            if isinstance(inv, Invocation):  # not queued: starting the fork server is
-                inv.dispatch_time = arrived  # part of this cold start, not queueing
-            if target.state == "starting":
-                return  # sent when the container reports ready
-        self._send(target, inv)
+            placement = self.policy.place(work.memory_mb, work, time.monotonic())
+            # not queued: starting the fork server is part of a cold start, not queueing
+            send = self._apply(placement, arrived)
+        if send is not None:
+            self._send(*send)
 
-    def _place(self, inv: Work) -> _Container | None:
-        """Pick (or spawn) a container for ``inv``; marks it busy. Caller holds the lock."""
-        for c in self._containers:
-            if c.state == "idle" and c.memory_mb == inv.memory_mb:
-                c.state, c.current, c.busy_since = "busy", _dispatched(inv), time.monotonic()
-                self.warm_starts += 1
-                return c
-        alive = self._alive()
-        if len(alive) >= self.max_containers:
-            idle_other = [c for c in alive if c.state == "idle"]
-            if not idle_other:
-                return None
-            victim = min(idle_other, key=lambda c: c.idle_since)
-            self._containers.remove(victim)
-            self._retire(victim)
-        self.cold_starts += 1
-        return self._spawn(inv.memory_mb, inv)
+    def _apply(self, placement: Placement[Work] | None,
+               dispatched: float | None = None) -> tuple[_Container, Work] | None:
+        """Carry out the policy's placement (caller holds the lock): stop the containers
+        it retires, start a new one (its work is sent when it is ready), or hand the
+        work to a warm one (returned: send it outside the lock)."""
+        if placement is None:
+            return None
+        for slot in placement.retired:
+            self._retire(self._containers.pop(slot.id))
+        if placement.slot is None:
+            return None  # queued
+        work = placement.work
+        if isinstance(work, Invocation):  # queueing ends, startup begins
+            work.dispatch_time = time.time() if dispatched is None else dispatched
+        if placement.cold:
+            self.cold_starts += 1
+            self._spawn(placement.slot, work)
+            return None
+        self.warm_starts += 1
+        c = self._containers[placement.slot.id]
+        c.current, c.busy_since = work, time.monotonic()
+        return c, work
 
-    def _spawn(self, memory_mb: int, inv: Work | None) -> _Container:
-        c = _Container(next(self._ids), memory_mb)
-        c.current, c.cold = _dispatched(inv), inv is not None
+    def _spawn(self, slot: Slot, work: Work | None) -> _Container:
+        c = _Container(slot)
+        c.current, c.cold = work, work is not None
         c.status_path = os.path.join(self._dir, f"c{c.id}.status")
         c.log_path = os.path.join(self._dir, f"c{c.id}.log")
-        c.proc, c.tx, c.rx = self._launch(memory_mb, c.status_path, c.log_path)
-        self._containers.append(c)
+        c.proc, c.tx, c.rx = self._launch(slot.memory_mb, c.status_path, c.log_path)
+        self._containers[c.id] = c
         threading.Thread(target=self._read_loop, args=(c,), daemon=True,
                          name=f"dask-serverless-container-{c.id}").start()
         return c
@@ -271,22 +282,12 @@ class LocalPool:
         except OSError:
             pass  # the reader thread sees the death and reports the crash
 
-    def _next_for(self, c: _Container) -> Work | None:
-        """Container ``c`` became idle: give it queued work. Caller holds the lock."""
-        for i, inv in enumerate(self._pending):
-            if inv.memory_mb == c.memory_mb:
-                del self._pending[i]
-                c.state, c.current, c.busy_since = "busy", _dispatched(inv), time.monotonic()
-                self.warm_starts += 1
-                return inv
-        c.state, c.current, c.idle_since = "idle", None, time.monotonic()
-        if self._pending:  # queued work needs another config: make room for it
-            inv = self._pending.popleft()
-            self._containers.remove(c)
-            self._retire(c)
-            self.cold_starts += 1
-            self._spawn(inv.memory_mb, inv)
-        return None
+    def _finished(self, c: _Container) -> tuple[_Container, Work] | None:
+        """Container ``c`` ended its work (caller holds the lock): it takes queued work,
+        or idles."""
+        c.current = None
+        self._changed.notify_all()
+        return self._apply(self.policy.finished(c.slot, time.monotonic()))
 
     # -- per-container reader thread ---------------------------------------------------------
     def _read_loop(self, c: _Container) -> None:
@@ -303,22 +304,21 @@ class LocalPool:
             elif kind == "ready":
                 c.startup_s = msg[1]
                 with self._lock:
-                    inv = c.current
-                    if inv is None:
-                        c.state, c.idle_since = "idle", time.monotonic()
-                        inv = self._next_for(c)
+                    if c.current is None:  # a warm-up: idle, or queued work
+                        send = self._apply(self.policy.ready(c.slot, time.monotonic()))
                     else:
-                        c.state, c.busy_since = "busy", time.monotonic()
-                if inv is not None:
-                    self._send(c, inv)
+                        c.busy_since = time.monotonic()
+                        send = c, c.current
+                if send is not None:
+                    self._send(*send)
             elif kind == "refused":
                 if self.on_crash is not None and c.current is not None:
                     self.on_crash(c.current, {"refused": msg[1], "memory_mb": c.memory_mb,
                                               "container": c.id})
                 with self._lock:
-                    inv = self._next_for(c)
-                if inv is not None:
-                    self._send(c, inv)
+                    send = self._finished(c)
+                if send is not None:
+                    self._send(*send)
             elif kind in ("done", "result"):
                 finished = c.current
                 if isinstance(finished, HandlerCall):
@@ -326,9 +326,9 @@ class LocalPool:
                 elif self.on_done is not None and finished is not None:
                     self.on_done(finished, msg[1], msg[2])
                 with self._lock:
-                    inv = self._next_for(c)
-                if inv is not None:
-                    self._send(c, inv)
+                    send = self._finished(c)
+                if send is not None:
+                    self._send(*send)
 
     def invoke_from_worker(self, inv: Invocation) -> None:
         """An invocation made by a worker (overridable hook for fault injection)."""
@@ -342,16 +342,16 @@ class LocalPool:
 
     def _on_exit(self, c: _Container) -> None:
         returncode = c.proc.wait()
+        send = None
         with self._lock:
-            was_retired = c.state == "dead"
-            c.state = "dead"
+            was_retired, c.dead = c.dead, True
             inv = c.current
-            if c in self._containers:
-                self._containers.remove(c)
-            nxt = None if self._closed else (self._pending.popleft() if self._pending else None)
-            if nxt is not None:
-                self.cold_starts += 1
-                self._spawn(nxt.memory_mb, nxt)
+            self._containers.pop(c.id, None)
+            if not was_retired and not self._closed:  # its place goes to queued work
+                send = self._apply(self.policy.died(c.slot, time.monotonic()))
+            self._changed.notify_all()
+        if send is not None:
+            self._send(*send)
         if was_retired or inv is None or self._closed:
             return
         if isinstance(inv, HandlerCall):
@@ -382,7 +382,7 @@ class LocalPool:
             "log_tail": self._log_tail(c)[-800:]}).encode(), False)
 
     def _retire(self, c: _Container) -> None:
-        c.state = "dead"
+        c.dead = True
         with contextlib.suppress(OSError):
             c.tx.send_bytes(pickle.dumps(("exit",)))
 
@@ -392,12 +392,9 @@ class LocalPool:
             time.sleep(period)
             now = time.monotonic()
             with self._lock:
-                expired = [c for c in self._containers
-                           if c.state == "idle" and now - c.idle_since > self.keep_alive]
-                for c in expired:
-                    self._containers.remove(c)
-                    self._retire(c)
-                overdue = [c for c in self._containers if c.state == "busy"
+                for slot in self.policy.expire(now):
+                    self._retire(self._containers.pop(slot.id))
+                overdue = [c for c in self._containers.values() if c.state == "busy"
                            and now - c.busy_since > self.invocation_timeout]
             for c in overdue:
                 c.timed_out = True

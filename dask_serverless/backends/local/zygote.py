@@ -6,9 +6,11 @@ Started by ``forkserver.ForkServer`` as a fresh interpreter with the pool's envi
 it talks to the pool over one ``SOCK_SEQPACKET`` Unix socket, one pickled tuple per
 message:
 
-- from the pool: ``("fork", request_id, memory_mb, status_path, log_path, cwd)`` with the
+- from the pool: ``("secret", value)`` first when the pool hands its containers a secret;
+  ``("fork", request_id, memory_mb, status_path, log_path, cwd)`` with the
   container's two pipe ends (its read end, its write end) attached as file descriptors;
-- to the pool: ``("ready", native_threads)`` once imports are done;
+- to the pool: ``("ready", native_threads, names_of_the_other_threads)`` once imports
+  are done;
   ``("forked", request_id, pid)`` with a pidfd of the new container attached (the pool
   signals it without pid-reuse races); ``("failed", request_id, reason)``; and
   ``("exited", pid, wait_status)`` when it has reaped a container, because only the
@@ -16,6 +18,10 @@ message:
 
 It exits when the pool's end of the socket closes (pool closed, or the client died),
 killing the containers it still has: nobody is left to talk to them.
+
+Each container leads a session (and process group) of its own; when one exits, the zygote
+kills its group before reaping it (the unreaped leader keeps the group id from being
+reused), so nothing a task forked outlives its container.
 """
 
 from __future__ import annotations
@@ -40,11 +46,19 @@ def _send(sock: socket.socket, msg: tuple, fds: list[int] | None = None) -> None
     socket.send_fds(sock, [pickle.dumps(msg)], fds or [])
 
 
-def _native_threads() -> int:
+def _native_threads() -> list[str]:
+    """Names of this process's native threads (the first is the main thread)."""
+    names = []
     try:
-        return len(os.listdir("/proc/self/task"))
+        for tid in sorted(os.listdir("/proc/self/task"), key=int):
+            try:
+                with open(f"/proc/self/task/{tid}/comm") as f:
+                    names.append(f.read().strip())
+            except OSError:
+                names.append("?")
     except OSError:
-        return 1
+        return ["main"]
+    return names
 
 
 def _become_container(request: tuple, fds: list[int], t0: float) -> int:
@@ -52,6 +66,7 @@ def _become_container(request: tuple, fds: list[int], t0: float) -> int:
     state, then serve the pool like a spawned container. Returns the exit code."""
     from . import container
 
+    os.setsid()  # its own session and process group: killed whole when it ends
     _, _, memory_mb, status_path, log_path, cwd = request
     read_fd, write_fd = fds
     with contextlib.suppress(OSError):
@@ -125,9 +140,16 @@ def _end_children(sel: selectors.BaseSelector) -> None:
     closing pool has already stopped its own)."""
     for key in list(sel.get_map().values()):
         if key.data is not None:
+            _kill_group(key.data)
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(key.fd, signal.SIGKILL)
             os.waitpid(key.data, 0)
+
+
+def _kill_group(pid: int) -> None:
+    """Kill the process group a container leads (call before reaping it)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 def serve(sock: socket.socket) -> None:
@@ -136,7 +158,8 @@ def serve(sock: socket.socket) -> None:
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ, None)
     try:
-        _send(sock, ("ready", _native_threads()))
+        threads = _native_threads()
+        _send(sock, ("ready", len(threads), threads[1:]))
         while _step(sock, sel):
             pass
     except (BrokenPipeError, ConnectionResetError):
@@ -148,6 +171,7 @@ def _step(sock: socket.socket, sel: selectors.BaseSelector) -> bool:
     """Handle what is ready; False once the pool has closed its end."""
     for key, _ in sel.select():
         if key.data is not None:  # a container's pidfd: it exited
+            _kill_group(key.data)  # what its tasks forked goes with it
             _, status = os.waitpid(key.data, 0)
             sel.unregister(key.fd)
             os.close(key.fd)
@@ -157,7 +181,11 @@ def _step(sock: socket.socket, sel: selectors.BaseSelector) -> bool:
         if not data:
             return False
         request = pickle.loads(data)
-        if request[0] == "fork" and len(fds) == 2:
+        if request[0] == "secret" and not fds:
+            from . import container
+
+            container.use_secret(request[1])
+        elif request[0] == "fork" and len(fds) == 2:
             _fork(sock, sel, request, fds)
         else:
             for fd in fds:
