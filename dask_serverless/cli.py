@@ -118,9 +118,35 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _dashboard(args: argparse.Namespace) -> int:
+    if args.screenshot:
+        return _screenshots(args)
     from .dashboard.server import serve
 
     return serve(args.redis_url, args.port, args.host)
+
+
+def _screenshots(args: argparse.Namespace) -> int:
+    """PNGs of the dashboard's pages over the recorded runs, then exit."""
+    import dask
+
+    _output_dir(args.screenshot, "dashboard --screenshot")
+    try:
+        from .dashboard.screenshot import capture_pages
+    except ImportError as exc:
+        raise SystemExit("screenshots need the dashboard extra: "
+                         "pip install 'dask-serverless[dashboard]'") from exc
+    if args.redis_url:
+        dask.config.set({"serverless.metrics.redis-url": args.redis_url})
+    from . import session
+
+    url = session.metrics_url()
+    if url is None:
+        raise SystemExit("serverless.metrics.enabled is off: there is nothing to show")
+    try:
+        capture_pages(url, args.screenshot, say=_say)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"dask-serverless dashboard --screenshot: {exc}") from None
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -331,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
                                           "persistent embedded one)")
     dash.add_argument("--port", type=int, default=8501)
     dash.add_argument("--host", default="127.0.0.1")
+    dash.add_argument("--screenshot", metavar="DIR",
+                      help="write a PNG of each page to DIR (headless Chromium), then exit")
     dash.set_defaults(func=_dashboard)
     rep = sub.add_parser("report", help="write one run's charts as a self-contained HTML file")
     rep.add_argument("run_id", help="a run id (or a unique prefix of one)")

@@ -84,6 +84,7 @@ DEFAULTS: dict[str, Any] = {
                 "warm-start": 0.01,  # seconds from invoke to start, reused container
                 "latency": 0.001,  # seconds per Redis transfer
                 "bandwidth": 100e6,  # bytes per second to / from Redis
+                "spec-load": 10e6,  # bytes of run spec slices fetched and decoded per second
             },
         },
     }
@@ -230,3 +231,6 @@ def _validate_metrics(name: str, value: Any) -> None:
     if (name == "metrics.wait" or name.startswith(("metrics.prices.", "metrics.defaults."))) \
             and (not isinstance(value, int | float) or value < 0):
         raise ConfigError(f"serverless.{name} = {value!r} must be a number >= 0")
+    if name in ("metrics.defaults.bandwidth", "metrics.defaults.spec-load") and value == 0:
+        raise ConfigError(f"serverless.{name} = {value!r} must be a positive number of "
+                          "bytes per second")

@@ -9,7 +9,9 @@ there is no history yet). Prices default to AWS Lambda x86.
 
 A cost model may also carry ``capacity`` (a ``capacity.Capacity``: the backend's shared
 cores and container cap; unlimited when absent) and answer ``cpu_share(function)`` (the
-part of a task's time that needs a core; 1.0 when absent).
+part of a task's time that needs a core; 1.0 when absent) and ``spec_load_time(nbytes)``
+(an invocation fetching and decoding that many bytes of its run spec slices;
+``serverless.metrics.defaults.spec-load`` when absent).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .config import DEFAULTS
 from .plan import LAMBDA_MB_PER_VCPU, ResourceConfig
 
 _PRICES = DEFAULTS["serverless"]["metrics"]["prices"]  # one source: AWS Lambda x86
+SPEC_LOAD_BPS: float = DEFAULTS["serverless"]["metrics"]["defaults"]["spec-load"]
 LAMBDA_PRICE_GB_S: float = _PRICES["gb-second"]  # USD per GB-second
 LAMBDA_PRICE_REQUEST: float = _PRICES["request"]  # USD per request
 
@@ -80,6 +83,7 @@ class FixedCostModel:
     cpu_bound: float = 0.0
     cpu_fraction: float | Mapping[str, float] = 1.0
     capacity: Capacity = UNLIMITED
+    spec_load_bps: float = SPEC_LOAD_BPS  # run spec bytes fetched and decoded per second
     price_gb_s: float = LAMBDA_PRICE_GB_S
     price_request: float = LAMBDA_PRICE_REQUEST
     _scale: dict[int, float] = field(default_factory=dict, repr=False)
@@ -109,6 +113,11 @@ class FixedCostModel:
     def predict_worker_invocation_time(self, resource_config: ResourceConfig,
                                        start: StartKind) -> float:
         return self.cold_s if start == "cold" else self.warm_s
+
+    def spec_load_time(self, nbytes: int) -> float:
+        """Seconds an invocation spends fetching and decoding ``nbytes`` of run spec
+        (its slices): one round trip, then decoding dominates."""
+        return self.latency_s + nbytes / self.spec_load_bps if nbytes else 0.0
 
 
 def default_cost_model() -> FixedCostModel:

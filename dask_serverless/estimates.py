@@ -10,7 +10,7 @@ root's predictions follow the data size this run asks for before it runs.
 from __future__ import annotations
 
 from .capacity import Capacity, capacity_of
-from .costmodel import CostModel
+from .costmodel import SPEC_LOAD_BPS, CostModel
 from .dag import DAG
 from .plan import ResourceConfig
 
@@ -92,3 +92,11 @@ class Estimates:
 
     def download(self, nbytes: int) -> float:
         return self.cost.transfer_time(nbytes, "download")
+
+    def spec_load(self, nbytes: int) -> float:
+        """Seconds an invocation spends loading ``nbytes`` of run spec slices (fetch and
+        decode; ``protocol.slices.SliceSizes`` predicts the bytes)."""
+        load = getattr(self.cost, "spec_load_time", None)
+        if load is not None:
+            return float(load(nbytes))
+        return self.download(nbytes) + nbytes / SPEC_LOAD_BPS if nbytes else 0.0

@@ -10,7 +10,7 @@ from dask import delayed
 pytest.importorskip("streamlit")
 pytest.importorskip("plotly")
 
-from dask_serverless import serverless_get
+from dask_serverless import cli, serverless_get
 from dask_serverless.dashboard import launcher
 from dask_serverless.dashboard.screenshot import Chromium, charts_ready, find_chromium
 from dask_serverless.metrics.store import MetricsStore
@@ -55,3 +55,18 @@ def test_dashboard_renders_charts_in_headless_chromium(redis_server, tmp_path):
     finally:
         launcher.stop(proc)
     assert store.r.get("dsm:dashboard") is None  # it unregistered on exit
+
+
+@pytest.mark.timeout(600)  # four pages, each rendered in full
+def test_cli_screenshots_every_page_of_recorded_runs(redis_server, tmp_path, capsys):
+    url = redis_server.rsplit("/", 1)[0] + "/5"
+    MetricsStore.from_url(url).r.flushdb()
+    with dask.config.set({"serverless.redis-url": url}):
+        dask.compute(delayed(add)(*[delayed(square)(i) for i in range(4)]),
+                     scheduler=serverless_get)
+    out = tmp_path / "shots"
+    assert cli.main(["dashboard", "--redis-url", url, "--screenshot", str(out)]) == 0
+    pngs = sorted(p.name for p in out.iterdir())
+    assert pngs == ["planners.png", "predictions.png", "simulator.png", "workflow.png"]
+    assert all((out / name).stat().st_size > 10_000 for name in pngs)
+    assert "workflow.png" in capsys.readouterr().out

@@ -5,9 +5,12 @@ and exceptions keep their type and attributes."""
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+import threading
+import time
 import warnings
 
 import dask
@@ -16,6 +19,8 @@ import dask.dataframe as dd
 import pandas as pd
 import pytest
 from dask import delayed
+from dask.callbacks import Callback
+from dask.diagnostics import ProgressBar
 
 from dask_serverless import serverless_get
 from dask_serverless.errors import DiskShuffleError
@@ -156,3 +161,102 @@ def test_exception_with_custom_init_keeps_type_and_attributes():
     assert exc.record == {"id": -4} and exc.why == "negative id"
     assert str(exc) == "bad record -4: negative id"
     assert any("[dask-serverless] task" in note for note in exc.__notes__)
+
+
+# -- progress ---------------------------------------------------------------------------------
+def first(marker):
+    return marker
+
+
+def second(marker):
+    """Runs after ``first`` in the same invocation; returns once the client has seen
+    ``first`` finish (a progress event must arrive while this task still runs)."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(marker):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the client never heard that the first task finished")
+        time.sleep(0.02)
+    return "seen"
+
+
+def test_progress_of_a_finished_task_arrives_while_the_next_one_runs(tmp_path):
+    marker = str(tmp_path / "first-done")
+
+    class Seen(Callback):
+        def _posttask(self, key, result, dsk, state, worker_id):
+            if key == "first":
+                open(marker, "w").close()
+
+    a = delayed(first)(marker, dask_key_name="first")
+    b = delayed(second)(a, dask_key_name="second")
+    with Seen(), ProgressBar(out=io.StringIO()):
+        assert dask.compute(b, scheduler=serverless_get, planner="wukong") == ("seen",)
+
+
+HEARD = threading.Event()
+
+
+def wait_heard(_):
+    """Returns once the client side heard that the previous task finished."""
+    if not HEARD.wait(60):
+        raise TimeoutError("no progress event arrived while this task ran")
+    return "heard"
+
+
+def test_worker_reports_a_finished_task_on_a_clock(any_redis, monkeypatch):
+    """In-process executor, task starts never due to report (their window made an hour):
+    only the ticker can tell the client that the first task finished while the second
+    one runs."""
+    from dask_serverless.adapter import to_dag
+    from dask_serverless.layout import build_layout
+    from dask_serverless.planners import get_planner
+    from dask_serverless.protocol.wire import Invocation, RunSpec
+    from dask_serverless.storage import run_events
+    from dask_serverless.storage.store import RunStore, connect
+    from dask_serverless.worker import executor
+
+    monkeypatch.setattr(executor, "PROGRESS_S", 3600.0)
+    HEARD.clear()
+    x = delayed(wait_heard)(delayed(first)("x", dask_key_name="first"), dask_key_name="w")
+    dag = to_dag(x.__dask_graph__(), x.key)
+    plan = get_planner("wukong").plan(dag, parallelism=1, memory_mb=1024)
+    run_id = f"tick{os.getpid()}{time.monotonic_ns()}"
+    store = RunStore(connect(any_redis), run_id)
+    pubsub = store.r.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(store.keys.events)
+    first_id = dag.key_to_id["first"]
+
+    def listen():
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            msg = pubsub.get_message(timeout=0.1)
+            event = run_events.decode(msg["data"], run_id, len(dag)) if msg else None
+            if event is not None and first_id in event.get("ids", ()):
+                HEARD.set()
+                return
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    spec = RunSpec(dag, plan, build_layout(dag, plan), 60, 10_000, True)
+    roots = [t for t in range(len(dag)) if not dag.tasks[t].deps]
+    try:
+        report = executor.execute(Invocation(run_id, plan.assignment[roots[0]], 1024,
+                                             any_redis, roots, spec.dumps(run_id)),
+                                  invoker=None)
+        assert not report.failed, store.get_error()
+    finally:
+        listener.join()
+        pubsub.close()
+        store.cleanup(range(len(dag)), [])
+
+
+def test_forged_task_output_entries_are_ignored(any_redis):
+    from dask_serverless.storage.store import RunStore, connect
+
+    store = RunStore(connect(any_redis), f"forge{os.getpid()}{time.monotonic_ns()}")
+    store.r.rpush(store.keys.task_output, b'{"key": "x", "lines": [[0, "stdout", "hi"]]}')
+    store.push_task_output({"key": "'t'", "worker": "w0", "lines": [], "dropped": 0,
+                            "warnings": []})
+    entries, read = store.task_output()
+    store.r.delete(store.keys.task_output)
+    assert read == 2 and [e["key"] for e in entries] == ["'t'"]

@@ -139,6 +139,9 @@ def check_group_facts(dag, plan, layout, name, loader):
             assert view.optimizations.stream.get(d) == opt.stream.get(d)
         for e in layout.entry_dependents[t]:
             assert view.deps[e] == dag.tasks[e].deps
+            for d in dag.tasks[e].deps:  # pre-load reads the fan-in's other inputs
+                assert view.key(d) == dag.tasks[d].key
+                assert view.optimizations.stream.get(d) == opt.stream.get(d)
             assert view.worker_of(e) == plan.worker_of(e)
             assert view.optimizations.duplicate.get(e) == opt.duplicate.get(e)
             for b in opt.duplicate.get(e, ()):
@@ -229,8 +232,9 @@ def test_the_same_group_fetches_the_same_bytes_on_a_larger_dag(real_redis):
         for name, worker, start, invoker in ((first_root, first_root[2:], [], "client"),
                                              (top, "w0", [dag.outputs[0]], "w1")):
             stored.forget(store.keys.run_id)
-            view = stored.load_view(store.keys.run_id, worker, invoker, start, store, 1024)
-            fetched[name] = view.nbytes
+            view, use = stored.load_view(store.keys.run_id, worker, invoker, start, store,
+                                         1024)
+            fetched[name] = use.of(view)[0]
             assert view.loaded == {name}
         sizes[tasks] = (fetched[first_root], fetched[top], len(dag))
         store.r.delete(*writer.cleanup_keys(), store.keys.dag)
@@ -283,7 +287,7 @@ def test_a_function_pickled_by_value_is_one_shared_piece(real_redis):
     assert len(writer.digests) == 1 and len(writer.names) == layout.n_groups
     digest = writer.digests[0]
     slices.PIECES._items.pop(digest, None)  # a new container
-    view = stored.load_view("pieces", "w0", "client", [], store, 1024)
+    view, _ = stored.load_view("pieces", "w0", "client", [], store, 1024)
     assert digest in slices.PIECES
     roots = [view.tasks[t] for t in view.tasks if not view.deps[t]]
     assert roots and all(r.node({}) == 3 * r.key[1] for r in roots)
@@ -306,7 +310,7 @@ def test_a_reader_waits_for_a_slice_the_client_has_not_stored(any_redis):
 
     later = threading.Thread(target=store_later)
     later.start()
-    view = stored.load_view(store.keys.run_id, "w9", "w0", [dag.outputs[0]], store, 1024)
+    view, _ = stored.load_view(store.keys.run_id, "w9", "w0", [dag.outputs[0]], store, 1024)
     later.join()
     assert view.loaded == {top} and view.nbytes >= len(blobs[top])
     writer.finish()  # every slice stored: one still missing is lost, not awaited
@@ -335,12 +339,14 @@ def test_a_container_keeps_a_runs_view_and_loads_only_new_slices(real_redis):
     writer.finish()
     stored.forget("cached")
     root = plan.assignment[dag.roots()[0]]
-    view = stored.load_view("cached", root, "client", [], store, 1024)
-    first = view.nbytes
+    view, use = stored.load_view("cached", root, "client", [], store, 1024)
+    first = use.of(view)[0]
+    assert first == view.nbytes > 0
     top = dag.outputs[0]
-    again = stored.load_view("cached", "w-top", root, [top], store, 1024)
-    assert again is view and view.nbytes == first + len(blobs[slices.entry_slice(top)])
-    assert stored.load_view("cached", root, "client", [], store, 1024).nbytes == view.nbytes
+    again, use = stored.load_view("cached", "w-top", root, [top], store, 1024)
+    assert again is view and use.of(view)[0] == len(blobs[slices.entry_slice(top)])
+    view, use = stored.load_view("cached", root, "client", [], store, 1024)
+    assert use.of(view) == (0, 0.0)  # nothing fetched: the container had it
     stored.forget("cached")
     store.r.delete(*writer.cleanup_keys(), store.keys.dag)
 
@@ -365,3 +371,26 @@ def test_root_groups_are_stored_first_in_batches(real_redis):
     assert set(names[:len(roots)]) == roots  # every root group before any entry's
     assert store.r.exists(store.keys.slices_done)
     store.r.delete(*writer.cleanup_keys(), store.keys.dag)
+
+
+def test_the_cost_model_charges_an_invocation_for_its_slice():
+    from dask_serverless.costmodel import FixedCostModel
+    from dask_serverless.estimates import Estimates
+    from dask_serverless.metrics.predictor import Predictor
+
+    dag, plan = tree_dag(4001, 100)
+    layout = build_layout(dag, plan)
+    sizes = slices.SliceSizes(dag, plan, layout)
+    slicer = slices.Slicer(dag, plan, layout, RUN)
+    for g in (layout.group[dag.roots()[0]], layout.group[dag.outputs[0]]):
+        actual = len(slicer.encode(g)[1])
+        assert 0.6 * actual <= sizes.of_group(g) <= 1.5 * actual
+    root = sizes.of_task(dag.roots()[0])
+    top = sizes.of_task(dag.outputs[0])
+    assert root > 10 * top  # a root group holds 100 leaves and their subtree
+    fixed = Estimates(dag, FixedCostModel(latency_s=0.001, spec_load_bps=1e6))
+    assert fixed.spec_load(root) == pytest.approx(0.001 + root / 1e6)
+    assert fixed.spec_load(0) == 0.0
+    learned = Predictor(spec_loads=[(n, 0.002 + n / 5e6) for n in (1e3, 1e4, 1e5, 1e6)])
+    assert Estimates(dag, learned).spec_load(root) == pytest.approx(0.002 + root / 5e6,
+                                                                    rel=0.05)

@@ -64,7 +64,7 @@ class WatchedRun(Run):
         for t in self.plan.optimizations.stream:
             raw = self.store.r.get(k.stream(t))
             if raw is not None:
-                self.heads[t] = streams.StreamHead.loads(raw)
+                self.heads[t] = streams.open_head(self.store, t, raw)
         super()._cleanup()
         self.left = sorted(self.store.r.scan_iter(match=f"{k.prefix}*"))
 

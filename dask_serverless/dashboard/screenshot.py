@@ -170,3 +170,39 @@ class Chromium:
 def charts_ready(count: int) -> str:
     """JavaScript: at least ``count`` Plotly charts drawn and the page's script done."""
     return f"({CHARTS_DRAWN}) >= {count} && {SCRIPT_DONE}"
+
+
+# the dashboard's pages a screenshot run captures: (file name, URL path)
+PAGES = (("workflow", ""), ("planners", "planners"), ("predictions", "predictions"),
+         ("simulator", "simulator"))
+PAGE_DONE = f"{SCRIPT_DONE} && document.body.innerText.length > 0"
+
+
+def capture_pages(metrics_url: str, out_dir: str | Path, *, width: int = 1500,
+                  settle: float = 3.0, say=print) -> list[Path]:
+    """Start a dashboard over ``metrics_url``, write a PNG of each page in ``PAGES`` to
+    ``out_dir`` (made if missing) with headless Chromium, stop the dashboard; returns
+    the files. ``say`` gets a line per page."""
+    from ..storage.embedded import free_port
+    from . import launcher
+
+    browser_binary = find_chromium()
+    if browser_binary is None:
+        raise FileNotFoundError("screenshots need Chromium (e.g. apt-get install chromium)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    proc, url = launcher.start(metrics_url, free_port())
+    written = []
+    try:
+        if not launcher.wait_healthy(url, 90, proc):
+            raise RuntimeError(f"the dashboard did not start; its log: "
+                               f"{launcher.log_path(int(url.rsplit(':', 1)[1]))}")
+        with Chromium(browser_binary, width=width, height=900) as browser:
+            for name, path in PAGES:
+                target = out / f"{name}.png"
+                shot = browser.capture(f"{url}/{path}", target, PAGE_DONE, settle=settle)
+                say(f"{target}: {shot['charts']} charts, {shot['png']:,} bytes")
+                written.append(target)
+    finally:
+        launcher.stop(proc)
+    return written

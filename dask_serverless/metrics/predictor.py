@@ -192,9 +192,11 @@ class Predictor:
                  starts: Iterable[StartSample] = (), *, settings: Settings | None = None,
                  hints: dict[str, dict[str, Any]] | None = None,
                  prices: Prices | None = None, capacity: Capacity | None = None,
-                 task_overhead: float = 0.0):
+                 task_overhead: float = 0.0,
+                 spec_loads: Iterable[tuple[int, float]] = ()):
         self.settings = settings or Settings.from_config()
         self._overhead = task_overhead
+        self._spec_loads = list(spec_loads)  # (bytes, seconds) of run spec slices loaded
         self.capacity = capacity or UNLIMITED
         prices = prices or Prices.from_config()
         self.price_gb_s, self.price_request = prices.gb_second, prices.request
@@ -211,6 +213,7 @@ class Predictor:
         self._output_fit = cache(self._fit_output)
         self._transfer_fit = cache(self._fit_transfer)
         self._cpu_share = cache(self._fit_cpu_share)
+        self._spec_fit = cache(self._fit_spec_load)
         for function, h in (hints or {}).items():
             self.hint(function, **h)
 
@@ -278,12 +281,26 @@ class Predictor:
             if h:
                 hints.setdefault(task.func_name, h)
         return cls(task_samples, transfers, starts, settings=settings, hints=hints,
-                   capacity=capacity, task_overhead=_task_overhead(tasks))
+                   capacity=capacity, task_overhead=_task_overhead(tasks),
+                   spec_loads=[(i.spec_bytes, i.spec_fetch_s) for i in invocations
+                               if i.spec_bytes > 0])
 
     def task_overhead(self) -> float:
         """Seconds a worker spends per task besides running it and moving its data
         (bookkeeping, dispatching, recording): the median recorded residual."""
         return self._overhead
+
+    def spec_load_time(self, nbytes: int) -> float:
+        """Seconds an invocation spends fetching and decoding ``nbytes`` of run spec
+        slices: latency and rate fitted to the recorded loads (the download latency and
+        the default rate before enough were recorded)."""
+        if not nbytes:
+            return 0.0
+        fit = self._spec_fit()
+        if fit is None:
+            return self.transfer_model("download")[0] + nbytes / self.settings.default(
+                "spec-load")
+        return fit[0] + nbytes / fit[1]
 
     def hint(self, function: str, io: Any = None, time: Any = None) -> None:
         """Shapes to assume for ``function`` while its own samples are too few."""
@@ -429,6 +446,14 @@ class Predictor:
             [Point(x.nbytes, 1.0, x.seconds, self._weight(x.age)) for x in samples],
             q=s.percentile / 100, threshold=s.mad_threshold,
             default_bandwidth=s.default("bandwidth"))
+
+    def _fit_spec_load(self) -> tuple[float, float, int, float] | None:
+        s = self.settings
+        if len(self._spec_loads) < s.min_samples:
+            return None
+        return fit_latency_bandwidth([Point(n, 1.0, sec, 1.0) for n, sec in self._spec_loads],
+                                     q=s.percentile / 100, threshold=s.mad_threshold,
+                                     default_bandwidth=s.default("spec-load"))
 
     def _fallback_b(self, function: str, kind: str) -> float:
         return self._hints.get(function, {}).get(kind, self.settings.default("io"))

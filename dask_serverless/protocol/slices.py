@@ -120,11 +120,12 @@ class GroupSlice:
     entry_dependents: list[tuple[int, ...]]
     upload: bytes  # one byte per task: 1 when its output is stored
     final: list[int]  # tasks of the group the client asked for
-    inputs: dict[int, Any]  # task id -> key of inputs from other groups
+    inputs: dict[int, Any]  # task id -> key of other groups' tasks whose outputs it may
+    # read: inputs of its tasks, of its entries (pre-load) and of task-dup candidates
     entries: dict[int, tuple[tuple[int, ...], str]]  # entry -> (its deps, its worker)
     workers: dict[str, WorkerSpec]  # the group's worker and its entries' workers
     delay: dict[int, float] = field(default_factory=dict)
-    stream: dict[int, int] = field(default_factory=dict)  # tasks and inputs streamed
+    stream: dict[int, int] = field(default_factory=dict)  # its tasks and ``inputs`` streamed
     duplicate: dict[int, tuple[int, ...]] = field(default_factory=dict)  # entry -> tasks
     candidates: list[SliceTask] = field(default_factory=list)  # task-dup's, of others
 
@@ -392,10 +393,12 @@ class Slicer:
         for t in ids:
             for e in layout.entry_dependents[t]:
                 entries[e] = (tasks[e].deps, assignment[e])
+        for e_deps, _ in entries.values():  # read when a fan-in is held here (pre-load)
+            for d in e_deps:
+                if d not in members:
+                    inputs.setdefault(d, tasks[d].key)
         worker = assignment[ids[0]]
         workers = {w: plan.workers[w] for w in {worker, *(w for _, w in entries.values())}}
-        stream = {t: opt.stream[t] for t in (*ids, *inputs) if t in opt.stream} \
-            if opt.stream else {}
         delay = {t: opt.delay[t] for t in ids if t in opt.delay} if opt.delay else {}
         duplicate = {e: opt.duplicate[e] for e in entries if e in opt.duplicate} \
             if opt.duplicate else {}
@@ -404,6 +407,8 @@ class Slicer:
         for c in candidates:
             for d in c.deps:
                 inputs.setdefault(d, tasks[d].key)
+        stream = {t: opt.stream[t] for t in (*ids, *inputs) if t in opt.stream} \
+            if opt.stream else {}
         return GroupSlice(
             self.name_of[g], worker, ids, [t.key for t in group], [t.node for t in group],
             [t.func_name for t in group], [t.deps for t in group], [t.size for t in group],

@@ -7,14 +7,14 @@ reads the rest and re-emits the tasks' warnings here with ``warnings.warn_explic
 this process's filters decide what is shown or raised (``pytest.warns`` sees them), each
 distinct warning once, naming the task that raised it.
 
-Entries are JSON (never unpickled). A warning's category is resolved only among modules
+Entries are sealed JSON (never unpickled; one whose seal does not match is ignored). A
+warning's category is resolved only among modules
 already imported here (nothing is imported on a worker's say); control characters in
 echoed text are escaped (a worker's text must not drive this terminal).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import unicodedata
@@ -38,23 +38,26 @@ class TaskOutputFeed:
     def poll(self) -> None:
         """Read (and echo) the entries that arrived since the last poll."""
         try:
-            blobs = self.store.task_output(self.read)
+            entries, read = self.store.task_output(self.read)
         except (redis.RedisError, OSError) as exc:
             logger.debug("task output not read: %s", exc)
             return
-        self.read += len(blobs)
-        for blob in blobs:
+        self.read += read
+        for entry in entries:
             try:
-                entry = json.loads(blob)
-            except ValueError:
-                continue
-            if self.echo:
-                _echo(entry)
-            for name, message, filename, lineno, times in entry.get("warnings", ()):
-                seen = self.warned.setdefault((name, message, filename, lineno),
-                                              [entry["key"], entry["worker"], 0, 0])
-                seen[2] += 1
-                seen[3] += times
+                self._take(entry)
+            except (KeyError, TypeError, ValueError):  # not what a worker writes
+                logger.warning("an entry of the task output list is malformed: ignored")
+
+    def _take(self, entry: dict[str, Any]) -> None:
+        key, worker = str(entry["key"]), str(entry["worker"])
+        if self.echo:
+            _echo(key, worker, entry["lines"], int(entry.get("dropped", 0)))
+        for name, message, filename, lineno, times in entry["warnings"]:
+            seen = self.warned.setdefault((str(name), str(message), str(filename),
+                                           int(lineno)), [key, worker, 0, 0])
+            seen[2] += 1
+            seen[3] += int(times)
 
     def finish(self, raise_errors: bool = True) -> None:
         """Read the rest and re-emit the warnings. ``raise_errors``: let a warning that
@@ -76,13 +79,13 @@ class TaskOutputFeed:
                     raise
 
 
-def _echo(entry: dict[str, Any]) -> None:
-    prefix = f"({_printable(entry['key'])} on {_printable(entry['worker'])}) "
-    for _, stream, text in entry.get("lines", ()):
+def _echo(key: str, worker: str, lines: list, dropped: int) -> None:
+    prefix = f"({_printable(key)} on {_printable(worker)}) "
+    for _, stream, text in lines:
         out = sys.stderr if stream == "stderr" else sys.stdout
-        out.write(prefix + _printable(text) + "\n")
-    if entry.get("dropped"):
-        sys.stdout.write(f"{prefix}... {entry['dropped']} more lines not kept\n")
+        out.write(prefix + _printable(str(text)) + "\n")
+    if dropped:
+        sys.stdout.write(f"{prefix}... {dropped} more lines not kept\n")
     sys.stdout.flush()
 
 

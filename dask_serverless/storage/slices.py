@@ -14,6 +14,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from ..errors import DeadlineExceededError, RunDataLostError
 from ..protocol.slices import (
@@ -94,6 +95,13 @@ class SliceWriter:
         keys = self.store.keys
         return [keys.slices_done, *(keys.slice(n) for n in self.names),
                 *(keys.piece(d) for d in self.digests)]
+
+    def cleanup(self) -> int:
+        """Delete what this writer stored but the header (``RunStore.cleanup`` has it)."""
+        names, deleted = self.cleanup_keys(), 0
+        for i in range(0, len(names), 2000):
+            deleted += int(self.store.r.unlink(*names[i:i + 2000]))
+        return deleted
 
 
 def store_slices(slicer: Slicer, writer: SliceWriter,
@@ -186,16 +194,29 @@ class SliceReader:
             open_piece(blob, keys.run_id, d, f"{self.what}: shared piece {d}")
 
 
+@dataclass(slots=True)
+class SpecUse:
+    """What one invocation fetched of its run's spec: ``of(view)`` once it ends gives
+    (bytes, seconds) since ``load_view`` began, lazy loads included."""
+
+    nbytes: int = 0
+    load_s: float = 0.0
+
+    def of(self, view: SlicedView) -> tuple[int, float]:
+        return view.nbytes - self.nbytes, view.load_s - self.load_s
+
+
 def load_view(run_id: str, worker_id: str, invoker: str, start: Iterable[int],
-              store: RunStore, memory_mb: int) -> SlicedView:
+              store: RunStore, memory_mb: int) -> tuple[SlicedView, SpecUse]:
     """The run as this invocation sees it, its start slices loaded (``view.nbytes`` /
-    ``view.load_s``: everything fetched and the time spent, since the view was made). A
-    container keeps the views of its recent runs up to 1/``VIEW_CACHE_SHARE`` of its
-    memory (in fetched bytes), so a later invocation of the same run loads only the
-    slices it lacks."""
+    ``view.load_s``: everything fetched and the time spent, since the view was made),
+    and where its counters stood before. A container keeps the views of its recent runs
+    up to 1/``VIEW_CACHE_SHARE`` of its memory (in fetched bytes), so a later invocation
+    of the same run loads only the slices it lacks."""
     t0 = time.perf_counter()
     names = start_slices(invoker, worker_id, start)
     view = _VIEWS.get(run_id)
+    before = SpecUse() if view is None else SpecUse(view.nbytes, view.load_s)
     if view is None:
         reader = SliceReader(store, what=f"worker {worker_id}")
         header, slices = reader.header_and_slices(names)
@@ -209,7 +230,7 @@ def load_view(run_id: str, worker_id: str, invoker: str, start: Iterable[int],
         view.ensure(names)
     _VIEWS.move_to_end(run_id)
     _trim(memory_mb * 2**20 // VIEW_CACHE_SHARE, keep=run_id)
-    return view
+    return view, before
 
 
 def _load_more(reader: SliceReader, view: SlicedView | None,

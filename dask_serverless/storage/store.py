@@ -7,6 +7,8 @@ claims the consumer with ``SET NX`` so exactly one invocation runs it.
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -14,9 +16,11 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 
 from ..errors import RunDataLostError
-from . import run_events
+from . import run_events, serialize
 from .keys import RunKeys
 from .serialize import Encoded, Purpose, decode, encode
+
+logger = logging.getLogger(__name__)
 
 _CLIENTS: dict[str, redis.Redis] = {}
 
@@ -224,16 +228,31 @@ class RunStore:
         """Publish ``message`` to the run's client (sealed: ``run_events``)."""
         self.r.publish(self.keys.events, run_events.encode(message, self.keys.run_id))
 
-    def push_task_output(self, entry: str) -> None:
-        """Append what one task printed and warned (``worker.task_output``)."""
+    def push_task_output(self, entry: dict[str, Any]) -> None:
+        """Append what one task printed and warned (``worker.task_output``), sealed for
+        this run's list (anyone reaching Redis could write to it)."""
+        k = self.keys
+        blob = serialize.seal(json.dumps(entry, separators=(",", ":")).encode(),
+                              Purpose.EVENT, k.run_id, k.task_output)
         pipe = self.r.pipeline(transaction=False)
-        pipe.rpush(self.keys.task_output, entry)
-        pipe.expire(self.keys.task_output, self.ttl)
+        pipe.rpush(k.task_output, blob)
+        pipe.expire(k.task_output, self.ttl)
         pipe.execute()
 
-    def task_output(self, start: int = 0) -> list[bytes]:
-        """Entries of ``push_task_output`` from list index ``start`` on."""
-        return self.r.lrange(self.keys.task_output, start, -1)
+    def task_output(self, start: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """Entries of ``push_task_output`` from list index ``start`` on whose seal checks
+        out, and how many entries were read."""
+        k = self.keys
+        entries = []
+        blobs = self.r.lrange(k.task_output, start, -1)
+        for blob in blobs:
+            try:
+                entries.append(json.loads(bytes(serialize.unseal(
+                    blob, Purpose.EVENT, k.run_id, k.task_output, "task output"))))
+            except (serialize.TamperedPayloadError, ValueError):
+                logger.warning("run %s: ignored an entry of its task output list whose seal "
+                               "does not match", k.run_id)
+        return entries, len(blobs)
 
     def cleanup(self, task_ids_with_outputs: Iterable[int], entry_ids: Iterable[int],
                 streamed: Iterable[int] = ()) -> int:

@@ -29,6 +29,7 @@ from ..protocol.wire import Invocation, InvocationReport, RunSpec, error_record
 from ..storage import streams
 from ..storage.serialize import Encoded
 from ..storage.store import RunStore, connect
+from .progress import ProgressTicker
 from .task_output import TaskOutput
 
 logger = logging.getLogger(__name__)
@@ -181,6 +182,7 @@ class _Execution:
         self.open_row: tuple | None = None  # the task whose metrics row is still open
         self.progress: list[int] = []  # finished since the last progress event
         self.started: list[int] = []  # started since the last progress event
+        self.progress_lock = threading.Lock()  # the ticker flushes from its own thread
         self.ended = False  # the client was told this invocation is over
         self.error: dict[str, Any] | None = None  # stored for the client after the metrics
         self.next_cancel_check = time.monotonic() + CANCEL_CHECK_S
@@ -189,6 +191,8 @@ class _Execution:
 
     # -- main loop ---------------------------------------------------------------------
     def run(self) -> None:
+        ticker = ProgressTicker(self._flush_progress).start() \
+            if self.spec.report_tasks else None  # hook: progress on a clock
         try:
             self._begin()
             while not self.state.done:  # only task threads leave work behind a batch
@@ -196,6 +200,8 @@ class _Execution:
             if self.spec.report_tasks and not self.ended:
                 self._flush_progress(end=True)
         finally:
+            if ticker is not None:
+                ticker.stop()
             if self.pool is not None:  # a failed run leaves its other tasks running
                 self.pool.close()
 
@@ -277,7 +283,8 @@ class _Execution:
         if self._check_cancelled(now):
             raise _Stopped
         if self.spec.report_tasks:
-            self.started.append(tid)
+            with self.progress_lock:
+                self.started.append(tid)
             if now >= self.next_progress:
                 self.next_progress = now + PROGRESS_S
                 self._flush_progress()
@@ -326,7 +333,8 @@ class _Execution:
             self._fail(exc, task.key)
         self.report.tasks += 1
         if self.spec.report_tasks:
-            self.progress.append(tid)
+            with self.progress_lock:
+                self.progress.append(tid)
         self.values[tid] = value
         memory = sizeof(value)
         stored = self._seal(tid, value) if self.state.view.upload[tid] else 0
@@ -505,13 +513,16 @@ class _Execution:
 
     def _flush_progress(self, end: bool = False) -> None:
         """Tell the client which tasks finished (``ids``) and started since the last
-        event; ``end``: this invocation is over (sent even with nothing new)."""
-        self.ended = self.ended or end
-        if self.progress or self.started or end:
-            self.store.event({"kind": "tasks", "ids": self.progress, "started": self.started,
+        event; ``end``: this invocation is over (sent even with nothing new). Nothing is
+        sent after the end."""
+        with self.progress_lock:
+            if self.ended or not (self.progress or self.started or end):
+                return
+            self.ended = end
+            ids, started, self.progress, self.started = self.progress, self.started, [], []
+            self.store.event({"kind": "tasks", "ids": ids, "started": started,
                               "worker": self.inv.worker_id, "invocation": self.inv.id,
                               "cold": self.report.cold, "end": end})
-            self.progress, self.started = [], []
 
     def _fail(self, exc: BaseException, key: Any) -> None:
         if isinstance(exc, MemoryError):

@@ -7,8 +7,8 @@ container log, or CloudWatch on Lambda); writes from other threads pass through 
 Warnings are recorded instead of shown (every one: the client's filters decide what is
 shown, as they would for a local scheduler).
 
-When a task that printed or warned ends, its lines and warnings are appended (JSON, one
-entry per task) to the run's ``task_output`` list in Redis before its output is stored, so
+When a task that printed or warned ends, its lines and warnings are appended (sealed JSON,
+one entry per task) to the run's ``task_output`` list in Redis before its output is stored, so
 a client that has every output also has every line (``runtime.task_output`` echoes and
 re-emits them). They also join the task's log lines in the metrics (levels ``STDOUT``,
 ``STDERR`` and ``WARNING``) when the run records them.
@@ -17,7 +17,6 @@ re-emits them). They also join the task's log lines in the metrics (levels ``STD
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import sys
 import threading
@@ -167,7 +166,7 @@ class TaskOutput:
                  "lines": captured.lines, "dropped": captured.dropped,
                  "warnings": list(captured.warned.values())}
         try:
-            self.store.push_task_output(json.dumps(entry, separators=(",", ":")))
+            self.store.push_task_output(entry)
         except (redis.RedisError, OSError) as exc:  # never fail a task over its prints
             logger.warning("worker %s: output of task %r not sent: %s", self.worker_id,
                            captured.key, exc)
