@@ -135,11 +135,12 @@ def _screenshots(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise SystemExit("screenshots need the dashboard extra: "
                          "pip install 'dask-serverless[dashboard]'") from exc
-    if args.redis_url:
-        dask.config.set({"serverless.metrics.redis-url": args.redis_url})
     from . import session
 
-    url = session.metrics_url()
+    # scoped: cli.main also runs inside other programs (and the tests)
+    with dask.config.set({"serverless.metrics.redis-url": args.redis_url}
+                         if args.redis_url else {}):
+        url = session.metrics_url()
     if url is None:
         raise SystemExit("serverless.metrics.enabled is off: there is nothing to show")
     try:
@@ -198,11 +199,11 @@ def _deploy(args: argparse.Namespace) -> int:
     if args.secret is not None:
         raise SystemExit("--secret would show the secret to every user of this machine (ps); "
                          "use --secret-file FILE (or - for stdin) or DASK_SERVERLESS__SECRET")
-    if args.secret_file:
-        import dask
+    import dask
 
-        dask.config.set({"serverless.secret": _read_secret(args.secret_file)})
-    deploy(opts, say=_say)
+    with dask.config.set({"serverless.secret": _read_secret(args.secret_file)}
+                         if args.secret_file else {}):
+        deploy(opts, say=_say)
     return 0
 
 
