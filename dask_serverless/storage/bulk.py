@@ -11,7 +11,8 @@ connection is borrowed from the client's pool and its socket used directly:
 - ``read``: pipelined ``GET``s whose replies are received with ``recv_into`` straight into
   the slices of one preallocated, writable buffer (numpy arrays then view it: no copy).
 
-Only the replies' headers are parsed here (``$<length>``, nil, ``-ERR``); a reply that is
+Only the replies' headers are parsed here (``$<length>``, nil, ``-ERR``, and a short
+value as a ``+`` status line, as fakeredis's server sends one); a reply that is
 not what was asked for (a wrong length, an error) disconnects the connection rather than
 leave unread bytes on it. Clients that are not a plain ``redis.Redis`` over a
 connection pool (Redis Cluster) go through redis-py's own commands instead, one part at a
@@ -153,6 +154,13 @@ def read(client: Any, keys: Sequence[str], sizes: Sequence[int], out: memoryview
                 continue
             if head[:1] == b"-":
                 raise BulkError(f"GET {key}: {head[1:].decode(errors='replace')}")
+            if head[:1] == b"+":  # a short value as a status line (fakeredis's server)
+                if ok and len(head) - 1 == n:
+                    out[at:at + n] = head[1:]
+                    at += n
+                else:
+                    ok = False
+                continue
             if head[:1] != b"$":
                 raise BulkError(f"GET {key}: unexpected reply {head[:40]!r}")
             length = int(head[1:])
