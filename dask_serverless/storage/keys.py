@@ -19,6 +19,16 @@ class RunKeys:
     def output(self, task_id: int) -> str:
         return f"{self.prefix}o:{task_id}"
 
+    def output_part(self, task_id: int, token: str, index: int) -> str:
+        """One part of a large output written by one attempt (``store``: its key
+        ``o:<task>`` then holds the parts' manifest)."""
+        return f"{self.prefix}op:{task_id}:{token}:{index}"
+
+    @property
+    def parts(self) -> str:
+        """Set of every output part of the run (for cleanup)."""
+        return f"{self.prefix}parts"
+
     def fanin(self, task_id: int) -> str:
         return f"{self.prefix}f:{task_id}"
 
