@@ -61,7 +61,9 @@ def serverless_get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
                 passes = list(config.get("optimizations", optimizations))
                 capacity = session.backend(backend).capacity()
                 predictor = (history.predictor_for(dag, redis_url, capacity)
-                             if history.wants_history(chosen, passes) else None)
+                             if history.wants_history(chosen, passes, dag) else None)
+                if predictor is None:  # a first run: what its data sizes tell
+                    predictor = history.prior_for(dag, capacity)
                 plan = make_plan(dag, chosen, backend, memory, parallelism, passes, predictor)
             the_plan = plan
             state = _callback_state(dag)
