@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import time
+import warnings
 
 import dask
 import pytest
@@ -81,11 +82,25 @@ def test_runs_show_and_logs_name_functions_tasks_and_output(any_redis, capsys):
     assert cli.main(["logs", "no-such-run"]) == 2
 
 
-def test_unknown_keyword_is_a_type_error_naming_the_accepted_ones(any_redis):
+def test_misspelt_keyword_is_a_type_error_naming_the_accepted_ones(any_redis):
     with pytest.raises(TypeError, match=r"'memroy' \(did you mean 'memory'\?\).*parallelism"):
         dask.compute(delayed(total)(1, 2), scheduler=serverless_get, memroy=2048)
-    # keywords of Dask's local schedulers mean nothing here: accepted, ignored
-    assert dask.compute(delayed(total)(1, 2), scheduler=serverless_get, num_workers=4) == (3,)
+    with pytest.raises(TypeError, match=r"'planer' \(did you mean 'planner'\?\)"):
+        dask.compute(delayed(total)(1, 2), scheduler=serverless_get, planer="wukong",
+                     retries=2)
+
+
+def test_keywords_for_other_schedulers_are_ignored_with_a_warning(any_redis):
+    # Dask forwards compute's keywords to the scheduler (its own tests pass a bogus one);
+    # keywords of Dask's local schedulers mean nothing here: accepted, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert dask.compute(delayed(total)(1, 2), scheduler=serverless_get,
+                            num_workers=4) == (3,)
+    with pytest.warns(UserWarning, match=r"ignores keyword arguments 'bogus_keyword', "
+                                         r"'retries': it accepts planner"):
+        assert dask.compute(delayed(total)(1, 2), scheduler=serverless_get,
+                            bogus_keyword=True, retries=3) == (3,)
 
 
 def test_pool_removes_its_directory_and_stale_ones_of_dead_processes(tmp_path, monkeypatch):
