@@ -288,7 +288,8 @@ class Run:
         try:
             self.store.cleanup([t for t in range(len(self.dag)) if layout.upload[t]],
                                [t for t in range(len(self.dag)) if layout.is_entry[t]],
-                               self.plan.optimizations.stream)
+                               self.plan.optimizations.stream,
+                               shuffled=bool(getattr(self.dag, "shuffle_stores", 0)))
         except Exception:  # never hide the run's own outcome
             logger.warning("run %s: could not delete its Redis keys", self.run_id,
                            exc_info=True)

@@ -38,6 +38,16 @@ class RunKeys:
         """Set of every chunk list of the run (for cleanup)."""
         return f"{self.prefix}streams"
 
+    def shuffle_part(self, store: str, part: str) -> str:
+        """One partition of a disk-style shuffle's store: a hash of sealed pieces, one
+        field per appending task and append."""
+        return f"{self.prefix}sh:{store}:{part}"
+
+    @property
+    def shuffle_parts(self) -> str:
+        """Set of every shuffle partition key of the run (for cleanup)."""
+        return f"{self.prefix}shuffles"
+
     def payload(self, token: str) -> str:
         """An invocation payload too large for its transport (e.g. Lambda's event limit)."""
         return f"{self.prefix}p:{token}"

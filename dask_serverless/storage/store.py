@@ -255,11 +255,14 @@ class RunStore:
         return entries, len(blobs)
 
     def cleanup(self, task_ids_with_outputs: Iterable[int], entry_ids: Iterable[int],
-                streamed: Iterable[int] = ()) -> int:
+                streamed: Iterable[int] = (), shuffled: bool = False) -> int:
         """Delete the run's keys (all but the cancel flag, which expires by itself);
-        ``streamed``: tasks whose outputs may have been streamed (heads and chunk lists)."""
+        ``streamed``: tasks whose outputs may have been streamed (heads and chunk lists);
+        ``shuffled``: the run had a disk-style shuffle (its partitions' hashes)."""
         k = self.keys
         names = [k.dag, k.error, k.outputs_done, k.task_output]
+        if shuffled:
+            names += [k.shuffle_parts, *(x.decode() for x in self.r.smembers(k.shuffle_parts))]
         names += [k.output(t) for t in task_ids_with_outputs]
         for e in entry_ids:
             names += [k.fanin(e), k.fired(e)]
