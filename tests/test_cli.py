@@ -43,6 +43,20 @@ def test_limit_must_be_positive(capsys):
         assert "--limit" in capsys.readouterr().err
 
 
+def test_demo_says_what_ran_in_words(any_redis, capsys):
+    """The demo's summary: tasks, invocations, cold and warm starts, and the plan's task
+    groups (was "workers: 2 (47 planned)"), with the commands that show more."""
+    assert cli.main(["demo", "--size", "400", "--chunk", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "matches scheduler='sync': True" in out
+    run = get_mod.last_run.record
+    assert (f"{run.tasks} tasks ran in {run.invocations} worker invocations "
+            f"({run.cold_starts} started a new container, {run.warm_starts} reused a warm "
+            "one)") in out
+    assert f"plan: {run.workers_planned} task groups" in out
+    assert f"`dask-serverless show {run.run_id}`" in out and "workers:" not in out
+
+
 def test_output_paths_are_checked_before_any_work(tmp_path, capsys):
     a_file = tmp_path / "file"
     a_file.write_text("x")

@@ -156,6 +156,8 @@ def test_task_warnings_are_reemitted_in_the_caller_naming_the_task():
         assert dask.compute(delayed(sum)(parts), scheduler=serverless_get) == (6,)
     user = sorted(str(w.message) for w in caught if w.category is UserWarning)
     assert len(user) == 2  # one per distinct warning, naming a task and the others
+    where = {(w.filename, w.lineno) for w in caught if w.category is UserWarning}
+    assert where == {(__file__, careful.__code__.co_firstlineno + 1)}  # the task's line
     assert user[0].startswith("careful with 0 [task 'careful-")
     assert "1 other task too" in user[0]
     assert [w for w in caught if w.category is DeprecationWarning]

@@ -164,7 +164,9 @@ def test_worker_with_another_secret_refuses_and_the_client_fails_fast(local_lamb
                           "serverless.lambda.region": "us-east-1",
                           "serverless.deadline": 60}):
         try:
-            with pytest.raises(TamperedPayloadError, match="HMAC seal"):
+            # the error says what to do: deploy again, or the functions' secret here
+            with pytest.raises(TamperedPayloadError, match=r"(?s)HMAC seal.*run "
+                               r"`dask-serverless deploy`.*DASK_SERVERLESS__SECRET"):
                 dask.compute(delayed(np.sum)(np.arange(5)), scheduler=serverless_get)
         finally:
             session.reset_backend("lambda")
