@@ -32,6 +32,9 @@ DEFAULTS: dict[str, Any] = {
         "redis-grace": 10.0,  # seconds the client rides out a Redis connection loss
         "max-output-bytes": 500 * 2**20,  # a task output larger than this is an error
         "stream-chunk-bytes": 2**20,  # pass "stream": chunk size; larger outputs stream
+        "spec-cache-bytes": 64 * 2**20,  # a worker container keeps run spec slices (and
+        # shared pieces) of recent runs up to this many fetched bytes; a run's are dropped
+        # once the run ended
         "echo-task-output": True,  # print what tasks print (stdout/stderr) on this terminal
         "secret": None,  # HMAC key for payloads; None: a random per-process secret
         "local": {
@@ -158,7 +161,8 @@ def _validate(name: str, value: Any) -> None:
         )
     positive = {"memory", "payload-inline-bytes", "output-ttl", "deadline", "poll-interval",
                 "local.keep-alive", "local.invocation-timeout", "redis-grace",
-                "max-output-bytes", "lambda.max-event-bytes", "lambda.timeout"}
+                "max-output-bytes", "lambda.max-event-bytes", "lambda.timeout",
+                "spec-cache-bytes"}
     if name == "stream-chunk-bytes" and (not isinstance(value, int) or isinstance(value, bool)
                                          or value < 1):
         raise ConfigError(f"serverless.stream-chunk-bytes = {value!r} must be a positive "

@@ -128,7 +128,7 @@ def test_a_shuffle_task_run_again_replaces_its_pieces_and_forged_ones_are_refuse
             p.get(0)
     finally:
         output.remove()
-        store.cleanup([], [], shuffled=True)
+        store.cleanup([], [])
     assert not list(store.r.scan_iter(f"{store.keys.prefix}*"))
 
 
@@ -282,8 +282,10 @@ def test_worker_reports_a_finished_task_on_a_clock(any_redis, monkeypatch):
     from dask_serverless.adapter import to_dag
     from dask_serverless.layout import build_layout
     from dask_serverless.planners import get_planner
-    from dask_serverless.protocol.wire import Invocation, RunSpec
+    from dask_serverless.protocol.slices import RunHeader
+    from dask_serverless.protocol.wire import Invocation
     from dask_serverless.storage import run_events
+    from dask_serverless.storage.slices import SliceWriter, write_spec
     from dask_serverless.storage.store import RunStore, connect
     from dask_serverless.worker import executor
 
@@ -309,16 +311,17 @@ def test_worker_reports_a_finished_task_on_a_clock(any_redis, monkeypatch):
 
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
-    spec = RunSpec(dag, plan, build_layout(dag, plan), 60, 10_000, True)
+    writer = SliceWriter(store)
+    write_spec(writer, dag, plan, build_layout(dag, plan), RunHeader(60, 10_000, True))
     roots = [t for t in range(len(dag)) if not dag.tasks[t].deps]
     try:
         report = executor.execute(Invocation(run_id, plan.assignment[roots[0]], 1024,
-                                             any_redis, roots, spec.dumps(run_id)),
-                                  invoker=None)
+                                             any_redis, roots), invoker=None)
         assert not report.failed, store.get_error()
     finally:
         listener.join()
         pubsub.close()
+        writer.cleanup()
         store.cleanup(range(len(dag)), [])
 
 

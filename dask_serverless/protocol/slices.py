@@ -43,6 +43,7 @@ from typing import Any
 import cloudpickle
 from dask._task_spec import Task
 
+from .. import config
 from ..dag import DAG, TaskNode
 from ..layout import Layout
 from ..plan import Optimizations, Plan, ResourceConfig, WorkerSpec
@@ -54,7 +55,6 @@ from .wire import SPEC_NAME, SchemaMismatchError
 MAGIC = b"DSS1"
 _HEAD_LEN = struct.Struct("<I")
 PIECE_MIN_BYTES = 256  # a function pickled to more bytes is by value: a shared piece
-PIECE_CACHE_BYTES = 64 * 2**20  # pieces a container keeps (pickled bytes, newest kept)
 HEADER, SLICE = "header", "slice"  # kinds of frames; also the header's name
 
 
@@ -221,10 +221,10 @@ def _task(key: Any, func: Any, args: tuple, kwargs: dict | None, data_producer: 
 
 class PieceCache:
     """Container side: unpickled pieces by digest, the most recently used kept up to
-    ``PIECE_CACHE_BYTES`` of their pickled size (they outlive runs: same bytes, same
-    object)."""
+    ``max_bytes`` of their pickled size (they outlive runs: same bytes, same object;
+    ``storage.slices.load_view`` sets the bound from ``serverless.spec-cache-bytes``)."""
 
-    def __init__(self, max_bytes: int = PIECE_CACHE_BYTES):
+    def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
         self._items: OrderedDict[str, tuple[Any, int]] = OrderedDict()
         self.nbytes = 0
@@ -253,7 +253,7 @@ class PieceCache:
         return found[0]
 
 
-PIECES = PieceCache()  # this container's
+PIECES = PieceCache(config.DEFAULTS["serverless"]["spec-cache-bytes"])  # this container's
 
 
 def _piece(digest: str) -> Any:

@@ -83,8 +83,8 @@ class RedisPartd(Interface):
                 pipe.hset(key, field, seal(piece, Purpose.SHUFFLE, self.run_id,
                                            f"{key}|{field}"))
                 pipe.expire(key, store.ttl)
-                pipe.sadd(store.keys.shuffle_parts, key)
-            pipe.expire(store.keys.shuffle_parts, store.ttl)
+                pipe.sadd(store.keys.parts, key)
+            pipe.expire(store.keys.parts, store.ttl)
             pipe.execute()
 
     def _get(self, keys: Sequence[Any], lock: bool = True, **kwargs: Any) -> list[bytes]:
