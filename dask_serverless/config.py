@@ -94,8 +94,8 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # Dask's own keys whose default changes once dask-serverless is imported (a value the
-# user set wins). Shuffles are task-based, as Dask chooses when distributed is in use: a
-# "disk" shuffle writes partd files that only the worker that made them can read.
+# user set wins). Shuffles are task-based, as Dask chooses when distributed is in use (a
+# "disk" shuffle works too: its partd store moves to Redis, worker/shuffle_store.py).
 DASK_DEFAULTS: dict[str, Any] = {"dataframe": {"shuffle": {"method": "tasks"}}}
 
 dask.config.update_defaults(DEFAULTS)

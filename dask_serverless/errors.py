@@ -37,4 +37,5 @@ class HintError(ServerlessError, ValueError):
 
 class DiskShuffleError(ServerlessError, ValueError):
     """The graph shuffles through files on one worker's disk (Dask's ``"disk"`` shuffle),
-    which serverless workers do not share."""
+    which serverless workers do not share, and its partd store is made in a form that
+    cannot be moved to Redis (``worker/shuffle_store.py``)."""

@@ -85,6 +85,7 @@ class Purpose(enum.StrEnum):
     ERROR = "error"
     EVENT = "event"
     STREAM_HEAD = "stream-head"
+    SHUFFLE = "shuffle"  # a piece of a disk-style shuffle's partition (shuffle_store)
 
 
 class TamperedPayloadError(ValueError):
