@@ -38,3 +38,8 @@ class HintError(ServerlessError, ValueError):
 class DiskShuffleError(ServerlessError, ValueError):
     """The graph shuffles through files on one worker's disk (Dask's ``"disk"`` shuffle),
     which serverless workers do not share."""
+
+
+class StartTimeoutError(ServerlessError, TimeoutError):
+    """An invocation stayed queued (accepted, never started) past
+    ``serverless.start-timeout``."""

@@ -29,9 +29,11 @@ from ..metrics.runs import record_run, workflow_functions
 from ..metrics.store import MetricsStore
 from ..plan import Plan, ResourceConfig, Warmup
 from ..protocol.wire import Invocation, RunSpec
-from ..storage import run_events, streams
+from ..simulator import Recovery
+from ..storage import leases, run_events, streams
 from ..storage.store import RunStore, connect, redact
 from .live import LiveFeed
+from .monitor import Monitor
 from .task_output import TaskOutputFeed
 
 logger = logging.getLogger(__name__)
@@ -77,6 +79,8 @@ class Run:
         self.first_invoke_at = 0.0  # epoch seconds the first root invocations went out
         self.spec_bytes = 0  # bytes of the run spec the client stored
         self._warmups: list[Warmup] = []
+        self.recovery: Recovery | None = None
+        self.monitor: Monitor | None = None  # set when the run is submitted
         self._started = 0.0
 
     def execute(self) -> list[Any]:
@@ -160,11 +164,25 @@ class Run:
                      "inline" if inline else "redis")
         self.roots = [inv.id for inv in invocations]
         self.spec_bytes, self.first_invoke_at = len(blob), time.time()
+        self._track(invocations)
         self.backend.invoke_many(invocations)
         if self.metrics_url is not None:
             self.dag.signature()  # cached: hashed while the workers run, not after
         self._warmups = sorted(self.plan.optimizations.prewarm, key=lambda w: w.at_s)
         self._started = time.monotonic()
+
+    # -- watching the run's invocations (leases, retries, backups) ------------------------
+    def _track(self, invocations: list[Invocation]) -> None:
+        """Give the root invocations their lease interval and register them (queued until
+        they start); the monitor watches every invocation of the run from then on."""
+        self.recovery = Recovery.from_config(direct=self.backend.name == "local")
+        for inv in invocations:
+            inv.heartbeat_s = self.recovery.heartbeat_s or 0.0
+        leases.register(self.store, invocations)
+        self.monitor = Monitor(self.store, self.dag, self.redis_url, self.recovery,
+                               self.backend.invoke_many,
+                               getattr(self.backend, "cancel_invocation", None),
+                               config.get("start-timeout"))
 
     def _warm_up_due(self) -> float:
         """Send the plan's pre-warm requests that are due; seconds until the next one."""
@@ -192,6 +210,8 @@ class Run:
                     self._raise_if_failed()
                     if self.store.outputs_done() >= n_out:
                         return
+                    if self.monitor is not None:
+                        self.monitor.check(now)
                     next_check = now + self.poll_interval
                 wait = min(self.poll_interval, deadline - now, self._warm_up_due())
                 msg = pubsub.get_message(timeout=max(wait, 0.0))
