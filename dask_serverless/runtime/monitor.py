@@ -24,6 +24,8 @@ import statistics
 import time
 from collections.abc import Callable
 
+import redis
+
 from ..dag import DAG
 from ..errors import RunDataLostError, StartTimeoutError, WorkerCrashedError
 from ..protocol.constants import SPECULATION_MIN_SAMPLES
@@ -109,6 +111,28 @@ class Monitor:
         r = self.recovery
         if r.speculation and self.backups < r.max_backups:
             self._speculate(snap, live, wall)
+
+    def finish(self, wait: float = 2.0) -> None:
+        """The run's outputs are in: cancel executions still running an invocation that
+        ended elsewhere (a straggler whose backup won), so they stop being billed. The
+        winner may still be writing its records: wait up to ``wait`` s for it to end."""
+        if self.cancel is None or not self.backed_up:
+            return
+        give_up = time.monotonic() + wait
+        while True:
+            try:
+                snap = leases.snapshot(self.store)
+            except (redis.RedisError, OSError):
+                return
+            live: dict[str, list[Execution]] = {}
+            for e in snap.executions:
+                if e.alive:
+                    live.setdefault(e.id, []).append(e)
+            self._cancel_losers(snap.ended, live)
+            if all(i in snap.ended or i not in live for i in self.backed_up) \
+                    or time.monotonic() >= give_up:
+                return
+            time.sleep(0.05)
 
     # -- dead executions ---------------------------------------------------------------
     def _retry(self, e: Execution, reg: Registered, wall: float) -> None:

@@ -95,6 +95,8 @@ class Run:
                                    self.submit_time)
             self._submit()
             self._wait(pubsub)
+            if self.monitor is not None:
+                self.monitor.finish()  # cancel executions that lost to another attempt
             values = self._collect()
             self.makespan = time.time() - self.submit_time
             ok = True
