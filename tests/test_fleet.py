@@ -4,6 +4,7 @@ Lambda API server; faults are real (os._exit, kill -9, duplicated deliveries).""
 
 from __future__ import annotations
 
+import operator
 import os
 import subprocess
 import threading
@@ -12,13 +13,15 @@ from collections import Counter
 
 import dask
 import pytest
+import redis
 from dask import delayed
 
 from dask_serverless import serverless_get, session
 from dask_serverless.adapter import to_dag
 from dask_serverless.backends.local import LocalBackend
 from dask_serverless.backends.local.pool import LocalPool
-from dask_serverless.errors import WorkerCrashedError
+from dask_serverless.config import ConfigError
+from dask_serverless.errors import RunDataLostError, WorkerCrashedError
 from dask_serverless.plan import Plan, ResourceConfig, WorkerSpec
 from dask_serverless.runtime import get as get_mod
 
@@ -252,3 +255,44 @@ def test_speculation_off_waits_for_the_straggler(real_redis, tmp_path):
         assert time.monotonic() - t0 >= 4
         assert get_mod.last_run.monitor.backups == 0
     _ = session
+
+
+# -- output TTL and deadline -------------------------------------------------------------
+@pytest.mark.parametrize("settings", [{"serverless.output-ttl": 60, "serverless.deadline": 120},
+                                      {"serverless.output-ttl": 1.5},
+                                      {"serverless.output-ttl": True}])
+def test_output_ttl_below_the_deadline_or_not_whole_seconds_is_refused(settings):
+    with dask.config.set(settings), pytest.raises(ConfigError, match=r"serverless\.output-ttl"):
+        dask.compute(delayed(slow_inc)(1, 0), scheduler=serverless_get)
+
+
+def test_a_longer_deadline_per_call_raises_the_ttl(real_redis):
+    assert dask.compute(delayed(slow_inc)(1, 0), scheduler=serverless_get,
+                        deadline=7200) == (2,)
+    assert get_mod.last_run.ttl == 7200
+
+
+def test_keys_expiring_mid_run_are_run_data_lost(real_redis):
+    client = redis.Redis.from_url(real_redis)
+
+    def expire_the_run():
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            keys = client.keys("ds:{*}:l:*")  # a lease: the slow task is running
+            if keys:
+                run = keys[0].decode().split("}")[0] + "}"
+                for k in client.keys(f"{run}*"):
+                    client.pexpire(k, 10)  # as if output-ttl had passed
+                return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=expire_the_run)
+    t.start()
+    t0 = time.monotonic()
+    with dask.config.set({"serverless.deadline": 120}), pytest.raises(RunDataLostError):
+        # the quick input registers in the fan-in's set, which then expires: the slow
+        # one's registration can never complete it
+        x = delayed(operator.add)(delayed(slow_inc)(1, 0), delayed(slow_inc)(1, 5))
+        dask.compute(x, scheduler=serverless_get)
+    t.join()
+    assert time.monotonic() - t0 < 30  # not the deadline
