@@ -44,3 +44,8 @@ class DiskShuffleError(ServerlessError, ValueError):
 class ForeignListenerError(ServerlessError, ConnectionError):
     """Another user of this machine listens on the loopback port of a server we were to
     use (e.g. the local Lambda API server's): nothing is sent to it."""
+
+
+class StartTimeoutError(ServerlessError, TimeoutError):
+    """An invocation stayed queued (accepted, never started) past
+    ``serverless.start-timeout``."""

@@ -78,7 +78,8 @@ def serverless_get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
             metrics_url = session.metrics_url(redis_url)
             live = _live_dashboard(serverless_dashboard, metrics_url)
             run = Run(dag, the_plan, session.backend(backend), session.redis_url(redis_url),
-                      ttl=config.get("output-ttl"),
+                      ttl=config.ttl_for(config.get("output-ttl"),
+                                         config.get("deadline", deadline)),
                       inline_bytes=config.get("payload-inline-bytes"),
                       deadline=config.get("deadline", deadline),
                       poll_interval=config.get("poll-interval"),

@@ -328,7 +328,8 @@ class RunStore:
         """Delete the run's keys (all but the cancel flag, which expires by itself);
         ``streamed``: tasks whose outputs may have been streamed (heads and chunk lists)."""
         k = self.keys
-        names = [k.dag, k.error, k.outputs_done, k.task_output, k.parts]
+        names = [k.dag, k.error, k.outputs_done, k.task_output, k.parts, k.invocations,
+                 k.running, k.ended, k.durations]
         names += [k.output(t) for t in task_ids_with_outputs]
         names += [x.decode() for x in self.r.smembers(k.parts)]
         for e in entry_ids:
