@@ -32,6 +32,15 @@ DEFAULTS: dict[str, Any] = {
         "redis-grace": 10.0,  # seconds the client rides out a Redis connection loss
         "max-output-bytes": 500 * 2**20,  # a task output larger than this is an error
         "stream-chunk-bytes": 2**20,  # pass "stream": chunk size; larger outputs stream
+        # a value embedded in a graph (or a persisted result) larger than this is stored in
+        # Redis as its own object and the run spec holds a reference (storage.stored)
+        "embed-max-bytes": 2**20,
+        "persist": {
+            # seconds a persisted value lives in Redis after it was made or last read by a
+            # compute: the backstop for a client that died (a live client releases it when
+            # the persisted collection is garbage-collected)
+            "ttl": 6 * 3600,
+        },
         "echo-task-output": True,  # print what tasks print (stdout/stderr) on this terminal
         "secret": None,  # HMAC key for payloads; None: a random per-process secret
         "local": {
@@ -158,7 +167,8 @@ def _validate(name: str, value: Any) -> None:
         )
     positive = {"memory", "payload-inline-bytes", "output-ttl", "deadline", "poll-interval",
                 "local.keep-alive", "local.invocation-timeout", "redis-grace",
-                "max-output-bytes", "lambda.max-event-bytes", "lambda.timeout"}
+                "max-output-bytes", "lambda.max-event-bytes", "lambda.timeout",
+                "embed-max-bytes", "persist.ttl"}
     if name == "stream-chunk-bytes" and (not isinstance(value, int) or isinstance(value, bool)
                                          or value < 1):
         raise ConfigError(f"serverless.stream-chunk-bytes = {value!r} must be a positive "

@@ -38,3 +38,9 @@ class HintError(ServerlessError, ValueError):
 class DiskShuffleError(ServerlessError, ValueError):
     """The graph shuffles through files on one worker's disk (Dask's ``"disk"`` shuffle),
     which serverless workers do not share."""
+
+
+class PersistedDataLostError(RunDataLostError):
+    """A persisted value (or a value a graph embedded) is no longer in Redis: its
+    collection outlived ``serverless.persist.ttl`` unused, it was released, or Redis was
+    flushed or restarted. Persist the collection again."""

@@ -31,6 +31,7 @@ from ..plan import Plan, ResourceConfig, Warmup
 from ..protocol.wire import Invocation, RunSpec
 from ..storage import run_events, streams
 from ..storage.store import RunStore, connect, redact
+from . import persisted
 from .live import LiveFeed
 from .task_output import TaskOutputFeed
 
@@ -49,7 +50,7 @@ class Run:
                  on_progress: ProgressCallback | None = None,
                  metrics_url: str | None = None, metrics_wait: float = 2.0,
                  task_log_level: int | None = None, live: bool = False,
-                 echo_output: bool = True):
+                 echo_output: bool = True, keep: tuple[int, int] | None = None):
         plan.validate(dag)
         self.dag, self.plan, self.backend = dag, plan, backend
         self.redis_url = redis_url
@@ -76,6 +77,9 @@ class Run:
         self.makespan = 0.0
         self.first_invoke_at = 0.0  # epoch seconds the first root invocations went out
         self.spec_bytes = 0  # bytes of the run spec the client stored
+        # persist: (embed-max-bytes, persist TTL): large outputs stay in Redis (``kept``)
+        self.keep = keep
+        self.kept: set[int] = set()
         self._warmups: list[Warmup] = []
         self._started = 0.0
 
@@ -91,7 +95,8 @@ class Run:
                                    self.submit_time)
             self._submit()
             self._wait(pubsub)
-            values = self._collect()
+            values = self._collect() if self.keep is None else \
+                persisted.keep_outputs(self, *self.keep)
             self.makespan = time.time() - self.submit_time
             ok = True
             return values
@@ -286,7 +291,8 @@ class Run:
     def _cleanup(self) -> None:
         layout = self.layout
         try:
-            self.store.cleanup([t for t in range(len(self.dag)) if layout.upload[t]],
+            self.store.cleanup([t for t in range(len(self.dag))
+                                if layout.upload[t] and t not in self.kept],
                                [t for t in range(len(self.dag)) if layout.is_entry[t]],
                                self.plan.optimizations.stream)
         except Exception:  # never hide the run's own outcome

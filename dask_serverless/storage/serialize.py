@@ -84,6 +84,7 @@ class Purpose(enum.StrEnum):
     ERROR = "error"
     EVENT = "event"
     STREAM_HEAD = "stream-head"
+    DATA = "data"  # a value stored as its own object (``storage.stored``)
 
 
 class TamperedPayloadError(ValueError):
