@@ -34,7 +34,7 @@ DEFAULTS: dict[str, Any] = {
         "stream-chunk-bytes": 2**20,  # pass "stream": chunk size; larger outputs stream
         # a value embedded in a graph (or a persisted result) larger than this is stored in
         # Redis as its own object and the run spec holds a reference (storage.stored)
-        "embed-max-bytes": 2**20,
+        "embed-max-bytes": 64 * 1024,
         "persist": {
             # seconds a persisted value lives in Redis after it was made or last read by a
             # compute: the backstop for a client that died (a live client releases it when

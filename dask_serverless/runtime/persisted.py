@@ -71,11 +71,12 @@ def prepare(dag: DAG, r: Any, url: str, ttl: int, persist_ttl: int) -> list[Stor
     stored.touch(r, persisted_refs, persist_ttl, names)
     made: list[StoredRef] = []
     try:
-        for s in dag.stored:
-            if s.ref is None:
-                s.ref = stored.write(r, url, s.value, ttl)
-                s.value, s.nbytes = None, s.ref.nbytes
-                made.append(s.ref)
+        with stored.Writer(r, url, ttl) as writer:
+            for s in dag.stored:
+                if s.ref is None:
+                    s.ref = writer.write(s.value)
+                    s.value, s.nbytes = None, s.ref.nbytes
+                    made.append(s.ref)
     except BaseException:
         release(made)
         raise

@@ -121,17 +121,48 @@ def ref_of(node: Any) -> StoredRef | None:
 def write(r: Any, url: str, value: Any, ttl: int) -> StoredRef:
     """Store ``value`` as its own object (sealed ``Purpose.DATA``; in chunks when over
     ``MAX_STRING_BYTES``) for ``ttl`` seconds; its reference."""
-    vid = uuid.uuid4().hex[:16]
-    key = f"ds:{{{vid}}}:v"
-    data = serialize.encode(value, Purpose.DATA, vid, key)
-    if data.nbytes <= MAX_STRING_BYTES:
-        r.set(key, data.tobytes(), ex=ttl)
-        return StoredRef(url, key, Purpose.DATA.value, vid, data.nbytes)
-    n = 0
-    for piece in data.chunks(CHUNK_BYTES):  # one chunk's copy at a time at most
-        r.set(f"{key}:{n}", bytes(piece), ex=ttl)
-        n += 1
-    return StoredRef(url, key, Purpose.DATA.value, vid, data.nbytes, n)
+    with Writer(r, url, ttl) as writer:
+        return writer.write(value)
+
+
+class Writer:
+    """Stores values as their own objects (``write``), small ones batched in pipelines of
+    about ``BATCH_BYTES``; everything is written when the ``with`` block ends."""
+
+    BATCH_BYTES = 64 * 2**20
+
+    def __init__(self, r: Any, url: str, ttl: int):
+        self.r, self.url, self.ttl = r, url, ttl
+        self.pipe = r.pipeline(transaction=False)
+        self.pending = 0
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.pipe.execute()
+            self.pending = 0
+
+    def write(self, value: Any) -> StoredRef:
+        vid = uuid.uuid4().hex[:16]
+        key = f"ds:{{{vid}}}:v"
+        data = serialize.encode(value, Purpose.DATA, vid, key)
+        if data.nbytes <= MAX_STRING_BYTES:
+            self.pipe.set(key, data.tobytes(), ex=self.ttl)
+            self.pending += data.nbytes or 1
+            if self.pending >= self.BATCH_BYTES:
+                self.flush()
+            return StoredRef(self.url, key, Purpose.DATA.value, vid, data.nbytes)
+        n = 0
+        for piece in data.chunks(CHUNK_BYTES):  # one chunk's copy at a time at most
+            self.r.set(f"{key}:{n}", bytes(piece), ex=self.ttl)
+            n += 1
+        return StoredRef(self.url, key, Purpose.DATA.value, vid, data.nbytes, n)
 
 
 # -- reading -------------------------------------------------------------------------------
