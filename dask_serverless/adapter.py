@@ -166,7 +166,8 @@ class _Tasks:
                 size = 0  # has inputs, or nothing can know its size (no size hint)
             else:
                 size = sizes.size(k, node, declared, name)
-            tasks.append(TaskNode(i, k, node, name, deps, (), annotations, size, reads))
+            tasks.append(TaskNode(i, k, node, name, deps, (), annotations, size,
+                                  stored=reads))
             i += 1
         return DAG(tasks, [ids[k] for k in wanted], self.stored)
 

@@ -53,7 +53,7 @@ class TaskNode:
     dependents: tuple[int, ...] = ()
     annotations: dict[str, Any] = field(default_factory=dict)
     size: int = 0
-    stored: tuple[int, ...] = ()
+    stored: tuple[int, ...] = field(default=(), kw_only=True)  # (subclasses add fields)
 
 
 class DAG:

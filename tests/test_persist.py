@@ -309,3 +309,24 @@ def test_simulator_charges_the_download_of_persisted_inputs():
     b = Simulator(large, cost).run(plan)
     assert b.bytes_downloaded - a.bytes_downloaded == 3 * (10**9 - 10**3)
     assert b.makespan > a.makespan + 3 * 10**9 / 200e6  # at most 200 MB/s assumed
+
+
+def test_recorded_runs_count_persisted_inputs_as_downloads(real_redis):
+    from dask_serverless.metrics import MetricsStore
+    from dask_serverless.metrics.plans import recorded_dag
+
+    y = da.ones((2000, 2000), chunks=1000).persist(scheduler=serverless_get)
+    sizes = {n.key: n.ref.nbytes for n in _stored_nodes(y)}
+    (y + 1).sum().compute(scheduler=serverless_get)
+    run_id = get_mod.last_run.record.run_id
+    store = MetricsStore.from_url(real_redis)
+    tasks = store.tasks(run_id)
+    n = len(get_mod.last_run.dag)
+    stored_inputs = [i for t in tasks for i in t.inputs if i.dep >= n]
+    assert len(stored_inputs) == 4  # each chunk downloaded once, by the task reading it
+    assert all(i.source == "redis" for i in stored_inputs)
+    assert sorted(i.nbytes for i in stored_inputs) == sorted(sizes.values())
+    readers = [t for t in tasks if any(i.dep >= n for i in t.inputs)]
+    assert all(t.download_bytes >= 8 * 10**6 for t in readers)  # what the predictor fits
+    dag = recorded_dag(tasks, store.plan(run_id))  # the structure: tasks only
+    assert len(dag) == n and all(d < n for t in dag.tasks for d in t.deps)
