@@ -71,6 +71,11 @@ def execute(inv: Invocation, invoker: Invoker,
             return report
     try:
         report = _execute(inv, invoker, on_task_start, cold, store, report, beat)
+    except Exception as exc:  # a fault of this driver: the run fails with it, never waits
+        logger.exception("worker %s: invocation %s failed", inv.worker_id, inv.id)
+        store.fail(error_record(exc, f"<worker {inv.worker_id}>", inv.worker_id,
+                                inv.memory_mb))
+        report.failed = True
     finally:
         if beat is not None:
             beat.stop(ended=True)
