@@ -66,10 +66,11 @@ def _read(path: str) -> float:
 
 # -- 1. death to error / retry -----------------------------------------------------------------
 def detection(backend: str, heartbeat: float) -> dict[str, Any]:
-    from dask_serverless import serverless_get
+    from dask_serverless import serverless_get, session
     from dask_serverless.errors import WorkerCrashedError
 
     out: dict[str, Any] = {"backend": backend, "heartbeat_s": heartbeat}
+    session.reset_backend("local")  # the local pool takes serverless.retries when made
     settings = {"serverless.heartbeat-interval": heartbeat, "serverless.deadline": 600}
     with tempfile.TemporaryDirectory() as d, dask.config.set({**settings,
                                                               "serverless.retries": 0}):
@@ -80,9 +81,11 @@ def detection(backend: str, heartbeat: float) -> dict[str, Any]:
             out["error_s"] = time.time() - _read(os.path.join(d, "died"))
     with tempfile.TemporaryDirectory() as d, dask.config.set({**settings,
                                                               "serverless.retries": 1}):
+        session.reset_backend("local")
         (got,) = dask.compute(delayed(die_once)(d), scheduler=serverless_get)
         assert got == 1
         out["retry_s"] = _read(os.path.join(d, "restarted")) - _read(os.path.join(d, "died"))
+    session.reset_backend("local")
     return out
 
 
