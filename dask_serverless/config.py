@@ -44,6 +44,18 @@ DEFAULTS: dict[str, Any] = {
         "redis-grace": 10.0,  # seconds the client rides out a Redis connection loss
         "max-output-bytes": 500 * 2**20,  # a task output larger than this is an error
         "stream-chunk-bytes": 2**20,  # pass "stream": chunk size; larger outputs stream
+        "spec-cache-bytes": 64 * 2**20,  # a worker container keeps run spec slices (and
+        # shared pieces) of recent runs up to this many fetched bytes; a run's are dropped
+        # once the run ended
+        # a value embedded in a graph (or a persisted result) larger than this is stored in
+        # Redis as its own object and the run spec holds a reference (storage.stored)
+        "embed-max-bytes": 64 * 1024,
+        "persist": {
+            # seconds a persisted value lives in Redis after it was made or last read by a
+            # compute: the backstop for a client that died (a live client releases it when
+            # the persisted collection is garbage-collected)
+            "ttl": 6 * 3600,
+        },
         "echo-task-output": True,  # print what tasks print (stdout/stderr) on this terminal
         "secret": None,  # HMAC key for payloads; None: a random per-process secret
         "local": {
@@ -103,8 +115,8 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # Dask's own keys whose default changes once dask-serverless is imported (a value the
-# user set wins). Shuffles are task-based, as Dask chooses when distributed is in use: a
-# "disk" shuffle writes partd files that only the worker that made them can read.
+# user set wins). Shuffles are task-based, as Dask chooses when distributed is in use (a
+# "disk" shuffle works too: its partd store moves to Redis, worker/shuffle_store.py).
 DASK_DEFAULTS: dict[str, Any] = {"dataframe": {"shuffle": {"method": "tasks"}}}
 
 dask.config.update_defaults(DEFAULTS)
@@ -171,7 +183,9 @@ def _validate(name: str, value: Any) -> None:
     positive = {"memory", "payload-inline-bytes", "deadline", "poll-interval",
                 "speculation.min-seconds",
                 "local.keep-alive", "local.invocation-timeout", "redis-grace",
-                "max-output-bytes", "lambda.max-event-bytes", "lambda.timeout"}
+                "max-output-bytes", "lambda.max-event-bytes", "lambda.timeout",
+                "spec-cache-bytes",
+                "embed-max-bytes", "persist.ttl"}
     if name == "stream-chunk-bytes" and (not isinstance(value, int) or isinstance(value, bool)
                                          or value < 1):
         raise ConfigError(f"serverless.stream-chunk-bytes = {value!r} must be a positive "

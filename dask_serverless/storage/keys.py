@@ -19,6 +19,16 @@ class RunKeys:
     def output(self, task_id: int) -> str:
         return f"{self.prefix}o:{task_id}"
 
+    def output_part(self, task_id: int, token: str, index: int) -> str:
+        """One part of a large output written by one attempt (``store``: its key
+        ``o:<task>`` then holds the parts' manifest)."""
+        return f"{self.prefix}op:{task_id}:{token}:{index}"
+
+    @property
+    def parts(self) -> str:
+        """Set of every output part and shuffle partition of the run (for cleanup)."""
+        return f"{self.prefix}parts"
+
     def fanin(self, task_id: int) -> str:
         return f"{self.prefix}f:{task_id}"
 
@@ -37,6 +47,11 @@ class RunKeys:
     def streams(self) -> str:
         """Set of every chunk list of the run (for cleanup)."""
         return f"{self.prefix}streams"
+
+    def shuffle_part(self, store: str, part: str) -> str:
+        """One partition of a disk-style shuffle's store: a hash of sealed pieces, one
+        field per appending task and append (listed in ``parts``)."""
+        return f"{self.prefix}sh:{store}:{part}"
 
     def payload(self, token: str) -> str:
         """An invocation payload too large for its transport (e.g. Lambda's event limit)."""

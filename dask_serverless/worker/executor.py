@@ -13,7 +13,6 @@ import logging
 import queue
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from typing import Any, Protocol
@@ -24,10 +23,11 @@ from ..errors import OutputTooLargeError, RunDataLostError
 from ..metrics.recorder import InvocationRecorder
 from ..protocol import core
 from ..protocol.constants import CANCEL_CHECK_S, HOLD_POLL_S, PROGRESS_S
-from ..protocol.view import RunView
-from ..protocol.wire import Invocation, InvocationReport, RunSpec, error_record
+from ..protocol.slices import SlicedView
+from ..protocol.wire import Invocation, InvocationReport, error_record
 from ..storage import leases, streams
 from ..storage.serialize import Encoded
+from ..storage.slices import SpecUse, load_view
 from ..storage.store import RunStore, connect
 from .heartbeat import Heartbeat
 from .progress import ProgressTicker
@@ -35,28 +35,18 @@ from .task_output import TaskOutput
 
 logger = logging.getLogger(__name__)
 
-# per-container cache: run id -> (spec, its bytes when small enough to forward inline)
-_SPECS: OrderedDict[str, tuple[RunSpec, bytes | None]] = OrderedDict()
-_SPEC_CACHE_SIZE = 4
-
 
 class Invoker(Protocol):
     def invoke_many(self, invocations: list[Invocation]) -> None: ...
 
 
-def load_spec(inv: Invocation, store: RunStore) -> tuple[RunSpec, bytes | None, float]:
-    """The run's spec from the container cache, the invocation, or Redis."""
-    cached = _SPECS.get(inv.run_id)
-    if cached is not None:
-        return cached[0], cached[1], 0.0
-    t0 = time.perf_counter()
-    blob = inv.spec if inv.spec is not None else store.get_spec()
-    spec = RunSpec.loads(blob, inv.run_id)
-    forward = blob if len(blob) <= spec.inline_bytes else None
-    _SPECS[inv.run_id] = (spec, forward)
-    while len(_SPECS) > _SPEC_CACHE_SIZE:
-        _SPECS.popitem(last=False)
-    return spec, forward, time.perf_counter() - t0
+def load_spec(inv: Invocation, store: RunStore) -> tuple[SlicedView, SpecUse]:
+    """The run as this invocation sees it: the slices of its start tasks, from this
+    container's spec cache or Redis (``storage.slices.load_view``), and what had been
+    fetched before (``use.of(view)`` at the end: this invocation's spec bytes and
+    seconds, lazy loads included)."""
+    return load_view(inv.run_id, inv.worker_id, inv.invoker, inv.start, store,
+                     inv.memory_mb)
 
 
 def execute(inv: Invocation, invoker: Invoker,
@@ -91,20 +81,20 @@ def _execute(inv: Invocation, invoker: Invoker,
              on_task_start: Callable[[int], None] | None, cold: bool, store: RunStore,
              report: InvocationReport, beat: Heartbeat | None) -> InvocationReport:
     try:
-        spec, spec_blob, report.spec_fetch_s = load_spec(inv, store)
-        spec.check_schema(inv.worker_id)
+        spec, spec_use = load_spec(inv, store)  # a slice of other code: SchemaMismatchError
     except Exception as exc:
         store.fail(error_record(exc, "<run spec>", inv.worker_id, inv.memory_mb))
         report.failed = True
         return report
     store.ttl = spec.ttl
+    store.stored = spec.dag.stored_refs()  # hook: stored inputs are read by reference
     recorder = InvocationRecorder(inv, cold, report.start_time) if spec.metrics_url else None
     if not inv.warmup:
         logs = (recorder.capture_logs(spec.task_log_level).install()
                 if recorder is not None and spec.task_log_level is not None else None)
         output = TaskOutput(store, inv.worker_id, logs).install()  # prints, warnings
-        execution = _Execution(inv, spec, spec_blob, store, invoker, on_task_start, report,
-                               recorder, output, beat)
+        execution = _Execution(inv, spec, store, invoker, on_task_start, report, recorder,
+                               output, beat)
         try:
             execution.run()
         except (_Stopped, streams.StreamCancelled):
@@ -121,9 +111,11 @@ def _execute(inv: Invocation, invoker: Invoker,
     else:
         error = None
     report.end_time = time.time()
+    spec_bytes, report.spec_fetch_s = spec_use.of(spec)
     if recorder is not None:
         recorder.flush(connect(spec.metrics_url), recorder.record(
-            report.start_time, report.end_time, report.spec_fetch_s, report.failed))
+            report.start_time, report.end_time, report.spec_fetch_s, report.failed,
+            spec_bytes))
     if error is not None:
         store.fail(error)
     return report
@@ -165,21 +157,19 @@ class _Execution:
     """One invocation while it runs: the core's state plus what it leaves to a driver
     (values, sealed bytes, deadlines, metrics); see ``execute``."""
 
-    def __init__(self, inv: Invocation, spec: RunSpec, spec_blob: bytes | None,
-                 store: RunStore, invoker: Invoker,
+    def __init__(self, inv: Invocation, spec: SlicedView, store: RunStore, invoker: Invoker,
                  on_task_start: Callable[[int], None] | None, report: InvocationReport,
                  recorder: InvocationRecorder | None = None, output: TaskOutput | None = None,
                  beat: Heartbeat | None = None):
         self.inv, self.spec, self.store, self.invoker = inv, spec, store, invoker
         self.beat = beat  # the lease: running tasks and durations go out with its beats
         self.output = output  # a task's prints and warnings, told with its key
-        self.spec_blob = spec_blob
         self.on_task_start = on_task_start
         self.report = report
         self.rec = recorder
-        self.tasks = spec.dag.tasks
-        self.opt = spec.plan.optimizations
-        my = spec.plan.workers[inv.worker_id]
+        self.tasks = spec.tasks
+        self.opt = spec.optimizations
+        my = spec.workers[inv.worker_id]
         self.config = my.config
         self.pool: _TaskThreads | None = None
         width = 1
@@ -192,7 +182,7 @@ class _Execution:
             if width <= 1:
                 self.pool.close()
                 self.pool = None
-        self.state = core.InvocationState(RunView.of(spec.dag, spec.plan, spec.layout), my,
+        self.state = core.InvocationState(spec, my,
                                           width, inline_bytes=spec.inline_bytes)
         self.values: dict[int, Any] = {}
         self.blobs: dict[int, Encoded] = {}  # sealed outputs the core still needs
@@ -315,7 +305,7 @@ class _Execution:
         if self.on_task_start is not None:
             self.on_task_start(tid)
         self.started_at[tid] = time.time()
-        args = {self.tasks[d].key: self.values[d] for d in self.tasks[tid].deps}
+        args = self.spec.dag.arguments(tid, self.values)
         if self.pool is not None:
             self.pool.todo.put((tid, args))
             return None
@@ -400,7 +390,7 @@ class _Execution:
         task = self.tasks[tid]
         self.fetched.pop(tid, None)
         try:
-            value = task.node({self.tasks[d].key: self.values[d] for d in task.deps})
+            value = task.node(self.spec.dag.arguments(tid, self.values))
             self.values[tid] = value
             stored = self._seal(tid, value)
         except Exception:
@@ -479,9 +469,9 @@ class _Execution:
         if not self.invokes:
             return
         collected, self.invokes = self.invokes, []
-        plan = self.spec.plan
-        invs = [Invocation(self.inv.run_id, i.worker, plan.workers[i.worker].config.memory_mb,
-                           self.inv.redis_url, list(i.start), self.spec_blob,
+        workers = self.spec.workers
+        invs = [Invocation(self.inv.run_id, i.worker, workers[i.worker].config.memory_mb,
+                           self.inv.redis_url, list(i.start), None,
                            {d: self.blobs[d].tobytes() for d in i.inline}, self.inv.worker_id,
                            time.time(), id=self.inv.child_id(i.start),
                            heartbeat_s=self.inv.heartbeat_s)
