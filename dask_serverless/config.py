@@ -31,7 +31,8 @@ DEFAULTS: dict[str, Any] = {
         "retries": 2,  # re-invocations of a worker that died or timed out
         "retry-backoff": 0.2,  # seconds before the first retry; doubles each attempt
         # seconds between lease renewals of a running invocation; a lease lasts
-        # protocol.constants.LEASE_BEATS of them: a dead worker is noticed within ~3x this
+        # protocol.constants.LEASE_BEATS of them: a dead worker is noticed within ~3x this;
+        # None: no leases (no re-sends, no backups; the local pool still sees its deaths)
         "heartbeat-interval": 5.0,
         "start-timeout": None,  # seconds an invocation may stay queued; None: the deadline
         "speculation": {  # backups of stragglers (the first stored output wins)
@@ -180,7 +181,7 @@ def _validate(name: str, value: Any) -> None:
             f"serverless.{name} = {value!r} is not allowed; choose one of {_CHOICES[name]}"
         )
     positive = {"memory", "payload-inline-bytes", "deadline", "poll-interval",
-                "heartbeat-interval", "speculation.min-seconds",
+                "speculation.min-seconds",
                 "local.keep-alive", "local.invocation-timeout", "redis-grace",
                 "max-output-bytes", "lambda.max-event-bytes", "lambda.timeout",
                 "spec-cache-bytes",
@@ -197,6 +198,11 @@ def _validate(name: str, value: Any) -> None:
         raise ConfigError(f"serverless.{name} = {value!r} must be a positive number")
     if name == "output-ttl":
         _validate_ttl(value)
+    if name == "heartbeat-interval" and value is not None and (
+            not isinstance(value, int | float) or isinstance(value, bool) or value <= 0):
+        raise ConfigError(f"serverless.heartbeat-interval = {value!r} must be a positive "
+                          "number of seconds or None (no leases: a worker that dies "
+                          "unseen by its backend is noticed only at the deadline)")
     if name == "start-timeout" and value is not None and (
             not isinstance(value, int | float) or isinstance(value, bool) or value <= 0):
         raise ConfigError(f"serverless.start-timeout = {value!r} must be a positive number "

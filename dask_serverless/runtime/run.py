@@ -350,6 +350,8 @@ class Run:
                         len(self.plan.workers), self.submit_time, self.makespan,
                         "ok" if ok else "failed", functions=workflow_functions(self.dag),
                         error=self.failure)
+        if self.monitor is not None:
+            run.retries, run.backups = self.monitor.retries, self.monitor.backups
         wait = self.metrics_wait if ok else min(self.metrics_wait, 0.2)
         try:
             plan = plan_record(self.dag, self.plan, capacity=self.backend.capacity())
