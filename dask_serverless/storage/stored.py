@@ -172,9 +172,11 @@ def read(r: Any, refs: Sequence[StoredRef], what: Sequence[str] | None = None
     into one writable buffer); ``PersistedDataLostError`` for a value that is gone."""
     whole = [i for i, ref in enumerate(refs) if not ref.chunks]
     out: list[Any] = [None] * len(refs)
-    if whole:
-        blobs = r.mget([refs[i].key for i in whole])
-        for i, blob in zip(whole, blobs, strict=True):
+    if whole:  # a pipeline, not MGET: values of other runs are in other cluster slots
+        pipe = r.pipeline(transaction=False)
+        for i in whole:
+            pipe.get(refs[i].key)
+        for i, blob in zip(whole, pipe.execute(), strict=True):
             out[i] = blob
     for i, ref in enumerate(refs):
         if ref.chunks:
@@ -241,7 +243,10 @@ def release(url: str, keys: Iterable[str]) -> None:
     if not names:
         return
     try:
-        connect(url).unlink(*names)
+        pipe = connect(url).pipeline(transaction=False)
+        for name in names:  # one by one: keys of several values are in several slots
+            pipe.unlink(name)
+        pipe.execute()
     except Exception as exc:  # Redis gone (e.g. the embedded one stopped at exit)
         logger.debug("could not release stored values %s: %s", names[:3], exc)
 
