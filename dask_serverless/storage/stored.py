@@ -46,7 +46,7 @@ from .serialize import Purpose
 logger = logging.getLogger(__name__)
 
 MAX_STRING_BYTES = 512 * 2**20  # Redis's limit on one string value (proto-max-bulk-len)
-CHUNK_BYTES = 256 * 2**20  # a value over MAX_STRING_BYTES is stored in chunks this large
+CHUNK_BYTES = 64 * 2**20  # a value over MAX_STRING_BYTES is stored in chunks this large
 
 
 @dataclass(frozen=True, slots=True, weakref_slot=True)
