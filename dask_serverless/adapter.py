@@ -16,7 +16,7 @@ from dask._task_spec import (
 )
 from dask.core import flatten
 from dask.order import order
-from dask.utils import funcname
+from dask.utils import apply, funcname
 
 from .dag import DAG, NO_ANNOTATIONS, TaskNode, key_prefix
 from .errors import DiskShuffleError
@@ -84,8 +84,9 @@ class _Tasks:
 
     def __init__(self, per_task: dict, sizes: RootSizes):
         self.per_task, self.sizes = per_task, sizes
-        self.by_func: dict[int, tuple[Any, str | None, dict, Any]] = {}  # id(func) ->
+        self.by_func: dict[int, tuple[Any, str | None, dict, Any, bool]] = {}  # id(func)
         self.names: dict[str, str] = {}
+        self.shuffle_stores = 0  # disk shuffles' stores moved to Redis
 
     def dag(self, graph: Mapping[Hashable, GraphNode], ordered: list[Hashable],
             wanted: list[Hashable]) -> DAG:
@@ -108,6 +109,9 @@ class _Tasks:
                 known = by_func.get(id(node.func))
                 if known is None or known[0] is not node.func:
                     known = self._function(k, node.func)
+                if known[4]:
+                    node = _shuffle_store_task(k, node)
+                    self.shuffle_stores += 1
                 name = known[1] or self._intern(_name(node))
                 annotations, declared = known[2], known[3]
             else:
@@ -122,19 +126,23 @@ class _Tasks:
             else:
                 size = sizes.size(k, node, declared, name)
             tasks.append(TaskNode(i, k, node, name, deps, (), annotations, size))
-        return DAG(tasks, [ids[k] for k in wanted])
+        dag = DAG(tasks, [ids[k] for k in wanted])
+        dag.shuffle_stores = self.shuffle_stores
+        return dag
 
-    def _function(self, key: Hashable, func: Any) -> tuple[Any, str | None, dict, Any]:
+    def _function(self, key: Hashable, func: Any) -> tuple[Any, str | None, dict, Any, bool]:
         """What tasks of ``func`` share: (func, its name or None when each task is named
         by its key (see ``_name``), its ``@hints`` but ``size`` (one dict), the ``size``
-        hint or None). ``key``: the first task found running it."""
-        _refuse_disk_shuffle(key, func)
+        hint or None, whether it makes a disk shuffle's partd store). ``key``: the first
+        task found running it."""
+        makes_store = _makes_partd_store(func)
         name: str | None = _func_name(func)
         if not name or name in _GENERIC or func is _execute_subgraph:
             name = None
         hints = hints_of(func)
         declared = hints.pop("size", None)
-        known = self.by_func[id(func)] = (func, name, hints or NO_ANNOTATIONS, declared)
+        known = self.by_func[id(func)] = (func, name, hints or NO_ANNOTATIONS, declared,
+                                          makes_store)
         return known
 
     def _intern(self, name: str) -> str:
@@ -199,20 +207,63 @@ def _cull(graph: dict[Hashable, GraphNode], wanted: list) -> dict[Hashable, Grap
     return needed
 
 
-def _refuse_disk_shuffle(key: Hashable, func: Any) -> None:
-    """A task that makes a partd store (Dask's "disk" shuffle of bags and dataframes)
-    would keep the shuffle's data on one worker's disk: refuse the graph, naming the fix."""
+def _makes_partd_store(func: Any) -> bool:
+    """Whether tasks of ``func`` make a partd store (Dask's "disk" shuffle of bags and
+    dataframes)."""
     while isinstance(func, partial):
         func = func.func
     made_by = getattr(func, "__module__", None) or type(func).__module__
-    if made_by.split(".")[0] == "partd" or type(func).__name__ == "maybe_buffered_partd":
+    return made_by.split(".")[0] == "partd" or type(func).__name__ == "maybe_buffered_partd"
+
+
+def _shuffle_store_task(key: Hashable, node: Task) -> Task:
+    """The task that makes a disk shuffle's partd store, made to keep it in the run's
+    Redis (``worker/shuffle_store.py``): partd's files would stay on the disk of the
+    worker that made them, which the others do not share. A form of the task not known
+    here is refused (``DiskShuffleError``), naming the fix."""
+    layers = _partd_layers(node)
+    if layers is None:
         raise DiskShuffleError(
             f"task {key!r} starts a disk-based shuffle (partd files on the disk of the "
-            "worker that runs it), which serverless workers do not share. Use a task-based "
-            "shuffle: shuffle='tasks' (bags) or shuffle_method='tasks' (dataframes) in the "
-            "call, or dask.config.set({'dataframe.shuffle.method': 'tasks'}) before the "
-            "collection is built ('tasks' is the default once dask_serverless is imported, "
-            "unless that option was set)")
+            "worker that runs it) in a form dask-serverless cannot move to Redis. Use a "
+            "task-based shuffle: shuffle='tasks' (bags) or shuffle_method='tasks' "
+            "(dataframes) in the call, or dask.config.set({'dataframe.shuffle.method': "
+            "'tasks'}) before the collection is built ('tasks' is the default once "
+            "dask_serverless is imported, unless that option was set)")
+    from .worker.shuffle_store import open_store
+
+    name = "".join(c for c in str(key[0] if isinstance(key, tuple) else key)
+                   if c.isalnum() or c in "-_")[-48:]
+    return Task(key, partial(open_store, tuple(layers), name))
+
+
+def _partd_layers(node: Task) -> list[Any] | None:
+    """partd's encoding layers (outermost first) over the ``partd.File`` the task makes,
+    or None for another form: a ``maybe_buffered_partd`` (dataframes: its encoding and
+    compression; its buffer is one process's memory, dropped), or nested partd calls
+    ending in ``partd.File()`` (bags)."""
+    import partd
+
+    func = node.func
+    if type(func).__name__ == "maybe_buffered_partd":
+        if node.args or node.kwargs:
+            return None
+        compression = getattr(func, "compression", None)
+        layers = [func.encode_cls]
+        if compression:
+            layers.append(getattr(partd.compressed, compression))
+        return layers
+    layers = []
+    current: Any = node
+    while isinstance(current, Task):
+        f, args = current.func, current.args
+        if f is partd.File or (f is apply and args and args[0] is partd.File):
+            return layers or None  # File(), or apply(File, (), {"dir": ...})
+        if len(args) != 1 or current.kwargs or not _makes_partd_store(f):
+            return None
+        layers.append(f)
+        current = args[0]
+    return None
 
 
 _GENERIC = {"apply", "execute_task", "Compose", "compose"}

@@ -49,6 +49,7 @@ class DAG:
         self.output_set = frozenset(self.outputs)
         self._key_to_id: dict[Key, int] | None = None
         self._signature: str | None = None
+        self.shuffle_stores = 0  # disk shuffles whose store is in Redis (adapter.py)
         dependents: list[list[int] | None] = [None] * len(self.tasks)
         for t in self.tasks:
             if t.dependents:  # a task of another DAG: its dependents are set below

@@ -14,6 +14,7 @@ import pytest
 from dask import delayed
 
 from dask_serverless import serverless_get
+from dask_serverless.runtime import get as get_mod
 
 pytestmark = pytest.mark.usefixtures("any_redis")
 
@@ -42,6 +43,8 @@ def check(*collections, **kw):
     expected = dask.compute(*collections, scheduler="sync", **kw)
     got = dask.compute(*collections, scheduler=serverless_get, **kw)
     same(got, expected)
+    run = get_mod.last_run  # the run's spec went to its workers as one slice per group
+    assert run.slices is not None and len(run.slices.names) == run.layout.n_groups
     return got
 
 

@@ -359,25 +359,31 @@ def test_tls_redis_with_password(tmp_path):
         proc.kill()
 
 
-def test_client_and_worker_from_different_code_is_a_clear_error(any_redis):
-    """A spec laid out by other code (version skew) fails with a named error, no crash."""
+def test_client_and_worker_from_different_code_is_a_clear_error(any_redis, monkeypatch):
+    """A spec laid out by other code (version skew) fails with a named error, no crash:
+    its slices carry another schema, checked before anything is unpickled."""
     from dask_serverless.adapter import to_dag
     from dask_serverless.layout import build_layout
     from dask_serverless.planners import get_planner
-    from dask_serverless.protocol.wire import SPEC_NAME, RunSpec
+    from dask_serverless.protocol import slices
+    from dask_serverless.storage.slices import SliceWriter, write_spec
     from dask_serverless.storage.store import RunStore, connect
     from dask_serverless.worker.executor import execute
 
     x = delayed(sleepy)(1, 0)
     dag = to_dag(x.__dask_graph__(), x.key)
     plan = get_planner("wukong").plan(dag, parallelism=1, memory_mb=1024)
-    spec = RunSpec(dag, plan, build_layout(dag, plan), 60, 10_000, False)
-    spec.schema = "0ld5chema"  # as if an older client had laid it out
     run_id = f"skew{free_port()}"
-    skewed = serialize.dumps(spec, Purpose.SPEC, run_id, SPEC_NAME, by_value=True)
-    report = execute(Invocation(run_id, "w0", 1024, any_redis, [0], skewed), invoker=None)
-    assert report.failed
     store = RunStore(connect(any_redis), run_id)
+    writer = SliceWriter(store)
+    monkeypatch.setattr(slices, "SCHEMA", "0ld5chema")  # as if an older client wrote it
+    write_spec(writer, dag, plan, build_layout(dag, plan), slices.RunHeader(60, 10_000, False))
+    monkeypatch.undo()
+    report = execute(Invocation(run_id, plan.assignment[0], 1024, any_redis, [0]),
+                     invoker=None)
+    assert report.failed
     record = store.get_error()
+    writer.cleanup()
     store.cleanup([], [])
     assert "0ld5chema" in record["traceback"] and "different code" in record["traceback"]
+    assert "SchemaMismatchError" in record["traceback"]

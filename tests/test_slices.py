@@ -4,7 +4,9 @@ shared pieces are stored once, and readers wait for slices the client has not st
 
 from __future__ import annotations
 
+import json
 import operator
+import struct
 import threading
 import time
 
@@ -394,3 +396,141 @@ def test_the_cost_model_charges_an_invocation_for_its_slice():
     learned = Predictor(spec_loads=[(n, 0.002 + n / 5e6) for n in (1e3, 1e4, 1e5, 1e6)])
     assert Estimates(dag, learned).spec_load(root) == pytest.approx(0.002 + root / 5e6,
                                                                     rel=0.05)
+
+
+# -- the container's spec cache ----------------------------------------------------------------
+def store_run(url, run_id, deadline_at=None, tasks=1001):
+    """A run's spec stored as a client stores it: (dag, plan, store, writer)."""
+    dag, plan = tree_dag(tasks, 100)
+    store = RunStore(redis.Redis.from_url(url), run_id, 60)
+    writer = stored.SliceWriter(store)
+    header = slices.RunHeader(60, 1024, False, deadline_at=deadline_at or time.time() + 60)
+    stored.write_spec(writer, dag, plan, build_layout(dag, plan), header)
+    return dag, plan, store, writer
+
+
+def load_root(run):
+    dag, plan, store, _ = run
+    return stored.load_view(store.keys.run_id, plan.assignment[dag.roots()[0]], "client", [],
+                            store, 1024)
+
+
+def end_run(run):
+    """The client's cleanup (``Run._cleanup``): slices, pieces and header deleted."""
+    _, _, store, writer = run
+    writer.cleanup()
+    store.cleanup([], [])
+
+
+@pytest.fixture
+def empty_spec_cache():
+    for run_id in stored.SPECS.runs():
+        stored.forget(run_id)
+    yield stored.SPECS
+    for run_id in stored.SPECS.runs():
+        stored.forget(run_id)
+
+
+def test_a_container_drops_a_runs_spec_once_the_run_ended(real_redis, empty_spec_cache):
+    tag = time.monotonic_ns()
+    a = store_run(real_redis, f"endA{tag}")
+    c_deadline = time.time() + 1.0
+    c = store_run(real_redis, f"endC{tag}", c_deadline)  # its deadline passes soon
+    b = store_run(real_redis, f"endB{tag}")
+    for run in (a, c, b):
+        load_root(run)
+    ids = [run[2].keys.run_id for run in (a, c, b)]
+    assert empty_spec_cache.runs() == ids  # all running: all kept
+    end_run(a)
+    load_root(b)  # a run the container has: nothing is checked
+    assert empty_spec_cache.runs() == ids
+    time.sleep(max(0.0, c_deadline - time.time() + 0.05))
+    d = store_run(real_redis, f"endD{tag}")
+    load_root(d)  # a new run: the ended ones (a cleaned up, c past its deadline) go
+    assert empty_spec_cache.runs() == [ids[2], d[2].keys.run_id]
+    for run in (b, c, d):
+        end_run(run)
+
+
+def test_the_spec_cache_is_bounded_by_bytes(real_redis, empty_spec_cache):
+    tag = time.monotonic_ns()
+    runs = [store_run(real_redis, f"bound{i}-{tag}") for i in range(3)]
+    ids = [run[2].keys.run_id for run in runs]
+    view, use = load_root(runs[0])
+    one = use.of(view)[0]
+    assert one == view.nbytes > 0
+    with dask.config.set({"serverless.spec-cache-bytes": int(2.5 * one)}):
+        for run in runs[1:]:
+            load_root(run)
+        assert empty_spec_cache.runs() == ids[1:]  # the least recently used went
+        assert empty_spec_cache.nbytes <= 2.5 * one
+        view, use = load_root(runs[0])  # fetched again
+        assert use.of(view)[0] == one and empty_spec_cache.runs() == [ids[2], ids[0]]
+    with dask.config.set({"serverless.spec-cache-bytes": one // 2}):  # not even one run
+        view, use = load_root(runs[1])
+        assert use.of(view)[0] == one and view.tasks  # the invocation has it all the same
+        assert empty_spec_cache.runs() == [] and slices.PIECES.max_bytes == one // 2
+    for run in runs:
+        end_run(run)
+
+
+# -- sliced specs in real runs -------------------------------------------------------------------
+def test_an_invocations_spec_bytes_do_not_grow_with_the_dag(real_redis):
+    """The same group (a root worker's 256 leaves) on a tree of 2k and one of 20k tasks:
+    its invocation fetches the same spec bytes (metrics records), while the run's spec
+    grows with the DAG."""
+    from dask_serverless import serverless_get
+    from dask_serverless.metrics import MetricsStore
+    from dask_serverless.runtime import get as get_mod
+
+    fetched = {}
+    for tasks in (2_047, 20_479):
+        dsk, root = tree_graph(tasks)
+        leaves = (tasks + 1) // 2
+        with dask.config.set({"serverless.planner": "wukong",
+                              "serverless.parallelism": leaves // 256}):
+            assert serverless_get(dsk, root) == leaves * (leaves + 1) // 2
+        run = get_mod.last_run
+        records = MetricsStore.from_url(run.metrics_url).invocations(run.run_id)
+        roots = [r.spec_bytes for r in records if r.invoker == "client"]
+        assert len(roots) == leaves // 256 and all(b > 0 for b in roots)
+        fetched[tasks] = (sorted(roots)[len(roots) // 2], max(r.spec_bytes for r in records),
+                          run.spec_bytes)
+    (small, small_max, small_run), (big, big_max, big_run) = fetched.values()
+    assert big_run > 8 * small_run  # the run's spec grows with the DAG...
+    assert abs(big - small) <= 0.2 * small  # ... what one group's invocation fetches, not
+    assert big_max < 2 * small_max < small_run
+
+
+def test_a_run_whose_slice_was_written_by_other_code_fails_with_the_schema_error(
+        real_redis, monkeypatch):
+    """Version skew mid-run: a slice one worker fetches was written by other code (here
+    replaced in Redis while the run waits on its first task); the run fails with
+    SchemaMismatchError naming both schemas, quickly, not a pickle error or a hang."""
+    from dask_serverless import serverless_get
+    from dask_serverless.runtime import run as run_mod
+
+    submit = run_mod.Run._submit
+
+    def submit_then_replace(self):
+        submit(self)
+        entry = slices.entry_slice(self.dag.outputs[0])
+        blob = self.store.r.get(self.store.keys.slice(entry))
+        head, body = slices.read_head(blob, self.run_id, entry, "test")
+        forged = json.dumps({**head, "schema": "0ld5chema"}).encode()
+        frame = b"".join([slices.MAGIC, struct.pack("<I", len(forged)), forged, body])
+        self.store.r.set(self.store.keys.slice(entry), serialize.seal(
+            frame, serialize.Purpose.SPEC, self.run_id, slices.seal_name(entry)))
+
+    monkeypatch.setattr(run_mod.Run, "_submit", submit_then_replace)
+    x = add(*[delayed(sleep_then)(0.5, i) for i in range(4)])
+    t0 = time.monotonic()
+    with dask.config.set({"serverless.planner": "wukong", "serverless.parallelism": 4}), \
+            pytest.raises(SchemaMismatchError, match=r"0ld5chema.*different code"):
+        dask.compute(x, scheduler=serverless_get)
+    assert time.monotonic() - t0 < 60
+
+
+def sleep_then(seconds, value):
+    time.sleep(seconds)
+    return value

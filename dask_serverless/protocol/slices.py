@@ -43,6 +43,7 @@ from typing import Any
 import cloudpickle
 from dask._task_spec import Task
 
+from .. import config
 from ..dag import DAG, TaskNode
 from ..layout import Layout
 from ..plan import Optimizations, Plan, ResourceConfig, WorkerSpec
@@ -54,7 +55,6 @@ from .wire import SPEC_NAME, SchemaMismatchError
 MAGIC = b"DSS1"
 _HEAD_LEN = struct.Struct("<I")
 PIECE_MIN_BYTES = 256  # a function pickled to more bytes is by value: a shared piece
-PIECE_CACHE_BYTES = 64 * 2**20  # pieces a container keeps (pickled bytes, newest kept)
 HEADER, SLICE = "header", "slice"  # kinds of frames; also the header's name
 
 
@@ -221,10 +221,10 @@ def _task(key: Any, func: Any, args: tuple, kwargs: dict | None, data_producer: 
 
 class PieceCache:
     """Container side: unpickled pieces by digest, the most recently used kept up to
-    ``PIECE_CACHE_BYTES`` of their pickled size (they outlive runs: same bytes, same
-    object)."""
+    ``max_bytes`` of their pickled size (they outlive runs: same bytes, same object;
+    ``storage.slices.load_view`` sets the bound from ``serverless.spec-cache-bytes``)."""
 
-    def __init__(self, max_bytes: int = PIECE_CACHE_BYTES):
+    def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
         self._items: OrderedDict[str, tuple[Any, int]] = OrderedDict()
         self.nbytes = 0
@@ -253,7 +253,7 @@ class PieceCache:
         return found[0]
 
 
-PIECES = PieceCache()  # this container's
+PIECES = PieceCache(config.DEFAULTS["serverless"]["spec-cache-bytes"])  # this container's
 
 
 def _piece(digest: str) -> Any:
@@ -442,76 +442,44 @@ class MissingSliceError(KeyError):
     that does."""
 
 
-class _Column:
-    """A per-task fact of the loaded tasks: ``column[task]`` loads the task's slice
-    first when it is a known entry of another group."""
+class _Facts(dict):
+    """A per-task fact (``view.deps[t]``, ``view.upload[t]``...): a plain dict of the
+    tasks known so far (read at C speed in the core's loops); a task not in it is looked
+    up through ``view.task`` (``whole``: loading an entry's slice first), and a loaded
+    slice fills it (``SlicedView.add``)."""
 
-    __slots__ = ("attr", "view")
+    __slots__ = ("attr", "view", "whole")
 
-    def __init__(self, view: SlicedView, attr: str):
-        self.view, self.attr = view, attr
+    def __init__(self, view: SlicedView, attr: str, whole: bool):
+        super().__init__()
+        self.view, self.attr, self.whole = view, attr, whole
 
-    def __getitem__(self, tid: int) -> Any:
-        return getattr(self.view.task(tid, whole=True), self.attr)
+    def __missing__(self, tid: int) -> Any:
+        task = self.view.task(tid, whole=self.whole)
+        return self.get(tid, getattr(task, self.attr))
 
 
 class _Tasks:
     """``tasks[t]``: a ``SliceTask`` (see ``SlicedView.task``); iterating and ``in``
     cover the tasks of the loaded groups."""
 
-    __slots__ = ("view",)
+    __slots__ = ("own", "view")
 
     def __init__(self, view: SlicedView):
-        self.view = view
+        self.view, self.own = view, view.own
 
     def __getitem__(self, tid: int) -> SliceTask:
-        return self.view.task(tid)
+        found = self.own.get(tid)
+        return found if found is not None else self.view.task(tid)
 
     def __contains__(self, tid: int) -> bool:
-        return tid in self.view.own
+        return tid in self.own
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.view.own)
+        return iter(self.own)
 
     def __len__(self) -> int:
-        return len(self.view.own)
-
-
-class _Deps:
-    """``deps[task]`` of loaded tasks, of entries they fire and of inputs' producers
-    where known."""
-
-    __slots__ = ("view",)
-
-    def __init__(self, view: SlicedView):
-        self.view = view
-
-    def __getitem__(self, tid: int) -> tuple[int, ...]:
-        view = self.view
-        found = view.own.get(tid)
-        if found is not None:
-            return found.deps
-        entry = view.entries.get(tid)
-        if entry is not None:
-            return entry[0]
-        return view.task(tid).deps
-
-
-class _Assignment:
-    """``assignment[task]``: the worker of a loaded task, of an entry they fire or of a
-    task-dup candidate."""
-
-    __slots__ = ("view",)
-
-    def __init__(self, view: SlicedView):
-        self.view = view
-
-    def __getitem__(self, tid: int) -> str:
-        view = self.view
-        entry = view.entries.get(tid)
-        if entry is not None:
-            return entry[1]
-        return view.task(tid).worker
+        return len(self.own)
 
 
 class SlicedView:
@@ -522,10 +490,13 @@ class SlicedView:
     ``assignment[t]``, ``workers``, ``optimizations``, ``worker_of(t)``, ``tasks[t]``); a
     fact of an entry task of another group loads that group's slice through ``load``
     (``name -> GroupSlice``) on first use. ``nbytes`` / ``load_s`` total what was loaded.
+    The run header's options are attributes too (``ttl``, ``deadline_at``...).
     """
 
     def __init__(self, header: RunHeader, load: Callable[[list[str]], list[GroupSlice]]):
         self.header = header
+        for f in dataclasses.fields(header):  # plain attributes: read per task
+            setattr(self, f.name, getattr(header, f.name))
         self._load = load
         self.own: dict[int, SliceTask] = {}  # tasks of the loaded groups
         self.candidates: dict[int, SliceTask] = {}  # task-dup's, of other groups
@@ -537,17 +508,14 @@ class SlicedView:
         self.loaded: set[str] = set()
         self.nbytes = 0  # bytes of the slices loaded (set by the loader)
         self.load_s = 0.0
-        self.deps = _Deps(self)
-        self.local_dependents = _Column(self, "local_dependents")
-        self.entry_dependents = _Column(self, "entry_dependents")
-        self.upload = _Column(self, "upload")
-        self.assignment = _Assignment(self)
+        # of loaded tasks; deps and assignment also of the entries they fire and of
+        # task-dup candidates; more through ``task`` when asked
+        self.deps = _Facts(self, "deps", whole=False)
+        self.assignment = _Facts(self, "worker", whole=False)
+        self.local_dependents = _Facts(self, "local_dependents", whole=True)
+        self.entry_dependents = _Facts(self, "entry_dependents", whole=True)
+        self.upload = _Facts(self, "upload", whole=True)
         self.tasks = _Tasks(self)
-
-    def __getattr__(self, name: str) -> Any:  # run-wide options: ttl, deadline_at...
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self.header, name)
 
     def ensure(self, names: Iterable[str]) -> None:
         """Load the slices ``names`` not loaded yet (one round trip)."""
@@ -561,13 +529,23 @@ class SlicedView:
         if s.name in self.loaded:
             return
         self.loaded.add(s.name)
-        own = self.own
-        for t in s.tasks():
-            own[t.id] = t
+        own, deps, assignment = self.own, self.deps, self.assignment
+        local, entry, upload = self.local_dependents, self.entry_dependents, self.upload
         for c in s.candidates:
             self.candidates[c.id] = c
-        for e, facts in s.entries.items():
-            self.entries[e] = facts
+            deps.setdefault(c.id, c.deps)
+            assignment.setdefault(c.id, c.worker)
+        for e, (e_deps, worker) in s.entries.items():
+            self.entries[e] = (e_deps, worker)
+            deps[e] = e_deps
+            assignment[e] = worker
+        for t in s.tasks():
+            own[t.id] = t
+            deps[t.id] = t.deps
+            assignment[t.id] = t.worker
+            local[t.id] = t.local_dependents
+            entry[t.id] = t.entry_dependents
+            upload[t.id] = t.upload
         self.inputs.update(s.inputs)
         self.workers.update(s.workers)
         self.final.update(s.final)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,8 +38,9 @@ def serverless_get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
     arguments override the ``serverless.*`` config for this call (``planner``, ``plan``,
     ``backend``, ``redis_url``, ``memory``, ``parallelism``, ``deadline``,
     ``optimizations``; ``serverless_dashboard``: ``serverless.dashboard.enabled``).
-    Other keywords raise ``TypeError``, except those Dask's local schedulers take
-    (``num_workers``, ``pool``, ...), which mean nothing here and are ignored.
+    A keyword close to one of these (``memroy``) raises ``TypeError``; those Dask's local
+    schedulers take (``num_workers``, ``pool``, ...) mean nothing here and are ignored;
+    any other is ignored with a warning.
     """
     global last_run
     _check_keywords(kwargs)
@@ -61,7 +63,9 @@ def serverless_get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
                 passes = list(config.get("optimizations", optimizations))
                 capacity = session.backend(backend).capacity()
                 predictor = (history.predictor_for(dag, redis_url, capacity)
-                             if history.wants_history(chosen, passes) else None)
+                             if history.wants_history(chosen, passes, dag) else None)
+                if predictor is None:  # a first run: what its data sizes tell
+                    predictor = history.prior_for(dag, capacity)
                 plan = make_plan(dag, chosen, backend, memory, parallelism, passes, predictor)
             the_plan = plan
             state = _callback_state(dag)
@@ -74,7 +78,8 @@ def serverless_get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
             metrics_url = session.metrics_url(redis_url)
             live = _live_dashboard(serverless_dashboard, metrics_url)
             run = Run(dag, the_plan, session.backend(backend), session.redis_url(redis_url),
-                      ttl=config.get("output-ttl"),
+                      ttl=config.ttl_for(config.get("output-ttl"),
+                                         config.get("deadline", deadline)),
                       inline_bytes=config.get("payload-inline-bytes"),
                       deadline=config.get("deadline", deadline),
                       poll_interval=config.get("poll-interval"),
@@ -107,17 +112,22 @@ ACCEPTED_KEYWORDS = ("planner", "plan", "backend", "redis_url", "memory", "paral
 
 
 def _check_keywords(kwargs: dict[str, Any]) -> None:
-    """Refuse keywords serverless_get does not know (a typo must not pass silently)."""
+    """A misspelt option (close to one serverless_get accepts) is a ``TypeError``, naming
+    it: a typo must not pass silently. Other keywords, meant for another scheduler (Dask
+    forwards ``compute``'s keywords to whichever runs), are ignored with a warning."""
     unknown = sorted(set(kwargs) - LOCAL_SCHEDULER_KEYWORDS)
-    if not unknown:
-        return
-    hints = []
-    for name in unknown:
-        close = difflib.get_close_matches(name, ACCEPTED_KEYWORDS, n=1)
-        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    raise TypeError(f"serverless_get got unexpected keyword argument{'s' * (len(hints) > 1)} "
-                    f"{', '.join(hints)}; it accepts {', '.join(ACCEPTED_KEYWORDS)} (other "
-                    "settings: dask.config.set({'serverless.<name>': value}))")
+    close = {name: difflib.get_close_matches(name, ACCEPTED_KEYWORDS, n=1) for name in unknown}
+    misspelt = [f"{name!r} (did you mean {match[0]!r}?)" for name, match in close.items()
+                if match]
+    if misspelt:
+        raise TypeError(f"serverless_get got unexpected keyword argument"
+                        f"{'s' * (len(misspelt) > 1)} {', '.join(misspelt)}; it accepts "
+                        f"{', '.join(ACCEPTED_KEYWORDS)} (other settings: "
+                        "dask.config.set({'serverless.<name>': value}))")
+    if unknown:
+        warnings.warn(f"serverless_get ignores keyword argument{'s' * (len(unknown) > 1)} "
+                      f"{', '.join(map(repr, unknown))}: it accepts "
+                      f"{', '.join(ACCEPTED_KEYWORDS)}", UserWarning, stacklevel=3)
 
 
 def make_plan(dag: DAG, planner: Any = None, backend: Any = None,

@@ -28,10 +28,14 @@ from ..metrics.records import RunRecord
 from ..metrics.runs import record_run, workflow_functions
 from ..metrics.store import MetricsStore
 from ..plan import Plan, ResourceConfig, Warmup
-from ..protocol.wire import Invocation, RunSpec
-from ..storage import run_events, streams
+from ..protocol.slices import RunHeader, root_slice
+from ..protocol.wire import Invocation
+from ..simulator import Recovery
+from ..storage import leases, run_events, streams
+from ..storage.slices import SliceWriter, write_spec
 from ..storage.store import RunStore, connect, redact
 from .live import LiveFeed
+from .monitor import Monitor
 from .task_output import TaskOutputFeed
 
 logger = logging.getLogger(__name__)
@@ -76,7 +80,10 @@ class Run:
         self.makespan = 0.0
         self.first_invoke_at = 0.0  # epoch seconds the first root invocations went out
         self.spec_bytes = 0  # bytes of the run spec the client stored
+        self.slices: SliceWriter | None = None  # what was stored of it (for cleanup)
         self._warmups: list[Warmup] = []
+        self.recovery: Recovery | None = None
+        self.monitor: Monitor | None = None  # set when the run is submitted
         self._started = 0.0
 
     def execute(self) -> list[Any]:
@@ -91,6 +98,8 @@ class Run:
                                    self.submit_time)
             self._submit()
             self._wait(pubsub)
+            if self.monitor is not None:
+                self.monitor.finish()  # cancel executions that lost to another attempt
             values = self._collect()
             self.makespan = time.time() - self.submit_time
             ok = True
@@ -141,30 +150,58 @@ class Run:
 
     # -- steps ------------------------------------------------------------------------
     def _submit(self) -> None:
-        spec = RunSpec(self.dag, self.plan, self.layout, self.ttl, self.inline_bytes,
-                       self.on_progress is not None or self.live is not None,
-                       self.max_output_bytes, self.metrics_url,
-                       self.task_log_level if self.metrics_url is not None else None,
-                       self.submit_time + self.deadline)
-        blob = spec.dumps(self.run_id)
-        inline = len(blob) <= self.inline_bytes
-        self.store.put_spec(blob)  # also inline when small; any worker can fetch it
-        now = time.time()
-        invocations = [
-            Invocation(self.run_id, wid, self.plan.workers[wid].config.memory_mb,
-                       self.redis_url, roots, blob if inline else None, {}, "client", now)
-            for wid, roots in self.layout.root_groups.items()
-        ]
-        logger.debug("run %s: %d tasks, %d root invocations, spec %d bytes (%s)",
-                     self.run_id, len(self.dag), len(invocations), len(blob),
-                     "inline" if inline else "redis")
-        self.roots = [inv.id for inv in invocations]
-        self.spec_bytes, self.first_invoke_at = len(blob), time.time()
-        self.backend.invoke_many(invocations)
+        """Store the run header, then the slices (``storage.slices.store_slices``) in
+        pipelined batches, root groups first: each root invocation goes out as soon as
+        the batch holding its slice is stored."""
+        header = RunHeader(self.ttl, self.inline_bytes,
+                           self.on_progress is not None or self.live is not None,
+                           self.max_output_bytes, self.metrics_url,
+                           self.task_log_level if self.metrics_url is not None else None,
+                           self.submit_time + self.deadline, self.plan.optimizations.preload)
+        root_of = {root_slice(wid): (wid, roots) for wid, roots in
+                   self.layout.root_groups.items()}
+
+        def invoke(stored: list[str]) -> None:
+            now = time.time()
+            invocations = [Invocation(self.run_id, wid, self.plan.workers[wid].config.memory_mb,
+                                      self.redis_url, roots, None, {}, "client", now)
+                           for wid, roots in (root_of[n] for n in stored if n in root_of)]
+            if not invocations:
+                return
+            if not self.roots:
+                self.first_invoke_at = now
+            self.roots += [inv.id for inv in invocations]
+            self._track(invocations)
+            self.backend.invoke_many(invocations)
+
+        self._start_monitor()
+        self.slices = writer = SliceWriter(self.store)
+        write_spec(writer, self.dag, self.plan, self.layout, header, invoke)
+        self.spec_bytes = writer.nbytes
+        logger.debug("run %s: %d tasks, %d root invocations, spec %d bytes in %d slices",
+                     self.run_id, len(self.dag), len(self.roots), writer.nbytes,
+                     len(writer.names))
         if self.metrics_url is not None:
             self.dag.signature()  # cached: hashed while the workers run, not after
         self._warmups = sorted(self.plan.optimizations.prewarm, key=lambda w: w.at_s)
         self._started = time.monotonic()
+
+    # -- watching the run's invocations (leases, retries, backups) ------------------------
+    def _start_monitor(self) -> None:
+        """The monitor watches every invocation of the run from its registration on."""
+        self.recovery = Recovery.from_config(direct=self.backend.name == "local")
+        self.monitor = Monitor(self.store, self.dag, self.redis_url, self.recovery,
+                               self.backend.invoke_many,
+                               getattr(self.backend, "cancel_invocation", None),
+                               config.get("start-timeout"))
+
+    def _track(self, invocations: list[Invocation]) -> None:
+        """Give root invocations their lease interval and register them (queued until
+        they start)."""
+        assert self.recovery is not None
+        for inv in invocations:
+            inv.heartbeat_s = self.recovery.heartbeat_s or 0.0
+        leases.register(self.store, invocations)
 
     def _warm_up_due(self) -> float:
         """Send the plan's pre-warm requests that are due; seconds until the next one."""
@@ -192,6 +229,8 @@ class Run:
                     self._raise_if_failed()
                     if self.store.outputs_done() >= n_out:
                         return
+                    if self.monitor is not None:
+                        self.monitor.check(now)
                     next_check = now + self.poll_interval
                 wait = min(self.poll_interval, deadline - now, self._warm_up_due())
                 msg = pubsub.get_message(timeout=max(wait, 0.0))
@@ -286,6 +325,8 @@ class Run:
     def _cleanup(self) -> None:
         layout = self.layout
         try:
+            if self.slices is not None:
+                self.slices.cleanup()
             self.store.cleanup([t for t in range(len(self.dag)) if layout.upload[t]],
                                [t for t in range(len(self.dag)) if layout.is_entry[t]],
                                self.plan.optimizations.stream)

@@ -23,7 +23,8 @@ contains the run id, or for data not stored in Redis the name it travels under):
 - ``encode(value, purpose, run_id, key) -> Encoded``: pickle (cloudpickle when plain pickle
   refuses) with large buffers out of band, and seal. ``Encoded.nbytes`` is the stored
   size, ``Encoded.tobytes()`` one contiguous copy, ``Encoded.chunks(n)`` views of at most
-  ``n`` bytes each (no copy but for pieces that straddle a boundary).
+  ``n`` bytes each (no copy but for pieces that straddle a boundary), ``Encoded.pieces(n)``
+  the same chunks as lists of views (no copy at all).
 - ``decode(blob, purpose, run_id, key, what) -> value``: check the seal, then unpickle;
   large buffers are used in place (numpy arrays view ``blob`` when it is writable, e.g. a
   ``bytearray`` a reader filled) and copied when it is not.
@@ -84,6 +85,7 @@ class Purpose(enum.StrEnum):
     ERROR = "error"
     EVENT = "event"
     STREAM_HEAD = "stream-head"
+    SHUFFLE = "shuffle"  # a piece of a disk-style shuffle's partition (shuffle_store)
 
 
 class TamperedPayloadError(ValueError):
@@ -167,9 +169,9 @@ class Encoded:
     def tobytes(self) -> bytes:
         return b"".join(self.parts)
 
-    def chunks(self, size: int) -> Iterator[Buffer]:
-        """The frame in pieces of ``size`` bytes (the last may be shorter); a piece is a
-        view of one part when it lies within it, a joined copy when it straddles two."""
+    def pieces(self, size: int) -> Iterator[list[memoryview]]:
+        """The frame in chunks of ``size`` bytes (the last may be shorter), each as the
+        views of the parts it spans: nothing is copied."""
         pending: list[memoryview] = []
         filled = 0
         for part in self.parts:
@@ -180,10 +182,16 @@ class Encoded:
                 filled += take
                 view = view[take:]
                 if filled == size:
-                    yield pending[0] if len(pending) == 1 else b"".join(pending)
+                    yield pending
                     pending, filled = [], 0
         if pending:
-            yield pending[0] if len(pending) == 1 else b"".join(pending)
+            yield pending
+
+    def chunks(self, size: int) -> Iterator[Buffer]:
+        """The frame in pieces of ``size`` bytes (the last may be shorter); a piece is a
+        view of one part when it lies within it, a joined copy when it straddles two."""
+        for views in self.pieces(size):
+            yield views[0] if len(views) == 1 else b"".join(views)
 
 
 def _frame(kind: bytes, payload: list[Buffer], purpose: str, run_id: str,
@@ -276,6 +284,14 @@ def loads(blob: Buffer, purpose: Purpose, run_id: str, key: str,
 def seal(data: Buffer, purpose: Purpose, run_id: str, key: str) -> bytes:
     """``data`` (raw bytes) in a sealed frame."""
     return _frame(_RAW, [data], purpose, run_id, key).tobytes()
+
+
+def is_raw(blob: Buffer) -> bool:
+    """Whether ``blob`` looks like a sealed raw frame (``seal``), not a value (``encode``):
+    nothing is checked but the magic and the kind byte."""
+    view = memoryview(blob)
+    return view.nbytes > _PREFIX and view[:len(MAGIC)] == MAGIC and \
+        view[_PREFIX] == _RAW[0]
 
 
 def unseal(blob: Buffer, purpose: Purpose, run_id: str, key: str,

@@ -16,9 +16,16 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import redis
+
+from .. import config
+from ..dag import DAG
 from ..errors import DeadlineExceededError, RunDataLostError
+from ..layout import Layout
+from ..plan import Plan
 from ..protocol.slices import (
     HEADER,
+    PIECES,
     SLICE,
     GroupSlice,
     RunHeader,
@@ -109,9 +116,12 @@ def store_slices(slicer: Slicer, writer: SliceWriter,
     """Encode and store every slice of ``slicer``'s run in pipelined batches, root groups
     first; ``on_stored(names)`` after each batch (the client invokes the root groups
     stored), then mark them all stored."""
-    for g in slicer.order():
+    n_roots = len(slicer.layout.root_groups)
+    for i, g in enumerate(slicer.order()):
         name, blob = slicer.encode(g)
         stored = writer.add(name, blob, slicer.pieces_to_store())
+        if i == n_roots - 1:  # the root groups' invocations go out before the rest
+            stored += writer.flush()
         if stored:
             on_stored(stored)
     stored = writer.flush()
@@ -120,7 +130,14 @@ def store_slices(slicer: Slicer, writer: SliceWriter,
     writer.finish()
 
 
-_VIEWS: OrderedDict[str, SlicedView] = OrderedDict()  # this container's runs, newest last
+def write_spec(writer: SliceWriter, dag: DAG, plan: Plan, layout: Layout,
+               header: RunHeader,
+               on_stored: Callable[[list[str]], None] = lambda names: None) -> None:
+    """Store a run's spec with ``writer``: its header, then its slices
+    (``store_slices``); the writer knows what it stored (``cleanup``), even when this
+    raises half-way."""
+    writer.header(header)
+    store_slices(Slicer(dag, plan, layout, writer.store.keys.run_id), writer, on_stored)
 
 
 class SliceReader:
@@ -206,18 +223,95 @@ class SpecUse:
         return view.nbytes - self.nbytes, view.load_s - self.load_s
 
 
+class SpecCache:
+    """This container's run specs: the views of its recent runs, newest last, each with
+    the store it reads from. Bounded by the bytes fetched for them (``trim``); a run's
+    view is dropped once the run ended (``drop_ended``: its header is gone from Redis,
+    which the client's cleanup deletes, or its deadline passed), checked whenever a run
+    new to this container arrives, so finished runs do not pile up between runs."""
+
+    def __init__(self) -> None:
+        self._runs: OrderedDict[str, tuple[SlicedView, RunStore]] = OrderedDict()
+
+    def __contains__(self, run_id: str) -> bool:
+        return run_id in self._runs
+
+    def runs(self) -> list[str]:
+        return list(self._runs)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(view.nbytes for view, _ in self._runs.values())
+
+    def get(self, run_id: str) -> SlicedView | None:
+        found = self._runs.get(run_id)
+        if found is None:
+            return None
+        self._runs.move_to_end(run_id)
+        return found[0]
+
+    def put(self, run_id: str, view: SlicedView, store: RunStore) -> None:
+        self._runs[run_id] = (view, store)
+        self._runs.move_to_end(run_id)
+
+    def forget(self, run_id: str) -> None:
+        self._runs.pop(run_id, None)
+
+    def trim(self, max_bytes: int, keep: str) -> None:
+        """Drop the least recently used runs until the rest fit ``max_bytes``; ``keep``
+        (the run being loaded) last, once its invocation has it."""
+        total = self.nbytes
+        for run_id in list(self._runs):
+            if total <= max_bytes:
+                return
+            if run_id != keep:
+                total -= self._runs.pop(run_id)[0].nbytes
+        if total > max_bytes:  # the current run alone is too large to keep after this call
+            self._runs.pop(keep, None)
+
+    def drop_ended(self, now: float, keep: str = "") -> list[str]:
+        """Drop the runs that ended (see class docstring); their ids. One round trip per
+        Redis the cached runs use; a Redis that does not answer keeps its runs."""
+        ended = [r for r, (view, _) in self._runs.items()
+                 if r != keep and view.header.deadline_at and now >= view.header.deadline_at]
+        by_client: dict[int, list[tuple[str, RunStore]]] = {}
+        for run_id, (_, store) in self._runs.items():
+            if run_id != keep and run_id not in ended:
+                by_client.setdefault(id(store.r), []).append((run_id, store))
+        for runs in by_client.values():
+            pipe = runs[0][1].r.pipeline(transaction=False)
+            for _, store in runs:
+                pipe.exists(store.keys.dag)
+            try:
+                present = pipe.execute()
+            except (redis.RedisError, OSError):
+                logger.debug("spec cache: could not check %d runs", len(runs), exc_info=True)
+                continue
+            ended += [run_id for (run_id, _), n in zip(runs, present, strict=True) if not n]
+        for run_id in ended:
+            self._runs.pop(run_id, None)
+        return ended
+
+
+SPECS = SpecCache()  # this container's
+
+
 def load_view(run_id: str, worker_id: str, invoker: str, start: Iterable[int],
               store: RunStore, memory_mb: int) -> tuple[SlicedView, SpecUse]:
     """The run as this invocation sees it, its start slices loaded (``view.nbytes`` /
     ``view.load_s``: everything fetched and the time spent, since the view was made),
-    and where its counters stood before. A container keeps the views of its recent runs
-    up to 1/``VIEW_CACHE_SHARE`` of its memory (in fetched bytes), so a later invocation
-    of the same run loads only the slices it lacks."""
+    and where its counters stood before. The container keeps its runs' views
+    (``SPECS``) up to ``serverless.spec-cache-bytes`` (at most 1/``VIEW_CACHE_SHARE`` of
+    its memory) of fetched bytes, so a later invocation of the same run loads only the
+    slices it lacks; a run new to the container first drops the runs that ended."""
     t0 = time.perf_counter()
     names = start_slices(invoker, worker_id, start)
-    view = _VIEWS.get(run_id)
+    limit = min(int(config.get("spec-cache-bytes")), memory_mb * 2**20 // VIEW_CACHE_SHARE)
+    PIECES.max_bytes = limit
+    view = SPECS.get(run_id)
     before = SpecUse() if view is None else SpecUse(view.nbytes, view.load_s)
     if view is None:
+        SPECS.drop_ended(time.time())
         reader = SliceReader(store, what=f"worker {worker_id}")
         header, slices = reader.header_and_slices(names)
         view = SlicedView(header, lambda more: _load_more(reader, view, more))
@@ -225,11 +319,10 @@ def load_view(run_id: str, worker_id: str, invoker: str, start: Iterable[int],
             view.add(s)
         view.nbytes = reader.nbytes
         view.load_s = time.perf_counter() - t0
-        _VIEWS[run_id] = view
+        SPECS.put(run_id, view, store)
     else:
         view.ensure(names)
-    _VIEWS.move_to_end(run_id)
-    _trim(memory_mb * 2**20 // VIEW_CACHE_SHARE, keep=run_id)
+    SPECS.trim(limit, keep=run_id)
     return view, before
 
 
@@ -244,17 +337,6 @@ def _load_more(reader: SliceReader, view: SlicedView | None,
     return slices
 
 
-def _trim(max_bytes: int, keep: str) -> None:
-    total = sum(v.nbytes for v in _VIEWS.values())
-    for run_id in list(_VIEWS):
-        if total <= max_bytes:
-            break
-        if run_id != keep:
-            total -= _VIEWS.pop(run_id).nbytes
-    if total > max_bytes:  # the current run alone is too large to keep after this call
-        _VIEWS.pop(keep, None)
-
-
 def forget(run_id: str) -> None:
-    """Drop a run's view from this container (the run ended)."""
-    _VIEWS.pop(run_id, None)
+    """Drop a run's view from this container."""
+    SPECS.forget(run_id)

@@ -3,12 +3,26 @@
 Fan-in protocol: a producer adds itself to the consumer's set and reads its size in one
 MULTI/EXEC (a retried producer never counts twice); whoever sees the set complete then
 claims the consumer with ``SET NX`` so exactly one invocation runs it.
+
+Large outputs (``LARGE_BYTES`` and more) are stored in parts: the writing attempt first
+``SET``s its parts ``op:<task>:<token>:<i>`` (``PART_BYTES`` each, over a socket of its
+own: ``bulk.write``, no copy of the value), then, in the same MULTI as a small output
+would be, ``SET NX``es ``o:<task>`` to a *manifest*: the parts' token and sizes in a
+sealed raw frame (``serialize.seal``, purpose ``output``, bound to ``o:<task>``; a value's
+frame never ``unseal``s, a manifest never ``decode``s). An attempt that loses the
+``SET NX`` deletes its parts. Readers (``get_outputs``, ``resolve``) open the manifest and
+read the parts into one preallocated buffer (``bulk.read``), whose seal is then checked
+as that of any output. So an output may exceed Redis's 512 MB string limit, up to
+``serverless.max-output-bytes``; every part is named in the set ``parts`` for cleanup,
+before it is written.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import mmap
+import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -16,13 +30,17 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 
 from ..errors import RunDataLostError
-from . import run_events, serialize
+from . import bulk, run_events, serialize
 from .keys import RunKeys
 from .serialize import Encoded, Purpose, decode, encode
 
 logger = logging.getLogger(__name__)
 
 _CLIENTS: dict[str, redis.Redis] = {}
+
+LARGE_BYTES = 2**20  # outputs at least this large are stored in parts
+PART_BYTES = 64 * 2**20  # a part of a large output (Redis refuses strings over 512 MiB)
+_MAX_PARTS = 2**16
 
 
 def redact(url: str) -> str:
@@ -73,25 +91,73 @@ class RunStore:
         checks out for this run and task."""
         return decode(blob, Purpose.OUTPUT, self.keys.run_id, self.keys.output(task), what)
 
-    def get_outputs(self, task_ids: Sequence[int]) -> list[bytes | None]:
-        out: list[bytes | None] = []
+    def get_outputs(self, task_ids: Sequence[int]) -> list[bytes | mmap.mmap | None]:
+        """The stored blobs of these outputs (None: not stored); a large one read from
+        its parts into a writable buffer."""
+        out: list[Any] = []
         for i in range(0, len(task_ids), 1000):
             out.extend(self.r.mget([self.keys.output(t) for t in task_ids[i:i + 1000]]))
-        return out
+        return [self.resolve(t, blob) if blob is not None else None
+                for t, blob in zip(task_ids, out, strict=True)]
+
+    def resolve(self, task: int, blob: bytes) -> bytes | bytearray | mmap.mmap:
+        """What ``o:<task>`` holds as the output's blob: ``blob`` itself, or the parts its
+        manifest names, read into one buffer (``RunDataLostError`` when one is gone)."""
+        if not serialize.is_raw(blob):
+            return blob
+        k = self.keys
+        token, sizes = _manifest(serialize.unseal(blob, Purpose.OUTPUT, k.run_id,
+                                                  k.output(task), "output manifest"))
+        buf = bulk.buffer(sum(sizes))
+        names = [k.output_part(task, token, i) for i in range(len(sizes))]
+        if not bulk.read(self.r, names, sizes, memoryview(buf)):
+            raise RunDataLostError(f"run {k.run_id}: a part of output {task} is missing "
+                                   "from Redis (run cancelled, expired or Redis restarted)")
+        return buf
+
+    def _stage(self, task: int, data: Encoded) -> tuple[bytes, list[str]]:
+        """What to ``SET NX`` under ``o:<task>`` for ``data``: its frame, or for a large
+        one the manifest of its parts, which are written now (and returned)."""
+        if data.nbytes < LARGE_BYTES:
+            return data.tobytes(), []
+        k = self.keys
+        token = uuid.uuid4().hex[:12]
+        items = [(k.output_part(task, token, i), views)
+                 for i, views in enumerate(data.pieces(PART_BYTES))]
+        names = [name for name, _ in items]
+        pipe = self.r.pipeline(transaction=False)
+        pipe.sadd(k.parts, *names)
+        pipe.expire(k.parts, self.ttl)
+        pipe.execute()
+        bulk.write(self.r, items, self.ttl)
+        sizes = [sum(v.nbytes for v in views) for _, views in items]
+        manifest = json.dumps({"token": token, "sizes": sizes}, separators=(",", ":"))
+        return serialize.seal(manifest.encode(), Purpose.OUTPUT, k.run_id,
+                              k.output(task)), names
 
     def publish_outputs(self, outputs: Iterable[tuple[int, Encoded]], final: Iterable[int],
                         fanins: Sequence[tuple[int, int]]) -> list[int]:
         """Write outputs (NX), mark final ones done, register ``(producer, consumer)``
         fan-in edges; one round trip. Returns the set sizes seen for each fan-in edge."""
         k = self.keys
+        staged = [(tid, *self._stage(tid, data)) for tid, data in outputs]
         pipe = self.r.pipeline(transaction=True)
-        for tid, data in outputs:
-            pipe.set(k.output(tid), data.tobytes(), nx=True, ex=self.ttl)
+        for tid, blob, _ in staged:
+            pipe.set(k.output(tid), blob, nx=True, ex=self.ttl)
         final = list(final)
         if final:
             pipe.sadd(k.outputs_done, *final)
             pipe.expire(k.outputs_done, self.ttl)
-        return self._fanin_sizes(self._register(pipe, fanins).execute(), fanins)
+        res = self._register(pipe, fanins).execute()
+        self._drop_parts([names for (_, _, names), ok in zip(staged, res, strict=False)
+                          if not ok])
+        return self._fanin_sizes(res, fanins)
+
+    def _drop_parts(self, lost: list[list[str]]) -> None:
+        """Delete the parts of outputs whose ``SET NX`` lost (an earlier attempt won)."""
+        names = [n for group in lost for n in group]
+        if names:
+            self.r.unlink(*names)
 
     def publish(self, task: int, data: Encoded | None, final: bool,
                 fanins: Sequence[int], claims: Sequence[int],
@@ -101,9 +167,10 @@ class RunStore:
         ``claimer``. Returns whether this write stored it (False: an earlier attempt
         did), the set sizes seen, and which claims ``claimer`` holds."""
         k = self.keys
+        blob, names = self._stage(task, data) if data is not None else (b"", [])
         pipe = self.r.pipeline(transaction=True)
         if data is not None:
-            pipe.set(k.output(task), data.tobytes(), nx=True, ex=self.ttl)
+            pipe.set(k.output(task), blob, nx=True, ex=self.ttl)
         if final:
             pipe.sadd(k.outputs_done, task)
             pipe.expire(k.outputs_done, self.ttl)
@@ -114,6 +181,8 @@ class RunStore:
             pipe.get(k.fired(c))
         res = pipe.execute()
         written = data is None or bool(res[0])
+        if not written:
+            self._drop_parts([names])
         claimed = res[len(res) - 2 * len(claims):]
         head = res[:len(res) - 2 * len(claims)]
         mine = claimer.encode()
@@ -259,8 +328,10 @@ class RunStore:
         """Delete the run's keys (all but the cancel flag, which expires by itself);
         ``streamed``: tasks whose outputs may have been streamed (heads and chunk lists)."""
         k = self.keys
-        names = [k.dag, k.error, k.outputs_done, k.task_output]
+        names = [k.dag, k.error, k.outputs_done, k.task_output, k.parts, k.invocations,
+                 k.running, k.ended, k.durations]
         names += [k.output(t) for t in task_ids_with_outputs]
+        names += [x.decode() for x in self.r.smembers(k.parts)]
         for e in entry_ids:
             names += [k.fanin(e), k.fired(e)]
         heads = [k.stream(t) for t in streamed]
@@ -271,3 +342,19 @@ class RunStore:
         for i in range(0, len(names), 2000):
             deleted += int(self.r.unlink(*names[i:i + 2000]))
         return deleted
+
+
+def _manifest(raw: memoryview) -> tuple[str, list[int]]:
+    """The token and part sizes of a large output's manifest (sealed, so ours; checked
+    anyway before anything is allocated from it)."""
+    try:
+        data = json.loads(bytes(raw))
+        token, sizes = data["token"], data["sizes"]
+        if not (isinstance(token, str) and 0 < len(token) <= 64 and token.isalnum()
+                and isinstance(sizes, list) and 0 < len(sizes) <= _MAX_PARTS
+                and all(type(n) is int and 0 < n <= PART_BYTES for n in sizes)):
+            raise ValueError("bad fields")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise serialize.TamperedPayloadError(f"an output manifest is malformed: {exc}") \
+            from None
+    return token, sizes

@@ -210,7 +210,7 @@ def read(store: RunStore, task: int, what: str, deadline_at: float = 0.0,
             wait = min(wait * 2, POLL_MAX_S)
         whole, raw = store.r.mget([k.output(task), k.stream(task)])
         if whole is not None:
-            return whole, waited
+            return store.resolve(task, whole), waited
         if raw is None:
             raise RunDataLostError(f"{what} is missing from Redis: neither stored nor "
                                    "announced (run cancelled, expired or Redis restarted)")

@@ -13,7 +13,6 @@ import logging
 import queue
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from typing import Any, Protocol
@@ -24,38 +23,30 @@ from ..errors import OutputTooLargeError, RunDataLostError
 from ..metrics.recorder import InvocationRecorder
 from ..protocol import core
 from ..protocol.constants import CANCEL_CHECK_S, HOLD_POLL_S, PROGRESS_S
-from ..protocol.view import RunView
-from ..protocol.wire import Invocation, InvocationReport, RunSpec, error_record
-from ..storage import streams
+from ..protocol.slices import SlicedView
+from ..protocol.wire import Invocation, InvocationReport, error_record
+from ..storage import leases, streams
 from ..storage.serialize import Encoded
+from ..storage.slices import SpecUse, load_view
 from ..storage.store import RunStore, connect
+from .heartbeat import Heartbeat
 from .progress import ProgressTicker
 from .task_output import TaskOutput
 
 logger = logging.getLogger(__name__)
-
-# per-container cache: run id -> (spec, its bytes when small enough to forward inline)
-_SPECS: OrderedDict[str, tuple[RunSpec, bytes | None]] = OrderedDict()
-_SPEC_CACHE_SIZE = 4
 
 
 class Invoker(Protocol):
     def invoke_many(self, invocations: list[Invocation]) -> None: ...
 
 
-def load_spec(inv: Invocation, store: RunStore) -> tuple[RunSpec, bytes | None, float]:
-    """The run's spec from the container cache, the invocation, or Redis."""
-    cached = _SPECS.get(inv.run_id)
-    if cached is not None:
-        return cached[0], cached[1], 0.0
-    t0 = time.perf_counter()
-    blob = inv.spec if inv.spec is not None else store.get_spec()
-    spec = RunSpec.loads(blob, inv.run_id)
-    forward = blob if len(blob) <= spec.inline_bytes else None
-    _SPECS[inv.run_id] = (spec, forward)
-    while len(_SPECS) > _SPEC_CACHE_SIZE:
-        _SPECS.popitem(last=False)
-    return spec, forward, time.perf_counter() - t0
+def load_spec(inv: Invocation, store: RunStore) -> tuple[SlicedView, SpecUse]:
+    """The run as this invocation sees it: the slices of its start tasks, from this
+    container's spec cache or Redis (``storage.slices.load_view``), and what had been
+    fetched before (``use.of(view)`` at the end: this invocation's spec bytes and
+    seconds, lazy loads included)."""
+    return load_view(inv.run_id, inv.worker_id, inv.invoker, inv.start, store,
+                     inv.memory_mb)
 
 
 def execute(inv: Invocation, invoker: Invoker,
@@ -69,9 +60,28 @@ def execute(inv: Invocation, invoker: Invoker,
     """
     report = InvocationReport(inv.run_id, inv.worker_id, cold=cold, start_time=time.time())
     store = RunStore(connect(inv.redis_url), inv.run_id)
+    beat = Heartbeat(store, inv) if inv.heartbeat_s > 0 and not inv.warmup else None
+    if beat is not None:
+        got = beat.acquire()  # a duplicate delivery, or a late one, does nothing
+        if got != "ok":
+            logger.info("worker %s: invocation %s attempt %d %s; nothing to do",
+                        inv.worker_id, inv.id, inv.attempt,
+                        "already ended" if got == "ended" else "runs elsewhere")
+            report.extra["skipped"] = got
+            return report
     try:
-        spec, spec_blob, report.spec_fetch_s = load_spec(inv, store)
-        spec.check_schema(inv.worker_id)
+        report = _execute(inv, invoker, on_task_start, cold, store, report, beat)
+    finally:
+        if beat is not None:
+            beat.stop(ended=True)
+    return report
+
+
+def _execute(inv: Invocation, invoker: Invoker,
+             on_task_start: Callable[[int], None] | None, cold: bool, store: RunStore,
+             report: InvocationReport, beat: Heartbeat | None) -> InvocationReport:
+    try:
+        spec, spec_use = load_spec(inv, store)  # a slice of other code: SchemaMismatchError
     except Exception as exc:
         store.fail(error_record(exc, "<run spec>", inv.worker_id, inv.memory_mb))
         report.failed = True
@@ -82,8 +92,8 @@ def execute(inv: Invocation, invoker: Invoker,
         logs = (recorder.capture_logs(spec.task_log_level).install()
                 if recorder is not None and spec.task_log_level is not None else None)
         output = TaskOutput(store, inv.worker_id, logs).install()  # prints, warnings
-        execution = _Execution(inv, spec, spec_blob, store, invoker, on_task_start, report,
-                               recorder, output)
+        execution = _Execution(inv, spec, store, invoker, on_task_start, report, recorder,
+                               output, beat)
         try:
             execution.run()
         except (_Stopped, streams.StreamCancelled):
@@ -100,9 +110,11 @@ def execute(inv: Invocation, invoker: Invoker,
     else:
         error = None
     report.end_time = time.time()
+    spec_bytes, report.spec_fetch_s = spec_use.of(spec)
     if recorder is not None:
         recorder.flush(connect(spec.metrics_url), recorder.record(
-            report.start_time, report.end_time, report.spec_fetch_s, report.failed))
+            report.start_time, report.end_time, report.spec_fetch_s, report.failed,
+            spec_bytes))
     if error is not None:
         store.fail(error)
     return report
@@ -144,19 +156,19 @@ class _Execution:
     """One invocation while it runs: the core's state plus what it leaves to a driver
     (values, sealed bytes, deadlines, metrics); see ``execute``."""
 
-    def __init__(self, inv: Invocation, spec: RunSpec, spec_blob: bytes | None,
-                 store: RunStore, invoker: Invoker,
+    def __init__(self, inv: Invocation, spec: SlicedView, store: RunStore, invoker: Invoker,
                  on_task_start: Callable[[int], None] | None, report: InvocationReport,
-                 recorder: InvocationRecorder | None = None, output: TaskOutput | None = None):
+                 recorder: InvocationRecorder | None = None, output: TaskOutput | None = None,
+                 beat: Heartbeat | None = None):
         self.inv, self.spec, self.store, self.invoker = inv, spec, store, invoker
+        self.beat = beat  # the lease: running tasks and durations go out with its beats
         self.output = output  # a task's prints and warnings, told with its key
-        self.spec_blob = spec_blob
         self.on_task_start = on_task_start
         self.report = report
         self.rec = recorder
-        self.tasks = spec.dag.tasks
-        self.opt = spec.plan.optimizations
-        my = spec.plan.workers[inv.worker_id]
+        self.tasks = spec.tasks
+        self.opt = spec.optimizations
+        my = spec.workers[inv.worker_id]
         self.config = my.config
         self.pool: _TaskThreads | None = None
         width = 1
@@ -169,13 +181,14 @@ class _Execution:
             if width <= 1:
                 self.pool.close()
                 self.pool = None
-        self.state = core.InvocationState(RunView.of(spec.dag, spec.plan, spec.layout), my,
+        self.state = core.InvocationState(spec, my,
                                           width, inline_bytes=spec.inline_bytes)
         self.values: dict[int, Any] = {}
         self.blobs: dict[int, Encoded] = {}  # sealed outputs the core still needs
         self.seal_s: dict[int, float] = {}  # seconds spent pickling and sealing each
         self.fetched: dict[int, list[tuple[int, int]]] = {}  # task -> inputs fetched for it
-        self.started_at: dict[int, float] = {}  # running task -> its start (epoch s)
+        # running task -> its start (epoch s); the heartbeat reports them
+        self.started_at: dict[int, float] = beat.running if beat is not None else {}
         self.hold_until: dict[tuple[int, int], float] = {}  # delayed I/O deadlines
         self.streams: dict[int, tuple[streams.StreamHead, bool]] = {}  # head, we write it
         self.invokes: list[core.Invoke] = []  # collected to send in one batch
@@ -341,6 +354,8 @@ class _Execution:
         if self.rec is not None:
             self.rec.output(tid, stored or memory)
         self.open_row = (task, self.started_at.pop(tid), exec_s, cpu_s)
+        if self.beat is not None:
+            self.beat.finished.append((tid, exec_s))
         return core.TaskDone(tid, memory, stored, tuple(self.fetched.pop(tid, ())))
 
     def _seal(self, tid: int, value: Any) -> int:
@@ -453,12 +468,14 @@ class _Execution:
         if not self.invokes:
             return
         collected, self.invokes = self.invokes, []
-        plan = self.spec.plan
-        invs = [Invocation(self.inv.run_id, i.worker, plan.workers[i.worker].config.memory_mb,
-                           self.inv.redis_url, list(i.start), self.spec_blob,
+        workers = self.spec.workers
+        invs = [Invocation(self.inv.run_id, i.worker, workers[i.worker].config.memory_mb,
+                           self.inv.redis_url, list(i.start), None,
                            {d: self.blobs[d].tobytes() for d in i.inline}, self.inv.worker_id,
-                           time.time())
+                           time.time(), id=self.inv.child_id(i.start),
+                           heartbeat_s=self.inv.heartbeat_s)
                 for i in collected]
+        leases.register(self.store, invs)  # before sending: queued until they start
         self.report.invoked += len(invs)
         if self.rec is not None:
             self.rec.invoked_ids([i.id for i in invs])
@@ -505,9 +522,13 @@ class _Execution:
 
     # -- cancellation, progress, failure -----------------------------------------------
     def _check_cancelled(self, now: float) -> bool:
+        """The run was cancelled, or this execution should stop: its lease was lost (the
+        client sent another attempt) or another execution did the invocation's work (a
+        straggler whose backup won)."""
         if now >= self.next_cancel_check:
             self.next_cancel_check = now + CANCEL_CHECK_S
-            if self.store.cancelled():
+            if self.store.cancelled() or (self.beat is not None and (
+                    self.beat.stopped or leases.ended(self.store, self.inv.id))):
                 self.report.cancelled = True
         return self.report.cancelled
 
