@@ -5,6 +5,7 @@ drives a browser running as this user)."""
 from __future__ import annotations
 
 import os
+from urllib.parse import urlsplit
 
 import dask
 import pytest
@@ -18,7 +19,8 @@ from dask_serverless.dashboard import launcher
 from dask_serverless.dashboard.screenshot import PAGE_DONE, Chromium, find_chromium
 from dask_serverless.metrics.store import MetricsStore
 from dask_serverless.runtime import get as get_mod
-from dask_serverless.storage.embedded import free_port
+from dask_serverless.storage import serialize
+from dask_serverless.storage.embedded import EmbeddedRedis, free_port
 
 
 def _descendants(pid: int) -> set[int]:
@@ -120,3 +122,42 @@ def test_a_weak_dashboard_token_is_refused_without_quoting_it():
             config.get("dashboard.token", weak)
         assert str(weak) not in str(info.value)
     assert config.get("dashboard.token", "a" * 16) == "a" * 16
+
+
+def _command_lines() -> str:
+    lines = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    lines.append(f.read().replace(b"\0", b" ").decode(errors="replace"))
+            except OSError:
+                continue
+    return "\n".join(lines)
+
+
+@pytest.mark.timeout(300)
+def test_no_secret_on_any_command_line_while_a_run_and_its_dashboard_are_up(monkeypatch):
+    """``ps`` shows every user every command line: while an embedded Redis (password), a
+    warm local pool (the generated secret) and a dashboard (metrics URL, token) run, none
+    of their secrets is on one."""
+    monkeypatch.delenv("DASK_SERVERLESS__SECRET", raising=False)
+    server = EmbeddedRedis()
+    url = server.start()
+    try:
+        with dask.config.set({"serverless.redis-url": url, "serverless.metrics.redis-url": url,
+                              "serverless.dashboard.open-browser": False}):
+            assert dask.compute(delayed(_add)(1, 2), scheduler=serverless_get,
+                                serverless_dashboard=True) == (3,)
+            dashboard = launcher._known[url]
+            assert launcher.wait_healthy(dashboard, 90)
+            secrets_in_use = {"redis password": urlsplit(url).password,
+                              "serverless.secret": serialize.secret(),
+                              "dashboard token": launcher.token_of(dashboard)}
+            assert all(secrets_in_use.values())
+            seen = _command_lines()
+            assert {what for what, value in secrets_in_use.items() if value in seen} == set()
+    finally:
+        launcher._stop_children()
+        launcher._known.clear()
+        server.stop()
