@@ -1,9 +1,12 @@
 """The dashboard's surfaces against another local user: it shows nothing without its
-access token; headless Chromium (screenshots) offers no DevTools port (whoever reaches one
-drives a browser running as this user)."""
+access token, nor to a web page rebinding a name to loopback; headless Chromium
+(screenshots) offers no DevTools port (whoever reaches one drives a browser running as
+this user); no secret is on any command line."""
 
 from __future__ import annotations
 
+import base64
+import http.client
 import os
 from urllib.parse import urlsplit
 
@@ -86,6 +89,19 @@ def _add(*xs):
     return sum(xs)
 
 
+def _websocket_status(url: str, host: str) -> int:
+    """The status a websocket upgrade of Streamlit's stream gets with ``Host: host``."""
+    port = urlsplit(url).port
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/_stcore/stream", headers={
+        "Host": f"{host}:{port}", "Origin": f"http://{host}:{port}", "Upgrade": "websocket",
+        "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode()})
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
 @pytest.mark.skipif(find_chromium() is None, reason="needs Chromium")
 @pytest.mark.timeout(300)
 def test_the_dashboard_shows_nothing_without_its_token(redis_server):
@@ -109,6 +125,9 @@ def test_the_dashboard_shows_nothing_without_its_token(redis_server):
             page = browser.capture(launcher.page_url(dashboard, run=run_id), None,
                                    PAGE_DONE, settle=2)
             assert run_id in page["text"] and "access token" not in page["text"]
+        # a web page that rebound its own name to 127.0.0.1 gets no websocket
+        assert _websocket_status(dashboard, "127.0.0.1") == 101
+        assert _websocket_status(dashboard, "evil.example") == 403
         launcher._tokens.clear()  # a later process finds it registered, with its token
         assert launcher.registered(url) == dashboard
         assert launcher.token_of(dashboard) == token

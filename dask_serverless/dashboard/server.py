@@ -54,7 +54,9 @@ def serve(redis_url: str | None = None, port: int = 8501, host: str = "127.0.0.1
     flags = {"server_port": port, "server_address": host, "server_headless": True,
              "browser_gatherUsageStats": False, "server_fileWatcherType": "none",
              "global_developmentMode": False, "theme_base": "light",
-             "client_toolbarMode": "viewer"}
+             "client_toolbarMode": "viewer", "server_enableAgentApi": False}
+    if host in ("127.0.0.1", "localhost", "::1"):  # a web page cannot rebind a name to it
+        flags["server_allowedHosts"] = ["127.0.0.1", "localhost", "::1"]
     try:
         bootstrap.load_config_options(flag_options=flags)
         bootstrap.run(str(APP), False, [], flags)
