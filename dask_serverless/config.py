@@ -46,6 +46,15 @@ DEFAULTS: dict[str, Any] = {
         "spec-cache-bytes": 64 * 2**20,  # a worker container keeps run spec slices (and
         # shared pieces) of recent runs up to this many fetched bytes; a run's are dropped
         # once the run ended
+        # a value embedded in a graph (or a persisted result) larger than this is stored in
+        # Redis as its own object and the run spec holds a reference (storage.stored)
+        "embed-max-bytes": 64 * 1024,
+        "persist": {
+            # seconds a persisted value lives in Redis after it was made or last read by a
+            # compute: the backstop for a client that died (a live client releases it when
+            # the persisted collection is garbage-collected)
+            "ttl": 6 * 3600,
+        },
         "echo-task-output": True,  # print what tasks print (stdout/stderr) on this terminal
         "secret": None,  # HMAC key for payloads; None: a random per-process secret
         "local": {
@@ -176,7 +185,8 @@ def _validate(name: str, value: Any) -> None:
                 "heartbeat-interval", "speculation.min-seconds",
                 "local.keep-alive", "local.invocation-timeout", "redis-grace",
                 "max-output-bytes", "lambda.max-event-bytes", "lambda.timeout",
-                "spec-cache-bytes"}
+                "spec-cache-bytes",
+                "embed-max-bytes", "persist.ttl"}
     if name == "stream-chunk-bytes" and (not isinstance(value, int) or isinstance(value, bool)
                                          or value < 1):
         raise ConfigError(f"serverless.stream-chunk-bytes = {value!r} must be a positive "

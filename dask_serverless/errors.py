@@ -49,3 +49,9 @@ class ForeignListenerError(ServerlessError, ConnectionError):
 class StartTimeoutError(ServerlessError, TimeoutError):
     """An invocation stayed queued (accepted, never started) past
     ``serverless.start-timeout``."""
+
+
+class PersistedDataLostError(RunDataLostError):
+    """A persisted value (or a value a graph embedded) is no longer in Redis: its
+    collection outlived ``serverless.persist.ttl`` unused, it was released, or Redis was
+    flushed or restarted. Persist the collection again."""

@@ -34,6 +34,7 @@ from ..simulator import Recovery
 from ..storage import leases, run_events, streams
 from ..storage.slices import SliceWriter, write_spec
 from ..storage.store import RunStore, connect, redact
+from . import persisted
 from .live import LiveFeed
 from .monitor import Monitor
 from .task_output import TaskOutputFeed
@@ -53,7 +54,7 @@ class Run:
                  on_progress: ProgressCallback | None = None,
                  metrics_url: str | None = None, metrics_wait: float = 2.0,
                  task_log_level: int | None = None, live: bool = False,
-                 echo_output: bool = True):
+                 echo_output: bool = True, keep: tuple[int, int] | None = None):
         plan.validate(dag)
         self.dag, self.plan, self.backend = dag, plan, backend
         self.redis_url = redis_url
@@ -81,6 +82,9 @@ class Run:
         self.first_invoke_at = 0.0  # epoch seconds the first root invocations went out
         self.spec_bytes = 0  # bytes of the run spec the client stored
         self.slices: SliceWriter | None = None  # what was stored of it (for cleanup)
+        # persist: (embed-max-bytes, persist TTL): large outputs stay in Redis (``kept``)
+        self.keep = keep
+        self.kept: set[int] = set()
         self._warmups: list[Warmup] = []
         self.recovery: Recovery | None = None
         self.monitor: Monitor | None = None  # set when the run is submitted
@@ -100,7 +104,8 @@ class Run:
             self._wait(pubsub)
             if self.monitor is not None:
                 self.monitor.finish()  # cancel executions that lost to another attempt
-            values = self._collect()
+            values = self._collect() if self.keep is None else \
+                persisted.keep_outputs(self, *self.keep)
             self.makespan = time.time() - self.submit_time
             ok = True
             return values
@@ -327,7 +332,8 @@ class Run:
         try:
             if self.slices is not None:
                 self.slices.cleanup()
-            self.store.cleanup([t for t in range(len(self.dag)) if layout.upload[t]],
+            self.store.cleanup([t for t in range(len(self.dag))
+                                if layout.upload[t] and t not in self.kept],
                                [t for t in range(len(self.dag)) if layout.is_entry[t]],
                                self.plan.optimizations.stream)
         except Exception:  # never hide the run's own outcome

@@ -87,6 +87,7 @@ def _execute(inv: Invocation, invoker: Invoker,
         report.failed = True
         return report
     store.ttl = spec.ttl
+    store.stored = spec.dag.stored_refs()  # hook: stored inputs are read by reference
     recorder = InvocationRecorder(inv, cold, report.start_time) if spec.metrics_url else None
     if not inv.warmup:
         logs = (recorder.capture_logs(spec.task_log_level).install()
@@ -304,7 +305,7 @@ class _Execution:
         if self.on_task_start is not None:
             self.on_task_start(tid)
         self.started_at[tid] = time.time()
-        args = {self.tasks[d].key: self.values[d] for d in self.tasks[tid].deps}
+        args = self.spec.dag.arguments(tid, self.values)
         if self.pool is not None:
             self.pool.todo.put((tid, args))
             return None
@@ -389,7 +390,7 @@ class _Execution:
         task = self.tasks[tid]
         self.fetched.pop(tid, None)
         try:
-            value = task.node({self.tasks[d].key: self.values[d] for d in task.deps})
+            value = task.node(self.spec.dag.arguments(tid, self.values))
             self.values[tid] = value
             stored = self._seal(tid, value)
         except Exception:
