@@ -159,8 +159,8 @@ def simulate(case: str, cases: dict[str, tuple[str, int]]) -> dict[str, Any]:
     from dask_serverless.layout import build_layout
     from dask_serverless.planners import get_planner
     from dask_serverless.protocol import slices
-    from dask_serverless.protocol.wire import RunSpec
     from dask_serverless.simulator import Simulator
+    from dask_serverless.storage import serialize
 
     kind, n = cases[case]
     dsk, keys, _ = graph_of(kind, n)
@@ -172,9 +172,11 @@ def simulate(case: str, cases: dict[str, tuple[str, int]]) -> dict[str, Any]:
     model = FixedCostModel(exec_s=5e-5, out_bytes=64, cold_s=defaults["cold-start"],
                            warm_s=defaults["warm-start"], latency_s=defaults["latency"],
                            bandwidth=defaults["bandwidth"])
-    whole = RunSpec(dag, plan, layout, 3600, 64 * 1024, False).dumps("sim")
+    # the former design's spec: DAG, plan and layout in one sealed pickle
+    whole = serialize.dumps((dag, plan, layout), serialize.Purpose.SPEC, "sim", "spec",
+                            by_value=True)
     t0 = time.perf_counter()
-    RunSpec.loads(whole, "sim")
+    serialize.loads(whole, serialize.Purpose.SPEC, "sim", "spec", "whole spec")
     whole_decode_s = time.perf_counter() - t0
     slicer = slices.Slicer(dag, plan, layout, "sim")
     roots = {layout.group[r[0]] for r in layout.root_groups.values()}
