@@ -562,3 +562,32 @@ def test_an_invocation_may_carry_its_header_and_slices(real_redis, empty_spec_ca
     with pytest.raises(SchemaMismatchError, match="not an inline run spec"):
         stored.load_view(run_id, other, "client", [], store, 1024, header)
     end_run(run)
+
+
+def test_the_simulator_charges_each_invocation_its_slice():
+    """Slower spec loads delay each invocation's first task by its slices' load time: a
+    root invocation its root group's, a fired one its entry's (not the whole DAG's)."""
+    from dask_serverless.costmodel import FixedCostModel
+    from dask_serverless.simulator import Simulator
+
+    dag, _ = tree_dag(4001, 100)
+    plan = get_planner("dask").plan(dag, parallelism=20, memory_mb=1024)  # fires entries
+    layout = build_layout(dag, plan)
+    sizes = slices.SliceSizes(dag, plan, layout)
+    fast, slow = (FixedCostModel(exec_s=1e-4, latency_s=0.0, spec_load_bps=bps)
+                  for bps in (1e12, 1e5))
+    before, after = (Simulator(dag, m).run(plan) for m in (fast, slow))
+    delay = {}  # invocation -> its first task's start after its own start, per run
+    for result in (before, after):
+        for inv in result.invocations:
+            first = min(result.task_start[t] for t in inv.tasks)
+            delay.setdefault((inv.worker_id, tuple(inv.start_tasks)), []).append(
+                first - inv.start_time)
+    both = {k: v for k, v in delay.items() if len(v) == 2}  # the same in both runs
+    fired = [starts for _, starts in both if starts != tuple(layout.root_groups.get(
+        next(iter(plan.assignment[t] for t in starts)), ()))]
+    assert len(both) - len(fired) == len(layout.root_groups) and len(fired) > 100
+    for (_, starts), (fast_s, slow_s) in both.items():
+        loaded = sum(sizes.of_group(g) for g in {layout.group[t] for t in starts})
+        assert slow_s - fast_s == pytest.approx(loaded / 1e5, rel=0.05)
+    assert after.makespan > before.makespan
