@@ -5,7 +5,8 @@ of data it makes); a cost model may use it in place of the 0 input bytes.
 
 ``CostModel`` is the protocol (the metrics ``Predictor`` implements it from measured
 history); ``FixedCostModel`` answers with constant numbers (tests, and the fallback when
-there is no history yet). Prices default to AWS Lambda x86.
+there is no history yet); ``SizePrior`` is what is known of a run before anything was
+measured, from the data sizes its roots declare (``sizes``). Prices default to AWS Lambda x86.
 
 A cost model may also carry ``capacity`` (a ``capacity.Capacity``: the backend's shared
 cores and container cap; unlimited when absent) and answer ``cpu_share(function)`` (the
@@ -129,3 +130,53 @@ def default_cost_model() -> FixedCostModel:
     """Used when no predictor is given: round numbers in the range the local backend
     measures (a cold container start is a process spawn plus imports)."""
     return FixedCostModel(spec_load_bps=SPEC_LOAD_BPS)
+
+
+_DEFAULTS = DEFAULTS["serverless"]["metrics"]["defaults"]
+PRIOR_COMPUTE_BPS = 500e6  # bytes of input a task of unknown cost is assumed to work through
+
+
+@dataclass
+class SizePrior(FixedCostModel):
+    """A first run's cost model when its roots' data sizes are known (``TaskNode.size``:
+    dask.array chunks, ``size`` hints): a root makes its size, any other task as much as
+    its largest input (elementwise steps, block products, sums of partial results; an
+    overestimate for reductions, which keeps data local: the safe side), and takes
+    ``serverless.metrics.defaults.exec-time`` plus its input bytes (a root: its size) at
+    ``PRIOR_COMPUTE_BPS``. Starts and transfers are the configured defaults."""
+
+    exec_s: float | Mapping[str, float] = _DEFAULTS["exec-time"]
+    out_bytes: int | Mapping[str, int] = _DEFAULTS["output-bytes"]
+    cold_s: float = _DEFAULTS["cold-start"]
+    warm_s: float = _DEFAULTS["warm-start"]
+    latency_s: float = _DEFAULTS["latency"]
+    bandwidth: float = _DEFAULTS["bandwidth"]
+    spec_load_bps: float = SPEC_LOAD_BPS
+    compute_bps: float = PRIOR_COMPUTE_BPS
+
+    @classmethod
+    def from_config(cls, capacity: Capacity = UNLIMITED) -> SizePrior:
+        """With ``serverless.metrics.defaults`` as configured now."""
+        from .config import get
+
+        def d(name: str) -> float:
+            return float(get(f"metrics.defaults.{name}"))
+
+        return cls(exec_s=d("exec-time"), out_bytes=int(d("output-bytes")),
+                   cold_s=d("cold-start"), warm_s=d("warm-start"), latency_s=d("latency"),
+                   bandwidth=d("bandwidth"), spec_load_bps=d("spec-load"), capacity=capacity)
+
+    def exec_time(self, function: str, input_bytes: int,
+                  resource_config: ResourceConfig, size: int = 0) -> float:
+        base = super().exec_time(function, input_bytes, resource_config, size)
+        return base + (input_bytes or size) / self.compute_bps
+
+    def output_bytes(self, function: str, input_bytes: int, size: int = 0) -> int:
+        return int(size or input_bytes or _by_function(self.out_bytes, function))
+
+    def output_of_inputs(self, function: str, inputs: list[int], size: int = 0) -> int:
+        """Output bytes from each input's bytes (``Estimates`` asks this, not
+        ``output_bytes``, when a cost model has it)."""
+        if inputs:
+            return max(inputs)
+        return int(size or _by_function(self.out_bytes, function))

@@ -92,6 +92,18 @@ class Recovery:
     min_s: float = 10.0
     max_backups: int = 8
 
+    @classmethod
+    def from_config(cls, direct: bool = False) -> Recovery:
+        """The ``serverless.*`` settings the client runs with (``direct``: the backend
+        sees its containers die, as the local pool does)."""
+        return cls(direct=direct, heartbeat_s=config.get("heartbeat-interval"),
+                   poll_s=config.get("poll-interval"), retries=config.get("retries"),
+                   retry_backoff=config.get("retry-backoff"),
+                   speculation=config.get("speculation.enabled"),
+                   factor=config.get("speculation.factor"),
+                   min_s=config.get("speculation.min-seconds"),
+                   max_backups=config.get("speculation.max-backups"))
+
 
 @dataclass(slots=True)
 class _Arrival:

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import time
+import warnings
 
 import dask
 import pytest
@@ -40,6 +41,20 @@ def test_limit_must_be_positive(capsys):
             cli.main(["runs", "--limit", bad])
         assert info.value.code == 2
         assert "--limit" in capsys.readouterr().err
+
+
+def test_demo_says_what_ran_in_words(any_redis, capsys):
+    """The demo's summary: tasks, invocations, cold and warm starts, and the plan's task
+    groups (was "workers: 2 (47 planned)"), with the commands that show more."""
+    assert cli.main(["demo", "--size", "400", "--chunk", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "matches scheduler='sync': True" in out
+    run = get_mod.last_run.record
+    assert (f"{run.tasks} tasks ran in {run.invocations} worker invocations "
+            f"({run.cold_starts} started a new container, {run.warm_starts} reused a warm "
+            "one)") in out
+    assert f"plan: {run.workers_planned} task groups" in out
+    assert f"`dask-serverless show {run.run_id}`" in out and "workers:" not in out
 
 
 def test_output_paths_are_checked_before_any_work(tmp_path, capsys):
@@ -81,11 +96,25 @@ def test_runs_show_and_logs_name_functions_tasks_and_output(any_redis, capsys):
     assert cli.main(["logs", "no-such-run"]) == 2
 
 
-def test_unknown_keyword_is_a_type_error_naming_the_accepted_ones(any_redis):
+def test_misspelt_keyword_is_a_type_error_naming_the_accepted_ones(any_redis):
     with pytest.raises(TypeError, match=r"'memroy' \(did you mean 'memory'\?\).*parallelism"):
         dask.compute(delayed(total)(1, 2), scheduler=serverless_get, memroy=2048)
-    # keywords of Dask's local schedulers mean nothing here: accepted, ignored
-    assert dask.compute(delayed(total)(1, 2), scheduler=serverless_get, num_workers=4) == (3,)
+    with pytest.raises(TypeError, match=r"'planer' \(did you mean 'planner'\?\)"):
+        dask.compute(delayed(total)(1, 2), scheduler=serverless_get, planer="wukong",
+                     retries=2)
+
+
+def test_keywords_for_other_schedulers_are_ignored_with_a_warning(any_redis):
+    # Dask forwards compute's keywords to the scheduler (its own tests pass a bogus one);
+    # keywords of Dask's local schedulers mean nothing here: accepted, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert dask.compute(delayed(total)(1, 2), scheduler=serverless_get,
+                            num_workers=4) == (3,)
+    with pytest.warns(UserWarning, match=r"ignores keyword arguments 'bogus_keyword', "
+                                         r"'retries': it accepts planner"):
+        assert dask.compute(delayed(total)(1, 2), scheduler=serverless_get,
+                            bogus_keyword=True, retries=3) == (3,)
 
 
 def test_pool_removes_its_directory_and_stale_ones_of_dead_processes(tmp_path, monkeypatch):

@@ -1,5 +1,5 @@
 """Dask's semantics kept on serverless workers (real subprocess workers, real Redis and
-fakeredis): shuffles are task-based (a disk shuffle is refused, naming the fix), task
+fakeredis): shuffles are task-based by default (a disk shuffle keeps its store in Redis),
 warnings are re-emitted in the caller, prints reach the caller's terminal and the metrics,
 and exceptions keep their type and attributes."""
 
@@ -59,15 +59,85 @@ def test_dataframe_shuffle_by_default_matches_pandas():
     assert per_partition.sum() == 7  # each key in one partition only
 
 
-@pytest.mark.parametrize("make", [
-    lambda: db.from_sequence(range(30), npartitions=3).groupby(lambda v: v % 3,
-                                                                 shuffle="disk"),
-    lambda: dd.from_pandas(pd.DataFrame({"a": range(20)}), npartitions=3).shuffle(
-        "a", shuffle_method="disk"),
-], ids=["bag", "dataframe"])
-def test_disk_shuffle_is_refused_naming_the_fix(make):
+DATA = list(range(120)) * 3
+
+
+def _bag_disk_groupby():
+    b = db.from_sequence(DATA, npartitions=6).groupby(lambda v: v % 11, shuffle="disk",
+                                                       npartitions=4)
+    return b, lambda got: {k: sorted(v) for k, v in dict(got).items()}
+
+
+def _dataframe_disk_shuffle():
+    pdf = pd.DataFrame({"a": [v % 11 for v in DATA], "b": range(len(DATA))})
+    ddf = dd.from_pandas(pdf, npartitions=6).shuffle("a", shuffle_method="disk",
+                                                     npartitions=4)
+    return ddf, lambda got: got.sort_values("b").reset_index(drop=True)
+
+
+@pytest.mark.parametrize("make", [_bag_disk_groupby, _dataframe_disk_shuffle],
+                         ids=["bag", "dataframe"])
+def test_disk_shuffle_runs_across_workers_and_keeps_every_element(make, any_redis):
+    """Dask's disk shuffle, each task in its own invocation (partitioning tasks on other
+    workers than the one that made the store): the store lives in the run's Redis, every
+    element arrives once, and nothing of it is left in Redis afterwards."""
+    collection, normal = make()
+    with dask.config.set({"dataframe.shuffle.method": "tasks"}):
+        want = normal(collection.compute(scheduler="sync"))
+    got = dask.compute(collection, scheduler=serverless_get, planner="per-task")[0]
+    if isinstance(want, pd.DataFrame):
+        pd.testing.assert_frame_equal(normal(got), want)
+    else:
+        assert normal(got) == want
+    run = get_mod.last_run
+    assert run.dag.shuffle_stores == 1 and len({w for w in run.plan.assignment}) > 2
+    import redis
+
+    r = redis.Redis.from_url(any_redis)
+    assert not list(r.scan_iter(f"ds:{{{run.run_id}}}:*")), "shuffle keys left behind"
+
+
+def test_a_shuffle_task_run_again_replaces_its_pieces_and_forged_ones_are_refused(any_redis):
+    """A partitioning task executed twice (a retry, a duplicated delivery) must not add
+    its rows twice; a piece planted in Redis without the run's seal is refused."""
+    import partd
+
+    from dask_serverless.storage.serialize import TamperedPayloadError
+    from dask_serverless.storage.store import RunStore, connect
+    from dask_serverless.worker.shuffle_store import ShuffleStoreError, open_store
+    from dask_serverless.worker.task_output import TaskOutput
+
+    store = RunStore(connect(any_redis), f"shuf{os.getpid()}{time.monotonic_ns()}")
+    with pytest.raises(ShuffleStoreError):
+        open_store((partd.Python,), "s")  # not in a task
+    output = TaskOutput(store, "w0").install()
+    try:
+        with output.task(0, "make"):
+            p = open_store((partd.Python,), "s")
+        for _attempt in range(2):
+            with output.task(1, "part-1"):
+                p.append({0: [1, 2]}, fsync=True)
+                p.append({0: [3], 1: [9]}, fsync=True)
+        with output.task(2, "part-2"):
+            p.append({0: [4]})
+        with output.task(3, "collect"):
+            assert sorted(p.get(0)) == [1, 2, 3, 4] and p.get(1) == [9]
+        key = store.keys.shuffle_part("s", "0")
+        store.r.hset(key, "2:0", store.r.hget(key, "1:0"))  # another task's piece
+        with output.task(3, "collect"), pytest.raises(TamperedPayloadError):
+            p.get(0)
+    finally:
+        output.remove()
+        store.cleanup([], [])
+    assert not list(store.r.scan_iter(f"{store.keys.prefix}*"))
+
+
+def test_a_disk_shuffle_of_an_unknown_form_is_refused_naming_the_fix():
+    import partd
+
+    graph = {"store": (partd.Python, (partd.Dict,)), "x": (len, "store")}
     with pytest.raises(DiskShuffleError, match="shuffle_method='tasks'") as info:
-        dask.compute(make(), scheduler=serverless_get)
+        serverless_get(graph, "x")
     assert "dataframe.shuffle.method" in str(info.value)
 
 
@@ -86,6 +156,8 @@ def test_task_warnings_are_reemitted_in_the_caller_naming_the_task():
         assert dask.compute(delayed(sum)(parts), scheduler=serverless_get) == (6,)
     user = sorted(str(w.message) for w in caught if w.category is UserWarning)
     assert len(user) == 2  # one per distinct warning, naming a task and the others
+    where = {(w.filename, w.lineno) for w in caught if w.category is UserWarning}
+    assert where == {(__file__, careful.__code__.co_firstlineno + 1)}  # the task's line
     assert user[0].startswith("careful with 0 [task 'careful-")
     assert "1 other task too" in user[0]
     assert [w for w in caught if w.category is DeprecationWarning]

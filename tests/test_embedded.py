@@ -5,6 +5,7 @@ carries large intermediates, and fakeredis, the last resort, carries them too.""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -112,3 +113,43 @@ def test_fakeredis_last_resort_carries_large_values(tmp_path):
         assert got == 3 * (n + 8)
     finally:
         server.stop()
+
+
+KILLED = """
+import os, sys, time
+from dask_serverless import session
+url = session.redis_url()
+emb = session._embedded
+print(emb._proc.pid, emb._tmp, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSEGV], ids=["kill-9", "segfault"])
+def test_killed_process_leaves_no_redis_server_or_directory(tmp_path, how):
+    """atexit never runs in a process killed with -9 or crashed (Dask's own test suite
+    segfaults pytest in one test): its private server still stops, its directory goes."""
+    proc = subprocess.Popen([sys.executable, "-c", KILLED], env=_env(tmp_path),
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        pid, directory = proc.stdout.readline().split()
+        assert _alive(int(pid)) and os.path.isdir(directory)
+        proc.send_signal(how)
+        assert proc.wait(timeout=60) == -how
+        deadline = time.monotonic() + 30
+        while (_alive(int(pid)) or os.path.exists(directory)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(int(pid)), "the embedded Redis server outlived its killed process"
+        assert not os.path.exists(directory)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_orderly_stop_cancels_the_watchdog():
+    server = EmbeddedRedis()
+    server.start()
+    watchdog = server._lifeline._watchdog
+    assert watchdog.poll() is None
+    server.stop()
+    assert watchdog.poll() is not None and server._proc.poll() is not None

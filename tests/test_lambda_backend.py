@@ -164,7 +164,22 @@ def test_worker_with_another_secret_refuses_and_the_client_fails_fast(local_lamb
                           "serverless.lambda.region": "us-east-1",
                           "serverless.deadline": 60}):
         try:
-            with pytest.raises(TamperedPayloadError, match="HMAC seal"):
+            # the error says what to do: deploy again, or the functions' secret here
+            with pytest.raises(TamperedPayloadError, match=r"(?s)HMAC seal.*run "
+                               r"`dask-serverless deploy`.*DASK_SERVERLESS__SECRET"):
                 dask.compute(delayed(np.sum)(np.arange(5)), scheduler=serverless_get)
         finally:
             session.reset_backend("lambda")
+
+
+def test_disk_shuffle_through_lambda_functions_keeps_every_element(real_redis,
+                                                                   lambda_backend):
+    """Each Lambda function has its own disk: a bag's disk groupby, each task in its own
+    invocation, still groups every element once (its partd store lives in Redis)."""
+    import dask.bag as db
+
+    data = list(range(60)) * 3
+    b = db.from_sequence(data, npartitions=4).groupby(lambda v: v % 7, shuffle="disk")
+    (got,) = dask.compute(b, scheduler=serverless_get, planner="per-task")
+    assert {k: sorted(v) for k, v in got} == {
+        k: sorted(v for v in data if v % 7 == k) for k in range(7)}

@@ -39,6 +39,8 @@ class Invocation:
     id: str = field(default_factory=lambda: uuid.uuid4().hex)  # kept across retries
     attempt: int = 0
     dispatch_time: float = 0.0  # when a backend handed it to a container (after queueing)
+    heartbeat_s: float = 0.0  # lease renewal interval (``storage.leases``); 0: no lease
+    backup: bool = False  # a straggler's backup (another attempt running the same work)
 
     def dumps(self) -> bytes:
         """Sealed for this run and worker (a carrier names both next to the blob)."""
@@ -53,9 +55,15 @@ class Invocation:
             raise serialize.TamperedPayloadError("the invocation payload is not one")
         return inv
 
+    def child_id(self, start: tuple[int, ...] | list[int]) -> str:
+        """The id of the invocation this one sends to start ``start``: the same for every
+        attempt and delivery of this one, so a retry never fires work twice."""
+        text = f"{self.id}/{','.join(map(str, start))}".encode()
+        return hashlib.blake2b(text, digest_size=16).hexdigest()
+
     def retry(self) -> Invocation:
         """The same invocation (same id, so it may re-claim its fan-ins), next attempt."""
-        return dataclasses.replace(self, attempt=self.attempt + 1)
+        return dataclasses.replace(self, attempt=self.attempt + 1, backup=False)
 
 
 class SchemaMismatchError(RuntimeError):

@@ -28,6 +28,8 @@ import time
 
 import redis
 
+from . import loopback
+from .loopback import Owner
 from .store import redact
 
 logger = logging.getLogger(__name__)
@@ -119,6 +121,7 @@ class EmbeddedRedis:
         self._proc: subprocess.Popen | None = None
         self._fake: FakeRedisServer | None = None
         self._tmp: str | None = None
+        self._lifeline: Lifeline | None = None
 
     def start(self) -> str:
         binary = server_binary() if self.prefer == "redis-server" else None
@@ -144,8 +147,8 @@ class EmbeddedRedis:
 
     def _start_server(self, binary: str) -> None:
         directory = self._directory()
-        password = new_password()
         for _attempt in range(5):
+            password = new_password()  # a failed attempt's may have reached a squatter
             port = free_port()
             config = server_config(port, password, directory,
                                    persistent=self.data_dir is not None)
@@ -154,6 +157,8 @@ class EmbeddedRedis:
             url = f"redis://:{password}@127.0.0.1:{port}/0"
             if wait_ready(url, self._proc):
                 self.url, self.kind = url, os.path.basename(binary)
+                # atexit does not run when this process is killed or crashes
+                self._lifeline = Lifeline(self._proc.pid, self._tmp)
                 logger.info("started embedded %s at %s", binary, redact(url))
                 return
             self._proc.kill()
@@ -168,6 +173,9 @@ class EmbeddedRedis:
         self.url, self.kind = self._fake.url, "fakeredis"
 
     def stop(self) -> None:
+        if self._lifeline is not None:
+            self._lifeline.cancel()
+            self._lifeline = None
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
             try:
@@ -182,13 +190,47 @@ class EmbeddedRedis:
             self._tmp = None
 
 
+class Lifeline:
+    """Stops a server (and removes its directory) when this process ends however it ends
+    (killed, crashed: no ``atexit``): a watchdog shell in its own session blocks reading a
+    pipe whose only writer is this process, and acts on end of file. ``cancel()`` after
+    an orderly stop."""
+
+    _SCRIPT = 'read -r _; kill -TERM "$0" 2>/dev/null; [ -z "$1" ] || rm -rf -- "$1"'
+
+    def __init__(self, pid: int, directory: str | None):
+        read_end, self._write_end = os.pipe()  # not inherited by later children
+        try:
+            self._watchdog = subprocess.Popen(
+                ["/bin/sh", "-c", self._SCRIPT, str(pid), directory or ""], stdin=read_end,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        finally:
+            os.close(read_end)
+
+    def cancel(self) -> None:
+        self._watchdog.kill()
+        self._watchdog.wait()
+        os.close(self._write_end)
+
+
 def wait_ready(url: str, proc: subprocess.Popen | None, timeout: float = 10.0) -> bool:
+    """Whether the server ``proc`` started answers at ``url`` within ``timeout``. Its
+    password is sent only to a listener of this user: another user who took the port
+    first (``free_port`` only finds a free one) gets nothing, and the start fails."""
     client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
                 return False
+            who = loopback.owner(url)
+            if who is Owner.FOREIGN:
+                logger.warning("another user listens on the port picked for a Redis server: "
+                               "%s; trying another", loopback.describe(url))
+                return False
+            if who is Owner.NOBODY:  # not bound yet
+                time.sleep(0.02)
+                continue
             try:
                 if client.ping():
                     return True

@@ -26,7 +26,7 @@ class RunKeys:
 
     @property
     def parts(self) -> str:
-        """Set of every output part of the run (for cleanup)."""
+        """Set of every output part and shuffle partition of the run (for cleanup)."""
         return f"{self.prefix}parts"
 
     def fanin(self, task_id: int) -> str:
@@ -47,6 +47,11 @@ class RunKeys:
     def streams(self) -> str:
         """Set of every chunk list of the run (for cleanup)."""
         return f"{self.prefix}streams"
+
+    def shuffle_part(self, store: str, part: str) -> str:
+        """One partition of a disk-style shuffle's store: a hash of sealed pieces, one
+        field per appending task and append (listed in ``parts``)."""
+        return f"{self.prefix}sh:{store}:{part}"
 
     def payload(self, token: str) -> str:
         """An invocation payload too large for its transport (e.g. Lambda's event limit)."""
@@ -69,6 +74,31 @@ class RunKeys:
     def slices_done(self) -> str:
         """Set once the client stored every slice: a slice missing then is lost."""
         return f"{self.prefix}sl-done"
+
+    # -- invocation leases (``storage.leases``) -----------------------------------------
+    @property
+    def invocations(self) -> str:
+        """Hash: invocation id -> what it starts, for every invocation sent and not ended."""
+        return f"{self.prefix}inv"
+
+    @property
+    def running(self) -> str:
+        """Hash: ``<invocation id>:<attempt>`` -> worker, for every execution started."""
+        return f"{self.prefix}run"
+
+    def lease(self, invocation: str, attempt: int) -> str:
+        """One execution's lease (expires unless its heartbeat renews it)."""
+        return f"{self.prefix}l:{invocation}:{attempt}"
+
+    @property
+    def ended(self) -> str:
+        """Set of invocation ids whose work is done (a later delivery does nothing)."""
+        return f"{self.prefix}ended"
+
+    @property
+    def durations(self) -> str:
+        """List of ``<task id>:<seconds>`` of finished tasks (straggler detection)."""
+        return f"{self.prefix}dur"
 
     @property
     def error(self) -> str:

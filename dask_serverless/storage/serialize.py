@@ -85,6 +85,8 @@ class Purpose(enum.StrEnum):
     ERROR = "error"
     EVENT = "event"
     STREAM_HEAD = "stream-head"
+    SHUFFLE = "shuffle"  # a piece of a disk-style shuffle's partition (shuffle_store)
+    DATA = "data"  # a value stored as its own object (``storage.stored``)
 
 
 class TamperedPayloadError(ValueError):

@@ -35,15 +35,19 @@ logger = logging.getLogger(__name__)
 MAX_LINES = 200  # per task; further lines are counted, not kept
 MAX_CHARS = 2000  # per line
 MAX_WARNINGS = 20  # distinct warnings per task
+# run id -> installed TaskOutputs of that run's invocations in this process
+_INSTALLED: dict[str, list[TaskOutput]] = {}
+_INSTALLED_LOCK = threading.Lock()
 
 
 class _Captured:
     """One running task's lines and warnings."""
 
-    __slots__ = ("dropped", "key", "lines", "partial", "tid", "warned")
+    __slots__ = ("appends", "dropped", "key", "lines", "partial", "tid", "warned")
 
     def __init__(self, tid: int, key: Any):
         self.tid, self.key = tid, key
+        self.appends = 0  # to a shuffle store (``shuffle_store``) in this execution
         self.lines: list[list[Any]] = []  # [time, "stdout" | "stderr", text]
         self.partial = {"stdout": "", "stderr": ""}
         self.warned: dict[tuple, list[Any]] = {}  # (category, message, file, line) -> entry
@@ -93,6 +97,16 @@ class _Tee:
         return getattr(self._original, name)
 
 
+def running_run_id() -> str | None:
+    """The run of the task running on this thread (its invocation's ``TaskOutput``)."""
+    with _INSTALLED_LOCK:
+        outputs = [o for installed in _INSTALLED.values() for o in installed]
+    for output in outputs:
+        if output.running() is not None:
+            return output.store.keys.run_id
+    return None
+
+
 class TaskOutput:
     """See module docstring. ``logs``: the invocation's log capture (metrics), if any."""
 
@@ -104,7 +118,20 @@ class TaskOutput:
         self._showwarning = warnings.showwarning
 
     # -- installation (one invocation) ---------------------------------------------------
+    @classmethod
+    def of_run(cls, run_id: str) -> TaskOutput | None:
+        """The installed one of an invocation of run ``run_id`` in this process."""
+        with _INSTALLED_LOCK:
+            found = _INSTALLED.get(run_id)
+        return found[-1] if found else None
+
+    def running(self) -> _Captured | None:
+        """The task running on this thread, if any."""
+        return getattr(self._running, "task", None)
+
     def install(self) -> TaskOutput:
+        with _INSTALLED_LOCK:
+            _INSTALLED.setdefault(self.store.keys.run_id, []).append(self)
         self._streams = (sys.stdout, sys.stderr)
         sys.stdout = _Tee(sys.stdout, "stdout", self)
         sys.stderr = _Tee(sys.stderr, "stderr", self)
@@ -116,6 +143,12 @@ class TaskOutput:
         return self
 
     def remove(self) -> None:
+        with _INSTALLED_LOCK:
+            mine = _INSTALLED.get(self.store.keys.run_id, [])
+            if self in mine:
+                mine.remove(self)
+            if not mine:
+                _INSTALLED.pop(self.store.keys.run_id, None)
         if self._streams is not None:
             sys.stdout, sys.stderr = self._streams
             self._streams = None
