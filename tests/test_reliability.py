@@ -387,3 +387,37 @@ def test_client_and_worker_from_different_code_is_a_clear_error(any_redis, monke
     store.cleanup([], [])
     assert "0ld5chema" in record["traceback"] and "different code" in record["traceback"]
     assert "SchemaMismatchError" in record["traceback"]
+
+
+def test_a_fault_in_the_worker_driver_fails_the_run_with_its_error(any_redis, monkeypatch):
+    """An exception in the executor itself (not in a task) is stored as the run's error:
+    the lease ends with it, so a retry that finds the lease ended cannot leave the client
+    waiting for the deadline."""
+    from dask_serverless.adapter import to_dag
+    from dask_serverless.layout import build_layout
+    from dask_serverless.planners import get_planner
+    from dask_serverless.protocol import slices
+    from dask_serverless.storage.slices import SliceWriter, write_spec
+    from dask_serverless.storage.store import RunStore, connect
+    from dask_serverless.worker import executor
+
+    x = delayed(sleepy)(1, 0)
+    dag = to_dag(x.__dask_graph__(), x.key)
+    plan = get_planner("wukong").plan(dag, parallelism=1, memory_mb=1024)
+    run_id = f"drv{free_port()}"
+    store = RunStore(connect(any_redis), run_id)
+    writer = SliceWriter(store)
+    write_spec(writer, dag, plan, build_layout(dag, plan), slices.RunHeader(60, 10_000, False))
+
+    class Broken:
+        def __init__(self, *args, **kwargs):
+            raise AttributeError("driver fault")
+
+    monkeypatch.setattr(executor, "TaskOutput", Broken)
+    inv = Invocation(run_id, plan.assignment[0], 1024, any_redis, [0], heartbeat_s=0.5)
+    report = executor.execute(inv, invoker=None)
+    assert report.failed
+    record = store.get_error()
+    writer.cleanup()
+    store.cleanup([], [])
+    assert record is not None and "driver fault" in record["traceback"]

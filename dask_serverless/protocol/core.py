@@ -260,7 +260,8 @@ class InvocationState:
         self.view, self.worker = view, worker
         # what each task reads: its deps, and stored inputs (fetched like stored outputs,
         # never waited for); a view without stored inputs reads its deps
-        self.reads = getattr(view, "reads", None) or view.deps
+        reads = getattr(view, "reads", None)
+        self.reads = reads if reads is not None else view.deps
         self.width = max(1, width)
         self.inline_bytes = inline_bytes
         self.kept_budget = int(worker.config.memory_mb * 2**20 * KEPT_MEMORY_FRACTION)

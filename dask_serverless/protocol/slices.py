@@ -101,6 +101,11 @@ class SliceTask(TaskNode):
     upload: bool = False
     worker: str = ""
 
+    @property
+    def reads(self) -> tuple[int, ...]:
+        """What it reads: its dependencies, then its stored inputs (``TaskNode.stored``)."""
+        return self.deps + self.stored if self.stored else self.deps
+
 
 @dataclass(slots=True)
 class GroupSlice:
@@ -128,17 +133,19 @@ class GroupSlice:
     stream: dict[int, int] = field(default_factory=dict)  # its tasks and ``inputs`` streamed
     duplicate: dict[int, tuple[int, ...]] = field(default_factory=dict)  # entry -> tasks
     candidates: list[SliceTask] = field(default_factory=list)  # task-dup's, of others
+    stored: list[tuple[int, ...]] = field(default_factory=list)  # per task: stored inputs
+    refs: dict[int, Any] = field(default_factory=dict)  # stored input id -> its reference
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def tasks(self) -> Iterator[SliceTask]:
-        up, worker = self.upload, self.worker
+        up, worker, stored = self.upload, self.worker, self.stored
         for i, tid in enumerate(self.ids):
             yield SliceTask(tid, self.keys[i], self.nodes[i], self.names[i], self.deps[i],
                             (), self.annotations[i], self.sizes[i],
                             self.local_dependents[i], self.entry_dependents[i], bool(up[i]),
-                            worker)
+                            worker, stored=stored[i] if stored else ())
 
 
 def _schema() -> str:
@@ -447,19 +454,27 @@ class Slicer:
                 inputs.setdefault(d, tasks[d].key)
         stream = {t: opt.stream[t] for t in (*ids, *inputs) if t in opt.stream} \
             if opt.stream else {}
+        stored: list[tuple[int, ...]] = []
+        refs: dict[int, Any] = {}
+        if dag.stored:  # stored inputs its tasks (and task-dup candidates) read
+            stored = [t.stored for t in group]
+            for sid in {s for t in (*group, *candidates) for s in t.stored}:
+                ref = dag.stored_input(sid).ref
+                if ref is not None:
+                    refs[sid] = (dag.stored_input(sid).key, ref)
         return GroupSlice(
             self.name_of[g], worker, ids, [t.key for t in group], [t.node for t in group],
             [t.func_name for t in group], [t.deps for t in group], [t.size for t in group],
             [t.annotations for t in group], [layout.local_dependents[t] for t in ids],
             [layout.entry_dependents[t] for t in ids],
             bytes(layout.upload[t] for t in ids), [t for t in ids if t in dag.output_set],
-            inputs, entries, workers, delay, stream, duplicate, candidates)
+            inputs, entries, workers, delay, stream, duplicate, candidates, stored, refs)
 
     def _candidate(self, b: int) -> SliceTask:
         t, layout = self.dag.tasks[b], self.layout
         return SliceTask(b, t.key, t.node, t.func_name, t.deps, (), t.annotations, t.size,
                          layout.local_dependents[b], layout.entry_dependents[b],
-                         layout.upload[b], self.plan.assignment[b])
+                         layout.upload[b], self.plan.assignment[b], stored=t.stored)
 
     def encode(self, g: int) -> tuple[str, bytes]:
         """(name, sealed bytes) of group ``g``'s slice."""
@@ -549,6 +564,9 @@ class SlicedView:
         # of loaded tasks; deps and assignment also of the entries they fire and of
         # task-dup candidates; more through ``task`` when asked
         self.deps = _Facts(self, "deps", whole=False)
+        self.reads = _Facts(self, "reads", whole=False)  # deps, then stored inputs
+        self.stored_refs: dict[int, Any] = {}  # stored input id -> its reference
+        self.stored_keys: dict[int, Any] = {}  # stored input id -> its Dask key
         self.assignment = _Facts(self, "worker", whole=False)
         self.local_dependents = _Facts(self, "local_dependents", whole=True)
         self.entry_dependents = _Facts(self, "entry_dependents", whole=True)
@@ -569,9 +587,14 @@ class SlicedView:
         self.loaded.add(s.name)
         own, deps, assignment = self.own, self.deps, self.assignment
         local, entry, upload = self.local_dependents, self.entry_dependents, self.upload
+        reads = self.reads
+        for sid, (key, ref) in s.refs.items():
+            self.stored_keys[sid] = key
+            self.stored_refs[sid] = ref
         for c in s.candidates:
             self.candidates[c.id] = c
             deps.setdefault(c.id, c.deps)
+            reads.setdefault(c.id, c.reads)
             assignment.setdefault(c.id, c.worker)
         for e, (e_deps, worker) in s.entries.items():
             self.entries[e] = (e_deps, worker)
@@ -580,6 +603,7 @@ class SlicedView:
         for t in s.tasks():
             own[t.id] = t
             deps[t.id] = t.deps
+            reads[t.id] = t.reads
             assignment[t.id] = t.worker
             local[t.id] = t.local_dependents
             entry[t.id] = t.entry_dependents
@@ -617,9 +641,18 @@ class SlicedView:
                                 f"({sorted(self.loaded)[:5]})")
 
     def key(self, tid: int) -> Any:
-        """The key of a loaded task or of one of their inputs."""
+        """The key of a loaded task, of one of their inputs or of a stored input."""
         found = self.own.get(tid) or self.candidates.get(tid)
-        return found.key if found is not None else self.inputs[tid]
+        if found is not None:
+            return found.key
+        stored = self.stored_keys.get(tid)
+        return stored if stored is not None else self.inputs[tid]
+
+    def arguments(self, tid: int, values: dict[int, Any]) -> dict[Any, Any]:
+        """Task ``tid``'s inputs by Dask key (what its node is called with), from
+        ``values`` by id: its dependencies, then its stored inputs."""
+        key = self.key
+        return {key(d): values[d] for d in self.reads[tid]}
 
     def worker_of(self, tid: int) -> WorkerSpec:
         return self.workers[self.assignment[tid]]

@@ -71,6 +71,11 @@ def execute(inv: Invocation, invoker: Invoker,
             return report
     try:
         report = _execute(inv, invoker, on_task_start, cold, store, report, beat)
+    except Exception as exc:  # a fault of this driver: the run fails with it, never waits
+        logger.exception("worker %s: invocation %s failed", inv.worker_id, inv.id)
+        store.fail(error_record(exc, f"<worker {inv.worker_id}>", inv.worker_id,
+                                inv.memory_mb))
+        report.failed = True
     finally:
         if beat is not None:
             beat.stop(ended=True)
@@ -87,7 +92,8 @@ def _execute(inv: Invocation, invoker: Invoker,
         report.failed = True
         return report
     store.ttl = spec.ttl
-    store.stored = spec.dag.stored_refs()  # hook: stored inputs are read by reference
+    store.stored = spec.stored_refs  # stored inputs are read by reference (filled as
+    # slices load)
     recorder = InvocationRecorder(inv, cold, report.start_time) if spec.metrics_url else None
     if not inv.warmup:
         logs = (recorder.capture_logs(spec.task_log_level).install()
@@ -305,7 +311,7 @@ class _Execution:
         if self.on_task_start is not None:
             self.on_task_start(tid)
         self.started_at[tid] = time.time()
-        args = self.spec.dag.arguments(tid, self.values)
+        args = self.spec.arguments(tid, self.values)
         if self.pool is not None:
             self.pool.todo.put((tid, args))
             return None
@@ -390,7 +396,7 @@ class _Execution:
         task = self.tasks[tid]
         self.fetched.pop(tid, None)
         try:
-            value = task.node(self.spec.dag.arguments(tid, self.values))
+            value = task.node(self.spec.arguments(tid, self.values))
             self.values[tid] = value
             stored = self._seal(tid, value)
         except Exception:
