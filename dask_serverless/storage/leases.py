@@ -94,7 +94,11 @@ def acquire(store: RunStore, inv: Invocation, value: str, ms: int) -> str:
     pipe = store.r.pipeline(transaction=True)
     pipe.sismember(k.ended, inv.id)
     pipe.set(lease, value, nx=True, px=ms)
+    pipe.exists(k.dag)
     res = pipe.execute()
+    if not res[2]:  # the run was cleaned up (or expired): a late delivery, nothing to do
+        _forget_run_late(store, [lease] if res[1] else [])
+        return "ended"
     if res[0]:
         pipe = store.r.pipeline(transaction=True)
         if res[1]:
@@ -122,7 +126,10 @@ def renew(store: RunStore, inv: Invocation, value: str, ms: int,
     if durations:
         pipe.rpush(k.durations, *(f"{t}:{s:.4f}" for t, s in durations))
         pipe.expire(k.durations, store.ttl)
+        pipe.exists(k.dag)
     res = pipe.execute()
+    if durations and not res[-1]:
+        _forget_run_late(store)
     return bool(res[0]), bool(res[1])
 
 
@@ -141,7 +148,16 @@ def release(store: RunStore, inv: Invocation, ended: bool,
         pipe.expire(k.durations, store.ttl)
     pipe.hdel(k.running, f"{inv.id}:{inv.attempt}")
     pipe.delete(k.lease(inv.id, inv.attempt))
-    pipe.execute()
+    pipe.exists(k.dag)
+    if not pipe.execute()[-1]:
+        _forget_run_late(store)
+
+
+def _forget_run_late(store: RunStore, more: Sequence[str] = ()) -> None:
+    """Delete what an execution wrote after its run's cleanup (the run's header, which
+    the cleanup deletes in the same command as these keys, was gone when it wrote)."""
+    k = store.keys
+    store.r.delete(k.ended, k.durations, k.running, k.invocations, *more)
 
 
 def ended(store: RunStore, inv_id: str) -> bool:
