@@ -15,12 +15,15 @@ Times are epoch seconds of the machine that wrote them.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..protocol.wire import Invocation
 from .store import RunStore
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -164,17 +167,24 @@ def snapshot(store: RunStore) -> Snapshot:
     registered_raw, running_raw = pipe.execute()
     registered = {}
     for key, raw in registered_raw.items():
-        d = json.loads(raw)
         inv_id = key.decode() if isinstance(key, bytes) else key
-        registered[inv_id] = Registered(inv_id, d["w"], int(d["m"]), [int(s) for s in d["s"]],
-                                        int(d["a"]), float(d["t"]), float(d["hb"]),
-                                        str(d.get("by", "client")))
+        try:
+            d = json.loads(raw)
+            registered[inv_id] = Registered(inv_id, str(d["w"]), int(d["m"]),
+                                            [int(s) for s in d["s"]], int(d["a"]),
+                                            float(d["t"]), float(d["hb"]),
+                                            str(d.get("by", "client")))
+        except (ValueError, KeyError, TypeError):
+            logger.warning("run %s: ignored a malformed invocation entry", k.run_id)
     fields = [f.decode() if isinstance(f, bytes) else f for f in running_raw]
     pipe = store.r.pipeline(transaction=False)
     pipe.smembers(k.ended)
     ids = []
     for f in fields:
         inv_id, _, attempt = f.rpartition(":")
+        if not attempt.isdigit():
+            logger.warning("run %s: ignored a malformed execution entry", k.run_id)
+            continue
         ids.append((inv_id, int(attempt)))
         pipe.get(k.lease(inv_id, int(attempt)))
     res = pipe.execute()
@@ -184,10 +194,15 @@ def snapshot(store: RunStore) -> Snapshot:
         if value is None:
             executions.append(Execution(inv_id, attempt, "", False))
             continue
-        d: dict[str, Any] = json.loads(value)
-        executions.append(Execution(inv_id, attempt, str(d["w"]), True,
-                                    {int(t): float(s) for t, s in d["t"].items()},
-                                    float(d["b"])))
+        try:
+            d: dict[str, Any] = json.loads(value)
+            tasks = {int(t): float(s) for t, s in d["t"].items()}
+            executions.append(Execution(inv_id, attempt, str(d["w"]), True, tasks,
+                                        float(d["b"])))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            logger.warning("run %s: a malformed lease of %s; taken as alive", k.run_id,
+                           inv_id)
+            executions.append(Execution(inv_id, attempt, "", True))
     return Snapshot(registered, executions, done)
 
 
@@ -203,5 +218,8 @@ def durations(store: RunStore, start: int) -> tuple[list[tuple[int, float]], int
     out = []
     for item in raw:
         t, _, s = (item.decode() if isinstance(item, bytes) else item).partition(":")
-        out.append((int(t), float(s)))
+        try:
+            out.append((int(t), float(s)))
+        except ValueError:
+            logger.warning("run %s: ignored a malformed task duration", store.keys.run_id)
     return out, start + len(raw)

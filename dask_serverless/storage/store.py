@@ -279,17 +279,6 @@ class RunStore:
     def spec_present(self) -> bool:
         return bool(self.r.exists(self.keys.dag))
 
-    # -- DAG -------------------------------------------------------------------------
-    def put_spec(self, blob: bytes) -> None:
-        self.r.set(self.keys.dag, blob, ex=self.ttl)
-
-    def get_spec(self) -> bytes:
-        blob = self.r.get(self.keys.dag)
-        if blob is None:
-            raise RunDataLostError(f"run {self.keys.run_id}: its spec is gone from Redis "
-                                   "(run finished, cancelled, expired, or Redis restarted)")
-        return blob
-
     # -- errors, cancellation, events ---------------------------------------------------
     def fail(self, record: dict[str, Any]) -> bool:
         """Store the run's first error record (``protocol.wire.error_record``; later ones
