@@ -361,3 +361,15 @@ def test_mid_sized_results_stay_under_their_output_key(real_redis):
     assert len(nodes) == 16 and all(not n.ref.parts for n in nodes)  # 500 KB each
     assert y.sum().compute(scheduler=serverless_get) == 3.0 * 10**6
     assert all(redis.Redis.from_url(real_redis).exists(n.ref.key) for n in nodes)
+
+
+def test_a_pickled_reference_names_its_redis_by_digest_not_password(monkeypatch):
+    import pickle
+
+    ref = StoredRef("redis://:s3cret-password@127.0.0.1:1/0", "ds:{x}:v", "data", "x", 10)
+    blob = pickle.dumps(StoredNode("k", ref))
+    assert b"s3cret-password" not in blob
+    assert pickle.loads(blob).ref.url == ref.url  # resolved in the process that made it
+    monkeypatch.setattr(stored, "_URLS", {})  # another process: it cannot load the value
+    with pytest.raises(PersistedDataLostError, match="not known in this process"):
+        pickle.loads(blob).ref.load()
