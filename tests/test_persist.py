@@ -215,18 +215,36 @@ def test_a_tampered_stored_value_is_refused(real_redis):
 
 
 # -- embedded data -------------------------------------------------------------------------
-def test_embedded_values_are_stored_apart_and_deleted_after_the_run(real_redis):
+def test_embedded_values_are_stored_apart_once_while_they_live(real_redis):
     arr = np.random.default_rng(1).random((1000, 1000))  # 8 MB
     before = _keys(real_redis)
+    r = redis.Redis.from_url(real_redis)
     total = dask.delayed(np.sum)(arr).compute(scheduler=serverless_get)
     assert total == pytest.approx(arr.sum())
     assert _spec_bytes() < 100_000
     x = da.from_array(arr, chunks=250)  # chunks embedded inside fused tasks
+    first_in = r.info("stats")["total_net_input_bytes"]
     assert x.sum().compute(scheduler=serverless_get) == pytest.approx(arr.sum())
     assert _spec_bytes() < 200_000
+    uploaded = r.info("stats")["total_net_input_bytes"] - first_in
+    assert uploaded > 8 * 10**6  # the 16 chunks, stored
+    again_in = r.info("stats")["total_net_input_bytes"]
+    assert (x + 1).sum().compute(scheduler=serverless_get) == pytest.approx(arr.sum() + 1e6)
+    assert r.info("stats")["total_net_input_bytes"] - again_in < 10**6  # not again
     items = [arr, arr]  # one value used twice is stored once
     dag = to_dag(*_graph(dask.delayed(sum)(items)), embed_max_bytes=2**20)
     assert len(dag.stored) == 1
+    assert len(_keys(real_redis) - before) == 17  # arr and its 16 chunks, while they live
+    del x, arr, items, dag
+    gc.collect()
+    assert _keys(real_redis) - before == set()
+
+
+def test_embedded_values_that_cannot_be_watched_are_deleted_after_the_run(real_redis):
+    blob = b"x" * 500_000  # bytes: no weak references
+    before = _keys(real_redis)
+    assert dask.delayed(len)(blob).compute(scheduler=serverless_get) == 500_000
+    assert _spec_bytes() < 100_000
     assert _keys(real_redis) - before == set()
 
 
