@@ -8,7 +8,8 @@ Two kinds of stored values:
 - **embedded data**: a value a graph carries (a numpy array given to ``from_array`` or
   ``delayed``, a DataNode) larger than ``serverless.embed-max-bytes`` is stored once as
   its own object (``ds:{<id>}:v``, sealed ``Purpose.DATA``) and the run spec holds a
-  reference; it is deleted when the run ends.
+  reference; it lives while the value lives in the client (or for the run, when the
+  value cannot be weakly referenced): ``runtime.persisted.prepare``.
 
 A ``StoredRef`` names one value: the Redis URL, its key, the purpose and run id its seal
 is bound to, its sealed size, and the keys of its parts when it is stored in parts: a
