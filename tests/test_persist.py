@@ -391,3 +391,13 @@ def test_a_pickled_reference_names_its_redis_by_digest_not_password(monkeypatch)
     monkeypatch.setattr(stored, "_URLS", {})  # another process: it cannot load the value
     with pytest.raises(PersistedDataLostError, match="not known in this process"):
         pickle.loads(blob).ref.load()
+
+
+def test_persist_then_compute_on_the_lambda_backend(real_redis, lambda_backend):
+    # the local Lambda API server's functions: persisted chunks read by reference there too
+    x = da.random.RandomState(3).random_sample((1000, 1000), chunks=500)
+    y = x.persist(scheduler=serverless_get)
+    assert len(_stored_nodes(y)) == 4
+    assert y.sum().compute(scheduler=serverless_get) == pytest.approx(
+        x.sum().compute(scheduler="sync"))
+    assert _spec_bytes() < 100_000
