@@ -11,17 +11,22 @@ from dask._task_spec import (
     DataNode,
     GraphNode,
     Task,
+    TaskRef,
     _execute_subgraph,
     convert_legacy_graph,
+    parse_input,
 )
 from dask.core import flatten
 from dask.order import order
+from dask.sizeof import sizeof
 from dask.utils import apply, funcname
 
-from .dag import DAG, NO_ANNOTATIONS, TaskNode, key_prefix
+from . import config
+from .dag import DAG, NO_ANNOTATIONS, StoredInput, TaskNode, key_prefix
 from .errors import DiskShuffleError
 from .hints import hints_of
 from .sizes import RootSizes
+from .storage.stored import ref_of
 
 DASK_ORDER_MAX_TASKS = 20_000  # above this, a depth-first order replaces dask.order
 
@@ -46,10 +51,16 @@ def graph_and_annotations(dsk: Any) -> tuple[Mapping, dict[str, dict]]:
     return dsk, annotations
 
 
-def to_dag(dsk: Any, keys: Any) -> DAG:
+def to_dag(dsk: Any, keys: Any, embed_max_bytes: int | None = None) -> DAG:
     """Convert the graph, cull it to what ``keys`` (possibly nested lists) need, order it;
     root tasks get their size (``sizes``). Linear in tasks above ``DASK_ORDER_MAX_TASKS``:
-    one walk culls and orders, names and hints are computed once per function."""
+    one walk culls and orders, names and hints are computed once per function.
+
+    Stored values are not tasks: a graph's ``StoredNode``s (persisted results) and any
+    value it embeds above ``embed_max_bytes`` (``serverless.embed-max-bytes``: a large
+    DataNode, a large literal argument of a task, also inside a fused task) become the
+    DAG's stored inputs (``DAG.stored``), read by the tasks that need them; the client
+    stores the embedded ones before the run (``DAG.stored[i].value``)."""
     sizes = RootSizes.of(dsk)
     graph, annotations = graph_and_annotations(dsk)
     wanted = list(flatten(keys)) if isinstance(keys, list) else [keys]
@@ -57,7 +68,17 @@ def to_dag(dsk: Any, keys: Any) -> DAG:
     missing = [k for k in wanted if k not in graph]
     if missing:
         raise KeyError(f"requested keys are not in the graph: {missing[:5]!r}")
-    tasks = _Tasks(annotations.get("serverless", {}), sizes)
+    stored_outputs = {k: ref for k in wanted if (ref := ref_of(graph[k])) is not None}
+    if stored_outputs:  # nothing to run for them: the client reads them
+        wanted = [k for k in wanted if k not in stored_outputs]
+    tasks = _Tasks(annotations.get("serverless", {}), sizes,
+                   config.get("embed-max-bytes", embed_max_bytes))
+    dag = _order(tasks, graph, wanted)
+    dag.stored_outputs = stored_outputs
+    return dag
+
+
+def _order(tasks: _Tasks, graph: dict, wanted: list) -> DAG:
     if len(graph) > DASK_ORDER_MAX_TASKS:  # dask.order costs seconds at this size
         ordered = _post_order(graph, wanted)
         if len(ordered) > DASK_ORDER_MAX_TASKS:
@@ -82,26 +103,50 @@ class _Tasks:
     """Builds ``TaskNode``s; what depends only on a task's function (its name, its
     hints) is computed once per function, and equal names share one string."""
 
-    def __init__(self, per_task: dict, sizes: RootSizes):
+    def __init__(self, per_task: dict, sizes: RootSizes, embed_max_bytes: int):
         self.per_task, self.sizes = per_task, sizes
         self.by_func: dict[int, tuple[Any, str | None, dict, Any, bool]] = {}  # id(func)
         self.names: dict[str, str] = {}
         self.shuffle_stores = 0  # disk shuffles' stores moved to Redis
+        self.limit = embed_max_bytes
+        self.stored: list[StoredInput] = []
+        self.literals: dict[int, tuple[Any, Hashable]] = {}  # id(value) -> (value, its key)
+        self.ids: dict[Hashable, int] = {}
+        self.n_tasks = 0
 
     def dag(self, graph: Mapping[Hashable, GraphNode], ordered: list[Hashable],
             wanted: list[Hashable]) -> DAG:
         ids: dict[Hashable, int] = {}
+        self.ids, self.stored, self.literals = ids, [], {}
         tasks: list[TaskNode] = []
         per_task, sizes, by_func = self.per_task, self.sizes, self.by_func
-        for i, k in enumerate(ordered):  # one pass, inlined: it runs per task
+        outputs = set(wanted)
+        for k in ordered:  # stored nodes first: they get ids after the tasks
+            stored = self._stored_node(k, graph[k]) if k not in outputs else None
+            if stored is not None:
+                self.stored.append(stored)
+        n = len(ordered) - len(self.stored)
+        self.n_tasks = n
+        for j, s in enumerate(self.stored):
+            ids[s.key] = n + j
+        i = 0
+        for k in ordered:  # one pass, inlined: it runs per task
+            if k in ids:
+                continue
             node = graph[k]
+            if type(node) is Task:
+                node = self._embedded(node)
             dependencies = node.dependencies
+            reads: tuple[int, ...] = ()
             if not dependencies:
                 deps: tuple[int, ...] = ()
             elif len(dependencies) == 1:
                 deps = (ids[next(iter(dependencies))],)
             else:
                 deps = tuple(sorted([ids[d] for d in dependencies]))
+            if deps and deps[-1] >= n:  # stored inputs: read, not waited for
+                reads = tuple(d for d in deps if d >= n)
+                deps = tuple(d for d in deps if d < n)
             if deps and deps[-1] >= i:
                 raise _NotTopological(k)
             ids[k] = i
@@ -125,10 +170,111 @@ class _Tasks:
                 size = 0  # has inputs, or nothing can know its size (no size hint)
             else:
                 size = sizes.size(k, node, declared, name)
-            tasks.append(TaskNode(i, k, node, name, deps, (), annotations, size))
-        dag = DAG(tasks, [ids[k] for k in wanted])
+            tasks.append(TaskNode(i, k, node, name, deps, (), annotations, size,
+                                  stored=reads))
+            i += 1
+        dag = DAG(tasks, [ids[k] for k in wanted], self.stored)
         dag.shuffle_stores = self.shuffle_stores
         return dag
+
+    # -- stored values -----------------------------------------------------------------------
+    def _stored_node(self, key: Hashable, node: GraphNode) -> StoredInput | None:
+        """The stored input graph node ``node`` is: a reference, or a large DataNode."""
+        ref = ref_of(node)
+        if ref is not None:
+            return StoredInput(key, ref, None, ref.nbytes)
+        if type(node) is DataNode:
+            nbytes = _nbytes(node.value)
+            if nbytes > self.limit:
+                return StoredInput(key, None, node.value, nbytes)
+        return None
+
+    def _new_stored(self, stored: StoredInput) -> None:
+        self.ids[stored.key] = self.n_tasks + len(self.stored)
+        self.stored.append(stored)
+
+    def _literal_key(self, value: Any, nbytes: int) -> Hashable:
+        """The key of a large literal argument, stored once however many tasks use it."""
+        known = self.literals.get(id(value))
+        if known is not None and known[0] is value:
+            return known[1]
+        key = ("embedded", len(self.literals), type(value).__name__)
+        self.literals[id(value)] = (value, key)
+        self._new_stored(StoredInput(key, None, value, nbytes))
+        return key
+
+    def _embedded(self, node: Task) -> Task:
+        """``node`` with its large literal arguments (and, for a fused task, its inner
+        stored and large data nodes) replaced by references to stored inputs."""
+        if node.func is _execute_subgraph and node.args and isinstance(node.args[0], dict):
+            return self._fused(node)
+        limit = self.limit
+        changed = False
+        args = list(node.args)
+        for j, a in enumerate(args):
+            if type(a) not in _SMALL:
+                b = self._literal(a, limit)
+                if b is not a:
+                    args[j], changed = b, True
+        kwargs = node.kwargs
+        if kwargs:
+            kwargs = dict(kwargs)
+            for name, a in kwargs.items():
+                if type(a) not in _SMALL:
+                    b = self._literal(a, limit)
+                    if b is not a:
+                        kwargs[name], changed = b, True
+        if not changed:
+            return node
+        return Task(node.key, node.func, *args, _data_producer=node.data_producer, **kwargs)
+
+    def _literal(self, a: Any, limit: int) -> Any:
+        """``a``, or a reference to it (or a container with references) when large."""
+        if isinstance(a, GraphNode | TaskRef):
+            return a
+        t = type(a)
+        if (t is list or t is tuple) and len(a) <= _MAX_SCANNED:
+            items = [self._literal(x, limit) if type(x) not in _SMALL else x for x in a]
+            if any(x is not y for x, y in zip(items, a, strict=True)):
+                return parse_input(t(items))
+            return a
+        if t is dict and len(a) <= _MAX_SCANNED:
+            values = {k: self._literal(v, limit) if type(v) not in _SMALL else v
+                      for k, v in a.items()}
+            if any(values[k] is not v for k, v in a.items()):
+                return parse_input(values)
+            return a
+        nbytes = _nbytes(a)
+        if nbytes > limit:
+            return TaskRef(self._literal_key(a, nbytes))
+        return a
+
+    def _fused(self, node: Task) -> Task:
+        """A fused task (``_execute_subgraph``) whose inner stored or large data nodes
+        and large literals become external inputs (stored inputs)."""
+        inner, outkey, inkeys, *refs = node.args
+        extra: list[Hashable] = []
+        new_inner = {}
+        for k, v in inner.items():
+            stored = self._stored_node(k, v) if isinstance(v, DataNode) else None
+            if stored is not None:
+                self._new_stored(stored)
+                extra.append(k)
+                continue
+            if type(v) is Task:
+                v2 = self._embedded(v)
+                if v2 is not v:
+                    extra += [d for d in v2.dependencies - v.dependencies
+                              if d not in inner]
+                v = v2
+            new_inner[k] = v
+        if not extra:
+            return node
+        extra = list(dict.fromkeys(extra))
+        return Task(node.key, _execute_subgraph, new_inner, outkey,
+                    tuple(inkeys) + tuple(extra), *refs, *(TaskRef(k) for k in extra),
+                    _data_producer=node.data_producer)
+
 
     def _function(self, key: Hashable, func: Any) -> tuple[Any, str | None, dict, Any, bool]:
         """What tasks of ``func`` share: (func, its name or None when each task is named
@@ -296,3 +442,20 @@ def _func_name(func: Any) -> str:
         return funcname(func)
     except Exception:
         return ""
+
+
+_SMALL = frozenset({int, float, bool, complex, type(None), slice, range, TaskRef, Alias})
+_MAX_SCANNED = 64  # a literal list, tuple or dict argument this long or shorter is scanned
+
+
+def _nbytes(value: Any) -> int:
+    """Bytes of a literal value (0 for what cannot be large)."""
+    t = type(value)
+    if t in _SMALL:
+        return 0
+    if t is str or t is bytes or t is bytearray:
+        return len(value)
+    try:
+        return int(sizeof(value))
+    except Exception:
+        return 0

@@ -6,6 +6,7 @@ Every option can also be set with an environment variable, the Dask way:
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -29,12 +30,32 @@ DEFAULTS: dict[str, Any] = {
         "poll-interval": 0.5,  # seconds between fallback checks while waiting
         "retries": 2,  # re-invocations of a worker that died or timed out
         "retry-backoff": 0.2,  # seconds before the first retry; doubles each attempt
+        # seconds between lease renewals of a running invocation; a lease lasts
+        # protocol.constants.LEASE_BEATS of them: a dead worker is noticed within ~3x this;
+        # None: no leases (no re-sends, no backups; the local pool still sees its deaths)
+        "heartbeat-interval": 5.0,
+        "start-timeout": None,  # seconds an invocation may stay queued; None: the deadline
+        "speculation": {  # backups of stragglers (the first stored output wins)
+            "enabled": True,
+            "factor": 3.0,  # x the median of finished tasks of the same function
+            "min-seconds": 10.0,  # never back up a task running less than this
+            "max-backups": 8,  # backup invocations per run at most
+        },
         "redis-grace": 10.0,  # seconds the client rides out a Redis connection loss
         "max-output-bytes": 500 * 2**20,  # a task output larger than this is an error
         "stream-chunk-bytes": 2**20,  # pass "stream": chunk size; larger outputs stream
         "spec-cache-bytes": 64 * 2**20,  # a worker container keeps run spec slices (and
         # shared pieces) of recent runs up to this many fetched bytes; a run's are dropped
         # once the run ended
+        # a value embedded in a graph (or a persisted result) larger than this is stored in
+        # Redis as its own object and the run spec holds a reference (storage.stored)
+        "embed-max-bytes": 64 * 1024,
+        "persist": {
+            # seconds a persisted value lives in Redis after it was made or last read by a
+            # compute: the backstop for a client that died (a live client releases it when
+            # the persisted collection is garbage-collected)
+            "ttl": 6 * 3600,
+        },
         "echo-task-output": True,  # print what tasks print (stdout/stderr) on this terminal
         "secret": None,  # HMAC key for payloads; None: a random per-process secret
         "local": {
@@ -58,6 +79,7 @@ DEFAULTS: dict[str, Any] = {
             "enabled": False,  # stream each run's progress and start/open the dashboard
             "port": 8501,  # where a dashboard started by a compute listens (loopback)
             "open-browser": True,  # open the live page in a browser when one is started
+            "token": None,  # access token of dashboards (None: a random one per dashboard)
         },
         "embedded": {
             # "redis-server": a real server (redis-server or valkey-server on PATH, else
@@ -104,6 +126,7 @@ dask.config.update_defaults(DASK_DEFAULTS)
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 _FUNCTION_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,50}")
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
 
 _CHOICES = {
     "use-history": ("auto", True, False),
@@ -159,10 +182,12 @@ def _validate(name: str, value: Any) -> None:
         raise ConfigError(
             f"serverless.{name} = {value!r} is not allowed; choose one of {_CHOICES[name]}"
         )
-    positive = {"memory", "payload-inline-bytes", "output-ttl", "deadline", "poll-interval",
+    positive = {"memory", "payload-inline-bytes", "deadline", "poll-interval",
+                "speculation.min-seconds",
                 "local.keep-alive", "local.invocation-timeout", "redis-grace",
                 "max-output-bytes", "lambda.max-event-bytes", "lambda.timeout",
-                "spec-cache-bytes"}
+                "spec-cache-bytes",
+                "embed-max-bytes", "persist.ttl"}
     if name == "stream-chunk-bytes" and (not isinstance(value, int) or isinstance(value, bool)
                                          or value < 1):
         raise ConfigError(f"serverless.stream-chunk-bytes = {value!r} must be a positive "
@@ -173,6 +198,23 @@ def _validate(name: str, value: Any) -> None:
         raise ConfigError(f"serverless.retry-backoff = {value!r} must be a number >= 0")
     if name in positive and (not isinstance(value, int | float) or value <= 0):
         raise ConfigError(f"serverless.{name} = {value!r} must be a positive number")
+    if name == "output-ttl":
+        _validate_ttl(value)
+    if name == "heartbeat-interval" and value is not None and (
+            not isinstance(value, int | float) or isinstance(value, bool) or value <= 0):
+        raise ConfigError(f"serverless.heartbeat-interval = {value!r} must be a positive "
+                          "number of seconds or None (no leases: a worker that dies "
+                          "unseen by its backend is noticed only at the deadline)")
+    if name == "start-timeout" and value is not None and (
+            not isinstance(value, int | float) or isinstance(value, bool) or value <= 0):
+        raise ConfigError(f"serverless.start-timeout = {value!r} must be a positive number "
+                          "of seconds or None (only the deadline ends a queued invocation)")
+    if name == "speculation.factor" and (not isinstance(value, int | float) or value <= 1):
+        raise ConfigError(f"serverless.speculation.factor = {value!r} must be a number > 1")
+    if name == "speculation.max-backups" and (not isinstance(value, int)
+                                              or isinstance(value, bool) or value < 0):
+        raise ConfigError(f"serverless.speculation.max-backups = {value!r} must be an "
+                          "integer >= 0")
     if name in ("parallelism", "local.max-containers", "lambda.parallelism",
                 "lambda.invoke-concurrency") and value is not None and (
         not isinstance(value, int) or value < 1
@@ -198,13 +240,18 @@ def _validate(name: str, value: Any) -> None:
         raise ConfigError(
             f"serverless.lambda.function-prefix = {value!r} must be 1-50 letters, digits, "
             "'-' or '_' (function names are <prefix>-<memory_mb>)")
-    if name in ("dashboard.enabled", "dashboard.open-browser", "echo-task-output") \
+    if name in ("dashboard.enabled", "dashboard.open-browser", "echo-task-output",
+                "speculation.enabled") \
             and not isinstance(value, bool):
         raise ConfigError(f"serverless.{name} = {value!r} must be True or False")
     if name == "dashboard.port" and (not isinstance(value, int) or isinstance(value, bool)
                                      or not 0 < value < 65536):
         raise ConfigError(f"serverless.dashboard.port = {value!r} must be a TCP port "
                           "(1-65535)")
+    if name == "dashboard.token" and value is not None and not (
+            isinstance(value, str) and len(value) >= 16 and _TOKEN.fullmatch(value)):
+        raise ConfigError("serverless.dashboard.token must be None (a random one) or at "
+                          "least 16 letters, digits, '-' or '_'")
     if name.startswith("metrics."):
         _validate_metrics(name, value)
     if name in ("redis-url", "metrics.redis-url") and value is not None and not str(
@@ -213,6 +260,25 @@ def _validate(name: str, value: Any) -> None:
             f"serverless.{name} = {value!r} must start with "
             f"{', '.join(REDIS_SCHEMES[:-1])} or {REDIS_SCHEMES[-1]}"
         )
+
+
+def _validate_ttl(value: Any) -> None:
+    """``output-ttl``: whole seconds (Redis ``EX``), at least the deadline: a key that
+    expires mid-run loses the run's data."""
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"serverless.output-ttl = {value!r} must be a positive integer "
+                          "(seconds)")
+    deadline = dask.config.get("serverless.deadline")
+    if isinstance(deadline, int | float) and value < deadline:
+        raise ConfigError(f"serverless.output-ttl = {value!r} is below serverless.deadline "
+                          f"= {deadline!r}: intermediates would expire while the run may "
+                          "still need them; raise output-ttl to at least the deadline")
+
+
+def ttl_for(ttl: int, deadline: float) -> int:
+    """The output TTL of a run with this (per-call) ``deadline``: ``serverless.output-ttl``
+    raised to the deadline when a call asks for a longer one."""
+    return max(int(ttl), math.ceil(deadline))
 
 
 def _validate_metrics(name: str, value: Any) -> None:

@@ -5,7 +5,8 @@ of data it makes); a cost model may use it in place of the 0 input bytes.
 
 ``CostModel`` is the protocol (the metrics ``Predictor`` implements it from measured
 history); ``FixedCostModel`` answers with constant numbers (tests, and the fallback when
-there is no history yet). Prices default to AWS Lambda x86.
+there is no history yet); ``SizePrior`` is what is known of a run before anything was
+measured, from the data sizes its roots declare (``sizes``). Prices default to AWS Lambda x86.
 
 A cost model may also carry ``capacity`` (a ``capacity.Capacity``: the backend's shared
 cores and container cap; unlimited when absent) and answer ``cpu_share(function)`` (the
@@ -16,6 +17,7 @@ part of a task's time that needs a core; 1.0 when absent) and ``spec_load_time(n
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
@@ -83,7 +85,9 @@ class FixedCostModel:
     cpu_bound: float = 0.0
     cpu_fraction: float | Mapping[str, float] = 1.0
     capacity: Capacity = UNLIMITED
-    spec_load_bps: float = SPEC_LOAD_BPS  # run spec bytes fetched and decoded per second
+    # run spec bytes fetched and decoded per second; inf: spec loads are not modelled
+    # (a hand-made model's default; ``default_cost_model`` charges them)
+    spec_load_bps: float = math.inf
     price_gb_s: float = LAMBDA_PRICE_GB_S
     price_request: float = LAMBDA_PRICE_REQUEST
     _scale: dict[int, float] = field(default_factory=dict, repr=False)
@@ -117,10 +121,62 @@ class FixedCostModel:
     def spec_load_time(self, nbytes: int) -> float:
         """Seconds an invocation spends fetching and decoding ``nbytes`` of run spec
         (its slices): one round trip, then decoding dominates."""
-        return self.latency_s + nbytes / self.spec_load_bps if nbytes else 0.0
+        if not nbytes or self.spec_load_bps == math.inf:
+            return 0.0
+        return self.latency_s + nbytes / self.spec_load_bps
 
 
 def default_cost_model() -> FixedCostModel:
     """Used when no predictor is given: round numbers in the range the local backend
     measures (a cold container start is a process spawn plus imports)."""
-    return FixedCostModel()
+    return FixedCostModel(spec_load_bps=SPEC_LOAD_BPS)
+
+
+_DEFAULTS = DEFAULTS["serverless"]["metrics"]["defaults"]
+PRIOR_COMPUTE_BPS = 500e6  # bytes of input a task of unknown cost is assumed to work through
+
+
+@dataclass
+class SizePrior(FixedCostModel):
+    """A first run's cost model when its roots' data sizes are known (``TaskNode.size``:
+    dask.array chunks, ``size`` hints): a root makes its size, any other task as much as
+    its largest input (elementwise steps, block products, sums of partial results; an
+    overestimate for reductions, which keeps data local: the safe side), and takes
+    ``serverless.metrics.defaults.exec-time`` plus its input bytes (a root: its size) at
+    ``PRIOR_COMPUTE_BPS``. Starts and transfers are the configured defaults."""
+
+    exec_s: float | Mapping[str, float] = _DEFAULTS["exec-time"]
+    out_bytes: int | Mapping[str, int] = _DEFAULTS["output-bytes"]
+    cold_s: float = _DEFAULTS["cold-start"]
+    warm_s: float = _DEFAULTS["warm-start"]
+    latency_s: float = _DEFAULTS["latency"]
+    bandwidth: float = _DEFAULTS["bandwidth"]
+    spec_load_bps: float = SPEC_LOAD_BPS
+    compute_bps: float = PRIOR_COMPUTE_BPS
+
+    @classmethod
+    def from_config(cls, capacity: Capacity = UNLIMITED) -> SizePrior:
+        """With ``serverless.metrics.defaults`` as configured now."""
+        from .config import get
+
+        def d(name: str) -> float:
+            return float(get(f"metrics.defaults.{name}"))
+
+        return cls(exec_s=d("exec-time"), out_bytes=int(d("output-bytes")),
+                   cold_s=d("cold-start"), warm_s=d("warm-start"), latency_s=d("latency"),
+                   bandwidth=d("bandwidth"), spec_load_bps=d("spec-load"), capacity=capacity)
+
+    def exec_time(self, function: str, input_bytes: int,
+                  resource_config: ResourceConfig, size: int = 0) -> float:
+        base = super().exec_time(function, input_bytes, resource_config, size)
+        return base + (input_bytes or size) / self.compute_bps
+
+    def output_bytes(self, function: str, input_bytes: int, size: int = 0) -> int:
+        return int(size or input_bytes or _by_function(self.out_bytes, function))
+
+    def output_of_inputs(self, function: str, inputs: list[int], size: int = 0) -> int:
+        """Output bytes from each input's bytes (``Estimates`` asks this, not
+        ``output_bytes``, when a cost model has it)."""
+        if inputs:
+            return max(inputs)
+        return int(size or _by_function(self.out_bytes, function))

@@ -25,9 +25,24 @@ def key_prefix(key: Key) -> str:
 
 
 @dataclass(slots=True)
+class StoredInput:
+    """A value tasks read that no task of the run makes: in Redis already (``ref``, a
+    ``storage.stored.StoredRef``: a persisted result, or embedded data the client
+    stored), or ``value``, embedded data the client stores before the run (then drops).
+    ``nbytes``: its size (sealed, or in memory while not stored)."""
+
+    key: Key
+    ref: Any = None
+    value: Any = None
+    nbytes: int = 0
+
+
+@dataclass(slots=True)
 class TaskNode:
     """One task: its Dask key, the runnable Dask task spec node and its edges (ids);
     ``size``: bytes of data a task without dependencies makes (``sizes``; 0: unknown).
+    ``stored``: ids of the stored inputs it reads (``DAG.stored``; not dependencies: they
+    are there before the run starts).
     ``annotations`` may be shared with other tasks (of the same function): never mutate."""
 
     id: int
@@ -38,13 +53,23 @@ class TaskNode:
     dependents: tuple[int, ...] = ()
     annotations: dict[str, Any] = field(default_factory=dict)
     size: int = 0
+    stored: tuple[int, ...] = field(default=(), kw_only=True)  # (subclasses add fields)
 
 
 class DAG:
-    """Tasks in topological order plus the ids of the requested outputs."""
+    """Tasks in topological order plus the ids of the requested outputs.
 
-    def __init__(self, tasks: Sequence[TaskNode], outputs: Iterable[int]):
+    ``stored``: values tasks read that are in Redis before the run (``StoredInput``);
+    stored input ``i`` has id ``len(tasks) + i``, so task ids and stored ids never meet.
+    """
+
+    def __init__(self, tasks: Sequence[TaskNode], outputs: Iterable[int],
+                 stored: Sequence[StoredInput] = ()):
         self.tasks: list[TaskNode] = list(tasks)
+        self.stored: list[StoredInput] = list(stored)
+        # requested keys whose values are stored already (the client reads them): key ->
+        # StoredRef; not part of the run
+        self.stored_outputs: dict[Key, Any] = {}
         self.outputs: list[int] = list(dict.fromkeys(outputs))
         self.output_set = frozenset(self.outputs)
         self._key_to_id: dict[Key, int] | None = None
@@ -76,8 +101,39 @@ class DAG:
     def __len__(self) -> int:
         return len(self.tasks)
 
+    def stored_input(self, sid: int) -> StoredInput:
+        """The stored input of id ``sid`` (``>= len(self)``)."""
+        return self.stored[sid - len(self.tasks)]
+
+    def key_of(self, vid: int) -> Key:
+        """The Dask key of a task or stored input id."""
+        n = len(self.tasks)
+        return self.tasks[vid].key if vid < n else self.stored[vid - n].key
+
+    def reads(self, tid: int) -> tuple[int, ...]:
+        """What task ``tid`` reads: its dependencies, then its stored inputs."""
+        t = self.tasks[tid]
+        return t.deps + t.stored if t.stored else t.deps
+
+    def arguments(self, tid: int, values: dict[int, Any]) -> dict[Key, Any]:
+        """Task ``tid``'s inputs by Dask key (what its node is called with), from
+        ``values`` by id."""
+        t = self.tasks[tid]
+        args = {self.tasks[d].key: values[d] for d in t.deps}
+        n = len(self.tasks)
+        for s in t.stored:
+            args[self.stored[s - n].key] = values[s]
+        return args
+
+    def stored_refs(self) -> dict[int, Any]:
+        """Stored input id -> its ``StoredRef`` (those stored)."""
+        n = len(self.tasks)
+        return {n + i: s.ref for i, s in enumerate(self.stored) if s.ref is not None}
+
     def __repr__(self) -> str:
-        return f"<DAG tasks={len(self)} outputs={len(self.outputs)} roots={len(self.roots())}>"
+        stored = f" stored={len(self.stored)}" if self.stored else ""
+        return (f"<DAG tasks={len(self)} outputs={len(self.outputs)} "
+                f"roots={len(self.roots())}{stored}>")
 
     def roots(self) -> list[int]:
         return [t.id for t in self.tasks if not t.deps]

@@ -16,20 +16,30 @@ from .plan import ResourceConfig
 
 
 class Estimates:
-    """``out_bytes[t]``, ``in_bytes[t]`` and ``exec_times(config)[t]`` for ``dag``."""
+    """``out_bytes[t]``, ``in_bytes[t]`` and ``exec_times(config)[t]`` for ``dag``;
+    ``out_bytes`` also has the size of each stored input (``DAG.stored``) at its id."""
 
     def __init__(self, dag: DAG, cost: CostModel, capacity: Capacity | None = None):
         self.dag, self.cost = dag, cost
         self.capacity = capacity or capacity_of(cost)
         n = len(dag)
-        out = [0] * n
+        # stored inputs (ids past the tasks) are read like outputs: their bytes follow
+        out = [0] * n + [s.nbytes for s in dag.stored]
         inb = [0] * n
         cache: dict[tuple[str, int, int], int] = {}
+        # a cost model that knows nothing of a function may say how its output follows
+        # from each input's size (``costmodel.SizePrior``: the largest input's)
+        of_inputs = getattr(cost, "output_of_inputs", None)
         for t in dag.tasks:
             b = 0
             for d in t.deps:
                 b += out[d]
+            for d in t.stored:
+                b += out[d]
             inb[t.id] = b
+            if of_inputs is not None:
+                out[t.id] = int(of_inputs(t.func_name, [out[d] for d in t.deps], t.size))
+                continue
             key = (t.func_name, b, t.size)
             o = cache.get(key)
             if o is None:

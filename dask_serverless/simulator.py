@@ -49,6 +49,7 @@ from .layout import Layout, build_layout
 from .plan import Plan, ResourceConfig, WorkerSpec
 from .protocol import core
 from .protocol.constants import CANCEL_CHECK_S, HOLD_POLL_S, LEASE_BEATS
+from .protocol.slices import SliceSizes
 from .protocol.view import RunView
 
 WARMUP_BILLED_S = 0.001  # a warm-up invocation returns at once
@@ -90,6 +91,18 @@ class Recovery:
     factor: float = 3.0
     min_s: float = 10.0
     max_backups: int = 8
+
+    @classmethod
+    def from_config(cls, direct: bool = False) -> Recovery:
+        """The ``serverless.*`` settings the client runs with (``direct``: the backend
+        sees its containers die, as the local pool does)."""
+        return cls(direct=direct, heartbeat_s=config.get("heartbeat-interval"),
+                   poll_s=config.get("poll-interval"), retries=config.get("retries"),
+                   retry_backoff=config.get("retry-backoff"),
+                   speculation=config.get("speculation.enabled"),
+                   factor=config.get("speculation.factor"),
+                   min_s=config.get("speculation.min-seconds"),
+                   max_backups=config.get("speculation.max-backups"))
 
 
 @dataclass(slots=True)
@@ -295,6 +308,7 @@ class _Run:
         n = len(dag)
         self.sim, self.plan, self.layout, self.est = sim, plan, layout, sim.est
         self.view = RunView.of(dag, plan, layout)
+        self.slice_sizes: SliceSizes | None = None  # made at the first invocation
         self.deps = self.view.deps
         self.out_bytes = self.est.out_bytes
         self.rtt = self.est.upload(0)
@@ -425,7 +439,20 @@ class _Run:
             p.cpu_times = self.est.cpu_times(spec.config)
         self.records.append(rec)
         p.gen = self._invocation(p, starts, arrival.inline)
-        self._push(begin, _RESUME, p, p.token)
+        p.clock = begin + self._spec_load(starts)  # its first task waits for its spec
+        self._push(p.clock, _RESUME, p, p.token)
+
+    def _spec_load(self, starts: tuple[int, ...] | list[int]) -> float:
+        """Seconds an invocation loads its run spec: the slices of its start tasks'
+        groups (``SliceSizes``; a root invocation's tasks are one group), as the runtime
+        fetches and decodes them before its first task."""
+        if not starts:
+            return 0.0
+        if self.slice_sizes is None:
+            self.slice_sizes = SliceSizes(self.sim.dag, self.plan, self.layout)
+        group = self.layout.group
+        return self.est.spec_load(sum(self.slice_sizes.of_group(g)
+                                      for g in {group[t] for t in starts}))
 
     def _finished(self, p: _Proc) -> None:
         """An invocation ended (in event time): its backup or original, if still running,

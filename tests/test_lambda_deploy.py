@@ -54,6 +54,9 @@ def test_deploy_is_idempotent_and_destroy_cleans_up_on_moto(aws):
     assert conf["Environment"]["Variables"] == {
         "DASK_SERVERLESS__LAMBDA__FUNCTION_PREFIX": "ds-moto",
         "DASK_SERVERLESS__SECRET": serialize.secret()}
+    async_conf = lam.get_function_event_invoke_config(FunctionName="ds-moto-1024")
+    assert async_conf["MaximumRetryAttempts"] == 0  # the client retries, Lambda must not
+    assert async_conf["MaximumEventAgeInSeconds"] == 3600  # serverless.deadline
 
     again = deploy(DeployOptions([512, 1024], settings), say=lines.append)
     assert [d["action"] for d in again] == ["unchanged", "unchanged"]
@@ -110,6 +113,10 @@ def test_cli_deploy_compute_destroy_on_local_server(local_lambda_process, real_r
     assert cli.main(["deploy", "--memory", "512,1024", *args]) == 0
     out = capsys.readouterr().out
     assert "function ds-cli-512: created" in out and "function ds-cli-1024: created" in out
+    for name in ("ds-cli-512", "ds-cli-1024"):
+        async_conf = client.get_function_event_invoke_config(FunctionName=name)
+        assert (async_conf["MaximumRetryAttempts"], async_conf["MaximumEventAgeInSeconds"]) \
+            == (0, 3600)
     assert cli.main(["deploy", "--memory", "512,1024", *args]) == 0
     assert capsys.readouterr().out.count(": unchanged") == 2
     reqs = tmp_path / "requirements.txt"
@@ -133,6 +140,29 @@ def test_cli_deploy_compute_destroy_on_local_server(local_lambda_process, real_r
     assert cli.main(["destroy", *args]) == 0
     assert "function ds-cli-1024: deleted" in capsys.readouterr().out
     assert client.list_functions()["Functions"] == []
+
+
+def test_local_server_event_invoke_config(local_lambda_process):
+    url, client = local_lambda_process
+    settings = LambdaSettings(function_prefix="ds-async", endpoint_url=url,
+                              region="us-east-1")
+    with dask.config.set({"serverless.deadline": 600}):
+        deploy(DeployOptions([256], settings), lambda_client=client, say=lambda _: None)
+    conf = client.get_function_event_invoke_config(FunctionName="ds-async-256")
+    assert (conf["MaximumRetryAttempts"], conf["MaximumEventAgeInSeconds"]) == (0, 600)
+    assert conf["FunctionArn"].endswith(":function:ds-async-256")
+    with pytest.raises(client.exceptions.InvalidParameterValueException,
+                       match="MaximumRetryAttempts"):
+        client.put_function_event_invoke_config(FunctionName="ds-async-256",
+                                                MaximumRetryAttempts=5)
+    client.delete_function_event_invoke_config(FunctionName="ds-async-256")
+    with pytest.raises(client.exceptions.ResourceNotFoundException):
+        client.get_function_event_invoke_config(FunctionName="ds-async-256")
+    client.put_function_event_invoke_config(FunctionName="ds-async-256",
+                                            MaximumRetryAttempts=0)
+    assert destroy(settings, lambda_client=client, say=lambda _: None) == ["ds-async-256"]
+    with pytest.raises(client.exceptions.ResourceNotFoundException):
+        client.get_function_event_invoke_config(FunctionName="ds-async-256")
 
 
 def test_zip_is_self_contained_and_reproducible(tmp_path):

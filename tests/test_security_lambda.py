@@ -11,6 +11,7 @@ import io
 import json
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -19,14 +20,24 @@ from datetime import UTC, datetime, timedelta
 import boto3
 import dask
 import pytest
+import squatter
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials as BotoCredentials
 from botocore.exceptions import ClientError
 
-from dask_serverless.backends.aws_lambda import events, handler, local_auth, local_service
+from dask_serverless.backends.aws_lambda import (
+    deploy,
+    events,
+    handler,
+    local_auth,
+    local_server,
+    local_service,
+)
 from dask_serverless.backends.aws_lambda.local_auth import AuthError, Credentials
 from dask_serverless.backends.aws_lambda.local_server import LocalLambdaServer
+from dask_serverless.backends.aws_lambda.settings import LambdaSettings, make_client
+from dask_serverless.errors import ForeignListenerError
 from dask_serverless.protocol.wire import Invocation
 from dask_serverless.storage import serialize
 from dask_serverless.storage.embedded import free_port
@@ -333,3 +344,45 @@ def test_handshake_accepts_our_seal_and_refuses_another():
                 events.answer_check(event)
         finally:
             serialize.reset_key()
+
+
+@pytest.mark.skipif(not squatter.available(),
+                    reason="needs root and setpriv to act as another user")
+def test_a_loopback_endpoint_another_user_listens_on_is_refused():
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    local_auth.publish_in_process(url, Credentials.generate())  # ours, before it died
+    try:
+        with squatter.Squatter(port) as other:
+            settings = LambdaSettings(endpoint_url=url)
+            with pytest.raises(ForeignListenerError, match="another user"):
+                make_client("lambda", settings).invoke(FunctionName="f", Payload=b"{}")
+            with pytest.raises(ForeignListenerError):
+                deploy.deploy(deploy.DeployOptions([1024], settings), say=lambda _: None)
+            time.sleep(0.2)
+            assert other.received() == b""
+    finally:
+        local_auth.publish_in_process(url, None)
+
+
+def test_every_route_refuses_unsigned_requests_and_invoke_keys_outside_invoke(server):
+    """Each operation the server routes (new ones included) is refused unsigned, and a
+    function's own key may call nothing but Invoke."""
+    _create(_client(server), "sec-routes")
+    function_key = server.service._functions["sec-routes"].credentials
+    for method, pattern, operation in local_server._ROUTES:
+        path = pattern.pattern.rstrip("$").replace("/?", "").replace("([^/]+)", "sec-routes")
+        body = b"{}" if method in ("POST", "PUT") else None
+        req = urllib.request.Request(server.url + path, data=body, method=method,
+                                     headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(req, timeout=30)
+        assert info.value.code == 403, operation
+        signed = _signed(server, method, path, body or b"",
+                         {"Content-Type": "application/json"}, creds=function_key)
+        status, headers, _ = _send(server, signed)
+        if operation == "invoke":
+            assert status == 200
+        else:
+            assert (status, headers["x-amzn-ErrorType"]) == (403, "AccessDeniedException"), \
+                operation

@@ -1,18 +1,23 @@
 """The embedded Redis and the metrics Redis against another local user: no password, no
-data; nothing readable on disk; the password on no command line."""
+data; nothing readable on disk; the password on no command line, nor sent to a port
+another user took."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 from urllib.parse import urlsplit
 
 import pytest
 import redis
+import squatter
 
 from dask_serverless.metrics.server import MetricsServer
+from dask_serverless.storage import embedded, loopback
 from dask_serverless.storage.embedded import EmbeddedRedis, free_port
+from dask_serverless.storage.loopback import Owner
 
 
 def _without_password(url: str) -> redis.Redis:
@@ -132,3 +137,60 @@ def test_a_metrics_server_without_password_is_replaced(tmp_path):
         if old.poll() is None:
             old.kill()
             old.wait()
+
+
+# -- ports another local user took ---------------------------------------------------------
+needs_another_user = pytest.mark.skipif(not squatter.available(),
+                                        reason="needs root and setpriv to act as another user")
+
+
+def test_loopback_owner_tells_ours_nobody_and_unknown():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        assert loopback.owner(f"redis://:pw@127.0.0.1:{port}/0") is Owner.OURS
+        assert loopback.owner(f"http://localhost:{port}") is Owner.OURS
+    assert loopback.owner(f"redis://127.0.0.1:{port}/0") is Owner.NOBODY
+    assert loopback.owner("redis://redis.example.com:6379/0") is Owner.UNKNOWN
+    assert loopback.owner("unix:///tmp/x/redis.sock?db=0") is Owner.UNKNOWN
+
+
+@needs_another_user
+def test_embedded_redis_sends_nothing_to_a_port_another_user_took(monkeypatch):
+    taken = free_port()
+    with squatter.Squatter(taken) as other:
+        picks = iter([taken])
+        real = embedded.free_port
+        monkeypatch.setattr(embedded, "free_port", lambda: next(picks, None) or real())
+        assert loopback.owner(f"redis://127.0.0.1:{taken}/0") is Owner.FOREIGN
+        server = EmbeddedRedis()
+        url = server.start()
+        try:
+            assert urlsplit(url).port != taken
+            assert redis.Redis.from_url(url).ping()
+            time.sleep(0.2)
+            assert other.received() == b""  # no AUTH, no PING, no password
+        finally:
+            server.stop()
+
+
+@needs_another_user
+def test_a_metrics_server_whose_port_another_user_took_is_not_used(tmp_path):
+    data = tmp_path / "metrics"
+    first = MetricsServer(data)
+    url = first.acquire()
+    first._proc.kill()  # it dies; its URL file stays
+    first._proc.wait()
+    port, password = urlsplit(url).port, urlsplit(url).password
+    with squatter.Squatter(port) as other:
+        second = MetricsServer(data)
+        fresh = second.acquire()
+        try:
+            assert urlsplit(fresh).port != port
+            time.sleep(0.2)
+            assert password.encode() not in other.received()
+            assert other.received() == b""
+        finally:
+            second.release()
+    first._drop_users_lock()

@@ -6,6 +6,7 @@ Numbers: exec times per function, cold 0.5 s, warm 0.05 s, a Redis round trip 0.
 
 from __future__ import annotations
 
+import dask
 import pytest
 from plan_dags import dag_of, plan_of
 
@@ -274,3 +275,28 @@ def test_a_dead_worker_is_noticed_by_its_lease_and_retried_without_redoing_store
     # no retries left: the run fails when the client notices
     gone = Simulator(dag, model(2.0), recovery=Recovery(retries=0)).run(plan, faults=crash)
     assert gone.failed and gone.makespan == pytest.approx(20.5)
+
+
+def test_recovery_from_config_is_what_the_client_runs_with():
+    """The simulator predicts with the client's own settings: heartbeat 1 s (lease 3 s),
+    checks every 0.25 s, one retry, backups after 4 x the median and 2 s."""
+    settings = {"serverless.heartbeat-interval": 1.0, "serverless.poll-interval": 0.25,
+                "serverless.retries": 1, "serverless.retry-backoff": 0.5,
+                "serverless.speculation.enabled": True, "serverless.speculation.factor": 4.0,
+                "serverless.speculation.min-seconds": 2.0,
+                "serverless.speculation.max-backups": 3}
+    with dask.config.set(settings):
+        r = Recovery.from_config()
+        local = Recovery.from_config(direct=True)
+    assert r == Recovery(direct=False, heartbeat_s=1.0, poll_s=0.25, retries=1,
+                         retry_backoff=0.5, speculation=True, factor=4.0, min_s=2.0,
+                         max_backups=3)
+    assert local.direct and local.heartbeat_s == 1.0
+    # the chain of the test above: w0 dies 1 s into c (at 5.52); renewed at 5.5, its lease
+    # expires at 8.5, seen at the check 8.5, re-sent after 0.5 s
+    dag = dag_of([[], [0], [1], [1]])
+    plan = plan_of(["w0", "w0", "w0", "w1"])
+    got = Simulator(dag, model(2.0), recovery=r).run(plan, faults=Faults(crash={2: 1.0}))
+    assert got.retries == 1
+    retry = got.invocations[-1]
+    assert retry.attempt == 1 and retry.invoke_time == pytest.approx(8.5 + 0.5)

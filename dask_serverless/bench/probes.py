@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from .. import config, session
+from ..costmodel import SizePrior
 from ..dag import DAG
 from ..runtime import get as get_mod
 from ..runtime import history
@@ -31,7 +32,7 @@ class ServerlessProbe:
 
     def __init__(self, dag: DAG, planner: str, passes: tuple[str, ...] = ()) -> None:
         self.dag = dag
-        self.with_history = history.wants_history(planner, list(passes))
+        self.with_history = history.wants_history(planner, list(passes), dag)
         self._pool: dict[str, int] = {}
         self._redis: int | None = None
         self._predictor: Any = None
@@ -41,6 +42,8 @@ class ServerlessProbe:
         """Read the counters; take the predictor now, before this run joins the history
         (``serverless_get`` then finds it in the history cache)."""
         self._predictor = _predictor(self.dag) if self.with_history else None
+        if self._predictor is None:  # a first run plans with what its sizes tell
+            self._predictor = history.prior_for(self.dag, session.backend().capacity())
         self._pool = _pool_stats()
         self._warm = {config.get("memory"): self._pool.get("idle", 0)}
         self._redis = _redis_net_bytes()
@@ -58,7 +61,8 @@ class ServerlessProbe:
             self._redis is not None else None,
             "bytes_moved": None, "gb_seconds": None, "cost_usd": None,
             "predicted_s": self._predicted(run) if run else None,
-            "prediction_model": None if self._predictor is None else "history",
+            "prediction_model": None if self._predictor is None else
+            "size prior" if isinstance(self._predictor, SizePrior) else "history",
         }
         if run is not None and out["predicted_s"] is not None and self._predictor is None:
             out["prediction_model"] = "default"

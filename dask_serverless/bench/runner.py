@@ -143,7 +143,7 @@ def _run_checked(sched: Scheduler, workload: Workload,
     """Run once: (wall seconds, None) or (None, error text)."""
     t0 = time.perf_counter()
     try:
-        result = sched(workload.graph, workload.keys)
+        result = sched(workload.graph, workload.keys, workload.source)
     except Exception as exc:
         logger.error("%s failed on workload %s: %s: %s", sched.name, workload.name,
                      type(exc).__name__, exc)

@@ -48,11 +48,14 @@ class Scheduler:
     def serverless(self) -> bool:
         return self.planner is not None
 
-    def __call__(self, graph: dict, keys: list) -> Any:
+    def __call__(self, graph: dict, keys: list, source: Any = None) -> Any:
+        """Compute ``keys`` of ``graph``; serverless schedulers get ``source`` instead when
+        given (the workload's expression: the same graph, with its array chunk sizes)."""
         if not self.serverless:
             return self.get(graph, keys)
         with dask.config.set({"serverless.optimizations": list(self.passes)}):
-            return self.get(graph, keys, planner=self.planner)
+            return self.get(graph if source is None else source, keys,
+                            planner=self.planner)
 
 
 def serverless_variants(planners: Sequence[str] | None,

@@ -55,7 +55,8 @@ def reference_run(workload: Workload, runs: int = 2) -> tuple[Any, Bounds, DAG]:
             result = dask.get(workload.graph, workload.keys)
         for key, seconds in timer.seconds.items():
             best[key] = min(seconds, best.get(key, seconds))
-    dag = to_dag(workload.graph, workload.keys)
+    dag = to_dag(workload.graph if workload.source is None else workload.source,
+                 workload.keys)  # the source: with its root sizes
     weights = [best.get(t.key, 0.0) for t in dag.tasks]
     critical, _path = dag.critical_path(weights)
     return result, Bounds(critical, sum(weights)), dag

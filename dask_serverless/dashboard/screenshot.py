@@ -1,10 +1,13 @@
 """Screenshots of dashboard pages with headless Chromium (Debian's ``chromium``).
 
 Chromium runs with ``--headless --no-sandbox --disable-gpu`` and is driven over the
-DevTools protocol (the ``websockets`` client Streamlit depends on): load a page, wait
-until a JavaScript condition holds (e.g. its Plotly charts have drawn and the script
-stopped running), grow the viewport to the page's content and capture a PNG. The
-end-to-end test and ``docs/screenshots.py`` use it.
+DevTools protocol on a pair of pipes (``--remote-debugging-pipe``: its fds 3 and 4, JSON
+messages ended by a NUL byte): load a page, wait until a JavaScript condition holds (e.g.
+its Plotly charts have drawn and the script stopped running), grow the viewport to the
+page's content and capture a PNG. The end-to-end test and ``docs/screenshots.py`` use it.
+
+Never a DevTools port: whoever reaches one drives the browser, which runs as this user
+(``file://`` pages read this user's files), and any local user can reach a loopback port.
 """
 
 from __future__ import annotations
@@ -13,15 +16,15 @@ import base64
 import contextlib
 import itertools
 import json
-import re
+import os
+import select
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-from websockets.sync.client import connect
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 CHARTS_DRAWN = ("Array.from(document.querySelectorAll('.js-plotly-plot'))"
@@ -49,31 +52,57 @@ class Chromium:
             raise FileNotFoundError("Chromium is not installed (apt-get install chromium)")
         self.width, self.height = width, height
         self._profile = tempfile.mkdtemp(prefix="ds-chromium-")
-        self.proc = subprocess.Popen(
-            [binary, "--headless", "--no-sandbox", "--disable-gpu",
-             "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", "--no-first-run", "--hide-scrollbars",
-             f"--user-data-dir={self._profile}", "--remote-debugging-port=0",
-             "--remote-debugging-address=127.0.0.1", f"--window-size={width},{height}",
-             "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self._stack = contextlib.ExitStack()
-        self._ws = self._stack.enter_context(
-            connect(self._devtools_url(), max_size=None, open_timeout=20))
+        to_browser_r, self._to_browser = os.pipe()
+        self._from_browser, from_browser_w = os.pipe()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _AT_3_AND_4, str(to_browser_r), str(from_browser_w),
+                 binary, "--headless", "--no-sandbox", "--disable-gpu",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--hide-scrollbars",
+                 f"--user-data-dir={self._profile}", "--remote-debugging-pipe",
+                 f"--window-size={width},{height}", "about:blank"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, pass_fds=(to_browser_r, from_browser_w))
+        except BaseException:
+            os.close(self._to_browser)
+            os.close(self._from_browser)
+            shutil.rmtree(self._profile, ignore_errors=True)
+            raise
+        finally:
+            os.close(to_browser_r)
+            os.close(from_browser_w)
+        self._buffer = bytearray()
         self._ids = itertools.count(1)
+        try:
+            self.call("Target.getTargets", timeout=30)
+        except BaseException:
+            self.close()
+            raise
 
-    def _devtools_url(self, timeout: float = 30.0) -> str:
-        deadline = time.monotonic() + timeout
-        assert self.proc.stderr is not None
-        while time.monotonic() < deadline:
-            line = self.proc.stderr.readline().decode(errors="replace")
-            if not line and self.proc.poll() is not None:
-                break
-            found = re.search(r"DevTools listening on (ws://\S+)", line)
-            if found:
-                return found.group(1)
-        self.close()
-        raise RuntimeError("headless Chromium did not start its DevTools endpoint")
+    def _send(self, msg: dict[str, Any]) -> None:
+        data = memoryview(json.dumps(msg).encode() + b"\0")
+        while data:
+            data = data[os.write(self._to_browser, data):]
+
+    def _receive(self, deadline: float) -> dict[str, Any]:
+        """The next message from the browser (``TimeoutError`` at ``deadline``)."""
+        while True:
+            end = self._buffer.find(b"\0")
+            if end >= 0:
+                message = bytes(self._buffer[:end])
+                del self._buffer[:end + 1]
+                return json.loads(message)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("headless Chromium did not answer on its DevTools pipe")
+            ready, _, _ = select.select([self._from_browser], [], [], left)
+            if ready:
+                chunk = os.read(self._from_browser, 1 << 20)
+                if not chunk:
+                    raise RuntimeError("headless Chromium closed its DevTools pipe (exited "
+                                       f"with code {self.proc.poll()})")
+                self._buffer += chunk
 
     def call(self, method: str, params: dict[str, Any] | None = None,
              session: str | None = None, timeout: float = 60.0) -> dict[str, Any]:
@@ -82,10 +111,10 @@ class Chromium:
         msg: dict[str, Any] = {"id": msg_id, "method": method, "params": params or {}}
         if session:
             msg["sessionId"] = session
-        self._ws.send(json.dumps(msg))
+        self._send(msg)
         deadline = time.monotonic() + timeout
         while True:
-            reply = json.loads(self._ws.recv(timeout=max(0.1, deadline - time.monotonic())))
+            reply = self._receive(deadline)
             if reply.get("id") == msg_id:
                 if "error" in reply:
                     raise RuntimeError(f"DevTools {method}: {reply['error']}")
@@ -146,9 +175,9 @@ class Chromium:
             time.sleep(0.2)
 
     def close(self) -> None:
-        stack = getattr(self, "_stack", None)
-        if stack is not None:
-            stack.close()
+        for fd in (self._to_browser, self._from_browser):
+            with contextlib.suppress(OSError):
+                os.close(fd)
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -156,8 +185,6 @@ class Chromium:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
         shutil.rmtree(self._profile, ignore_errors=True)
 
     def __enter__(self) -> Chromium:
@@ -165,6 +192,16 @@ class Chromium:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# runs Chromium with the DevTools pipes where it expects them (it reads commands from fd 3,
+# writes replies to fd 4): a trampoline, not a preexec_fn (unsafe in a threaded process)
+_AT_3_AND_4 = ("import os, sys\n"
+               "r, w = os.dup(int(sys.argv[1])), os.dup(int(sys.argv[2]))\n"
+               "os.dup2(r, 3)\nos.dup2(w, 4)\n"  # dup2(3, 3) keeps close-on-exec:
+               "os.set_inheritable(3, True)\nos.set_inheritable(4, True)\n"
+               "os.closerange(5, 1 << 16)\n"
+               "os.execv(sys.argv[3], sys.argv[3:])\n")
 
 
 def charts_ready(count: int) -> str:
@@ -200,7 +237,8 @@ def capture_pages(metrics_url: str, out_dir: str | Path, *, width: int = 1500,
         with Chromium(browser_binary, width=width, height=900) as browser:
             for name, path in PAGES:
                 target = out / f"{name}.png"
-                shot = browser.capture(f"{url}/{path}", target, PAGE_DONE, settle=settle)
+                shot = browser.capture(launcher.page_url(url, path), target, PAGE_DONE,
+                                       settle=settle)
                 say(f"{target}: {shot['charts']} charts, {shot['png']:,} bytes")
                 written.append(target)
     finally:

@@ -91,7 +91,7 @@ def recorded_dag(tasks: Iterable[TaskRecord], record: PlanRecord) -> DAG:
             raise ValueError(f"task record {t.key} has id {t.task_id}, outside the plan's "
                              f"{n} tasks")
         keys[t.task_id], functions[t.task_id] = t.key, t.function
-        deps[t.task_id] = [i.dep for i in t.inputs]
+        deps[t.task_id] = [i.dep for i in t.inputs if i.dep < n]  # not stored inputs
         sizes[t.task_id] = t.size
     missing = [i for i, k in enumerate(keys) if k is None]
     if missing:

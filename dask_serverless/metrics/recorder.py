@@ -91,7 +91,7 @@ class InvocationRecorder:
              upload_later: bool, cpu_s: float = 0.0) -> None:
         """Close the row of ``task``; ``upload_later``: its output waits in a batch."""
         inputs = []
-        for d in task.deps:
+        for d in task.deps + task.stored:  # stored inputs: downloads like any input
             got = self.arrived.pop(d, None)
             if got is None:
                 inputs.append([d, self.sizes.get(d, 0), "local", 0])

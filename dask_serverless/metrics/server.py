@@ -32,6 +32,7 @@ from pathlib import Path
 
 import redis
 
+from ..storage import loopback
 from ..storage.embedded import (
     free_port,
     new_password,
@@ -40,6 +41,7 @@ from ..storage.embedded import (
     start_redis_server,
     wait_ready,
 )
+from ..storage.loopback import Owner
 from ..storage.private import make_private, write_private
 from ..storage.store import redact
 
@@ -125,6 +127,9 @@ class MetricsServer:
         return url if url and self._serves_here(url) else None
 
     def _serves_here(self, url: str) -> bool:
+        if loopback.owner(url) not in (Owner.OURS, Owner.UNKNOWN):
+            # dead, or its port taken by another user: who must not see the password
+            return False
         client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=2)
         try:
             served = client.config_get("dir").get("dir")
@@ -153,8 +158,8 @@ class MetricsServer:
 
     def _start(self, binary: str) -> str:
         log = self.data_dir / "redis.log"
-        password = new_password()
         for _attempt in range(5):
+            password = new_password()  # a failed attempt's may have reached a squatter
             port = free_port()
             config = server_config(port, password, str(self.data_dir.resolve()),
                                    persistent=True, logfile=str(log.resolve()))

@@ -9,6 +9,14 @@ predicted work, so a large output or cheap successors stay on the producer's wor
 **delayed I/O** (a producer with a large output holds it, up to a predicted bound, for
 the other inputs of its fan-in and runs the fan-in itself). Without one it is the
 structural policy only, which needs no history.
+
+With a predictor (history, or on a first run ``costmodel.SizePrior`` from the data sizes
+its roots declare) it also simulates the alternatives, the structural plan and
+``uniform``'s best (width, threads, memory searched), and keeps whichever the objective
+prefers among those whose workers hold their predicted data (``base.fits``), its own plan
+unless another is ``CHOICE_MARGIN`` better: so where moving data
+costs more than spreading it saves (a GEMM on few cores), it keeps the data local.
+``plan.options["picked"]`` names the candidate kept.
 """
 
 from __future__ import annotations
@@ -20,9 +28,13 @@ from ..dag import DAG
 from ..estimates import Estimates
 from ..plan import Plan, ResourceConfig
 from ..simulator import Simulator
+from .base import fits
 from .objective import Objective
 from .passes import delayed_io
 from .placement import Placement
+from .uniform import UniformPlanner
+
+CHOICE_MARGIN = 0.05  # another candidate must be predicted this much better
 
 
 @dataclass
@@ -32,6 +44,7 @@ class WukongPlanner:
     delayed_io: bool = True
     objective: Objective | str = "makespan"
     budget_s: float | None = None
+    choose: bool = True  # with a predictor: keep the best of the simulated candidates
 
     def plan(self, dag: DAG, *, parallelism: int, memory_mb: int,
              predictor: Any = None, threads: int | None = None,
@@ -47,6 +60,33 @@ class WukongPlanner:
                               min_block_s=min_block, threads=threads)
         plan = placement.plan(self.name)
         plan.options.update(clustering=self.clustering, objective=objective.kind)
+        sim = Simulator(dag, est, warm=warm)
         if self.delayed_io:
-            plan = delayed_io(dag, plan, Simulator(dag, est, warm=warm), objective)
-        return plan
+            plan = delayed_io(dag, plan, sim, objective)
+        if not self.choose:
+            return plan
+        return self._best(dag, plan, sim, objective, parallelism, memory_mb, threads, warm)
+
+    def _best(self, dag: DAG, own: Plan, sim: Simulator, objective: Objective,
+              parallelism: int, memory_mb: int, threads: int | None,
+              warm: dict[int, int] | None) -> Plan:
+        """``own`` or a simulated alternative the objective prefers by ``CHOICE_MARGIN``."""
+        structural = Placement(dag, parallelism, memory_mb, threads=threads).plan(self.name)
+        uniform, _ = UniformPlanner(objective=objective, budget_s=self.budget_s).best(
+            dag, parallelism, memory_mb, sim.est, threads, warm)
+        out = sim.est.out_bytes
+        best, best_r, picked = own, sim.run(own), "wukong"
+        best_fits = fits(dag, own, out)
+        for name, plan in (("structural", structural), ("uniform", uniform)):
+            ok = fits(dag, plan, out)
+            if best_fits and not ok:
+                continue  # its workers would not hold their data
+            r = sim.run(plan)
+            if (ok and not best_fits) or objective.better(r, best_r, CHOICE_MARGIN):
+                best, best_r, picked, best_fits = plan, r, name, ok
+        if best is not own:
+            best = Plan(best.assignment, best.workers, self.name, dict(best.options),
+                        best.optimizations)
+        best.options.update(picked=picked, clustering=self.clustering,
+                            objective=objective.kind)
+        return best

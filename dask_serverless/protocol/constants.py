@@ -7,3 +7,4 @@ HOLD_POLL_S = 0.005  # delayed I/O: how often a holding worker checks its fan-in
 KEPT_MEMORY_FRACTION = 0.25  # of a worker's memory: values kept for fan-ins it may run
 INLINE_CACHE_BYTES = 4 * 2**20  # small outputs' sealed bytes kept to send inline
 LEASE_BEATS = 3  # a lease lasts this many heartbeat intervals after its last renewal
+SPECULATION_MIN_SAMPLES = 3  # finished tasks of a function before a straggler of it counts

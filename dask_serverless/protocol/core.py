@@ -258,6 +258,10 @@ class InvocationState:
     def __init__(self, view: RunView, worker: WorkerSpec, width: int, *,
                  inline_bytes: int):
         self.view, self.worker = view, worker
+        # what each task reads: its deps, and stored inputs (fetched like stored outputs,
+        # never waited for); a view without stored inputs reads its deps
+        reads = getattr(view, "reads", None)
+        self.reads = reads if reads is not None else view.deps
         self.width = max(1, width)
         self.inline_bytes = inline_bytes
         self.kept_budget = int(worker.config.memory_mb * 2**20 * KEPT_MEMORY_FRACTION)
@@ -333,13 +337,13 @@ class InvocationState:
 
     def _start_group(self, start: Sequence[int]) -> None:
         """Ready ``start`` (in order), fetching the inputs they do not hold in one read."""
-        deps = self.view.deps
-        wanted = tuple(sorted({d for s in start for d in deps[s]}.difference(self.memory)))
+        reads = self.reads
+        wanted = tuple(sorted({d for s in start for d in reads[s]}.difference(self.memory)))
         if wanted:
             self._emit(Fetch(wanted, start[0]))
             self._hold_fetched(wanted, uses=0)
         for s in start:
-            for d in deps[s]:
+            for d in reads[s]:
                 self.uses[d] = self.uses.get(d, 0) + 1
         self.ready.extend(reversed(start))
 
@@ -420,7 +424,7 @@ class InvocationState:
         for d, nbytes in ev.fetched:
             if d in memory:
                 memory[d] = nbytes
-        for d in self.view.deps[ev.task]:
+        for d in self.reads[ev.task]:
             left = uses.get(d)
             if left is not None and left > 1:
                 uses[d] = left - 1
@@ -502,18 +506,18 @@ class InvocationState:
         for b, need in zip(candidates, missing, strict=True):
             if b in status.members or b not in status.available or b in self.memory:
                 continue
-            need = tuple(d for d in need if d not in self.memory)
+            need = tuple(d for d in self.reads[b] if d not in self.memory)
             if need:
                 self._emit(Fetch(need, b))
                 self._hold_fetched(need)
             else:
-                for d in view.deps[b]:
+                for d in self.reads[b]:
                     self.uses[d] = self.uses.get(d, 0) + 1
             self.running.add(b)
             outcome = yield Execute(b, duplicate=True)
             self.running.discard(b)
             if isinstance(outcome, TaskFailed):
-                for d in view.deps[b]:
+                for d in self.reads[b]:
                     self._read(d)
                 continue
             assert isinstance(outcome, TaskDone) and outcome.task == b
@@ -602,7 +606,7 @@ class InvocationState:
     def _schedule(self) -> None:
         """Start ready tasks while threads are free; when nothing runs or is ready, wait
         for held fan-ins or finish."""
-        deps, memory, kept, uses, out = (self.view.deps, self.memory, self.kept, self.uses,
+        deps, memory, kept, uses, out = (self.reads, self.memory, self.kept, self.uses,
                                          self._out)
         ready, running = self.ready, self.running
         if self.to_recheck:

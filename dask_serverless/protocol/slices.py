@@ -101,6 +101,11 @@ class SliceTask(TaskNode):
     upload: bool = False
     worker: str = ""
 
+    @property
+    def reads(self) -> tuple[int, ...]:
+        """What it reads: its dependencies, then its stored inputs (``TaskNode.stored``)."""
+        return self.deps + self.stored if self.stored else self.deps
+
 
 @dataclass(slots=True)
 class GroupSlice:
@@ -128,17 +133,19 @@ class GroupSlice:
     stream: dict[int, int] = field(default_factory=dict)  # its tasks and ``inputs`` streamed
     duplicate: dict[int, tuple[int, ...]] = field(default_factory=dict)  # entry -> tasks
     candidates: list[SliceTask] = field(default_factory=list)  # task-dup's, of others
+    stored: list[tuple[int, ...]] = field(default_factory=list)  # per task: stored inputs
+    refs: dict[int, Any] = field(default_factory=dict)  # stored input id -> its reference
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def tasks(self) -> Iterator[SliceTask]:
-        up, worker = self.upload, self.worker
+        up, worker, stored = self.upload, self.worker, self.stored
         for i, tid in enumerate(self.ids):
             yield SliceTask(tid, self.keys[i], self.nodes[i], self.names[i], self.deps[i],
                             (), self.annotations[i], self.sizes[i],
                             self.local_dependents[i], self.entry_dependents[i], bool(up[i]),
-                            worker)
+                            worker, stored=stored[i] if stored else ())
 
 
 def _schema() -> str:
@@ -352,6 +359,44 @@ def open_piece(blob: bytes, run_id: str, digest: str, what: str) -> None:
     PIECES.add(digest, bytes(data))
 
 
+INLINE_MAGIC = b"DSI1"
+_INLINE_ITEM = struct.Struct("<HI")
+
+
+def pack_inline(blobs: dict[str, bytes]) -> bytes:
+    """Sealed frames (the header under ``HEADER``, slices under their names) in one
+    payload for ``Invocation.spec``: each stays sealed under its own name, so a frame
+    put under another name fails its seal when opened."""
+    parts = [INLINE_MAGIC]
+    for name, blob in blobs.items():
+        encoded = name.encode()
+        parts += [_INLINE_ITEM.pack(len(encoded), len(blob)), encoded, blob]
+    return b"".join(parts)
+
+
+def unpack_inline(data: bytes, what: str) -> dict[str, memoryview]:
+    """The frames ``pack_inline`` packed, by name (their seals are checked on decode)."""
+    view = memoryview(data)
+    if bytes(view[:len(INLINE_MAGIC)]) != INLINE_MAGIC:
+        raise SchemaMismatchError(f"{what} is not an inline run spec of this code's format: "
+                                  "client and workers run different code")
+    out: dict[str, memoryview] = {}
+    at = len(INLINE_MAGIC)
+    try:
+        while at < len(view):
+            n_name, n_blob = _INLINE_ITEM.unpack_from(view, at)
+            at += _INLINE_ITEM.size
+            name = bytes(view[at:at + n_name]).decode()
+            at += n_name
+            if at + n_blob > len(view):
+                raise ValueError("truncated")
+            out[name] = view[at:at + n_blob]
+            at += n_blob
+    except (struct.error, ValueError) as exc:
+        raise TamperedPayloadError(f"{what}: a garbled inline run spec ({exc})") from exc
+    return out
+
+
 # -- the client's cut ------------------------------------------------------------------------
 class Slicer:
     """Cuts a planned run into group slices (see module docstring). ``pieces`` collects
@@ -409,19 +454,27 @@ class Slicer:
                 inputs.setdefault(d, tasks[d].key)
         stream = {t: opt.stream[t] for t in (*ids, *inputs) if t in opt.stream} \
             if opt.stream else {}
+        stored: list[tuple[int, ...]] = []
+        refs: dict[int, Any] = {}
+        if dag.stored:  # stored inputs its tasks (and task-dup candidates) read
+            stored = [t.stored for t in group]
+            for sid in {s for t in (*group, *candidates) for s in t.stored}:
+                ref = dag.stored_input(sid).ref
+                if ref is not None:
+                    refs[sid] = (dag.stored_input(sid).key, ref)
         return GroupSlice(
             self.name_of[g], worker, ids, [t.key for t in group], [t.node for t in group],
             [t.func_name for t in group], [t.deps for t in group], [t.size for t in group],
             [t.annotations for t in group], [layout.local_dependents[t] for t in ids],
             [layout.entry_dependents[t] for t in ids],
             bytes(layout.upload[t] for t in ids), [t for t in ids if t in dag.output_set],
-            inputs, entries, workers, delay, stream, duplicate, candidates)
+            inputs, entries, workers, delay, stream, duplicate, candidates, stored, refs)
 
     def _candidate(self, b: int) -> SliceTask:
         t, layout = self.dag.tasks[b], self.layout
         return SliceTask(b, t.key, t.node, t.func_name, t.deps, (), t.annotations, t.size,
                          layout.local_dependents[b], layout.entry_dependents[b],
-                         layout.upload[b], self.plan.assignment[b])
+                         layout.upload[b], self.plan.assignment[b], stored=t.stored)
 
     def encode(self, g: int) -> tuple[str, bytes]:
         """(name, sealed bytes) of group ``g``'s slice."""
@@ -442,76 +495,44 @@ class MissingSliceError(KeyError):
     that does."""
 
 
-class _Column:
-    """A per-task fact of the loaded tasks: ``column[task]`` loads the task's slice
-    first when it is a known entry of another group."""
+class _Facts(dict):
+    """A per-task fact (``view.deps[t]``, ``view.upload[t]``...): a plain dict of the
+    tasks known so far (read at C speed in the core's loops); a task not in it is looked
+    up through ``view.task`` (``whole``: loading an entry's slice first), and a loaded
+    slice fills it (``SlicedView.add``)."""
 
-    __slots__ = ("attr", "view")
+    __slots__ = ("attr", "view", "whole")
 
-    def __init__(self, view: SlicedView, attr: str):
-        self.view, self.attr = view, attr
+    def __init__(self, view: SlicedView, attr: str, whole: bool):
+        super().__init__()
+        self.view, self.attr, self.whole = view, attr, whole
 
-    def __getitem__(self, tid: int) -> Any:
-        return getattr(self.view.task(tid, whole=True), self.attr)
+    def __missing__(self, tid: int) -> Any:
+        task = self.view.task(tid, whole=self.whole)
+        return self.get(tid, getattr(task, self.attr))
 
 
 class _Tasks:
     """``tasks[t]``: a ``SliceTask`` (see ``SlicedView.task``); iterating and ``in``
     cover the tasks of the loaded groups."""
 
-    __slots__ = ("view",)
+    __slots__ = ("own", "view")
 
     def __init__(self, view: SlicedView):
-        self.view = view
+        self.view, self.own = view, view.own
 
     def __getitem__(self, tid: int) -> SliceTask:
-        return self.view.task(tid)
+        found = self.own.get(tid)
+        return found if found is not None else self.view.task(tid)
 
     def __contains__(self, tid: int) -> bool:
-        return tid in self.view.own
+        return tid in self.own
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.view.own)
+        return iter(self.own)
 
     def __len__(self) -> int:
-        return len(self.view.own)
-
-
-class _Deps:
-    """``deps[task]`` of loaded tasks, of entries they fire and of inputs' producers
-    where known."""
-
-    __slots__ = ("view",)
-
-    def __init__(self, view: SlicedView):
-        self.view = view
-
-    def __getitem__(self, tid: int) -> tuple[int, ...]:
-        view = self.view
-        found = view.own.get(tid)
-        if found is not None:
-            return found.deps
-        entry = view.entries.get(tid)
-        if entry is not None:
-            return entry[0]
-        return view.task(tid).deps
-
-
-class _Assignment:
-    """``assignment[task]``: the worker of a loaded task, of an entry they fire or of a
-    task-dup candidate."""
-
-    __slots__ = ("view",)
-
-    def __init__(self, view: SlicedView):
-        self.view = view
-
-    def __getitem__(self, tid: int) -> str:
-        view = self.view
-        entry = view.entries.get(tid)
-        if entry is not None:
-            return entry[1]
-        return view.task(tid).worker
+        return len(self.own)
 
 
 class SlicedView:
@@ -522,10 +543,13 @@ class SlicedView:
     ``assignment[t]``, ``workers``, ``optimizations``, ``worker_of(t)``, ``tasks[t]``); a
     fact of an entry task of another group loads that group's slice through ``load``
     (``name -> GroupSlice``) on first use. ``nbytes`` / ``load_s`` total what was loaded.
+    The run header's options are attributes too (``ttl``, ``deadline_at``...).
     """
 
     def __init__(self, header: RunHeader, load: Callable[[list[str]], list[GroupSlice]]):
         self.header = header
+        for f in dataclasses.fields(header):  # plain attributes: read per task
+            setattr(self, f.name, getattr(header, f.name))
         self._load = load
         self.own: dict[int, SliceTask] = {}  # tasks of the loaded groups
         self.candidates: dict[int, SliceTask] = {}  # task-dup's, of other groups
@@ -537,17 +561,17 @@ class SlicedView:
         self.loaded: set[str] = set()
         self.nbytes = 0  # bytes of the slices loaded (set by the loader)
         self.load_s = 0.0
-        self.deps = _Deps(self)
-        self.local_dependents = _Column(self, "local_dependents")
-        self.entry_dependents = _Column(self, "entry_dependents")
-        self.upload = _Column(self, "upload")
-        self.assignment = _Assignment(self)
+        # of loaded tasks; deps and assignment also of the entries they fire and of
+        # task-dup candidates; more through ``task`` when asked
+        self.deps = _Facts(self, "deps", whole=False)
+        self.reads = _Facts(self, "reads", whole=False)  # deps, then stored inputs
+        self.stored_refs: dict[int, Any] = {}  # stored input id -> its reference
+        self.stored_keys: dict[int, Any] = {}  # stored input id -> its Dask key
+        self.assignment = _Facts(self, "worker", whole=False)
+        self.local_dependents = _Facts(self, "local_dependents", whole=True)
+        self.entry_dependents = _Facts(self, "entry_dependents", whole=True)
+        self.upload = _Facts(self, "upload", whole=True)
         self.tasks = _Tasks(self)
-
-    def __getattr__(self, name: str) -> Any:  # run-wide options: ttl, deadline_at...
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self.header, name)
 
     def ensure(self, names: Iterable[str]) -> None:
         """Load the slices ``names`` not loaded yet (one round trip)."""
@@ -561,13 +585,29 @@ class SlicedView:
         if s.name in self.loaded:
             return
         self.loaded.add(s.name)
-        own = self.own
-        for t in s.tasks():
-            own[t.id] = t
+        own, deps, assignment = self.own, self.deps, self.assignment
+        local, entry, upload = self.local_dependents, self.entry_dependents, self.upload
+        reads = self.reads
+        for sid, (key, ref) in s.refs.items():
+            self.stored_keys[sid] = key
+            self.stored_refs[sid] = ref
         for c in s.candidates:
             self.candidates[c.id] = c
-        for e, facts in s.entries.items():
-            self.entries[e] = facts
+            deps.setdefault(c.id, c.deps)
+            reads.setdefault(c.id, c.reads)
+            assignment.setdefault(c.id, c.worker)
+        for e, (e_deps, worker) in s.entries.items():
+            self.entries[e] = (e_deps, worker)
+            deps[e] = e_deps
+            assignment[e] = worker
+        for t in s.tasks():
+            own[t.id] = t
+            deps[t.id] = t.deps
+            reads[t.id] = t.reads
+            assignment[t.id] = t.worker
+            local[t.id] = t.local_dependents
+            entry[t.id] = t.entry_dependents
+            upload[t.id] = t.upload
         self.inputs.update(s.inputs)
         self.workers.update(s.workers)
         self.final.update(s.final)
@@ -601,9 +641,18 @@ class SlicedView:
                                 f"({sorted(self.loaded)[:5]})")
 
     def key(self, tid: int) -> Any:
-        """The key of a loaded task or of one of their inputs."""
+        """The key of a loaded task, of one of their inputs or of a stored input."""
         found = self.own.get(tid) or self.candidates.get(tid)
-        return found.key if found is not None else self.inputs[tid]
+        if found is not None:
+            return found.key
+        stored = self.stored_keys.get(tid)
+        return stored if stored is not None else self.inputs[tid]
+
+    def arguments(self, tid: int, values: dict[int, Any]) -> dict[Any, Any]:
+        """Task ``tid``'s inputs by Dask key (what its node is called with), from
+        ``values`` by id: its dependencies, then its stored inputs."""
+        key = self.key
+        return {key(d): values[d] for d in self.reads[tid]}
 
     def worker_of(self, tid: int) -> WorkerSpec:
         return self.workers[self.assignment[tid]]

@@ -19,7 +19,10 @@ from ..plan import Optimizations, Plan, WorkerSpec
 class RunView:
     """Per-task facts of a run (see module docstring).
 
-    - ``deps``: each task's dependencies; ``local_dependents`` / ``entry_dependents``:
+    - ``deps``: each task's dependencies; ``reads``: what it reads, its dependencies then
+      the stored inputs it reads (ids past the tasks: ``DAG.stored``), which are in
+      Redis before the run and are fetched, never waited for;
+      ``local_dependents`` / ``entry_dependents``:
       its dependents in its own group / starting other groups (``layout``);
     - ``upload``: its output is stored (an entry or the client needs it);
     - ``final``: the outputs the client asked for;
@@ -34,12 +37,14 @@ class RunView:
     assignment: Sequence[str]
     workers: dict[str, WorkerSpec]
     optimizations: Optimizations
+    reads: Sequence[tuple[int, ...]] | None = None  # None: what each task reads is its deps
 
     @classmethod
     def of(cls, dag: DAG, plan: Plan, layout: Layout) -> RunView:
-        return cls([t.deps for t in dag.tasks], layout.local_dependents,
-                   layout.entry_dependents, layout.upload, dag.output_set, plan.assignment,
-                   plan.workers, plan.optimizations)
+        deps = [t.deps for t in dag.tasks]
+        reads = [t.deps + t.stored for t in dag.tasks] if dag.stored else None
+        return cls(deps, layout.local_dependents, layout.entry_dependents, layout.upload,
+                   dag.output_set, plan.assignment, plan.workers, plan.optimizations, reads)
 
     def worker_of(self, task: int) -> WorkerSpec:
         return self.workers[self.assignment[task]]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import difflib
+import gc
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from dask.callbacks import local_callbacks, unpack_callbacks
@@ -18,7 +20,8 @@ from ..plan import Plan
 from ..planners import Objective, apply_passes, get_planner
 from ..planners.base import cost_model_of
 from ..simulator import Simulator
-from . import history
+from ..storage.store import connect
+from . import history, persisted
 from .run import Run
 
 logger = logging.getLogger(__name__)
@@ -41,7 +44,38 @@ def serverless_get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
     A keyword close to one of these (``memroy``) raises ``TypeError``; those Dask's local
     schedulers take (``num_workers``, ``pool``, ...) mean nothing here and are ignored;
     any other is ignored with a warning.
+
+    ``dask.persist`` (and ``.persist()``) call ``serverless_get.persist``: the results stay
+    in Redis and the persisted collections' graphs reference them (``serverless_persist``).
     """
+    with _gc_paused():  # preparing a large graph makes millions of objects, no garbage
+        return _get(dsk, keys, callbacks=callbacks, planner=planner, plan=plan,
+                    backend=backend, redis_url=redis_url, memory=memory,
+                    parallelism=parallelism, deadline=deadline, optimizations=optimizations,
+                    serverless_dashboard=serverless_dashboard, **kwargs)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Python's cyclic collector off (as it was after): with it on, building a DAG of
+    100k tasks spends about half its time in collections that find nothing."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
+         plan: Plan | None = None, backend: Any = None, redis_url: str | None = None,
+         memory: int | None = None, parallelism: int | None = None,
+         deadline: float | None = None, optimizations: list[str] | None = None,
+         serverless_dashboard: bool | None = None, persist: bool = False,
+         **kwargs: Any) -> Any:
+    """``serverless_get``; ``persist``: large outputs stay in Redis, returned as
+    ``StoredNode``s (``runtime.persisted.keep_outputs``)."""
     global last_run
     _check_keywords(kwargs)
     config.validate_all()
@@ -53,20 +87,32 @@ def serverless_get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
         started = []
         state: dict[str, Any] = {}
         succeeded = False
+        made: list = []  # embedded values stored for this run
         try:
+            url = session.redis_url(redis_url)
+            made = persisted.prepare(dag, connect(url), url, config.get("output-ttl"),
+                                     config.get("persist.ttl"))
             for cb in cbs:
                 if cb[0]:
                     cb[0](graph)
                 started.append(cb)
+            if not dag.tasks:  # every requested key is a stored value
+                results = persisted.read_stored_outputs(dag)
+                state = _callback_state(dag)
+                state["cache"] = results
+                succeeded = True
+                return _nested_get(keys, results)
             if plan is None:
                 chosen = planner or config.get("planner")
                 passes = list(config.get("optimizations", optimizations))
                 capacity = session.backend(backend).capacity()
                 predictor = (history.predictor_for(dag, redis_url, capacity)
-                             if history.wants_history(chosen, passes) else None)
+                             if history.wants_history(chosen, passes, dag) else None)
+                if predictor is None:  # a first run: what its data sizes tell
+                    predictor = history.prior_for(dag, capacity)
                 plan = make_plan(dag, chosen, backend, memory, parallelism, passes, predictor)
             the_plan = plan
-            state = _callback_state(dag)
+            state = _callback_state(dag) if cbs else {}  # callbacks' view of the run
             for f in start_state_cbs:
                 if f:
                     f(graph, state)
@@ -75,8 +121,9 @@ def serverless_get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
                 on_progress = _progress_reporter(dag, graph, state, pretask_cbs, posttask_cbs)
             metrics_url = session.metrics_url(redis_url)
             live = _live_dashboard(serverless_dashboard, metrics_url)
-            run = Run(dag, the_plan, session.backend(backend), session.redis_url(redis_url),
-                      ttl=config.get("output-ttl"),
+            run = Run(dag, the_plan, session.backend(backend), url,
+                      ttl=config.ttl_for(config.get("output-ttl"),
+                                         config.get("deadline", deadline)),
                       inline_bytes=config.get("payload-inline-bytes"),
                       deadline=config.get("deadline", deadline),
                       poll_interval=config.get("poll-interval"),
@@ -84,19 +131,72 @@ def serverless_get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
                       max_output_bytes=config.get("max-output-bytes"), on_progress=on_progress,
                       metrics_url=metrics_url, metrics_wait=config.get("metrics.wait"),
                       task_log_level=level_number(config.get("metrics.task-logs")),
-                      live=live, echo_output=config.get("echo-task-output"))
+                      live=live, echo_output=config.get("echo-task-output"),
+                      keep=(config.get("embed-max-bytes"), config.get("persist.ttl"))
+                      if persist else None)
             last_run = run
             values = run.execute()
             results = {dag.tasks[t].key: v for t, v in zip(dag.outputs, values, strict=True)}
+            if dag.stored_outputs:
+                results.update(persisted.read_stored_outputs(dag))
             if on_progress is not None:
                 on_progress(None)  # tasks whose progress message was not seen
             state["cache"] = results
             succeeded = True
         finally:
+            persisted.release(made)
+            persisted.forget(dag)  # ``last_run`` keeps the DAG: not the values it read
             for cb in started:
                 if cb[4]:
                     cb[4](graph, state, not succeeded)
     return _nested_get(keys, results)
+
+
+def serverless_persist(collections: list, optimize_graph: bool = True,
+                       **kwargs: Any) -> list:
+    """``dask.persist``'s scheduler protocol (``serverless_get.persist``): compute
+    ``collections`` and return them rebuilt over their results, as ``dask.persist`` does,
+    except that results larger than ``serverless.embed-max-bytes`` stay in Redis: the
+    rebuilt graphs hold ``StoredNode`` references, which later computes' workers fetch
+    where they are read. They are released when the collections are garbage-collected
+    here, or after ``serverless.persist.ttl`` seconds unused."""
+    from dask._expr import CompositeExpr, _ExprSequence
+    from dask.base import _rebuild_composite_collection, collections_to_expr
+    from dask.core import flatten
+
+    expr = collections_to_expr(collections, optimize_graph)
+    exprs = list(expr.operands) if isinstance(expr, _ExprSequence) else [expr]
+    composite = any(isinstance(e, CompositeExpr) for e in exprs)
+    expr = expr.optimize()
+    if composite:
+        exprs = list(expr.operands) if isinstance(expr, _ExprSequence) else [expr]
+        if len(exprs) != len(collections):
+            exprs = [None] * len(collections)
+    else:
+        exprs = [None] * len(collections)
+    keys: list = []
+    rebuilds = []
+    for a, aexpr, akeys in zip(collections, exprs, expr.__dask_keys__(), strict=True):
+        a_keys = list(flatten(akeys))
+        keys.extend(a_keys)
+        if isinstance(aexpr, CompositeExpr):
+            rebuilds.append((a, aexpr, None))
+        else:
+            rebuild, state = a.__dask_postpersist__()
+            rebuilds.append((rebuild, a_keys, state))
+    results = _get(expr, keys, persist=True, **kwargs)
+    by_key = dict(zip(keys, results, strict=True))
+    out = []
+    for rebuild, a_keys, state in rebuilds:
+        if state is None:
+            out.append(_rebuild_composite_collection(rebuild, a_keys, by_key,
+                                                     cull_to_child_keys=True))
+        else:
+            out.append(rebuild({k: by_key[k] for k in a_keys}, *state))
+    return out
+
+
+serverless_get.persist = serverless_persist  # type: ignore[attr-defined]
 
 
 # keywords of Dask's local schedulers (``dask.local.get_async``, threaded, multiprocessing):

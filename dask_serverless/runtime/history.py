@@ -7,6 +7,7 @@ from typing import Any
 
 from .. import config, session
 from ..capacity import Capacity
+from ..costmodel import SizePrior
 from ..dag import DAG
 
 logger = logging.getLogger(__name__)
@@ -14,16 +15,35 @@ logger = logging.getLogger(__name__)
 _ANY_WORKFLOW_RUNS = 10  # when this workflow is new: learn functions from recent runs
 _PLANNING_RUNS = 10  # at most this many of the workflow's newest runs feed a plan
 _cache: dict[tuple, Any] = {}  # (metrics url, run ids) -> Predictor
+LARGE_DATA_BYTES = 32 * 2**20  # known root data from which where it goes is planned
 
 
-def wants_history(planner: Any, optimizations: list[str]) -> bool:
+def known_data(dag: DAG) -> int:
+    """Bytes the run's roots are known to make before it runs (``TaskNode.size``)."""
+    return sum(t.size for t in dag.tasks if not t.deps)
+
+
+def wants_history(planner: Any, optimizations: list[str], dag: DAG | None = None) -> bool:
     """``serverless.use-history``: auto uses it for every planner but the structural
-    default (``wukong`` without passes), which needs none and stays fastest."""
+    default (``wukong`` without passes), which needs none and stays fastest, unless
+    ``dag``'s roots are known to make ``LARGE_DATA_BYTES`` or more: then where data
+    goes matters more than planning time."""
     mode = config.get("use-history")
     if mode != "auto":
         return bool(mode)
     name = planner if isinstance(planner, str) else getattr(planner, "name", "")
-    return name != "wukong" or bool(optimizations)
+    return name != "wukong" or bool(optimizations) or (
+        dag is not None and known_data(dag) >= LARGE_DATA_BYTES)
+
+
+def prior_for(dag: DAG, capacity: Capacity | None = None) -> SizePrior | None:
+    """A first run's cost model (no history): ``SizePrior`` when ``dag``'s roots are known
+    to make ``LARGE_DATA_BYTES`` or more (its planner then keeps large data local where
+    moving it costs more than it saves), else None (the planners' own defaults)."""
+    if known_data(dag) < LARGE_DATA_BYTES:
+        return None
+    return SizePrior.from_config(capacity) if capacity is not None else \
+        SizePrior.from_config()
 
 
 def predictor_for(dag: DAG, redis_url: str | None = None,

@@ -28,12 +28,15 @@ from ..metrics.records import RunRecord
 from ..metrics.runs import record_run, workflow_functions
 from ..metrics.store import MetricsStore
 from ..plan import Plan, ResourceConfig, Warmup
-from ..protocol.slices import RunHeader, root_slice
+from ..protocol.slices import HEADER, RunHeader, Slicer, pack_inline, root_slice
 from ..protocol.wire import Invocation
-from ..storage import run_events, streams
-from ..storage.slices import SliceWriter, write_spec
+from ..simulator import Recovery
+from ..storage import leases, run_events, streams
+from ..storage.slices import SliceWriter, store_slices
 from ..storage.store import RunStore, connect, redact
+from . import persisted
 from .live import LiveFeed
+from .monitor import Monitor
 from .task_output import TaskOutputFeed
 
 logger = logging.getLogger(__name__)
@@ -51,7 +54,7 @@ class Run:
                  on_progress: ProgressCallback | None = None,
                  metrics_url: str | None = None, metrics_wait: float = 2.0,
                  task_log_level: int | None = None, live: bool = False,
-                 echo_output: bool = True):
+                 echo_output: bool = True, keep: tuple[int, int] | None = None):
         plan.validate(dag)
         self.dag, self.plan, self.backend = dag, plan, backend
         self.redis_url = redis_url
@@ -79,7 +82,12 @@ class Run:
         self.first_invoke_at = 0.0  # epoch seconds the first root invocations went out
         self.spec_bytes = 0  # bytes of the run spec the client stored
         self.slices: SliceWriter | None = None  # what was stored of it (for cleanup)
+        # persist: (embed-max-bytes, persist TTL): large outputs stay in Redis (``kept``)
+        self.keep = keep
+        self.kept: set[int] = set()
         self._warmups: list[Warmup] = []
+        self.recovery: Recovery | None = None
+        self.monitor: Monitor | None = None  # set when the run is submitted
         self._started = 0.0
 
     def execute(self) -> list[Any]:
@@ -94,7 +102,10 @@ class Run:
                                    self.submit_time)
             self._submit()
             self._wait(pubsub)
-            values = self._collect()
+            if self.monitor is not None:
+                self.monitor.finish()  # cancel executions that lost to another attempt
+            values = self._collect() if self.keep is None else \
+                persisted.keep_outputs(self, *self.keep)
             self.makespan = time.time() - self.submit_time
             ok = True
             return values
@@ -146,7 +157,8 @@ class Run:
     def _submit(self) -> None:
         """Store the run header, then the slices (``storage.slices.store_slices``) in
         pipelined batches, root groups first: each root invocation goes out as soon as
-        the batch holding its slice is stored."""
+        the batch holding its slice is stored, carrying the header and its slice when
+        they are small (``payload-inline-bytes``)."""
         header = RunHeader(self.ttl, self.inline_bytes,
                            self.on_progress is not None or self.live is not None,
                            self.max_output_bytes, self.metrics_url,
@@ -154,21 +166,31 @@ class Run:
                            self.submit_time + self.deadline, self.plan.optimizations.preload)
         root_of = {root_slice(wid): (wid, roots) for wid, roots in
                    self.layout.root_groups.items()}
+        self.slices = writer = SliceWriter(self.store)
+        header_blob = writer.header(header)
 
-        def invoke(stored: list[str]) -> None:
+        def invoke(stored: dict[str, bytes]) -> None:
             now = time.time()
-            invocations = [Invocation(self.run_id, wid, self.plan.workers[wid].config.memory_mb,
-                                      self.redis_url, roots, None, {}, "client", now)
-                           for wid, roots in (root_of[n] for n in stored if n in root_of)]
+            invocations = []
+            for name, blob in stored.items():
+                if name not in root_of:
+                    continue
+                wid, roots = root_of[name]
+                inline = pack_inline({HEADER: header_blob, name: blob}) \
+                    if len(header_blob) + len(blob) < self.inline_bytes else None
+                invocations.append(Invocation(
+                    self.run_id, wid, self.plan.workers[wid].config.memory_mb, self.redis_url,
+                    roots, inline, {}, "client", now))
             if not invocations:
                 return
             if not self.roots:
                 self.first_invoke_at = now
             self.roots += [inv.id for inv in invocations]
+            self._track(invocations)
             self.backend.invoke_many(invocations)
 
-        self.slices = writer = SliceWriter(self.store)
-        write_spec(writer, self.dag, self.plan, self.layout, header, invoke)
+        self._start_monitor()
+        store_slices(Slicer(self.dag, self.plan, self.layout, self.run_id), writer, invoke)
         self.spec_bytes = writer.nbytes
         logger.debug("run %s: %d tasks, %d root invocations, spec %d bytes in %d slices",
                      self.run_id, len(self.dag), len(self.roots), writer.nbytes,
@@ -177,6 +199,23 @@ class Run:
             self.dag.signature()  # cached: hashed while the workers run, not after
         self._warmups = sorted(self.plan.optimizations.prewarm, key=lambda w: w.at_s)
         self._started = time.monotonic()
+
+    # -- watching the run's invocations (leases, retries, backups) ------------------------
+    def _start_monitor(self) -> None:
+        """The monitor watches every invocation of the run from its registration on."""
+        self.recovery = Recovery.from_config(direct=self.backend.name == "local")
+        self.monitor = Monitor(self.store, self.dag, self.redis_url, self.recovery,
+                               self.backend.invoke_many,
+                               getattr(self.backend, "cancel_invocation", None),
+                               config.get("start-timeout"))
+
+    def _track(self, invocations: list[Invocation]) -> None:
+        """Give root invocations their lease interval and register them (queued until
+        they start)."""
+        assert self.recovery is not None
+        for inv in invocations:
+            inv.heartbeat_s = self.recovery.heartbeat_s or 0.0
+        leases.register(self.store, invocations)
 
     def _warm_up_due(self) -> float:
         """Send the plan's pre-warm requests that are due; seconds until the next one."""
@@ -204,6 +243,8 @@ class Run:
                     self._raise_if_failed()
                     if self.store.outputs_done() >= n_out:
                         return
+                    if self.monitor is not None:
+                        self.monitor.check(now)
                     next_check = now + self.poll_interval
                 wait = min(self.poll_interval, deadline - now, self._warm_up_due())
                 msg = pubsub.get_message(timeout=max(wait, 0.0))
@@ -300,7 +341,8 @@ class Run:
         try:
             if self.slices is not None:
                 self.slices.cleanup()
-            self.store.cleanup([t for t in range(len(self.dag)) if layout.upload[t]],
+            self.store.cleanup([t for t in range(len(self.dag))
+                                if layout.upload[t] and t not in self.kept],
                                [t for t in range(len(self.dag)) if layout.is_entry[t]],
                                self.plan.optimizations.stream)
         except Exception:  # never hide the run's own outcome
@@ -317,6 +359,8 @@ class Run:
                         len(self.plan.workers), self.submit_time, self.makespan,
                         "ok" if ok else "failed", functions=workflow_functions(self.dag),
                         error=self.failure)
+        if self.monitor is not None:
+            run.retries, run.backups = self.monitor.retries, self.monitor.backups
         wait = self.metrics_wait if ok else min(self.metrics_wait, 0.2)
         try:
             plan = plan_record(self.dag, self.plan, capacity=self.backend.capacity())

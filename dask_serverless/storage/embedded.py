@@ -28,6 +28,8 @@ import time
 
 import redis
 
+from . import loopback
+from .loopback import Owner
 from .store import redact
 
 logger = logging.getLogger(__name__)
@@ -145,8 +147,8 @@ class EmbeddedRedis:
 
     def _start_server(self, binary: str) -> None:
         directory = self._directory()
-        password = new_password()
         for _attempt in range(5):
+            password = new_password()  # a failed attempt's may have reached a squatter
             port = free_port()
             config = server_config(port, password, directory,
                                    persistent=self.data_dir is not None)
@@ -212,12 +214,23 @@ class Lifeline:
 
 
 def wait_ready(url: str, proc: subprocess.Popen | None, timeout: float = 10.0) -> bool:
+    """Whether the server ``proc`` started answers at ``url`` within ``timeout``. Its
+    password is sent only to a listener of this user: another user who took the port
+    first (``free_port`` only finds a free one) gets nothing, and the start fails."""
     client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
                 return False
+            who = loopback.owner(url)
+            if who is Owner.FOREIGN:
+                logger.warning("another user listens on the port picked for a Redis server: "
+                               "%s; trying another", loopback.describe(url))
+                return False
+            if who is Owner.NOBODY:  # not bound yet
+                time.sleep(0.02)
+                continue
             try:
                 if client.ping():
                     return True

@@ -75,6 +75,31 @@ class RunKeys:
         """Set once the client stored every slice: a slice missing then is lost."""
         return f"{self.prefix}sl-done"
 
+    # -- invocation leases (``storage.leases``) -----------------------------------------
+    @property
+    def invocations(self) -> str:
+        """Hash: invocation id -> what it starts, for every invocation sent and not ended."""
+        return f"{self.prefix}inv"
+
+    @property
+    def running(self) -> str:
+        """Hash: ``<invocation id>:<attempt>`` -> worker, for every execution started."""
+        return f"{self.prefix}run"
+
+    def lease(self, invocation: str, attempt: int) -> str:
+        """One execution's lease (expires unless its heartbeat renews it)."""
+        return f"{self.prefix}l:{invocation}:{attempt}"
+
+    @property
+    def ended(self) -> str:
+        """Set of invocation ids whose work is done (a later delivery does nothing)."""
+        return f"{self.prefix}ended"
+
+    @property
+    def durations(self) -> str:
+        """List of ``<task id>:<seconds>`` of finished tasks (straggler detection)."""
+        return f"{self.prefix}dur"
+
     @property
     def error(self) -> str:
         return f"{self.prefix}error"

@@ -86,6 +86,7 @@ class Purpose(enum.StrEnum):
     EVENT = "event"
     STREAM_HEAD = "stream-head"
     SHUFFLE = "shuffle"  # a piece of a disk-style shuffle's partition (shuffle_store)
+    DATA = "data"  # a value stored as its own object (``storage.stored``)
 
 
 class TamperedPayloadError(ValueError):

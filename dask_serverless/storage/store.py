@@ -30,7 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 
 from ..errors import RunDataLostError
-from . import bulk, run_events, serialize
+from . import bulk, run_events, serialize, stored
 from .keys import RunKeys
 from .serialize import Encoded, Purpose, decode, encode
 
@@ -79,6 +79,8 @@ class RunStore:
         self.r = client
         self.keys = RunKeys(run_id)
         self.ttl = ttl
+        # stored inputs of the run (``DAG.stored``): id -> StoredRef; read like outputs
+        self.stored: dict[int, stored.StoredRef] = {}
 
     # -- outputs -------------------------------------------------------------------
     def encode_output(self, task: int, value: Any) -> Encoded:
@@ -88,12 +90,22 @@ class RunStore:
     def decode_output(self, task: int, blob: bytes | bytearray | memoryview,
                       what: str = "output") -> Any:
         """The value of ``task``'s output ``blob`` (read whole or streamed) once its seal
-        checks out for this run and task."""
+        checks out for this run and task (a stored input's: for its reference)."""
+        ref = self.stored.get(task) if self.stored else None
+        if ref is not None:
+            return stored.decode(ref, blob, what)
         return decode(blob, Purpose.OUTPUT, self.keys.run_id, self.keys.output(task), what)
 
     def get_outputs(self, task_ids: Sequence[int]) -> list[bytes | mmap.mmap | None]:
         """The stored blobs of these outputs (None: not stored); a large one read from
-        its parts into a writable buffer."""
+        its parts into a writable buffer; stored inputs' ids read their references
+        (``PersistedDataLostError`` when one is gone)."""
+        if self.stored and any(t in self.stored for t in task_ids):
+            refs = [self.stored[t] for t in task_ids if t in self.stored]
+            blobs = iter(stored.read(self.r, refs))
+            own = [t for t in task_ids if t not in self.stored]
+            outputs = iter(self.get_outputs(own) if own else [])
+            return [next(blobs) if t in self.stored else next(outputs) for t in task_ids]
         out: list[Any] = []
         for i in range(0, len(task_ids), 1000):
             out.extend(self.r.mget([self.keys.output(t) for t in task_ids[i:i + 1000]]))
@@ -103,17 +115,26 @@ class RunStore:
     def resolve(self, task: int, blob: bytes) -> bytes | bytearray | mmap.mmap:
         """What ``o:<task>`` holds as the output's blob: ``blob`` itself, or the parts its
         manifest names, read into one buffer (``RunDataLostError`` when one is gone)."""
-        if not serialize.is_raw(blob):
+        parts = self.parts_of(task, blob)
+        if parts is None:
             return blob
         k = self.keys
-        token, sizes = _manifest(serialize.unseal(blob, Purpose.OUTPUT, k.run_id,
-                                                  k.output(task), "output manifest"))
+        names, sizes = parts
         buf = bulk.buffer(sum(sizes))
-        names = [k.output_part(task, token, i) for i in range(len(sizes))]
         if not bulk.read(self.r, names, sizes, memoryview(buf)):
             raise RunDataLostError(f"run {k.run_id}: a part of output {task} is missing "
                                    "from Redis (run cancelled, expired or Redis restarted)")
         return buf
+
+    def parts_of(self, task: int, blob: bytes) -> tuple[list[str], list[int]] | None:
+        """The parts' keys and sizes when ``blob`` (what ``o:<task>`` holds) is the
+        manifest of a large output; None when it is the output itself."""
+        if not serialize.is_raw(blob):
+            return None
+        k = self.keys
+        token, sizes = _manifest(serialize.unseal(blob, Purpose.OUTPUT, k.run_id,
+                                                  k.output(task), "output manifest"))
+        return [k.output_part(task, token, i) for i in range(len(sizes))], sizes
 
     def _stage(self, task: int, data: Encoded) -> tuple[bytes, list[str]]:
         """What to ``SET NX`` under ``o:<task>`` for ``data``: its frame, or for a large
@@ -258,17 +279,6 @@ class RunStore:
     def spec_present(self) -> bool:
         return bool(self.r.exists(self.keys.dag))
 
-    # -- DAG -------------------------------------------------------------------------
-    def put_spec(self, blob: bytes) -> None:
-        self.r.set(self.keys.dag, blob, ex=self.ttl)
-
-    def get_spec(self) -> bytes:
-        blob = self.r.get(self.keys.dag)
-        if blob is None:
-            raise RunDataLostError(f"run {self.keys.run_id}: its spec is gone from Redis "
-                                   "(run finished, cancelled, expired, or Redis restarted)")
-        return blob
-
     # -- errors, cancellation, events ---------------------------------------------------
     def fail(self, record: dict[str, Any]) -> bool:
         """Store the run's first error record (``protocol.wire.error_record``; later ones
@@ -328,7 +338,8 @@ class RunStore:
         """Delete the run's keys (all but the cancel flag, which expires by itself);
         ``streamed``: tasks whose outputs may have been streamed (heads and chunk lists)."""
         k = self.keys
-        names = [k.dag, k.error, k.outputs_done, k.task_output, k.parts]
+        names = [k.dag, k.error, k.outputs_done, k.task_output, k.parts, k.invocations,
+                 k.running, k.ended, k.durations]
         names += [k.output(t) for t in task_ids_with_outputs]
         names += [x.decode() for x in self.r.smembers(k.parts)]
         for e in entry_ids:

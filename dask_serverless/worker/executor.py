@@ -25,10 +25,11 @@ from ..protocol import core
 from ..protocol.constants import CANCEL_CHECK_S, HOLD_POLL_S, PROGRESS_S
 from ..protocol.slices import SlicedView
 from ..protocol.wire import Invocation, InvocationReport, error_record
-from ..storage import streams
+from ..storage import leases, streams
 from ..storage.serialize import Encoded
 from ..storage.slices import SpecUse, load_view
 from ..storage.store import RunStore, connect
+from .heartbeat import Heartbeat
 from .progress import ProgressTicker
 from .task_output import TaskOutput
 
@@ -41,11 +42,11 @@ class Invoker(Protocol):
 
 def load_spec(inv: Invocation, store: RunStore) -> tuple[SlicedView, SpecUse]:
     """The run as this invocation sees it: the slices of its start tasks, from this
-    container's spec cache or Redis (``storage.slices.load_view``), and what had been
-    fetched before (``use.of(view)`` at the end: this invocation's spec bytes and
-    seconds, lazy loads included)."""
+    container's spec cache, the invocation or Redis (``storage.slices.load_view``), and
+    what had been fetched before (``use.of(view)`` at the end: this invocation's spec
+    bytes and seconds, lazy loads included)."""
     return load_view(inv.run_id, inv.worker_id, inv.invoker, inv.start, store,
-                     inv.memory_mb)
+                     inv.memory_mb, inv.spec)
 
 
 def execute(inv: Invocation, invoker: Invoker,
@@ -59,6 +60,31 @@ def execute(inv: Invocation, invoker: Invoker,
     """
     report = InvocationReport(inv.run_id, inv.worker_id, cold=cold, start_time=time.time())
     store = RunStore(connect(inv.redis_url), inv.run_id)
+    beat = Heartbeat(store, inv) if inv.heartbeat_s > 0 and not inv.warmup else None
+    if beat is not None:
+        got = beat.acquire()  # a duplicate delivery, or a late one, does nothing
+        if got != "ok":
+            logger.info("worker %s: invocation %s attempt %d %s; nothing to do",
+                        inv.worker_id, inv.id, inv.attempt,
+                        "already ended" if got == "ended" else "runs elsewhere")
+            report.extra["skipped"] = got
+            return report
+    try:
+        report = _execute(inv, invoker, on_task_start, cold, store, report, beat)
+    except Exception as exc:  # a fault of this driver: the run fails with it, never waits
+        logger.exception("worker %s: invocation %s failed", inv.worker_id, inv.id)
+        store.fail(error_record(exc, f"<worker {inv.worker_id}>", inv.worker_id,
+                                inv.memory_mb))
+        report.failed = True
+    finally:
+        if beat is not None:
+            beat.stop(ended=True)
+    return report
+
+
+def _execute(inv: Invocation, invoker: Invoker,
+             on_task_start: Callable[[int], None] | None, cold: bool, store: RunStore,
+             report: InvocationReport, beat: Heartbeat | None) -> InvocationReport:
     try:
         spec, spec_use = load_spec(inv, store)  # a slice of other code: SchemaMismatchError
     except Exception as exc:
@@ -66,13 +92,15 @@ def execute(inv: Invocation, invoker: Invoker,
         report.failed = True
         return report
     store.ttl = spec.ttl
+    store.stored = spec.stored_refs  # stored inputs are read by reference (filled as
+    # slices load)
     recorder = InvocationRecorder(inv, cold, report.start_time) if spec.metrics_url else None
     if not inv.warmup:
         logs = (recorder.capture_logs(spec.task_log_level).install()
                 if recorder is not None and spec.task_log_level is not None else None)
         output = TaskOutput(store, inv.worker_id, logs).install()  # prints, warnings
         execution = _Execution(inv, spec, store, invoker, on_task_start, report, recorder,
-                               output)
+                               output, beat)
         try:
             execution.run()
         except (_Stopped, streams.StreamCancelled):
@@ -137,8 +165,10 @@ class _Execution:
 
     def __init__(self, inv: Invocation, spec: SlicedView, store: RunStore, invoker: Invoker,
                  on_task_start: Callable[[int], None] | None, report: InvocationReport,
-                 recorder: InvocationRecorder | None = None, output: TaskOutput | None = None):
+                 recorder: InvocationRecorder | None = None, output: TaskOutput | None = None,
+                 beat: Heartbeat | None = None):
         self.inv, self.spec, self.store, self.invoker = inv, spec, store, invoker
+        self.beat = beat  # the lease: running tasks and durations go out with its beats
         self.output = output  # a task's prints and warnings, told with its key
         self.on_task_start = on_task_start
         self.report = report
@@ -164,7 +194,8 @@ class _Execution:
         self.blobs: dict[int, Encoded] = {}  # sealed outputs the core still needs
         self.seal_s: dict[int, float] = {}  # seconds spent pickling and sealing each
         self.fetched: dict[int, list[tuple[int, int]]] = {}  # task -> inputs fetched for it
-        self.started_at: dict[int, float] = {}  # running task -> its start (epoch s)
+        # running task -> its start (epoch s); the heartbeat reports them
+        self.started_at: dict[int, float] = beat.running if beat is not None else {}
         self.hold_until: dict[tuple[int, int], float] = {}  # delayed I/O deadlines
         self.streams: dict[int, tuple[streams.StreamHead, bool]] = {}  # head, we write it
         self.invokes: list[core.Invoke] = []  # collected to send in one batch
@@ -280,7 +311,7 @@ class _Execution:
         if self.on_task_start is not None:
             self.on_task_start(tid)
         self.started_at[tid] = time.time()
-        args = {self.tasks[d].key: self.values[d] for d in self.tasks[tid].deps}
+        args = self.spec.arguments(tid, self.values)
         if self.pool is not None:
             self.pool.todo.put((tid, args))
             return None
@@ -330,6 +361,8 @@ class _Execution:
         if self.rec is not None:
             self.rec.output(tid, stored or memory)
         self.open_row = (task, self.started_at.pop(tid), exec_s, cpu_s)
+        if self.beat is not None:
+            self.beat.finished.append((tid, exec_s))
         return core.TaskDone(tid, memory, stored, tuple(self.fetched.pop(tid, ())))
 
     def _seal(self, tid: int, value: Any) -> int:
@@ -363,7 +396,7 @@ class _Execution:
         task = self.tasks[tid]
         self.fetched.pop(tid, None)
         try:
-            value = task.node({self.tasks[d].key: self.values[d] for d in task.deps})
+            value = task.node(self.spec.arguments(tid, self.values))
             self.values[tid] = value
             stored = self._seal(tid, value)
         except Exception:
@@ -446,8 +479,10 @@ class _Execution:
         invs = [Invocation(self.inv.run_id, i.worker, workers[i.worker].config.memory_mb,
                            self.inv.redis_url, list(i.start), None,
                            {d: self.blobs[d].tobytes() for d in i.inline}, self.inv.worker_id,
-                           time.time())
+                           time.time(), id=self.inv.child_id(i.start),
+                           heartbeat_s=self.inv.heartbeat_s)
                 for i in collected]
+        leases.register(self.store, invs)  # before sending: queued until they start
         self.report.invoked += len(invs)
         if self.rec is not None:
             self.rec.invoked_ids([i.id for i in invs])
@@ -494,9 +529,13 @@ class _Execution:
 
     # -- cancellation, progress, failure -----------------------------------------------
     def _check_cancelled(self, now: float) -> bool:
+        """The run was cancelled, or this execution should stop: its lease was lost (the
+        client sent another attempt) or another execution did the invocation's work (a
+        straggler whose backup won)."""
         if now >= self.next_cancel_check:
             self.next_cancel_check = now + CANCEL_CHECK_S
-            if self.store.cancelled():
+            if self.store.cancelled() or (self.beat is not None and (
+                    self.beat.stopped or leases.ended(self.store, self.inv.id))):
                 self.report.cancelled = True
         return self.report.cancelled
 

@@ -154,6 +154,7 @@ def deploy(opts: DeployOptions, *, lambda_client: Any = None, iam_client: Any = 
                                     "SecurityGroupIds": opts.security_groups}
         name = s.function_name(mb)
         action = _deploy_one(lam, name, desired, package, opts.image_uri)
+        _own_async_retries(lam, name)
         say(f"function {name}: {action}")
         results.append({"function": name, "action": action, "memory_mb": mb})
     return results
@@ -221,6 +222,20 @@ def _deploy_one(lam: Any, name: str, desired: dict[str, Any],
     return "updated " + " and ".join(done) if done else "unchanged"
 
 
+def event_age_s() -> int:
+    """How long Lambda keeps an asynchronous event waiting (its allowed range is 60 s to
+    6 h): no longer than a run may take (``serverless.deadline``)."""
+    return int(min(21600, max(60, dask.config.get("serverless.deadline"))))
+
+
+def _own_async_retries(lam: Any, name: str) -> None:
+    """The client re-sends an invocation whose worker died (leases, ``serverless.retries``):
+    Lambda must not retry failed asynchronous invocations too (its default is twice), and
+    an event that waited past the deadline is dropped."""
+    lam.put_function_event_invoke_config(FunctionName=name, MaximumRetryAttempts=0,
+                                         MaximumEventAgeInSeconds=event_age_s())
+
+
 def _differs(current: Any, wanted: Any) -> bool:
     if current == REDACTED:  # not shown; the description's digest covers it
         return False
@@ -261,6 +276,10 @@ def destroy(settings: LambdaSettings | None = None, *, keep_role: bool = False,
              for page in lam.get_paginator("list_functions").paginate()
              for f in page["Functions"] if s.memory_of(f["FunctionName"]) is not None]
     for name in names:
+        try:
+            lam.delete_function_event_invoke_config(FunctionName=name)
+        except lam.exceptions.ResourceNotFoundException:
+            pass  # never deployed by this version, or already removed
         lam.delete_function(FunctionName=name)
         say(f"function {name}: deleted")
     if not names:

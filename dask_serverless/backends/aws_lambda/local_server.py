@@ -42,12 +42,13 @@ from .packaging import MAX_ZIP_BYTES
 logger = logging.getLogger(__name__)
 
 _PREFIX = "/2015-03-31/functions"
+_ASYNC_PREFIX = "/2019-09-25/functions"  # asynchronous invocation configuration
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _ZIP_REQUEST_BYTES = MAX_ZIP_BYTES * 4 // 3 + 2**20  # a base64 zip in a JSON body
 _MAX_BODY = {"create": _ZIP_REQUEST_BYTES, "update_code": _ZIP_REQUEST_BYTES,
              "invoke": MAX_SYNC_BYTES}  # bytes; any other operation: _MAX_OTHER_BODY
 _MAX_OTHER_BODY = 2**20
-_JSON_BODY = {"create", "update_code", "update_configuration"}
+_JSON_BODY = {"create", "update_code", "update_configuration", "put_event_invoke_config"}
 _ROUTES = [  # (method, path pattern, handler name)
     ("POST", re.compile(rf"{_PREFIX}/?$"), "create"),
     ("GET", re.compile(rf"{_PREFIX}/?$"), "list"),
@@ -57,6 +58,12 @@ _ROUTES = [  # (method, path pattern, handler name)
     ("PUT", re.compile(rf"{_PREFIX}/([^/]+)/code/?$"), "update_code"),
     ("PUT", re.compile(rf"{_PREFIX}/([^/]+)/configuration/?$"), "update_configuration"),
     ("POST", re.compile(rf"{_PREFIX}/([^/]+)/invocations/?$"), "invoke"),
+    ("PUT", re.compile(rf"{_ASYNC_PREFIX}/([^/]+)/event-invoke-config/?$"),
+     "put_event_invoke_config"),
+    ("GET", re.compile(rf"{_ASYNC_PREFIX}/([^/]+)/event-invoke-config/?$"),
+     "get_event_invoke_config"),
+    ("DELETE", re.compile(rf"{_ASYNC_PREFIX}/([^/]+)/event-invoke-config/?$"),
+     "delete_event_invoke_config"),
 ]
 
 
@@ -158,6 +165,16 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     def _update_configuration(self, name: str, *, body: bytes, query: dict) -> None:
         self._json(200, self.server.service.update_configuration(name, _body(body)))
+
+    def _put_event_invoke_config(self, name: str, *, body: bytes, query: dict) -> None:
+        self._json(200, self.server.service.put_event_invoke_config(name, _body(body)))
+
+    def _get_event_invoke_config(self, name: str, *, body: bytes, query: dict) -> None:
+        self._json(200, self.server.service.get_event_invoke_config(name))
+
+    def _delete_event_invoke_config(self, name: str, *, body: bytes, query: dict) -> None:
+        self.server.service.delete_event_invoke_config(name)
+        self._send(204, b"", {})
 
     def _invoke(self, name: str, *, body: bytes, query: dict) -> None:
         kind = self.headers.get("X-Amz-Invocation-Type") or "RequestResponse"

@@ -74,6 +74,7 @@ class _Function:
     cold_starts: int = 0
     warm_starts: int = 0
     errors: int = 0
+    event_invoke_config: dict[str, Any] | None = None  # asynchronous invocation settings
 
 
 class LocalLambdaService:
@@ -171,6 +172,43 @@ class LocalLambdaService:
         if self.keyring is not None:
             self.keyring.revoke(fn.credentials)
         _retire(fn.pool)
+
+    def put_event_invoke_config(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``PutFunctionEventInvokeConfig``: stored and answered as Lambda does (this
+        server retries no failed asynchronous invocation either way)."""
+        retries = body.get("MaximumRetryAttempts", 2)
+        age = body.get("MaximumEventAgeInSeconds", 21600)
+        if not isinstance(retries, int) or not 0 <= retries <= 2:
+            raise ApiError(400, "InvalidParameterValueException",
+                           f"MaximumRetryAttempts {retries!r} must be 0, 1 or 2")
+        if not isinstance(age, int) or not 60 <= age <= 21600:
+            raise ApiError(400, "InvalidParameterValueException",
+                           f"MaximumEventAgeInSeconds {age!r} must be 60 to 21600")
+        with self._lock:
+            fn = self._get_locked(name)
+            fn.event_invoke_config = {
+                "FunctionArn": fn.config["FunctionArn"], "MaximumRetryAttempts": retries,
+                "MaximumEventAgeInSeconds": age, "LastModified": time.time(),
+                "DestinationConfig": body.get("DestinationConfig") or {}}
+            return dict(fn.event_invoke_config)
+
+    def get_event_invoke_config(self, name: str) -> dict[str, Any]:
+        with self._lock:
+            fn = self._get_locked(name)
+            if fn.event_invoke_config is None:
+                raise ApiError(404, "ResourceNotFoundException",
+                               f"The function {fn.config['FunctionArn']} doesn't have an "
+                               "EventInvokeConfig")
+            return dict(fn.event_invoke_config)
+
+    def delete_event_invoke_config(self, name: str) -> None:
+        with self._lock:
+            fn = self._get_locked(name)
+            if fn.event_invoke_config is None:
+                raise ApiError(404, "ResourceNotFoundException",
+                               f"The function {fn.config['FunctionArn']} doesn't have an "
+                               "EventInvokeConfig")
+            fn.event_invoke_config = None
 
     def stats(self, name: str) -> dict[str, int]:
         fn = self._get(name)

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ... import config
+from ...errors import ForeignListenerError
+from ...storage import loopback
+from ...storage.loopback import Owner
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +52,9 @@ def make_client(service: str, settings: LambdaSettings, *, pool_size: int = 10,
 
     With a custom ``endpoint_url``, credentials a local Lambda API server published for it
     (``serverless.lambda.local-credentials``) come first, then the boto3 chain; with
-    neither, placeholder ones (the server's refusal then says what it accepts).
+    neither, placeholder ones (the server's refusal then says what it accepts). A loopback
+    endpoint another user listens on is refused (``ForeignListenerError``): requests carry
+    invocations and the functions' environment.
     """
     import boto3
     from botocore.config import Config
@@ -58,6 +63,11 @@ def make_client(service: str, settings: LambdaSettings, *, pool_size: int = 10,
 
     url = endpoint_url if endpoint_url is not None else (
         settings.endpoint_url if service == "lambda" else None)
+    if url is not None and loopback.owner(url) is Owner.FOREIGN:
+        raise ForeignListenerError(
+            f"refusing the {service} endpoint {loopback.describe(url)}: another user of "
+            "this machine listens there (is your local Lambda API server down?); nothing "
+            "was sent to it")
     session = boto3.session.Session(region_name=settings.region)
     kwargs: dict[str, Any] = {}
     creds = published(url) if url is not None else None

@@ -91,6 +91,11 @@ class LocalBackend:
         """Stop this run's running invocations now (its run failed or was cancelled)."""
         self.pool.cancel_run(run_id)
 
+    def cancel_invocation(self, run_id: str, inv_id: str, attempts: list[int]) -> None:
+        """Kill the containers running these attempts of an invocation (a straggler's
+        backup, or the straggler, did its work first)."""
+        self.pool.cancel_invocation(run_id, inv_id, attempts)
+
     def wait_idle(self, run_id: str, timeout: float) -> bool:
         """After a run: wait (bounded) until its containers are idle again, so the next
         compute finds them warm."""

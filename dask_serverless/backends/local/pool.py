@@ -200,6 +200,25 @@ class LocalPool:
             c.proc.kill()
         return len(doomed)
 
+    def cancel_invocation(self, run_id: str, inv_id: str, attempts: list[int]) -> int:
+        """Kill containers running these attempts of invocation ``inv_id`` (another
+        attempt did its work: a straggler whose backup won) and drop them if queued."""
+        def doomed(w: Work) -> bool:
+            return (isinstance(w, Invocation) and w.run_id == run_id and w.id == inv_id
+                    and w.attempt in attempts)
+
+        with self._lock:
+            victims = [c for c in self._containers.values()
+                       if c.state == "busy" and c.current is not None and doomed(c.current)]
+            self.policy.drop_queued(lambda w: not doomed(w))
+            for c in victims:
+                c.current = None  # its exit is not a crash to report
+        for c in victims:
+            logger.info("container %s: cancelling invocation %s of run %s (another attempt "
+                        "did its work)", c.id, inv_id, run_id)
+            c.proc.kill()
+        return len(victims)
+
     def close(self) -> None:
         with self._lock:
             self._closed = True

@@ -23,6 +23,9 @@ class Workload:
     graph: dict[Hashable, Any]
     keys: list[Hashable]
     params: dict[str, Any] = field(default_factory=dict)
+    # what ``dask.compute`` would hand a scheduler (the optimised expression): carries
+    # dask.array chunk sizes, which the serverless planners use on a first run
+    source: Any = None
 
     @property
     def n_tasks(self) -> int:
@@ -42,7 +45,7 @@ def from_collections(name: str, description: str, collections: list[Any],
     expr = FinalizeCompute(collections_to_expr(collections, True)).optimize()
     graph = dict(expr.__dask_graph__())
     keys = list(flatten(expr.__dask_keys__()))
-    return Workload(name, description, graph, keys, params)
+    return Workload(name, description, graph, keys, params, expr)
 
 
 def from_graph(name: str, description: str, graph: dict, keys: Any,

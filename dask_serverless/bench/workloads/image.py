@@ -7,12 +7,14 @@ from typing import Any
 
 import numpy as np
 
+from ...hints import hints
 from .base import Workload, from_collections, sized
 
 BLUR_PASSES = 3
 HALO = BLUR_PASSES + 2  # each 3x3 filter reads one pixel of border; one more for safety
 
 
+@hints(size=lambda size, seed: 4 * size * size)  # float32: known before it runs
 def load_image(size: int, seed: int) -> np.ndarray:
     """A synthetic grey image: smooth waves, bright discs and noise (float32)."""
     rng = np.random.default_rng(seed)

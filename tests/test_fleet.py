@@ -1,0 +1,298 @@
+"""Fleet-grade execution (issue 12): no re-fired work, leases on every backend, straggler
+backups. Real containers, a real redis-server, the lambda backend through the local
+Lambda API server; faults are real (os._exit, kill -9, duplicated deliveries)."""
+
+from __future__ import annotations
+
+import operator
+import os
+import subprocess
+import threading
+import time
+from collections import Counter
+
+import dask
+import pytest
+import redis
+from dask import delayed
+
+from dask_serverless import serverless_get, session
+from dask_serverless.adapter import to_dag
+from dask_serverless.backends.local import LocalBackend
+from dask_serverless.backends.local.pool import LocalPool
+from dask_serverless.config import ConfigError
+from dask_serverless.errors import RunDataLostError, WorkerCrashedError
+from dask_serverless.plan import Plan, ResourceConfig, WorkerSpec
+from dask_serverless.runtime import get as get_mod
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def logged(path, name, value, *inputs):
+    """A task that records each run of it (one line per execution) in ``path``."""
+    with open(path, "a") as f:
+        f.write(f"{name}\n")
+    return value + sum(inputs)
+
+
+def logged_dies_once(path, marker, name, value, *inputs):
+    """Like ``logged``, but its first run kills its worker process after recording."""
+    out = logged(path, name, value, *inputs)
+    if not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write("died")
+        os._exit(3)
+    return out
+
+
+def runs(path) -> Counter:
+    with open(path) as f:
+        return Counter(line.strip() for line in f if line.strip())
+
+
+def make_backend(pool_cls=LocalPool, **kw):
+    backend = LocalBackend(max_containers=4, keep_alive=30)
+    backend.pool.close()
+    backend.pool = pool_cls(4, 30, on_crash=backend.pool.on_crash, **kw)
+    return backend
+
+
+def plan_by_key(graph, key, worker_of) -> Plan:
+    """A plan placing each task by ``worker_of(task key)``."""
+    dag = to_dag(graph, key)
+    assignment = [worker_of(str(t.key)) for t in dag.tasks]
+    specs = {w: WorkerSpec(w, ResourceConfig(1024)) for w in set(assignment)}
+    return Plan(assignment, specs, "test", {})
+
+
+def chain_with_leaves(path, marker, n=6):
+    """step-0 -> ... -> step-(n-1) on one worker, each step's leaf on its own worker;
+    the last step kills its worker once."""
+    steps, leaves = [], []
+    prev = None
+    for i in range(n):
+        args = (path, f"step-{i}", i) + ((prev,) if prev is not None else ())
+        if i == n - 1:
+            prev = delayed(logged_dies_once)(path, marker, f"step-{i}", i, prev,
+                                             dask_key_name=f"step-{i}")
+        else:
+            prev = delayed(logged)(*args, dask_key_name=f"step-{i}")
+        steps.append(prev)
+        leaves.append(delayed(logged)(path, f"leaf-{i}", 100, prev, dask_key_name=f"leaf-{i}"))
+    return delayed(logged)(path, "total", 0, prev, *leaves, dask_key_name="total")
+
+
+def chain_worker(key: str) -> str:
+    name = key.split("-")[0]
+    return {"step": "chain", "total": "sink"}.get(name, f"w{key}")
+
+
+def test_late_death_in_a_chain_fires_nothing_twice(real_redis, tmp_path):
+    path, marker = str(tmp_path / "runs.log"), str(tmp_path / "died")
+    x = chain_with_leaves(path, marker)
+    graph, key = dict(x.dask), x.key
+    plan = plan_by_key(graph, key, chain_worker)
+    backend = make_backend(retries=2, retry_backoff=0.05)
+    try:
+        got = serverless_get(graph, key, plan=plan, backend=backend)
+    finally:
+        backend.close()
+    (tmp_path / "sync-died").write_text("no death here")
+    expected = dask.compute(chain_with_leaves(str(tmp_path / "sync.log"),
+                                              str(tmp_path / "sync-died")),
+                            scheduler="sync")
+    assert got == expected[0]
+    counts = runs(path)
+    assert os.path.exists(marker)  # the worker did die once
+    assert counts["step-5"] == 2  # the retry ran what lived only in the dead worker
+    for i in range(6):
+        assert counts[f"leaf-{i}"] == 1, counts  # fired once, although re-published
+    for i in range(5):
+        assert counts[f"step-{i}"] == 1, counts  # stored: a retry does not run them again
+    assert counts["total"] == 1
+
+
+class DuplicatingPool(LocalPool):
+    """Delivers every invocation twice, like an at-least-once event queue."""
+
+    def invoke_many(self, invocations):
+        super().invoke_many(list(invocations) + list(invocations))
+
+
+def test_every_event_delivered_twice_runs_each_task_once(real_redis, tmp_path):
+    path = str(tmp_path / "runs.log")
+    leaves = [delayed(logged)(path, f"leaf-{i}", i, dask_key_name=f"leaf-{i}")
+              for i in range(8)]
+    pairs = [delayed(logged)(path, f"pair-{i}", 0, leaves[2 * i], leaves[2 * i + 1],
+                             dask_key_name=f"pair-{i}") for i in range(4)]
+    singles = [delayed(logged)(path, f"single-{i}", 1, p, dask_key_name=f"single-{i}")
+               for i, p in enumerate(pairs)]
+    x = delayed(logged)(path, "total", 0, *singles, dask_key_name="total")
+    backend = make_backend(DuplicatingPool)
+    try:
+        (got,) = dask.compute(x, scheduler=serverless_get, backend=backend, parallelism=4)
+    finally:
+        backend.close()
+    assert got == sum(range(8)) + 4
+    counts = runs(path)
+    assert set(counts.values()) == {1}, counts
+    assert len(counts) == 8 + 4 + 4 + 1
+
+
+# -- leases under the lambda backend ---------------------------------------------------
+def exit_now(x):
+    os._exit(3)
+
+
+def slow_inc(x, seconds):
+    time.sleep(seconds)
+    return x + 1
+
+
+FAST_LEASES = {"serverless.heartbeat-interval": 0.5, "serverless.poll-interval": 0.2,
+               "serverless.retry-backoff": 0.05}
+
+
+def test_lambda_worker_death_is_noticed_by_its_lease(real_redis, lambda_backend):
+    with dask.config.set({**FAST_LEASES, "serverless.retries": 0,
+                          "serverless.deadline": 120}):
+        t0 = time.monotonic()
+        with pytest.raises(WorkerCrashedError, match=r"worker .*memory_mb=1024.*stopped "
+                                                     r"renewing its lease.*exit_now.*"
+                                                     r"after 1 attempts"):
+            dask.compute(delayed(exit_now)(1), scheduler=serverless_get)
+        took = time.monotonic() - t0
+    # lease 3 x 0.5 s, checks every 0.2 s, a cold start or two: far below the deadline
+    assert took < 20, took
+    assert dask.compute(delayed(slow_inc)(1, 0), scheduler=serverless_get) == (2,)
+
+
+def test_lambda_worker_death_is_retried_then_reported(real_redis, lambda_backend):
+    with dask.config.set({**FAST_LEASES, "serverless.retries": 1,
+                          "serverless.deadline": 120}), \
+            pytest.raises(WorkerCrashedError, match="after 2 attempts"):
+        dask.compute(delayed(exit_now)(1), scheduler=serverless_get)
+
+
+def slow_inc_telling(x, seconds, pid_dir):
+    """``slow_inc`` that first leaves its process id in ``pid_dir`` (for a killer)."""
+    with open(os.path.join(pid_dir, f"{os.getpid()}-{x}"), "w") as f:
+        f.write("running")
+    return slow_inc(x, seconds)
+
+
+def test_lambda_container_killed_mid_task_is_retried(real_redis, lambda_backend, tmp_path):
+    killed = []
+
+    def killer():
+        deadline = time.monotonic() + 60
+        while not killed and time.monotonic() < deadline:
+            running = os.listdir(tmp_path)
+            if running:
+                time.sleep(0.3)  # mid-task
+                pid = int(running[0].split("-")[0])
+                subprocess.run(["kill", "-9", str(pid)], check=False)
+                killed.append(pid)
+            time.sleep(0.05)
+
+    t = threading.Thread(target=killer)
+    x = delayed(sum)([delayed(slow_inc_telling)(i, 1.5, str(tmp_path)) for i in range(3)])
+    with dask.config.set({**FAST_LEASES, "serverless.deadline": 120}):
+        t.start()
+        (got,) = dask.compute(x, scheduler=serverless_get)
+        t.join()
+    assert killed and got == sum(range(1, 4))
+    assert get_mod.last_run.monitor.retries == 1
+
+
+# -- straggler backups -----------------------------------------------------------------
+def slow_first_time(i, marker, slow_i, seconds):
+    if i == slow_i and not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write("slow")
+        time.sleep(seconds)
+    else:
+        time.sleep(0.2)
+    return i
+
+
+def test_a_straggler_gets_a_backup(real_redis, tmp_path):
+    marker = str(tmp_path / "slow")
+    parts = [delayed(slow_first_time)(i, marker, 3, 60, dask_key_name=f"part-{i}")
+             for i in range(8)]
+    x = delayed(sum)(parts, dask_key_name="total")
+    graph, key = dict(x.dask), x.key
+    plan = plan_by_key(graph, key, lambda k: k)  # every task on its own worker
+    backend = make_backend(retries=2, retry_backoff=0.05)
+    try:
+        t0 = time.monotonic()
+        got = serverless_get(graph, key, plan=plan, backend=backend)
+        took = time.monotonic() - t0
+        assert got == sum(range(8))
+        assert took <= 20, took  # default speculation: a backup after 10 s
+        assert os.path.exists(marker)
+        assert get_mod.last_run.monitor.backups == 1
+        deadline = time.monotonic() + 10  # the loser's container is killed
+        while backend.pool.busy_pids() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not backend.pool.busy_pids()
+    finally:
+        backend.close()
+
+
+def test_speculation_off_waits_for_the_straggler(real_redis, tmp_path):
+    marker = str(tmp_path / "slow")
+    parts = [delayed(slow_first_time)(i, marker, 3, 4, dask_key_name=f"part-{i}")
+             for i in range(4)]
+    x = delayed(sum)(parts, dask_key_name="total")
+    graph, key = dict(x.dask), x.key
+    plan = plan_by_key(graph, key, lambda k: k)
+    with dask.config.set({"serverless.speculation.enabled": False,
+                          "serverless.speculation.min-seconds": 1.0,
+                          "serverless.heartbeat-interval": 0.5}):
+        t0 = time.monotonic()
+        assert serverless_get(graph, key, plan=plan) == sum(range(4))
+        assert time.monotonic() - t0 >= 4
+        assert get_mod.last_run.monitor.backups == 0
+    _ = session
+
+
+# -- output TTL and deadline -------------------------------------------------------------
+@pytest.mark.parametrize("settings", [{"serverless.output-ttl": 60, "serverless.deadline": 120},
+                                      {"serverless.output-ttl": 1.5},
+                                      {"serverless.output-ttl": True}])
+def test_output_ttl_below_the_deadline_or_not_whole_seconds_is_refused(settings):
+    with dask.config.set(settings), pytest.raises(ConfigError, match=r"serverless\.output-ttl"):
+        dask.compute(delayed(slow_inc)(1, 0), scheduler=serverless_get)
+
+
+def test_a_longer_deadline_per_call_raises_the_ttl(real_redis):
+    assert dask.compute(delayed(slow_inc)(1, 0), scheduler=serverless_get,
+                        deadline=7200) == (2,)
+    assert get_mod.last_run.ttl == 7200
+
+
+def test_keys_expiring_mid_run_are_run_data_lost(real_redis):
+    client = redis.Redis.from_url(real_redis)
+
+    def expire_the_run():
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            keys = client.keys("ds:{*}:l:*")  # a lease: the slow task is running
+            if keys:
+                run = keys[0].decode().split("}")[0] + "}"
+                for k in client.keys(f"{run}*"):
+                    client.pexpire(k, 10)  # as if output-ttl had passed
+                return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=expire_the_run)
+    t.start()
+    t0 = time.monotonic()
+    with dask.config.set({"serverless.deadline": 120}), pytest.raises(RunDataLostError):
+        # the quick input registers in the fan-in's set, which then expires: the slow
+        # one's registration can never complete it
+        x = delayed(operator.add)(delayed(slow_inc)(1, 0), delayed(slow_inc)(1, 5))
+        dask.compute(x, scheduler=serverless_get)
+    t.join()
+    assert time.monotonic() - t0 < 30  # not the deadline
