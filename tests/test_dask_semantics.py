@@ -101,7 +101,9 @@ def test_disk_shuffle_runs_across_workers_and_keeps_every_element(make, any_redi
     import redis
 
     r = redis.Redis.from_url(any_redis)
-    assert not list(r.scan_iter(f"ds:{{{run.run_id}}}:*")), "shuffle keys left behind"
+    left = list(r.scan_iter(f"ds:{{{run.run_id}}}:sh:*")) + list(
+        r.scan_iter(f"ds:{{{run.run_id}}}:parts"))
+    assert not left, "shuffle keys left behind"
 
 
 def test_a_shuffle_task_run_again_replaces_its_pieces_and_forged_ones_are_refused(any_redis):
