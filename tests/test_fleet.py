@@ -275,12 +275,19 @@ def test_a_longer_deadline_per_call_raises_the_ttl(real_redis):
 def test_keys_expiring_mid_run_are_run_data_lost(real_redis):
     client = redis.Redis.from_url(real_redis)
 
+    def run_of(key: bytes) -> str:
+        return key.decode().split("}")[0] + "}"
+
+    earlier = {run_of(k) for k in client.keys("ds:{*}")}  # other tests' leftovers
+
     def expire_the_run():
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            keys = client.keys("ds:{*}:l:*")  # a lease: the slow task is running
-            if keys:
-                run = keys[0].decode().split("}")[0] + "}"
+            # the quick input is stored, the spec written, the slow task running
+            keys = [k for k in client.keys("ds:{*}:o:*") if run_of(k) not in earlier]
+            if keys and client.exists(f"{run_of(keys[0])}:dag"):
+                run = run_of(keys[0])
+                time.sleep(0.5)
                 for k in client.keys(f"{run}*"):
                     client.pexpire(k, 10)  # as if output-ttl had passed
                 return
