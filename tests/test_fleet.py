@@ -231,7 +231,16 @@ def test_a_straggler_gets_a_backup(real_redis, tmp_path):
         assert got == sum(range(8))
         assert took <= 20, took  # default speculation: a backup after 10 s
         assert os.path.exists(marker)
-        assert get_mod.last_run.monitor.backups == 1
+        run = get_mod.last_run
+        assert run.monitor.backups == 1 and run.record.backups == 1
+        # the straggler's container was killed: its billed seconds are recorded for it
+        from dask_serverless.metrics.store import MetricsStore
+
+        records = MetricsStore.from_url(run.metrics_url).invocations(run.run_id)
+        part3 = [r for r in records if r.worker_id == "part-3"]
+        assert sorted(r.attempt for r in part3) == [0, 1]
+        loser = next(r for r in part3 if r.attempt == 0)
+        assert loser.duration_s >= 9  # from its start to the cancel, after the backup won
         deadline = time.monotonic() + 10  # the loser's container is killed
         while backend.pool.busy_pids() and time.monotonic() < deadline:
             time.sleep(0.1)

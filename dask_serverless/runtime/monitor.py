@@ -28,6 +28,7 @@ import redis
 
 from ..dag import DAG
 from ..errors import RunDataLostError, StartTimeoutError, WorkerCrashedError
+from ..metrics.records import InvocationRecord
 from ..protocol.constants import SPECULATION_MIN_SAMPLES
 from ..protocol.wire import Invocation
 from ..simulator import Recovery
@@ -45,8 +46,11 @@ class Monitor:
     def __init__(self, store: RunStore, dag: DAG, redis_url: str, recovery: Recovery,
                  send: Callable[[list[Invocation]], None],
                  cancel: Callable[[str, str, list[int]], None] | None = None,
-                 start_timeout: float | None = None):
+                 start_timeout: float | None = None,
+                 record: Callable[[InvocationRecord], None] | None = None):
         self.store, self.dag, self.redis_url = store, dag, redis_url
+        self.record = record  # writes a metrics record for an execution killed here
+        self.known: dict[str, Registered] = {}  # backed-up invocations as registered
         self.recovery = recovery
         self.send, self.cancel = send, cancel
         self.start_timeout = start_timeout
@@ -194,6 +198,7 @@ class Monitor:
                 if median is None or running <= r.min_s or running <= r.factor * median:
                     continue
                 self.backed_up.add(inv_id)
+                self.known[inv_id] = reg
                 self.backups += 1
                 attempt = self.top_attempt.get(inv_id, 0) + 1
                 self.top_attempt[inv_id] = attempt
@@ -222,8 +227,23 @@ class Monitor:
         for inv_id, execs in live.items():
             if inv_id not in ended:
                 continue
-            attempts = [e.attempt for e in execs if (inv_id, e.attempt) not in self.cancelled]
-            if attempts and self.cancel is not None:
-                self.cancelled.update((inv_id, a) for a in attempts)
-                self.cancel(self.store.keys.run_id, inv_id, attempts)
+            losers = [e for e in execs if (inv_id, e.attempt) not in self.cancelled]
+            if losers and self.cancel is not None:
+                self.cancelled.update((inv_id, e.attempt) for e in losers)
+                self.cancel(self.store.keys.run_id, inv_id, [e.attempt for e in losers])
+                self._record_killed(losers)
+
+    def _record_killed(self, losers: list[Execution]) -> None:
+        """A killed execution writes no metrics record: write one for it (billed from
+        its start to now, no tasks), so the run's cost counts the straggler."""
+        reg = self.known.get(losers[0].id)
+        if self.record is None or reg is None:
+            return
+        now = time.time()
+        for e in losers:
+            start = e.started or reg.invoke_time
+            self.record(InvocationRecord(
+                self.store.keys.run_id, e.id, e.worker_id or reg.worker_id, reg.invoker,
+                reg.memory_mb, reg.invoke_time, start, now, False, 0.0, 0,
+                attempt=e.attempt))
 

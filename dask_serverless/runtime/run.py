@@ -24,7 +24,7 @@ from ..errors import DeadlineExceededError, RedisUnavailableError, RunDataLostEr
 from ..layout import Layout, build_layout
 from ..metrics.cost import Prices
 from ..metrics.plans import plan_record
-from ..metrics.records import RunRecord
+from ..metrics.records import InvocationRecord, RunRecord
 from ..metrics.runs import record_run, workflow_functions
 from ..metrics.store import MetricsStore
 from ..plan import Plan, ResourceConfig, Warmup
@@ -198,7 +198,16 @@ class Run:
         self.monitor = Monitor(self.store, self.dag, self.redis_url, self.recovery,
                                self.backend.invoke_many,
                                getattr(self.backend, "cancel_invocation", None),
-                               config.get("start-timeout"))
+                               config.get("start-timeout"),
+                               self._record_invocation if self.metrics_url else None)
+
+    def _record_invocation(self, record: InvocationRecord) -> None:
+        """Record an invocation the client killed (a straggler that lost to its backup)."""
+        try:
+            MetricsStore.from_url(self.metrics_url).write_invocation(record, None)
+        except (redis.RedisError, OSError) as exc:
+            logger.warning("run %s: could not record a cancelled invocation: %s",
+                           self.run_id, exc)
 
     def _track(self, invocations: list[Invocation]) -> None:
         """Give root invocations their lease interval and register them (queued until

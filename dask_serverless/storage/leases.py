@@ -57,6 +57,7 @@ class Execution:
     alive: bool
     tasks: dict[int, float] = field(default_factory=dict)  # running task -> start (epoch)
     beat: float = 0.0  # epoch of the last renewal seen
+    started: float = 0.0  # epoch the execution started
 
 
 def _registered(inv: Invocation) -> str:
@@ -77,8 +78,10 @@ def register(store: RunStore, invocations: Sequence[Invocation]) -> None:
     pipe.execute()
 
 
-def lease_value(inv: Invocation, tasks: dict[int, float], now: float) -> str:
-    return json.dumps({"w": inv.worker_id, "a": inv.attempt, "b": now,
+def lease_value(inv: Invocation, started: float, tasks: dict[int, float], now: float) -> str:
+    """What a lease holds: worker, attempt, when the execution started, its last beat and
+    its running tasks with their starts."""
+    return json.dumps({"w": inv.worker_id, "a": inv.attempt, "s": started, "b": now,
                        "t": {str(t): s for t, s in tasks.items()}}, separators=(",", ":"))
 
 
@@ -91,24 +94,22 @@ def acquire(store: RunStore, inv: Invocation, value: str, ms: int) -> str:
     delivery does nothing) or "taken" (another delivery of this attempt runs it)."""
     k = store.keys
     lease = k.lease(inv.id, inv.attempt)
-    pipe = store.r.pipeline(transaction=True)
+    field = f"{inv.id}:{inv.attempt}"
+    pipe = store.r.pipeline(transaction=True)  # one round trip in the common case
     pipe.sismember(k.ended, inv.id)
     pipe.set(lease, value, nx=True, px=ms)
+    pipe.hset(k.running, field, inv.worker_id)  # (a taken lease's holder set it too)
+    pipe.expire(k.running, store.ttl)
     res = pipe.execute()
     if res[0]:
         pipe = store.r.pipeline(transaction=True)
         if res[1]:
             pipe.delete(lease)
+            pipe.hdel(k.running, field)
         pipe.hdel(k.invocations, inv.id)  # sent again after it ended: no longer queued
         pipe.execute()
         return "ended"
-    if not res[1]:
-        return "taken"
-    pipe = store.r.pipeline(transaction=False)
-    pipe.hset(k.running, f"{inv.id}:{inv.attempt}", inv.worker_id)
-    pipe.expire(k.running, store.ttl)
-    pipe.execute()
-    return "ok"
+    return "ok" if res[1] else "taken"
 
 
 def renew(store: RunStore, inv: Invocation, value: str, ms: int,
@@ -144,8 +145,14 @@ def release(store: RunStore, inv: Invocation, ended: bool,
     pipe.execute()
 
 
-def ended(store: RunStore, inv_id: str) -> bool:
-    return bool(store.r.sismember(store.keys.ended, inv_id))
+def halted(store: RunStore, inv_id: str) -> bool:
+    """The run was cancelled, or invocation ``inv_id`` ended (another execution did its
+    work): one round trip."""
+    pipe = store.r.pipeline(transaction=False)
+    pipe.exists(store.keys.cancel)
+    pipe.sismember(store.keys.ended, inv_id)
+    cancelled, ended = pipe.execute()
+    return bool(cancelled) or bool(ended)
 
 
 # -- the client's view -------------------------------------------------------------------
@@ -198,7 +205,7 @@ def snapshot(store: RunStore) -> Snapshot:
             d: dict[str, Any] = json.loads(value)
             tasks = {int(t): float(s) for t, s in d["t"].items()}
             executions.append(Execution(inv_id, attempt, str(d["w"]), True, tasks,
-                                        float(d["b"])))
+                                        float(d["b"]), float(d.get("s", 0.0))))
         except (ValueError, KeyError, TypeError, AttributeError):
             logger.warning("run %s: a malformed lease of %s; taken as alive", k.run_id,
                            inv_id)
