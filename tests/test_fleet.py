@@ -21,7 +21,7 @@ from dask_serverless.adapter import to_dag
 from dask_serverless.backends.local import LocalBackend
 from dask_serverless.backends.local.pool import LocalPool
 from dask_serverless.config import ConfigError
-from dask_serverless.errors import RunDataLostError, WorkerCrashedError
+from dask_serverless.errors import RunDataLostError, StartTimeoutError, WorkerCrashedError
 from dask_serverless.plan import Plan, ResourceConfig, WorkerSpec
 from dask_serverless.runtime import get as get_mod
 
@@ -312,3 +312,41 @@ def test_keys_expiring_mid_run_are_run_data_lost(real_redis):
         dask.compute(x, scheduler=serverless_get)
     t.join()
     assert time.monotonic() - t0 < 30  # not the deadline
+
+
+def test_a_straggler_gets_a_backup_on_lambda(real_redis, lambda_backend, tmp_path):
+    """The backup goes through Lambda like any invocation; the loser (which Lambda cannot
+    kill) sees its invocation ended and its result is discarded."""
+    marker = str(tmp_path / "slow")
+    parts = [delayed(slow_first_time)(i, marker, 2, 15, dask_key_name=f"part-{i}")
+             for i in range(4)]
+    x = delayed(sum)(parts, dask_key_name="total")
+    graph, key = dict(x.dask), x.key
+    plan = plan_by_key(graph, key, lambda k: k)
+    with dask.config.set({**FAST_LEASES, "serverless.speculation.min-seconds": 1.0,
+                          "serverless.deadline": 120}):
+        t0 = time.monotonic()
+        assert serverless_get(graph, key, plan=plan) == sum(range(4))
+        took = time.monotonic() - t0
+    assert get_mod.last_run.monitor.backups == 1
+    assert took < 12, took  # not the straggler's 15 s
+
+
+def test_queued_is_not_dead_until_the_start_timeout(real_redis):
+    """One container for two 3 s roots: the second waits in the pool's queue longer than
+    a lease lasts (1.5 s), and is left alone; with a start timeout of 1 s it is an
+    error naming the worker."""
+    parts = [delayed(slow_inc)(i, 3, dask_key_name=f"part-{i}") for i in range(2)]
+    x = delayed(sum)(parts, dask_key_name="total")
+    graph, key = dict(x.dask), x.key
+    plan = plan_by_key(graph, key, lambda k: k)
+    backend = LocalBackend(max_containers=1, keep_alive=30)
+    try:
+        with dask.config.set(FAST_LEASES):
+            assert serverless_get(graph, key, plan=plan, backend=backend) == 3
+            assert get_mod.last_run.monitor.retries == 0
+        with dask.config.set({**FAST_LEASES, "serverless.start-timeout": 1.0}), \
+                pytest.raises(StartTimeoutError, match=r"worker part-\d .*has not started"):
+            serverless_get(graph, key, plan=plan, backend=backend)
+    finally:
+        backend.close()

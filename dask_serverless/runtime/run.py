@@ -301,9 +301,13 @@ class Run:
         cut_off = "".join(f"; output {self.dag.tasks[t].key!r} streamed by {head.describe()} "
                           f"stopped at {n} of {head.chunks} chunks (its producer died or "
                           "stalled mid-stream)" for t, head, n in cut[:10])
+        queued = self.monitor.queued if self.monitor is not None else 0
+        waiting = (f"; {queued} invocation(s) sent but never started (throttled or queued: "
+                   "serverless.start-timeout bounds that)" if queued else "")
         raise DeadlineExceededError(
             f"run {self.run_id} did not finish within serverless.deadline={self.deadline} s; "
-            f"{len(pending)} of {len(self.dag.outputs)} outputs pending: {shown}{more}{cut_off}")
+            f"{len(pending)} of {len(self.dag.outputs)} outputs pending: {shown}{more}{cut_off}"
+            f"{waiting}")
 
     def _raise_if_failed(self) -> None:
         info = self.store.get_error()
