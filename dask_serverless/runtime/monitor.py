@@ -54,7 +54,7 @@ class Monitor:
         self.recovery = recovery
         self.send, self.cancel = send, cancel
         self.start_timeout = start_timeout
-        self.period = max(recovery.poll_s, (recovery.heartbeat_s or 0) / 5)
+        self.period = recovery.poll_s  # every fallback check, as the simulator assumes
         self.next_check = 0.0
         self.seen: dict[tuple[str, int], Execution] = {}  # last live lease per execution
         self.top_attempt: dict[str, int] = {}  # highest attempt sent per invocation
