@@ -79,6 +79,7 @@ DEFAULTS: dict[str, Any] = {
             "enabled": False,  # stream each run's progress and start/open the dashboard
             "port": 8501,  # where a dashboard started by a compute listens (loopback)
             "open-browser": True,  # open the live page in a browser when one is started
+            "token": None,  # access token of dashboards (None: a random one per dashboard)
         },
         "embedded": {
             # "redis-server": a real server (redis-server or valkey-server on PATH, else
@@ -125,6 +126,7 @@ dask.config.update_defaults(DASK_DEFAULTS)
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 _FUNCTION_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,50}")
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
 
 _CHOICES = {
     "use-history": ("auto", True, False),
@@ -246,6 +248,10 @@ def _validate(name: str, value: Any) -> None:
                                      or not 0 < value < 65536):
         raise ConfigError(f"serverless.dashboard.port = {value!r} must be a TCP port "
                           "(1-65535)")
+    if name == "dashboard.token" and value is not None and not (
+            isinstance(value, str) and len(value) >= 16 and _TOKEN.fullmatch(value)):
+        raise ConfigError("serverless.dashboard.token must be None (a random one) or at "
+                          "least 16 letters, digits, '-' or '_'")
     if name.startswith("metrics."):
         _validate_metrics(name, value)
     if name in ("redis-url", "metrics.redis-url") and value is not None and not str(

@@ -17,6 +17,7 @@ part of a task's time that needs a core; 1.0 when absent) and ``spec_load_time(n
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
@@ -84,7 +85,9 @@ class FixedCostModel:
     cpu_bound: float = 0.0
     cpu_fraction: float | Mapping[str, float] = 1.0
     capacity: Capacity = UNLIMITED
-    spec_load_bps: float = SPEC_LOAD_BPS  # run spec bytes fetched and decoded per second
+    # run spec bytes fetched and decoded per second; inf: spec loads are not modelled
+    # (a hand-made model's default; ``default_cost_model`` charges them)
+    spec_load_bps: float = math.inf
     price_gb_s: float = LAMBDA_PRICE_GB_S
     price_request: float = LAMBDA_PRICE_REQUEST
     _scale: dict[int, float] = field(default_factory=dict, repr=False)
@@ -118,13 +121,15 @@ class FixedCostModel:
     def spec_load_time(self, nbytes: int) -> float:
         """Seconds an invocation spends fetching and decoding ``nbytes`` of run spec
         (its slices): one round trip, then decoding dominates."""
-        return self.latency_s + nbytes / self.spec_load_bps if nbytes else 0.0
+        if not nbytes or self.spec_load_bps == math.inf:
+            return 0.0
+        return self.latency_s + nbytes / self.spec_load_bps
 
 
 def default_cost_model() -> FixedCostModel:
     """Used when no predictor is given: round numbers in the range the local backend
     measures (a cold container start is a process spawn plus imports)."""
-    return FixedCostModel()
+    return FixedCostModel(spec_load_bps=SPEC_LOAD_BPS)
 
 
 _DEFAULTS = DEFAULTS["serverless"]["metrics"]["defaults"]
@@ -146,6 +151,7 @@ class SizePrior(FixedCostModel):
     warm_s: float = _DEFAULTS["warm-start"]
     latency_s: float = _DEFAULTS["latency"]
     bandwidth: float = _DEFAULTS["bandwidth"]
+    spec_load_bps: float = SPEC_LOAD_BPS
     compute_bps: float = PRIOR_COMPUTE_BPS
 
     @classmethod

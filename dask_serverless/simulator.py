@@ -49,6 +49,7 @@ from .layout import Layout, build_layout
 from .plan import Plan, ResourceConfig, WorkerSpec
 from .protocol import core
 from .protocol.constants import CANCEL_CHECK_S, HOLD_POLL_S, LEASE_BEATS
+from .protocol.slices import SliceSizes
 from .protocol.view import RunView
 
 WARMUP_BILLED_S = 0.001  # a warm-up invocation returns at once
@@ -307,6 +308,7 @@ class _Run:
         n = len(dag)
         self.sim, self.plan, self.layout, self.est = sim, plan, layout, sim.est
         self.view = RunView.of(dag, plan, layout)
+        self.slice_sizes: SliceSizes | None = None  # made at the first invocation
         self.deps = self.view.deps
         self.out_bytes = self.est.out_bytes
         self.rtt = self.est.upload(0)
@@ -437,7 +439,20 @@ class _Run:
             p.cpu_times = self.est.cpu_times(spec.config)
         self.records.append(rec)
         p.gen = self._invocation(p, starts, arrival.inline)
-        self._push(begin, _RESUME, p, p.token)
+        p.clock = begin + self._spec_load(starts)  # its first task waits for its spec
+        self._push(p.clock, _RESUME, p, p.token)
+
+    def _spec_load(self, starts: tuple[int, ...] | list[int]) -> float:
+        """Seconds an invocation loads its run spec: the slices of its start tasks'
+        groups (``SliceSizes``; a root invocation's tasks are one group), as the runtime
+        fetches and decodes them before its first task."""
+        if not starts:
+            return 0.0
+        if self.slice_sizes is None:
+            self.slice_sizes = SliceSizes(self.sim.dag, self.plan, self.layout)
+        group = self.layout.group
+        return self.est.spec_load(sum(self.slice_sizes.of_group(g)
+                                      for g in {group[t] for t in starts}))
 
     def _finished(self, p: _Proc) -> None:
         """An invocation ended (in event time): its backup or original, if still running,

@@ -11,7 +11,7 @@ from dask import delayed
 from dask_serverless.adapter import to_dag
 from dask_serverless.layout import build_layout
 from dask_serverless.planners import get_planner
-from dask_serverless.protocol.wire import RunSpec
+from dask_serverless.protocol import slices
 
 
 def _spec_bytes(n):
@@ -22,7 +22,9 @@ def _spec_bytes(n):
     (expr,) = dask.base.collections_to_expr([x]).optimize().__dask_keys__()
     dag = to_dag(x.__dask_graph__(), x.key)
     plan = get_planner("wukong").plan(dag, parallelism=2, memory_mb=1024)
-    return len(RunSpec(dag, plan, build_layout(dag, plan), 60, 1000, False).dumps("r")), expr
+    slicer = slices.Slicer(dag, plan, build_layout(dag, plan), "r")
+    spec = sum(len(slicer.encode(g)[1]) for g in slicer.order())
+    return spec + sum(len(b) for b in slicer.pieces_to_store().values()), expr
 
 
 def test_function_serialised_once_not_per_task():

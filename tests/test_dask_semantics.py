@@ -75,16 +75,23 @@ def _dataframe_disk_shuffle():
     return ddf, lambda got: got.sort_values("b").reset_index(drop=True)
 
 
-@pytest.mark.parametrize("make", [_bag_disk_groupby, _dataframe_disk_shuffle],
-                         ids=["bag", "dataframe"])
+def _dataframe_disk_shuffle_compressed():
+    collection, normal = _dataframe_disk_shuffle()
+    return collection, normal, {"dataframe.shuffle.compression": "ZLib"}
+
+
+@pytest.mark.parametrize("make", [_bag_disk_groupby, _dataframe_disk_shuffle,
+                                  _dataframe_disk_shuffle_compressed],
+                         ids=["bag", "dataframe", "dataframe-zlib"])
 def test_disk_shuffle_runs_across_workers_and_keeps_every_element(make, any_redis):
     """Dask's disk shuffle, each task in its own invocation (partitioning tasks on other
     workers than the one that made the store): the store lives in the run's Redis, every
     element arrives once, and nothing of it is left in Redis afterwards."""
-    collection, normal = make()
+    collection, normal, *options = make()
     with dask.config.set({"dataframe.shuffle.method": "tasks"}):
         want = normal(collection.compute(scheduler="sync"))
-    got = dask.compute(collection, scheduler=serverless_get, planner="per-task")[0]
+    with dask.config.set(*options):  # read when the graph is made
+        got = dask.compute(collection, scheduler=serverless_get, planner="per-task")[0]
     if isinstance(want, pd.DataFrame):
         pd.testing.assert_frame_equal(normal(got), want)
     else:
@@ -130,6 +137,13 @@ def test_a_shuffle_task_run_again_replaces_its_pieces_and_forged_ones_are_refuse
         output.remove()
         store.cleanup([], [])
     assert not list(store.r.scan_iter(f"{store.keys.prefix}*"))
+
+
+def test_a_disk_shuffle_with_an_unknown_compression_is_dasks_import_error():
+    ddf, _ = _dataframe_disk_shuffle()
+    with dask.config.set({"dataframe.shuffle.compression": "NO_SUCH_ALGO"}), \
+            pytest.raises(ImportError, match="Not able to import and load NO_SUCH_ALGO"):
+        dask.compute(ddf, scheduler=serverless_get)
 
 
 def test_a_disk_shuffle_of_an_unknown_form_is_refused_naming_the_fix():

@@ -359,32 +359,47 @@ def test_tls_redis_with_password(tmp_path):
         proc.kill()
 
 
-def test_client_and_worker_from_different_code_is_a_clear_error(any_redis, monkeypatch):
-    """A spec laid out by other code (version skew) fails with a named error, no crash:
-    its slices carry another schema, checked before anything is unpickled."""
+def _one_task_run(redis_url: str, run_id: str, schema: str | None = None):
+    """A one-task run's spec stored as the client would (its slices written with
+    ``schema`` when given); (its store, its writer, the task's worker)."""
     from dask_serverless.adapter import to_dag
     from dask_serverless.layout import build_layout
     from dask_serverless.planners import get_planner
     from dask_serverless.protocol import slices
     from dask_serverless.storage.slices import SliceWriter, write_spec
     from dask_serverless.storage.store import RunStore, connect
-    from dask_serverless.worker.executor import execute
 
     x = delayed(sleepy)(1, 0)
     dag = to_dag(x.__dask_graph__(), x.key)
     plan = get_planner("wukong").plan(dag, parallelism=1, memory_mb=1024)
-    run_id = f"skew{free_port()}"
-    store = RunStore(connect(any_redis), run_id)
+    store = RunStore(connect(redis_url), run_id)
     writer = SliceWriter(store)
-    monkeypatch.setattr(slices, "SCHEMA", "0ld5chema")  # as if an older client wrote it
-    write_spec(writer, dag, plan, build_layout(dag, plan), slices.RunHeader(60, 10_000, False))
-    monkeypatch.undo()
-    report = execute(Invocation(run_id, plan.assignment[0], 1024, any_redis, [0]),
-                     invoker=None)
-    assert report.failed
+    with pytest.MonkeyPatch.context() as mp:
+        if schema is not None:
+            mp.setattr(slices, "SCHEMA", schema)
+        write_spec(writer, dag, plan, build_layout(dag, plan),
+                   slices.RunHeader(60, 10_000, False))
+    return store, writer, plan.assignment[0]
+
+
+def _error_of(store, writer) -> dict:
     record = store.get_error()
     writer.cleanup()
     store.cleanup([], [])
+    assert record is not None
+    return record
+
+
+def test_client_and_worker_from_different_code_is_a_clear_error(any_redis):
+    """A spec laid out by other code (version skew) fails with a named error, no crash:
+    its slices carry another schema, checked before anything is unpickled."""
+    from dask_serverless.worker.executor import execute
+
+    run_id = f"skew{free_port()}"
+    store, writer, worker = _one_task_run(any_redis, run_id, schema="0ld5chema")
+    report = execute(Invocation(run_id, worker, 1024, any_redis, [0]), invoker=None)
+    assert report.failed
+    record = _error_of(store, writer)
     assert "0ld5chema" in record["traceback"] and "different code" in record["traceback"]
     assert "SchemaMismatchError" in record["traceback"]
 
@@ -393,31 +408,17 @@ def test_a_fault_in_the_worker_driver_fails_the_run_with_its_error(any_redis, mo
     """An exception in the executor itself (not in a task) is stored as the run's error:
     the lease ends with it, so a retry that finds the lease ended cannot leave the client
     waiting for the deadline."""
-    from dask_serverless.adapter import to_dag
-    from dask_serverless.layout import build_layout
-    from dask_serverless.planners import get_planner
-    from dask_serverless.protocol import slices
-    from dask_serverless.storage.slices import SliceWriter, write_spec
-    from dask_serverless.storage.store import RunStore, connect
     from dask_serverless.worker import executor
 
-    x = delayed(sleepy)(1, 0)
-    dag = to_dag(x.__dask_graph__(), x.key)
-    plan = get_planner("wukong").plan(dag, parallelism=1, memory_mb=1024)
     run_id = f"drv{free_port()}"
-    store = RunStore(connect(any_redis), run_id)
-    writer = SliceWriter(store)
-    write_spec(writer, dag, plan, build_layout(dag, plan), slices.RunHeader(60, 10_000, False))
+    store, writer, worker = _one_task_run(any_redis, run_id)
 
     class Broken:
         def __init__(self, *args, **kwargs):
             raise AttributeError("driver fault")
 
     monkeypatch.setattr(executor, "TaskOutput", Broken)
-    inv = Invocation(run_id, plan.assignment[0], 1024, any_redis, [0], heartbeat_s=0.5)
+    inv = Invocation(run_id, worker, 1024, any_redis, [0], heartbeat_s=0.5)
     report = executor.execute(inv, invoker=None)
     assert report.failed
-    record = store.get_error()
-    writer.cleanup()
-    store.cleanup([], [])
-    assert record is not None and "driver fault" in record["traceback"]
+    assert "driver fault" in _error_of(store, writer)["traceback"]

@@ -10,6 +10,7 @@ import struct
 import threading
 import time
 
+import cloudpickle
 import dask
 import dask.array as da
 import dask.bag as db
@@ -26,7 +27,7 @@ from dask_serverless.layout import build_layout
 from dask_serverless.plan import Optimizations
 from dask_serverless.planners import get_planner
 from dask_serverless.protocol import slices
-from dask_serverless.protocol.wire import RunSpec, SchemaMismatchError
+from dask_serverless.protocol.wire import SchemaMismatchError
 from dask_serverless.storage import serialize
 from dask_serverless.storage import slices as stored
 from dask_serverless.storage.store import RunStore
@@ -256,8 +257,8 @@ def test_a_slice_written_by_other_code_is_refused(monkeypatch):
     monkeypatch.undo()
     with pytest.raises(SchemaMismatchError, match="0123456789ab"):
         slices.decode(other, RUN, name, slices.SLICE, name)
-    whole = serialize.seal(RunSpec(dag, plan, layout, 60, 1024, False).dumps(RUN),
-                           serialize.Purpose.SPEC, RUN, slices.seal_name(name))
+    whole = serialize.seal(cloudpickle.dumps((dag, plan, layout)), serialize.Purpose.SPEC,
+                           RUN, slices.seal_name(name))  # a whole pickled spec, sealed
     with pytest.raises(SchemaMismatchError, match="not a run spec slice"):
         slices.decode(whole, RUN, name, slices.SLICE, name)  # the former format
     header = slices.encode(HEADER, slices.HEADER, RUN, name)
@@ -534,3 +535,59 @@ def test_a_run_whose_slice_was_written_by_other_code_fails_with_the_schema_error
 def sleep_then(seconds, value):
     time.sleep(seconds)
     return value
+
+
+def test_an_invocation_may_carry_its_header_and_slices(real_redis, empty_spec_cache):
+    """A small root invocation carries the header and its slice (``pack_inline``): it
+    loads them from the payload, Redis only for the rest; a frame packed under another
+    name, or a garbled pack, is refused."""
+    run = store_run(real_redis, f"inline{time.monotonic_ns()}")
+    dag, plan, store, _ = run
+    run_id = store.keys.run_id
+    worker = plan.assignment[dag.roots()[0]]
+    name = slices.root_slice(worker)
+    header = store.r.get(store.keys.dag)
+    blob = store.r.get(store.keys.slice(name))
+    store.r.delete(store.keys.slice(name))  # only the payload has it now
+    view, use = stored.load_view(run_id, worker, "client", [], store, 1024,
+                                 slices.pack_inline({slices.HEADER: header, name: blob}))
+    assert view.loaded == {name} and use.of(view)[0] == len(header) + len(blob)
+    other = next(w for w in plan.workers if w != worker)
+    for bad in (slices.pack_inline({slices.HEADER: header, slices.root_slice(other): blob}),
+                slices.pack_inline({slices.HEADER: header, name: blob})[:-7]):
+        stored.forget(run_id)
+        with pytest.raises(serialize.TamperedPayloadError):
+            stored.load_view(run_id, other, "client", [], store, 1024, bad)
+    stored.forget(run_id)
+    with pytest.raises(SchemaMismatchError, match="not an inline run spec"):
+        stored.load_view(run_id, other, "client", [], store, 1024, header)
+    end_run(run)
+
+
+def test_the_simulator_charges_each_invocation_its_slice():
+    """Slower spec loads delay each invocation's first task by its slices' load time: a
+    root invocation its root group's, a fired one its entry's (not the whole DAG's)."""
+    from dask_serverless.costmodel import FixedCostModel
+    from dask_serverless.simulator import Simulator
+
+    dag, _ = tree_dag(4001, 100)
+    plan = get_planner("dask").plan(dag, parallelism=20, memory_mb=1024)  # fires entries
+    layout = build_layout(dag, plan)
+    sizes = slices.SliceSizes(dag, plan, layout)
+    fast, slow = (FixedCostModel(exec_s=1e-4, latency_s=0.0, spec_load_bps=bps)
+                  for bps in (1e12, 1e5))
+    before, after = (Simulator(dag, m).run(plan) for m in (fast, slow))
+    delay = {}  # invocation -> its first task's start after its own start, per run
+    for result in (before, after):
+        for inv in result.invocations:
+            first = min(result.task_start[t] for t in inv.tasks)
+            delay.setdefault((inv.worker_id, tuple(inv.start_tasks)), []).append(
+                first - inv.start_time)
+    both = {k: v for k, v in delay.items() if len(v) == 2}  # the same in both runs
+    fired = [starts for _, starts in both if starts != tuple(layout.root_groups.get(
+        next(iter(plan.assignment[t] for t in starts)), ()))]
+    assert len(both) - len(fired) == len(layout.root_groups) and len(fired) > 100
+    for (_, starts), (fast_s, slow_s) in both.items():
+        loaded = sum(sizes.of_group(g) for g in {layout.group[t] for t in starts})
+        assert slow_s - fast_s == pytest.approx(loaded / 1e5, rel=0.05)
+    assert after.makespan > before.makespan

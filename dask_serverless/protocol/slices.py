@@ -359,6 +359,44 @@ def open_piece(blob: bytes, run_id: str, digest: str, what: str) -> None:
     PIECES.add(digest, bytes(data))
 
 
+INLINE_MAGIC = b"DSI1"
+_INLINE_ITEM = struct.Struct("<HI")
+
+
+def pack_inline(blobs: dict[str, bytes]) -> bytes:
+    """Sealed frames (the header under ``HEADER``, slices under their names) in one
+    payload for ``Invocation.spec``: each stays sealed under its own name, so a frame
+    put under another name fails its seal when opened."""
+    parts = [INLINE_MAGIC]
+    for name, blob in blobs.items():
+        encoded = name.encode()
+        parts += [_INLINE_ITEM.pack(len(encoded), len(blob)), encoded, blob]
+    return b"".join(parts)
+
+
+def unpack_inline(data: bytes, what: str) -> dict[str, memoryview]:
+    """The frames ``pack_inline`` packed, by name (their seals are checked on decode)."""
+    view = memoryview(data)
+    if bytes(view[:len(INLINE_MAGIC)]) != INLINE_MAGIC:
+        raise SchemaMismatchError(f"{what} is not an inline run spec of this code's format: "
+                                  "client and workers run different code")
+    out: dict[str, memoryview] = {}
+    at = len(INLINE_MAGIC)
+    try:
+        while at < len(view):
+            n_name, n_blob = _INLINE_ITEM.unpack_from(view, at)
+            at += _INLINE_ITEM.size
+            name = bytes(view[at:at + n_name]).decode()
+            at += n_name
+            if at + n_blob > len(view):
+                raise ValueError("truncated")
+            out[name] = view[at:at + n_blob]
+            at += n_blob
+    except (struct.error, ValueError) as exc:
+        raise TamperedPayloadError(f"{what}: a garbled inline run spec ({exc})") from exc
+    return out
+
+
 # -- the client's cut ------------------------------------------------------------------------
 class Slicer:
     """Cuts a planned run into group slices (see module docstring). ``pieces`` collects

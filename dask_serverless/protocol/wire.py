@@ -1,5 +1,6 @@
-"""What travels between client and workers: invocations, the run spec, reports and
-error records (plain data, sealed when it crosses a process boundary)."""
+"""What travels between client and workers: invocations, reports and error records
+(plain data, sealed when it crosses a process boundary); the run spec's slices are in
+``protocol.slices``."""
 
 from __future__ import annotations
 
@@ -11,16 +12,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import cloudpickle
-
-from ..dag import DAG, TaskNode
+from ..dag import TaskNode
 from ..layout import Layout
-from ..plan import Plan
 from ..portable_errors import portable
 from ..storage import serialize
 from ..storage.serialize import Purpose
 
-SPEC_NAME = "spec"  # what a run spec is sealed under (inline or stored, the same blob)
+SPEC_NAME = "spec"  # what a run spec's header is sealed under (slices: under spec:<name>)
 
 
 @dataclass(slots=True)
@@ -32,7 +30,8 @@ class Invocation:
     memory_mb: int
     redis_url: str
     start: list[int]
-    spec: bytes | None = None  # the RunSpec inline, or None: fetch it from Redis
+    spec: bytes | None = None  # the run header and start slices (slices.pack_inline) or
+    # None: fetch them from Redis
     inputs: dict[int, bytes] = field(default_factory=dict)  # upstream outputs inline
     invoker: str = "client"
     invoke_time: float = 0.0
@@ -67,67 +66,17 @@ class Invocation:
         return dataclasses.replace(self, attempt=self.attempt + 1, backup=False)
 
 
-@dataclass(slots=True)
-class RunSpec:
-    """Everything a worker needs about a run; stored once per run."""
-
-    dag: DAG
-    plan: Plan
-    layout: Layout
-    ttl: int
-    inline_bytes: int
-    report_tasks: bool
-    max_output_bytes: int = 500 * 2**20
-    metrics_url: str | None = None  # where workers record metrics; None: not recorded
-    task_log_level: int | None = None  # lowest level of task log lines recorded; None: none
-    deadline_at: float = 0.0  # epoch seconds the run must end by (0: none): bounds waits
-    schema: str = ""  # set to SCHEMA when dumped: the client's payload layout
-
-    def check_schema(self, worker_id: str) -> None:
-        """Refuse a spec laid out by other code than this worker's (version skew)."""
-        theirs = getattr(self, "schema", "") or "unknown"
-        if theirs != SCHEMA:
-            from .. import __version__
-
-            raise SchemaMismatchError(
-                f"worker {worker_id} runs dask-serverless {__version__} with payload schema "
-                f"{SCHEMA}, but the client sent schema {theirs}: client and workers run "
-                "different code (re-deploy the Lambda functions, or restart the local pool)")
-
-    def dumps(self, run_id: str) -> bytes:
-        """Serialise once (each distinct function pickled once) and seal for ``run_id``."""
-        self.schema = SCHEMA
-        try:
-            return serialize.dumps(self, Purpose.SPEC, run_id, SPEC_NAME, by_value=True)
-        except Exception as exc:
-            raise _unpicklable_task(self.dag, exc) from exc
-
-    @staticmethod
-    def loads(data: bytes, run_id: str) -> RunSpec:
-        return serialize.loads(data, Purpose.SPEC, run_id, SPEC_NAME, "run spec")
-
-
 class SchemaMismatchError(RuntimeError):
     """Client and worker were built from different code."""
 
 
 def _schema() -> str:
     names = [f"{cls.__name__}:{','.join(f.name for f in dataclasses.fields(cls))}"
-             for cls in (Invocation, RunSpec, Layout, TaskNode)]
+             for cls in (Invocation, Layout, TaskNode)]
     return hashlib.blake2b(";".join(names).encode(), digest_size=6).hexdigest()
 
 
 SCHEMA = _schema()  # changes whenever a field of what travels to workers changes
-
-
-def _unpicklable_task(dag: DAG, exc: Exception) -> TypeError:
-    for t in dag.tasks:
-        try:
-            cloudpickle.dumps(t.node)
-        except Exception as inner:
-            return TypeError(f"task {t.key!r} cannot be serialised for the workers "
-                             f"(function {t.func_name!r}): {inner}")
-    return TypeError(f"the run spec cannot be serialised: {exc}")
 
 
 @dataclass

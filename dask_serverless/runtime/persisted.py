@@ -20,13 +20,15 @@ logger = logging.getLogger(__name__)
 def keep_outputs(run: Run, embed_max_bytes: int, ttl: int) -> list[Any]:
     """The run's outputs for ``persist``: a value whose sealed size is at most
     ``embed_max_bytes`` is read (it rides in later graphs); a larger one stays where its
-    worker stored it, for ``ttl`` seconds, as a ``StoredNode`` tracked for release when
-    nothing here holds it any more. ``run.kept``: the outputs left in Redis."""
+    worker stored it (under ``o:<task>``, or in parts for a large output), for ``ttl``
+    seconds, as a ``StoredNode`` tracked for release when nothing here holds it any more.
+    ``run.kept``: the outputs whose ``o:<task>`` key stays (cleanup leaves it)."""
     store, dag = run.store, run.dag
-    keys = [store.keys.output(t) for t in dag.outputs]
+    k = store.keys
+    keys = [k.output(t) for t in dag.outputs]
     pipe = store.r.pipeline(transaction=False)
-    for k in keys:
-        pipe.strlen(k)
+    for key in keys:
+        pipe.strlen(key)
     sizes = [int(n) for n in pipe.execute()]
     values: list[Any] = [None] * len(keys)
     small: list[int] = []
@@ -42,23 +44,38 @@ def keep_outputs(run: Run, embed_max_bytes: int, ttl: int) -> list[Any]:
                 continue
         if n == 0:
             raise RuntimeError(f"{what} of run {run.run_id} is missing from Redis")
-        if n <= embed_max_bytes:
+        if n <= embed_max_bytes:  # a small value, or the manifest of a large one
             small.append(i)
             continue
-        ref = StoredRef(run.redis_url, key, Purpose.OUTPUT.value, run.run_id, n)
-        store.r.expire(key, ttl)
-        stored.track(ref)
+        values[i] = _kept(run, tid, StoredRef(run.redis_url, key, Purpose.OUTPUT.value,
+                                              run.run_id, n), ttl)
         run.kept.add(tid)
-        values[i] = StoredNode(dag.tasks[tid].key, ref)
     if small:
-        blobs = store.get_outputs([dag.outputs[i] for i in small])
+        blobs = store.r.mget([keys[i] for i in small])
         for i, blob in zip(small, blobs, strict=True):
             tid = dag.outputs[i]
+            what = f"output {dag.tasks[tid].key!r}"
             if blob is None:
-                raise RuntimeError(f"output {dag.tasks[tid].key!r} of run {run.run_id} is "
-                                   "missing from Redis")
-            values[i] = store.decode_output(tid, blob, f"output {dag.tasks[tid].key!r}")
+                raise RuntimeError(f"{what} of run {run.run_id} is missing from Redis")
+            parts = store.parts_of(tid, blob)
+            if parts is None:
+                values[i] = store.decode_output(tid, blob, what)
+                continue
+            names, part_sizes = parts  # its parts stay; cleanup deletes the manifest
+            ref = StoredRef(run.redis_url, keys[i], Purpose.OUTPUT.value, run.run_id,
+                            sum(part_sizes), tuple(names), tuple(part_sizes))
+            store.r.srem(k.parts, *names)  # cleanup deletes the run's parts but these
+            values[i] = _kept(run, tid, ref, ttl)
     return values
+
+
+def _kept(run: Run, tid: int, ref: StoredRef, ttl: int) -> StoredNode:
+    pipe = run.store.r.pipeline(transaction=False)
+    for name in ref.redis_keys():
+        pipe.expire(name, ttl)
+    pipe.execute()
+    stored.track(ref)
+    return StoredNode(run.dag.tasks[tid].key, ref)
 
 
 def prepare(dag: DAG, r: Any, url: str, ttl: int, persist_ttl: int) -> list[StoredRef]:

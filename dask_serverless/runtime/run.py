@@ -28,11 +28,11 @@ from ..metrics.records import InvocationRecord, RunRecord
 from ..metrics.runs import record_run, workflow_functions
 from ..metrics.store import MetricsStore
 from ..plan import Plan, ResourceConfig, Warmup
-from ..protocol.slices import RunHeader, root_slice
+from ..protocol.slices import HEADER, RunHeader, Slicer, pack_inline, root_slice
 from ..protocol.wire import Invocation
 from ..simulator import Recovery
 from ..storage import leases, run_events, streams
-from ..storage.slices import SliceWriter, write_spec
+from ..storage.slices import SliceWriter, store_slices
 from ..storage.store import RunStore, connect, redact
 from . import persisted
 from .live import LiveFeed
@@ -157,7 +157,8 @@ class Run:
     def _submit(self) -> None:
         """Store the run header, then the slices (``storage.slices.store_slices``) in
         pipelined batches, root groups first: each root invocation goes out as soon as
-        the batch holding its slice is stored."""
+        the batch holding its slice is stored, carrying the header and its slice when
+        they are small (``payload-inline-bytes``)."""
         header = RunHeader(self.ttl, self.inline_bytes,
                            self.on_progress is not None or self.live is not None,
                            self.max_output_bytes, self.metrics_url,
@@ -165,12 +166,21 @@ class Run:
                            self.submit_time + self.deadline, self.plan.optimizations.preload)
         root_of = {root_slice(wid): (wid, roots) for wid, roots in
                    self.layout.root_groups.items()}
+        self.slices = writer = SliceWriter(self.store)
+        header_blob = writer.header(header)
 
-        def invoke(stored: list[str]) -> None:
+        def invoke(stored: dict[str, bytes]) -> None:
             now = time.time()
-            invocations = [Invocation(self.run_id, wid, self.plan.workers[wid].config.memory_mb,
-                                      self.redis_url, roots, None, {}, "client", now)
-                           for wid, roots in (root_of[n] for n in stored if n in root_of)]
+            invocations = []
+            for name, blob in stored.items():
+                if name not in root_of:
+                    continue
+                wid, roots = root_of[name]
+                inline = pack_inline({HEADER: header_blob, name: blob}) \
+                    if len(header_blob) + len(blob) < self.inline_bytes else None
+                invocations.append(Invocation(
+                    self.run_id, wid, self.plan.workers[wid].config.memory_mb, self.redis_url,
+                    roots, inline, {}, "client", now))
             if not invocations:
                 return
             if not self.roots:
@@ -180,8 +190,7 @@ class Run:
             self.backend.invoke_many(invocations)
 
         self._start_monitor()
-        self.slices = writer = SliceWriter(self.store)
-        write_spec(writer, self.dag, self.plan, self.layout, header, invoke)
+        store_slices(Slicer(self.dag, self.plan, self.layout, self.run_id), writer, invoke)
         self.spec_bytes = writer.nbytes
         logger.debug("run %s: %d tasks, %d root invocations, spec %d bytes in %d slices",
                      self.run_id, len(self.dag), len(self.roots), writer.nbytes,

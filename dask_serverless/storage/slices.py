@@ -16,8 +16,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import redis
-
 from .. import config
 from ..dag import DAG
 from ..errors import DeadlineExceededError, RunDataLostError
@@ -35,6 +33,7 @@ from ..protocol.slices import (
     encode,
     open_piece,
     start_slices,
+    unpack_inline,
 )
 from .store import RunStore
 
@@ -48,14 +47,15 @@ VIEW_CACHE_SHARE = 32  # a container keeps loaded runs up to 1/this of its memor
 
 class SliceWriter:
     """Client side: store the header, slices and shared pieces in pipelined batches.
-    ``add`` returns the names stored by the batch it flushed (empty while it fills)."""
+    ``add`` returns the slices stored by the batch it flushed, name -> sealed bytes
+    (empty while it fills)."""
 
     def __init__(self, store: RunStore, batch_bytes: int = BATCH_BYTES,
                  batch_slices: int = BATCH_SLICES):
         self.store = store
         self.batch_bytes, self.batch_slices = batch_bytes, batch_slices
         self._pipe = store.r.pipeline(transaction=False)
-        self._pending: list[str] = []
+        self._pending: dict[str, bytes] = {}
         self._pending_bytes = 0
         self.names: list[str] = []  # every slice stored (for cleanup)
         self.digests: list[str] = []  # every piece stored
@@ -67,7 +67,7 @@ class SliceWriter:
         self.nbytes += len(blob)
         return blob
 
-    def add(self, name: str, blob: bytes, pieces: dict[str, bytes]) -> list[str]:
+    def add(self, name: str, blob: bytes, pieces: dict[str, bytes]) -> dict[str, bytes]:
         """Queue slice ``name`` after the new shared ``pieces`` it uses (a reader that
         sees the slice finds its pieces: one connection runs the queue in order)."""
         keys, ttl = self.store.keys, self.store.ttl
@@ -76,18 +76,18 @@ class SliceWriter:
             self.digests.append(digest)
             self._pending_bytes += len(data)
         self._pipe.set(keys.slice(name), blob, ex=ttl)
-        self._pending.append(name)
+        self._pending[name] = blob
         self._pending_bytes += len(blob)
         if self._pending_bytes >= self.batch_bytes or len(self._pending) >= self.batch_slices:
             return self.flush()
-        return []
+        return {}
 
-    def flush(self) -> list[str]:
-        """Send the queued writes; the names of the slices they stored."""
+    def flush(self) -> dict[str, bytes]:
+        """Send the queued writes; the slices they stored (name -> sealed bytes)."""
         if not self._pending:
-            return []
+            return {}
         self._pipe.execute()
-        done, self._pending = self._pending, []
+        done, self._pending = self._pending, {}
         self.names += done
         self.nbytes += self._pending_bytes
         self._pending_bytes = 0
@@ -112,16 +112,16 @@ class SliceWriter:
 
 
 def store_slices(slicer: Slicer, writer: SliceWriter,
-                 on_stored: Callable[[list[str]], None]) -> None:
+                 on_stored: Callable[[dict[str, bytes]], None]) -> None:
     """Encode and store every slice of ``slicer``'s run in pipelined batches, root groups
-    first; ``on_stored(names)`` after each batch (the client invokes the root groups
-    stored), then mark them all stored."""
+    first; ``on_stored(slices)`` (name -> sealed bytes) after each batch (the client
+    invokes the root groups stored), then mark them all stored."""
     n_roots = len(slicer.layout.root_groups)
     for i, g in enumerate(slicer.order()):
         name, blob = slicer.encode(g)
         stored = writer.add(name, blob, slicer.pieces_to_store())
         if i == n_roots - 1:  # the root groups' invocations go out before the rest
-            stored += writer.flush()
+            stored = {**stored, **writer.flush()}
         if stored:
             on_stored(stored)
     stored = writer.flush()
@@ -132,12 +132,14 @@ def store_slices(slicer: Slicer, writer: SliceWriter,
 
 def write_spec(writer: SliceWriter, dag: DAG, plan: Plan, layout: Layout,
                header: RunHeader,
-               on_stored: Callable[[list[str]], None] = lambda names: None) -> None:
+               on_stored: Callable[[dict[str, bytes]], None] = lambda stored: None
+               ) -> bytes:
     """Store a run's spec with ``writer``: its header, then its slices
     (``store_slices``); the writer knows what it stored (``cleanup``), even when this
-    raises half-way."""
-    writer.header(header)
+    raises half-way. Returns the sealed header."""
+    blob = writer.header(header)
     store_slices(Slicer(dag, plan, layout, writer.store.keys.run_id), writer, on_stored)
+    return blob
 
 
 class SliceReader:
@@ -149,11 +151,18 @@ class SliceReader:
         self.store, self.deadline_at, self.what = store, deadline_at, what
         self.nbytes = 0  # everything fetched: header, slices, pieces
 
-    def header_and_slices(self, names: list[str]) -> tuple[RunHeader, list[GroupSlice]]:
-        """The run header and slices ``names`` in one round trip (more when a slice is
-        not stored yet)."""
+    def header_and_slices(self, names: list[str], inline: bytes | None = None
+                          ) -> tuple[RunHeader, list[GroupSlice]]:
+        """The run header and slices ``names``: those the invocation carried
+        (``inline``: ``pack_inline``'s), the others in one round trip (more when a slice
+        is not stored yet)."""
         keys = self.store.keys
-        blobs = self.store.r.mget([keys.dag, *(keys.slice(n) for n in names)])
+        carried = unpack_inline(inline, f"{self.what}: inline run spec") \
+            if inline is not None else {}
+        wanted = [k for k, n in ((keys.dag, HEADER), *((keys.slice(n), n) for n in names))
+                  if n not in carried]
+        fetched = iter(self.store.r.mget(wanted) if wanted else [])
+        blobs = [carried[n] if n in carried else next(fetched) for n in (HEADER, *names)]
         if blobs[0] is None:
             raise RunDataLostError(f"run {keys.run_id}: its spec header is gone from Redis "
                                    "(run finished, cancelled, expired, or Redis restarted)")
@@ -284,7 +293,8 @@ class SpecCache:
                 pipe.exists(store.keys.dag)
             try:
                 present = pipe.execute()
-            except (redis.RedisError, OSError):
+            except Exception:  # best effort (a gone cluster raises RedisClusterException,
+                # which is no RedisError): an unanswered Redis keeps its runs
                 logger.debug("spec cache: could not check %d runs", len(runs), exc_info=True)
                 continue
             ended += [run_id for (run_id, _), n in zip(runs, present, strict=True) if not n]
@@ -297,13 +307,16 @@ SPECS = SpecCache()  # this container's
 
 
 def load_view(run_id: str, worker_id: str, invoker: str, start: Iterable[int],
-              store: RunStore, memory_mb: int) -> tuple[SlicedView, SpecUse]:
+              store: RunStore, memory_mb: int,
+              inline: bytes | None = None) -> tuple[SlicedView, SpecUse]:
     """The run as this invocation sees it, its start slices loaded (``view.nbytes`` /
     ``view.load_s``: everything fetched and the time spent, since the view was made),
     and where its counters stood before. The container keeps its runs' views
     (``SPECS``) up to ``serverless.spec-cache-bytes`` (at most 1/``VIEW_CACHE_SHARE`` of
     its memory) of fetched bytes, so a later invocation of the same run loads only the
-    slices it lacks; a run new to the container first drops the runs that ended."""
+    slices it lacks; a run new to the container first drops the runs that ended.
+    ``inline``: the header and slices the invocation carried (``pack_inline``), used
+    when the container does not have the run yet."""
     t0 = time.perf_counter()
     names = start_slices(invoker, worker_id, start)
     limit = min(int(config.get("spec-cache-bytes")), memory_mb * 2**20 // VIEW_CACHE_SHARE)
@@ -313,7 +326,7 @@ def load_view(run_id: str, worker_id: str, invoker: str, start: Iterable[int],
     if view is None:
         SPECS.drop_ended(time.time())
         reader = SliceReader(store, what=f"worker {worker_id}")
-        header, slices = reader.header_and_slices(names)
+        header, slices = reader.header_and_slices(names, inline)
         view = SlicedView(header, lambda more: _load_more(reader, view, more))
         for s in slices:
             view.add(s)

@@ -115,17 +115,26 @@ class RunStore:
     def resolve(self, task: int, blob: bytes) -> bytes | bytearray | mmap.mmap:
         """What ``o:<task>`` holds as the output's blob: ``blob`` itself, or the parts its
         manifest names, read into one buffer (``RunDataLostError`` when one is gone)."""
-        if not serialize.is_raw(blob):
+        parts = self.parts_of(task, blob)
+        if parts is None:
             return blob
         k = self.keys
-        token, sizes = _manifest(serialize.unseal(blob, Purpose.OUTPUT, k.run_id,
-                                                  k.output(task), "output manifest"))
+        names, sizes = parts
         buf = bulk.buffer(sum(sizes))
-        names = [k.output_part(task, token, i) for i in range(len(sizes))]
         if not bulk.read(self.r, names, sizes, memoryview(buf)):
             raise RunDataLostError(f"run {k.run_id}: a part of output {task} is missing "
                                    "from Redis (run cancelled, expired or Redis restarted)")
         return buf
+
+    def parts_of(self, task: int, blob: bytes) -> tuple[list[str], list[int]] | None:
+        """The parts' keys and sizes when ``blob`` (what ``o:<task>`` holds) is the
+        manifest of a large output; None when it is the output itself."""
+        if not serialize.is_raw(blob):
+            return None
+        k = self.keys
+        token, sizes = _manifest(serialize.unseal(blob, Purpose.OUTPUT, k.run_id,
+                                                  k.output(task), "output manifest"))
+        return [k.output_part(task, token, i) for i in range(len(sizes))], sizes
 
     def _stage(self, task: int, data: Encoded) -> tuple[bytes, list[str]]:
         """What to ``SET NX`` under ``o:<task>`` for ``data``: its frame, or for a large
@@ -269,17 +278,6 @@ class RunStore:
 
     def spec_present(self) -> bool:
         return bool(self.r.exists(self.keys.dag))
-
-    # -- DAG -------------------------------------------------------------------------
-    def put_spec(self, blob: bytes) -> None:
-        self.r.set(self.keys.dag, blob, ex=self.ttl)
-
-    def get_spec(self) -> bytes:
-        blob = self.r.get(self.keys.dag)
-        if blob is None:
-            raise RunDataLostError(f"run {self.keys.run_id}: its spec is gone from Redis "
-                                   "(run finished, cancelled, expired, or Redis restarted)")
-        return blob
 
     # -- errors, cancellation, events ---------------------------------------------------
     def fail(self, record: dict[str, Any]) -> bool:

@@ -42,11 +42,11 @@ class Invoker(Protocol):
 
 def load_spec(inv: Invocation, store: RunStore) -> tuple[SlicedView, SpecUse]:
     """The run as this invocation sees it: the slices of its start tasks, from this
-    container's spec cache or Redis (``storage.slices.load_view``), and what had been
-    fetched before (``use.of(view)`` at the end: this invocation's spec bytes and
-    seconds, lazy loads included)."""
+    container's spec cache, the invocation or Redis (``storage.slices.load_view``), and
+    what had been fetched before (``use.of(view)`` at the end: this invocation's spec
+    bytes and seconds, lazy loads included)."""
     return load_view(inv.run_id, inv.worker_id, inv.invoker, inv.start, store,
-                     inv.memory_mb)
+                     inv.memory_mb, inv.spec)
 
 
 def execute(inv: Invocation, invoker: Invoker,
