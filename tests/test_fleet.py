@@ -350,3 +350,34 @@ def test_queued_is_not_dead_until_the_start_timeout(real_redis):
             serverless_get(graph, key, plan=plan, backend=backend)
     finally:
         backend.close()
+
+
+def test_forged_lease_entries_are_ignored(real_redis):
+    """Entries planted in a run's invocation registry (a worker the plan does not have,
+    tasks of another worker, garbage) and a dead execution of one: the client re-sends
+    nothing and the run completes."""
+    client = redis.Redis.from_url(real_redis)
+    earlier = {k.decode().split("}")[0] for k in client.keys("ds:{*}")}
+    planted = []
+
+    def plant():
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not planted:
+            runs = {k.decode().split("}")[0] for k in client.keys("ds:{*}:inv")} - earlier
+            for run in runs:
+                entry = '{"w":"%s","m":1024,"s":[%d],"a":0,"t":0,"hb":0.5,"by":"x"}'
+                client.hset(f"{run}}}:inv", mapping={
+                    "evil": entry % ("nowhere", 0), "other": entry % ("w1", 0),
+                    "junk": "not json"})
+                client.hset(f"{run}}}:run", mapping={"evil:0": "x", "other:0": "x",
+                                                     "junk:0": "x", "bad": "x"})
+                planted.append(run)
+            time.sleep(0.02)
+
+    t = threading.Thread(target=plant)
+    t.start()
+    x = delayed(operator.add)(delayed(slow_inc)(1, 1.5), delayed(slow_inc)(2, 1.5))
+    with dask.config.set(FAST_LEASES):
+        assert dask.compute(x, scheduler=serverless_get) == (5,)
+    t.join()
+    assert planted and get_mod.last_run.monitor.retries == 0

@@ -29,6 +29,7 @@ import redis
 from ..dag import DAG
 from ..errors import RunDataLostError, StartTimeoutError, WorkerCrashedError
 from ..metrics.records import InvocationRecord
+from ..plan import Plan
 from ..protocol.constants import SPECULATION_MIN_SAMPLES
 from ..protocol.wire import Invocation
 from ..simulator import Recovery
@@ -47,8 +48,10 @@ class Monitor:
                  send: Callable[[list[Invocation]], None],
                  cancel: Callable[[str, str, list[int]], None] | None = None,
                  start_timeout: float | None = None,
-                 record: Callable[[InvocationRecord], None] | None = None):
+                 record: Callable[[InvocationRecord], None] | None = None,
+                 plan: Plan | None = None):
         self.store, self.dag, self.redis_url = store, dag, redis_url
+        self.plan = plan  # registry entries that do not fit it are ignored (forged)
         self.record = record  # writes a metrics record for an execution killed here
         self.known: dict[str, Registered] = {}  # backed-up invocations as registered
         self.recovery = recovery
@@ -82,6 +85,7 @@ class Monitor:
         wall = time.time()
         self._send_due(wall)
         snap = leases.snapshot(self.store)
+        snap.registered = {i: r for i, r in snap.registered.items() if self._fits(r)}
         live: dict[str, list[Execution]] = {}
         for e in snap.executions:
             if e.alive:
@@ -137,6 +141,22 @@ class Monitor:
                     or time.monotonic() >= give_up:
                 return
             time.sleep(0.05)
+
+    def _fits(self, reg: Registered) -> bool:
+        """A registered invocation the plan could have sent: its worker and memory, start
+        tasks of that worker (anyone reaching Redis could plant an entry; the client
+        sends nothing else)."""
+        if self.plan is None:
+            return True
+        spec = self.plan.workers.get(reg.worker_id)
+        n = len(self.plan.assignment)
+        ok = (spec is not None and spec.config.memory_mb == reg.memory_mb and reg.start
+              and all(0 <= t < n and self.plan.assignment[t] == reg.worker_id
+                      for t in reg.start))
+        if not ok:
+            logger.warning("run %s: ignored a registered invocation %s that does not fit "
+                           "the plan", self.store.keys.run_id, reg.id)
+        return bool(ok)
 
     # -- dead executions ---------------------------------------------------------------
     def _retry(self, e: Execution, reg: Registered, wall: float) -> None:

@@ -208,7 +208,8 @@ class Run:
                                self.backend.invoke_many,
                                getattr(self.backend, "cancel_invocation", None),
                                config.get("start-timeout"),
-                               self._record_invocation if self.metrics_url else None)
+                               self._record_invocation if self.metrics_url else None,
+                               self.plan)
 
     def _record_invocation(self, record: InvocationRecord) -> None:
         """Record an invocation the client killed (a straggler that lost to its backup)."""
