@@ -241,6 +241,10 @@ def test_a_straggler_gets_a_backup(real_redis, tmp_path):
         assert sorted(r.attempt for r in part3) == [0, 1]
         loser = next(r for r in part3 if r.attempt == 0)
         assert loser.duration_s >= 9  # from its start to the cancel, after the backup won
+        from dask_serverless.dashboard.report import build_report
+
+        page = build_report(MetricsStore.from_url(run.metrics_url), run.run_id)
+        assert "1 straggler backups" in page
         deadline = time.monotonic() + 10  # the loser's container is killed
         while backend.pool.busy_pids() and time.monotonic() < deadline:
             time.sleep(0.1)
