@@ -385,3 +385,15 @@ def test_forged_lease_entries_are_ignored(real_redis):
         assert dask.compute(x, scheduler=serverless_get) == (5,)
     t.join()
     assert planted and get_mod.last_run.monitor.retries == 0
+
+
+def test_a_finished_run_leaves_no_lease_keys(real_redis):
+    """Workers release their leases after the client may have cleaned up: nothing of the
+    run's leases is left behind (the cancel flag aside, none of its keys are)."""
+    client = redis.Redis.from_url(real_redis)
+    x = delayed(sum)([delayed(slow_inc)(i, 0.05) for i in range(6)])
+    with dask.config.set(FAST_LEASES):
+        assert dask.compute(x, scheduler=serverless_get) == (sum(range(1, 7)),)
+    run = get_mod.last_run
+    time.sleep(1.0)  # the last invocations end after the outputs are in
+    assert client.keys(f"ds:{{{run.run_id}}}:*") == []

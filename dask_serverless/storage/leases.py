@@ -133,6 +133,7 @@ def release(store: RunStore, inv: Invocation, ended: bool,
     good); else another attempt takes over (its lease was lost, or it was cancelled)."""
     k = store.keys
     pipe = store.r.pipeline(transaction=True)
+    pipe.exists(k.dag)  # the run is still there (else: its keys were cleaned up)
     if ended:
         pipe.sadd(k.ended, inv.id)
         pipe.expire(k.ended, store.ttl)
@@ -142,7 +143,8 @@ def release(store: RunStore, inv: Invocation, ended: bool,
         pipe.expire(k.durations, store.ttl)
     pipe.hdel(k.running, f"{inv.id}:{inv.attempt}")
     pipe.delete(k.lease(inv.id, inv.attempt))
-    pipe.execute()
+    if not pipe.execute()[0]:  # ended after the client cleaned up: leave nothing behind
+        store.r.delete(k.ended, k.durations)
 
 
 def halted(store: RunStore, inv_id: str) -> bool:
