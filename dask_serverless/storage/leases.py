@@ -148,13 +148,14 @@ def release(store: RunStore, inv: Invocation, ended: bool,
 
 
 def halted(store: RunStore, inv_id: str) -> bool:
-    """The run was cancelled, or invocation ``inv_id`` ended (another execution did its
-    work): one round trip."""
+    """The run was cancelled or is over (its spec cleaned up), or invocation ``inv_id``
+    ended (another execution did its work): one round trip."""
     pipe = store.r.pipeline(transaction=False)
     pipe.exists(store.keys.cancel)
     pipe.sismember(store.keys.ended, inv_id)
-    cancelled, ended = pipe.execute()
-    return bool(cancelled) or bool(ended)
+    pipe.exists(store.keys.dag)
+    cancelled, ended, present = pipe.execute()
+    return bool(cancelled) or bool(ended) or not present
 
 
 # -- the client's view -------------------------------------------------------------------
