@@ -34,6 +34,7 @@ class Heartbeat:
         self.lost = False
         self.ended = False
         self.beats = 0
+        self.started = time.time()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -52,7 +53,7 @@ class Heartbeat:
         return self.lost or self.ended
 
     def _value(self) -> str:
-        return leases.lease_value(self.inv, self.running.copy(), time.time())
+        return leases.lease_value(self.inv, self.started, self.running.copy(), time.time())
 
     def _drain(self) -> list[tuple[int, float]]:
         out = []
