@@ -101,7 +101,9 @@ def test_disk_shuffle_runs_across_workers_and_keeps_every_element(make, any_redi
     import redis
 
     r = redis.Redis.from_url(any_redis)
-    assert not list(r.scan_iter(f"ds:{{{run.run_id}}}:*")), "shuffle keys left behind"
+    left = list(r.scan_iter(f"ds:{{{run.run_id}}}:sh:*")) + list(
+        r.scan_iter(f"ds:{{{run.run_id}}}:parts"))
+    assert not left, "shuffle keys left behind"
 
 
 def test_a_shuffle_task_run_again_replaces_its_pieces_and_forged_ones_are_refused(any_redis):
@@ -137,6 +139,17 @@ def test_a_shuffle_task_run_again_replaces_its_pieces_and_forged_ones_are_refuse
         output.remove()
         store.cleanup([], [])
     assert not list(store.r.scan_iter(f"{store.keys.prefix}*"))
+
+
+def test_a_bag_disk_shuffle_with_a_temporary_directory_keeps_nothing_there(tmp_path):
+    """``temporary_directory`` set: Dask makes the store with ``apply(partd.File, dir=)``;
+    that form moves to Redis too, and no partd directory is made."""
+    with dask.config.set(temporary_directory=str(tmp_path)):
+        b, normal = _bag_disk_groupby()
+        got = dask.compute(b, scheduler=serverless_get)[0]
+    assert get_mod.last_run.dag.shuffle_stores == 1
+    assert normal(got) == {k: sorted(v for v in DATA if v % 11 == k) for k in range(11)}
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_disk_shuffle_with_an_unknown_compression_is_dasks_import_error():

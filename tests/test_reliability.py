@@ -4,6 +4,7 @@ correct result or a specific error, never a hang (each test has its own timeout)
 from __future__ import annotations
 
 import operator
+import os
 import shutil
 import subprocess
 import sys
@@ -422,3 +423,66 @@ def test_a_fault_in_the_worker_driver_fails_the_run_with_its_error(any_redis, mo
     report = executor.execute(inv, invoker=None)
     assert report.failed
     assert "driver fault" in _error_of(store, writer)["traceback"]
+
+
+def slow_key(v):
+    time.sleep(0.01)
+    return v % 7
+
+
+DISK_DATA = list(range(90)) * 3
+
+
+def _disk_groupby():
+    import dask.bag as db
+
+    b = db.from_sequence(DISK_DATA, npartitions=6).groupby(slow_key, shuffle="disk")
+    want = {k: sorted(v for v in DISK_DATA if v % 7 == k) for k in range(7)}
+    return b, want
+
+
+def test_disk_shuffle_with_every_invocation_delivered_twice_keeps_every_element_once(
+        any_redis):
+    """Partitioning tasks that run twice (at once, on two workers) write the same pieces
+    of the shuffle store: no element appears twice."""
+    b = make_backend(DuplicatingPool)
+    try:
+        bag, want = _disk_groupby()
+        (got,) = dask.compute(bag, scheduler=serverless_get, backend=b, planner="per-task")
+        assert {k: sorted(v) for k, v in got} == want
+    finally:
+        b.close()
+
+
+def die_once(x, marker):
+    """Ends its worker process abruptly the first time it runs (anywhere)."""
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return x
+    os.close(fd)
+    os._exit(1)
+
+
+def test_disk_shuffle_task_whose_worker_dies_after_appending_is_retried_without_duplicates(
+        real_redis, backend, tmp_path):
+    """A partitioning task appends its pieces, then its worker dies before anything of
+    its invocation is stored: the retried invocation runs it again, and its pieces
+    replace the first attempt's instead of being added twice."""
+    import partd
+    from dask.bag import chunk
+    from dask.bag.core import collect, partition
+
+    parts = [DISK_DATA[i::3] for i in range(3)]
+    graph = {"store": (partd.Python, (partd.File,))}
+    for i, part in enumerate(parts):
+        graph[("part", i)] = (partition, slow_key, part, 4, "store", 2**20)
+        graph[("die", i)] = (die_once, ("part", i), str(tmp_path / f"died-{i}"))
+    graph["barrier"] = (chunk.barrier, *[("die", i) for i in range(3)])
+    graph.update({("collect", j): (collect, slow_key, j, "store", "barrier")
+                  for j in range(4)})
+    got = serverless_get(graph, [("collect", j) for j in range(4)], backend=backend,
+                         planner="wukong")
+    assert sorted(os.listdir(tmp_path)) == [f"died-{i}" for i in range(3)]
+    groups = {k: sorted(v) for result in got for k, v in result}
+    assert groups == {k: sorted(v for v in DISK_DATA if v % 7 == k) for k in range(7)}

@@ -100,7 +100,11 @@ def acquire(store: RunStore, inv: Invocation, value: str, ms: int) -> str:
     pipe.set(lease, value, nx=True, px=ms)
     pipe.hset(k.running, field, inv.worker_id)  # (a taken lease's holder set it too)
     pipe.expire(k.running, store.ttl)
+    pipe.exists(k.dag)
     res = pipe.execute()
+    if not res[4]:  # a late delivery after the run's cleanup: nothing to do, nothing left
+        store.r.delete(k.running, *([lease] if res[1] else []))
+        return "ended"
     if res[0]:
         pipe = store.r.pipeline(transaction=True)
         if res[1]:
@@ -123,7 +127,10 @@ def renew(store: RunStore, inv: Invocation, value: str, ms: int,
     if durations:
         pipe.rpush(k.durations, *(f"{t}:{s:.4f}" for t, s in durations))
         pipe.expire(k.durations, store.ttl)
+        pipe.exists(k.dag)
     res = pipe.execute()
+    if durations and not res[-1]:  # renewed after the run's cleanup: leave nothing behind
+        store.r.delete(k.durations)
     return bool(res[0]), bool(res[1])
 
 
