@@ -77,10 +77,10 @@ class Heartbeat:
             self.finished.extendleft(reversed(done))
             return
         self.beats += 1
-        if not held and not self.lost:
-            logger.warning("worker %s: its lease expired before renewal (attempt %d); "
-                           "stopping: another attempt takes over", self.inv.worker_id,
-                           self.inv.attempt)
+        if not held and not self.lost:  # (or the run is over: its keys were cleaned up)
+            logger.info("worker %s: its lease is gone (attempt %d): stopping; another "
+                        "attempt takes over, or the run is over", self.inv.worker_id,
+                        self.inv.attempt)
         self.lost = self.lost or not held
         self.ended = self.ended or ended
 
