@@ -30,19 +30,44 @@ def _target() -> Any:
     if kind == "serverless":
         from dask_serverless import serverless_get
 
-        return serverless_get, None
+        return serverless_get
     if kind == "localcluster":
-        from distributed import Client, LocalCluster
-
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
-        client = Client(cluster, set_as_default=True)
-        return client.get, (client, cluster)
+        _localcluster()
+        return _localcluster_get
     if kind == "sync":
         import dask.local
 
-        return dask.local.get_sync, None
+        return dask.local.get_sync
     raise ValueError(f"DASK_SUITE_SCHEDULER={kind!r}: serverless, localcluster or sync")
+
+
+def _localcluster() -> Any:
+    """The session's LocalCluster client, made again when a test closed it, and made the
+    default client again when a test took that away (distributed's ``gen_cluster`` in
+    Dask's tests does: every later compute failed with "no Client active")."""
+    from distributed import Client, LocalCluster
+    from distributed.client import _set_global_client, default_client
+
+    client = _STATE.get("client")
+    if client is None or client.status not in ("running", "connecting", "newly-created"):
+        if client is not None:
+            with contextlib.suppress(Exception):
+                _STATE["cluster"].close()
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        client = Client(cluster, set_as_default=True)
+        _STATE["client"], _STATE["cluster"] = client, cluster
+    try:
+        current = default_client()
+    except ValueError:
+        current = None
+    if current is not client:
+        _set_global_client(client)
+    return client
+
+
+def _localcluster_get(dsk: Any, keys: Any, **kwargs: Any) -> Any:
+    return _localcluster().get(dsk, keys, **kwargs)
 
 
 def _redirect(target: Any) -> None:
@@ -67,16 +92,19 @@ _STATE: dict[str, Any] = {}
 def pytest_configure(config: pytest.Config) -> None:
     import dask
 
-    target, resources = _target()
-    _STATE["resources"] = resources
+    target = _target()
     _redirect(target)
     dask.config.set({"scheduler": target})
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if "client" in _STATE:
+        _localcluster()
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
-    resources = _STATE.pop("resources", None)
-    if resources is not None:
-        client, cluster = resources
+    client, cluster = _STATE.pop("client", None), _STATE.pop("cluster", None)
+    if client is not None:
         client.close()
         cluster.close()
 

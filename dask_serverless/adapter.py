@@ -397,7 +397,13 @@ def _partd_layers(node: Task) -> list[Any] | None:
         compression = getattr(func, "compression", None)
         layers = [func.encode_cls]
         if compression:
-            layers.append(getattr(partd.compressed, compression))
+            try:
+                layers.append(getattr(partd.compressed, compression))
+            except AttributeError as exc:  # Dask's own error for it, at once
+                raise ImportError(
+                    f"Not able to import and load {compression} as compression algorithm."
+                    "Please check if the library is installed and supported by Partd."
+                ) from exc
         return layers
     layers = []
     current: Any = node

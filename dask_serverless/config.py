@@ -31,7 +31,8 @@ DEFAULTS: dict[str, Any] = {
         "retries": 2,  # re-invocations of a worker that died or timed out
         "retry-backoff": 0.2,  # seconds before the first retry; doubles each attempt
         # seconds between lease renewals of a running invocation; a lease lasts
-        # protocol.constants.LEASE_BEATS of them: a dead worker is noticed within ~3x this
+        # protocol.constants.LEASE_BEATS of them: a dead worker is noticed within ~3x this;
+        # None: no leases (no re-sends, no backups; the local pool still sees its deaths)
         "heartbeat-interval": 5.0,
         "start-timeout": None,  # seconds an invocation may stay queued; None: the deadline
         "speculation": {  # backups of stragglers (the first stored output wins)
@@ -78,6 +79,7 @@ DEFAULTS: dict[str, Any] = {
             "enabled": False,  # stream each run's progress and start/open the dashboard
             "port": 8501,  # where a dashboard started by a compute listens (loopback)
             "open-browser": True,  # open the live page in a browser when one is started
+            "token": None,  # access token of dashboards (None: a random one per dashboard)
         },
         "embedded": {
             # "redis-server": a real server (redis-server or valkey-server on PATH, else
@@ -124,6 +126,7 @@ dask.config.update_defaults(DASK_DEFAULTS)
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 _FUNCTION_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,50}")
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
 
 _CHOICES = {
     "use-history": ("auto", True, False),
@@ -180,7 +183,7 @@ def _validate(name: str, value: Any) -> None:
             f"serverless.{name} = {value!r} is not allowed; choose one of {_CHOICES[name]}"
         )
     positive = {"memory", "payload-inline-bytes", "deadline", "poll-interval",
-                "heartbeat-interval", "speculation.min-seconds",
+                "speculation.min-seconds",
                 "local.keep-alive", "local.invocation-timeout", "redis-grace",
                 "max-output-bytes", "lambda.max-event-bytes", "lambda.timeout",
                 "spec-cache-bytes",
@@ -197,6 +200,11 @@ def _validate(name: str, value: Any) -> None:
         raise ConfigError(f"serverless.{name} = {value!r} must be a positive number")
     if name == "output-ttl":
         _validate_ttl(value)
+    if name == "heartbeat-interval" and value is not None and (
+            not isinstance(value, int | float) or isinstance(value, bool) or value <= 0):
+        raise ConfigError(f"serverless.heartbeat-interval = {value!r} must be a positive "
+                          "number of seconds or None (no leases: a worker that dies "
+                          "unseen by its backend is noticed only at the deadline)")
     if name == "start-timeout" and value is not None and (
             not isinstance(value, int | float) or isinstance(value, bool) or value <= 0):
         raise ConfigError(f"serverless.start-timeout = {value!r} must be a positive number "
@@ -240,6 +248,10 @@ def _validate(name: str, value: Any) -> None:
                                      or not 0 < value < 65536):
         raise ConfigError(f"serverless.dashboard.port = {value!r} must be a TCP port "
                           "(1-65535)")
+    if name == "dashboard.token" and value is not None and not (
+            isinstance(value, str) and len(value) >= 16 and _TOKEN.fullmatch(value)):
+        raise ConfigError("serverless.dashboard.token must be None (a random one) or at "
+                          "least 16 letters, digits, '-' or '_'")
     if name.startswith("metrics."):
         _validate_metrics(name, value)
     if name in ("redis-url", "metrics.redis-url") and value is not None and not str(

@@ -45,12 +45,13 @@ def test_dashboard_renders_charts_in_headless_chromium(redis_server, tmp_path):
         assert launcher.wait_healthy(dashboard, 90, proc), "the dashboard did not start"
         assert launcher.registered(url) == dashboard
         with Chromium() as browser:
-            page = browser.capture(f"{dashboard}/?run={run_id}", tmp_path / "workflow.png",
-                                   charts_ready(4))
+            page = browser.capture(launcher.page_url(dashboard, run=run_id),
+                                   tmp_path / "workflow.png", charts_ready(4))
             assert page["charts"] >= 4  # Gantt, time breakdown, edges, DAG
             assert run_id in page["text"] and "Tasks per worker" in page["text"]
             assert page["png"] > 20_000
-            page = browser.capture(f"{dashboard}/planners", None, charts_ready(2))
+            page = browser.capture(launcher.page_url(dashboard, "planners"), None,
+                                   charts_ready(2))
             assert "per-task" in page["text"] and "wukong" in page["text"]
     finally:
         launcher.stop(proc)

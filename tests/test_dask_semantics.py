@@ -75,16 +75,23 @@ def _dataframe_disk_shuffle():
     return ddf, lambda got: got.sort_values("b").reset_index(drop=True)
 
 
-@pytest.mark.parametrize("make", [_bag_disk_groupby, _dataframe_disk_shuffle],
-                         ids=["bag", "dataframe"])
+def _dataframe_disk_shuffle_compressed():
+    collection, normal = _dataframe_disk_shuffle()
+    return collection, normal, {"dataframe.shuffle.compression": "ZLib"}
+
+
+@pytest.mark.parametrize("make", [_bag_disk_groupby, _dataframe_disk_shuffle,
+                                  _dataframe_disk_shuffle_compressed],
+                         ids=["bag", "dataframe", "dataframe-zlib"])
 def test_disk_shuffle_runs_across_workers_and_keeps_every_element(make, any_redis):
     """Dask's disk shuffle, each task in its own invocation (partitioning tasks on other
     workers than the one that made the store): the store lives in the run's Redis, every
     element arrives once, and nothing of it is left in Redis afterwards."""
-    collection, normal = make()
+    collection, normal, *options = make()
     with dask.config.set({"dataframe.shuffle.method": "tasks"}):
         want = normal(collection.compute(scheduler="sync"))
-    got = dask.compute(collection, scheduler=serverless_get, planner="per-task")[0]
+    with dask.config.set(*options):  # read when the graph is made
+        got = dask.compute(collection, scheduler=serverless_get, planner="per-task")[0]
     if isinstance(want, pd.DataFrame):
         pd.testing.assert_frame_equal(normal(got), want)
     else:
@@ -94,7 +101,9 @@ def test_disk_shuffle_runs_across_workers_and_keeps_every_element(make, any_redi
     import redis
 
     r = redis.Redis.from_url(any_redis)
-    assert not list(r.scan_iter(f"ds:{{{run.run_id}}}:*")), "shuffle keys left behind"
+    left = list(r.scan_iter(f"ds:{{{run.run_id}}}:sh:*")) + list(
+        r.scan_iter(f"ds:{{{run.run_id}}}:parts"))
+    assert not left, "shuffle keys left behind"
 
 
 def test_a_shuffle_task_run_again_replaces_its_pieces_and_forged_ones_are_refused(any_redis):
@@ -130,6 +139,24 @@ def test_a_shuffle_task_run_again_replaces_its_pieces_and_forged_ones_are_refuse
         output.remove()
         store.cleanup([], [])
     assert not list(store.r.scan_iter(f"{store.keys.prefix}*"))
+
+
+def test_a_bag_disk_shuffle_with_a_temporary_directory_keeps_nothing_there(tmp_path):
+    """``temporary_directory`` set: Dask makes the store with ``apply(partd.File, dir=)``;
+    that form moves to Redis too, and no partd directory is made."""
+    with dask.config.set(temporary_directory=str(tmp_path)):
+        b, normal = _bag_disk_groupby()
+        got = dask.compute(b, scheduler=serverless_get)[0]
+    assert get_mod.last_run.dag.shuffle_stores == 1
+    assert normal(got) == {k: sorted(v for v in DATA if v % 11 == k) for k in range(11)}
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_disk_shuffle_with_an_unknown_compression_is_dasks_import_error():
+    ddf, _ = _dataframe_disk_shuffle()
+    with dask.config.set({"dataframe.shuffle.compression": "NO_SUCH_ALGO"}), \
+            pytest.raises(ImportError, match="Not able to import and load NO_SUCH_ALGO"):
+        dask.compute(ddf, scheduler=serverless_get)
 
 
 def test_a_disk_shuffle_of_an_unknown_form_is_refused_naming_the_fix():

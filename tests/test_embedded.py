@@ -130,7 +130,7 @@ def test_killed_process_leaves_no_redis_server_or_directory(tmp_path, how):
     """atexit never runs in a process killed with -9 or crashed (Dask's own test suite
     segfaults pytest in one test): its private server still stops, its directory goes."""
     proc = subprocess.Popen([sys.executable, "-c", KILLED], env=_env(tmp_path),
-                            stdout=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, text=True, cwd=tmp_path)  # any core
     try:
         pid, directory = proc.stdout.readline().split()
         assert _alive(int(pid)) and os.path.isdir(directory)

@@ -43,23 +43,42 @@ def test_task_error_surfaces_with_its_own_exception(any_redis, lambda_backend):
     assert any("failed on worker" in note for note in info.value.__notes__)
 
 
+def _big_invocation(redis_url: str, run_id: str) -> Invocation:
+    """An invocation carrying ~480 KB of inline input (over Lambda's 256 KB async limit)."""
+    return Invocation(run_id, "w0", 1024, redis_url, [0],
+                      inputs={1: np.arange(60_000, dtype="int64").tobytes()})
+
+
 def test_oversized_invocation_spills_to_redis(any_redis, lambda_backend):
-    big = np.arange(60_000, dtype="int64")  # ~480 KB literal in the graph
-    parts = [delayed(np.sum)(big + i) for i in range(3)]
+    """Client side: an event over the async limit goes as a sealed pointer to the payload in
+    Redis. Worker side: a task whose ~480 KB output may ride inline (up to 4 MB) in the
+    invocations it fires: the service refuses events over 256 KB, so the run is right only
+    if those spill too."""
+    from dask_serverless.backends.aws_lambda.invoker import LambdaInvoker
+
+    invoker = LambdaInvoker()
+    call = invoker.event_call(_big_invocation(any_redis, "spill-check"))
+    assert invoker.spilled == 1 and len(call.payload) < 2048
+    assert b'"spilled"' in call.payload
+    assert len(events.decode(json.loads(call.payload))[0].inputs[1]) == 480_000
+    big = delayed(np.arange)(60_000, dtype="int64")
+    parts = [delayed(np.add)(big, i) for i in range(3)]  # fired with ``big`` inline
     with dask.config.set({"serverless.payload-inline-bytes": 4 * 2**20}):
-        (got,) = dask.compute(delayed(sum)(parts), scheduler=serverless_get)
-    assert got == sum(int(np.sum(big + i)) for i in range(3))
-    assert session.backend().invoker.spilled >= 1
+        (got,) = dask.compute(total(*parts), scheduler=serverless_get)
+    expect = np.arange(60_000, dtype="int64")
+    assert got == sum(int(np.sum(expect + i)) for i in range(3))
 
 
 def test_event_over_the_limit_without_spill_names_function_and_worker(real_redis,
                                                                       lambda_backend):
-    big = np.arange(60_000, dtype="int64")
-    with dask.config.set({"serverless.payload-inline-bytes": 4 * 2**20,
-                          "serverless.lambda.max-event-bytes": 8 * 2**20}), \
-            pytest.raises(LambdaInvokeError, match=r"'ds-test-1024'.*worker .*task ids.*"
-                                                   r"RequestEntityTooLarge"):
-        dask.compute(delayed(np.sum)(big), scheduler=serverless_get)
+    from dask_serverless.backends.aws_lambda.invoker import LambdaInvoker
+
+    with dask.config.set({"serverless.lambda.max-event-bytes": 8 * 2**20}):
+        invoker = LambdaInvoker()
+    with pytest.raises(LambdaInvokeError, match=r"'ds-test-1024'.*worker w0.*task ids.*"
+                                                r"RequestEntityTooLarge"):
+        invoker.invoke_many([_big_invocation(real_redis, "nospill")])
+    assert invoker.spilled == 0
 
 
 def test_throttling_and_server_errors_are_retried(real_redis, lambda_backend):

@@ -40,7 +40,9 @@ def _stored_nodes(collection) -> list[StoredNode]:
 
 
 def _keys(url: str) -> set[bytes]:
-    return set(redis.Redis.from_url(url).scan_iter("ds:*"))
+    """Keys holding values: outputs, their parts, embedded values (not run bookkeeping)."""
+    return {k for k in redis.Redis.from_url(url).scan_iter("ds:*")
+            if any(m in k for m in (b":o:", b":op:", b":v"))}
 
 
 def _spec_bytes() -> int:
@@ -160,7 +162,9 @@ def test_keys_of_a_persisted_collection_go_when_it_is_garbage_collected(real_red
 def test_the_ttl_backstop_and_a_clear_error_for_expired_data(real_redis):
     with dask.config.set({"serverless.persist.ttl": 1}):
         y = da.ones((2000, 2000), chunks=1000).persist(scheduler=serverless_get)
-    ttls = [redis.Redis.from_url(real_redis).pttl(n.ref.key) for n in _stored_nodes(y)]
+    ttls = [redis.Redis.from_url(real_redis).pttl(k) for n in _stored_nodes(y)
+            for k in n.ref.redis_keys()]
+    assert len(ttls) == 4  # one part per 8 MB chunk
     assert all(0 < t <= 1000 for t in ttls)
     time.sleep(1.5)
     with pytest.raises(PersistedDataLostError, match="persist it again"):
@@ -175,7 +179,8 @@ def test_each_compute_renews_the_ttl(real_redis):
         for _ in range(3):
             time.sleep(1.2)
             assert y.sum().compute(scheduler=serverless_get) == 4 * 10**6
-    assert all(redis.Redis.from_url(real_redis).exists(n.ref.key) for n in _stored_nodes(y))
+    assert all(redis.Redis.from_url(real_redis).exists(k) for n in _stored_nodes(y)
+               for k in n.ref.redis_keys())
 
 
 def test_a_worker_reading_a_lost_value_raises_the_clear_error(real_redis):
@@ -187,7 +192,7 @@ def test_a_worker_reading_a_lost_value_raises_the_clear_error(real_redis):
 
     def touch_then_lose(client, refs, ttl, names=None):
         real_touch(client, refs, ttl, names)
-        r.delete(nodes[0].ref.key)
+        r.delete(*nodes[0].ref.redis_keys())
 
     stored.touch = touch_then_lose
     try:
@@ -203,24 +208,43 @@ def test_a_tampered_stored_value_is_refused(real_redis):
     y = da.ones((2000, 2000), chunks=1000).persist(scheduler=serverless_get)
     a, b = _stored_nodes(y)[:2]
     r = redis.Redis.from_url(real_redis)
-    r.set(a.ref.key, r.get(b.ref.key))  # another chunk's sealed bytes under a's key
+    (ka,), (kb,) = a.ref.redis_keys(), b.ref.redis_keys()
+    r.set(ka, r.get(kb))  # another chunk's sealed bytes in place of a's
     with pytest.raises(TamperedPayloadError):
         y.sum().compute(scheduler=serverless_get)
 
 
 # -- embedded data -------------------------------------------------------------------------
-def test_embedded_values_are_stored_apart_and_deleted_after_the_run(real_redis):
+def test_embedded_values_are_stored_apart_once_while_they_live(real_redis):
     arr = np.random.default_rng(1).random((1000, 1000))  # 8 MB
     before = _keys(real_redis)
+    r = redis.Redis.from_url(real_redis)
     total = dask.delayed(np.sum)(arr).compute(scheduler=serverless_get)
     assert total == pytest.approx(arr.sum())
     assert _spec_bytes() < 100_000
     x = da.from_array(arr, chunks=250)  # chunks embedded inside fused tasks
+    first_in = r.info("stats")["total_net_input_bytes"]
     assert x.sum().compute(scheduler=serverless_get) == pytest.approx(arr.sum())
     assert _spec_bytes() < 200_000
+    uploaded = r.info("stats")["total_net_input_bytes"] - first_in
+    assert uploaded > 8 * 10**6  # the 16 chunks, stored
+    again_in = r.info("stats")["total_net_input_bytes"]
+    assert (x + 1).sum().compute(scheduler=serverless_get) == pytest.approx(arr.sum() + 1e6)
+    assert r.info("stats")["total_net_input_bytes"] - again_in < 10**6  # not again
     items = [arr, arr]  # one value used twice is stored once
     dag = to_dag(*_graph(dask.delayed(sum)(items)), embed_max_bytes=2**20)
     assert len(dag.stored) == 1
+    assert len(_keys(real_redis) - before) == 17  # arr and its 16 chunks, while they live
+    del x, arr, items, dag
+    gc.collect()
+    assert _keys(real_redis) - before == set()
+
+
+def test_embedded_values_that_cannot_be_watched_are_deleted_after_the_run(real_redis):
+    blob = b"x" * 500_000  # bytes: no weak references
+    before = _keys(real_redis)
+    assert dask.delayed(len)(blob).compute(scheduler=serverless_get) == 500_000
+    assert _spec_bytes() < 100_000
     assert _keys(real_redis) - before == set()
 
 
@@ -235,7 +259,7 @@ def test_values_over_the_redis_limit_are_chunked(real_redis, monkeypatch):
     arr = np.arange(10**6, dtype=np.float64)  # 8 MB: 8 chunks
     r = redis.Redis.from_url(real_redis)
     ref = stored.write(r, real_redis, arr, 60)
-    assert ref.chunks == 8
+    assert len(ref.parts) == 8 and sum(ref.sizes) == ref.nbytes
     assert all(r.strlen(k) <= 2**20 for k in ref.redis_keys())
     np.testing.assert_array_equal(ref.load(), arr)
     # a worker reads a chunked embedded value
@@ -251,7 +275,7 @@ def test_values_over_the_redis_limit_are_chunked(real_redis, monkeypatch):
 def test_a_graph_embedding_a_600_mb_array_computes(real_redis):
     arr = np.ones(600 * 2**20 // 8)  # 600 MiB: over Redis's 512 MiB limit
     d = dask.delayed(np.sum)(arr)
-    with dask.config.set({"serverless.memory": 3008}):  # the worker holds it twice
+    with dask.config.set({"serverless.memory": 1024}):  # the worker holds it once
         assert d.compute(scheduler=serverless_get) == arr.size
     assert _spec_bytes() < 100_000
 
@@ -330,3 +354,50 @@ def test_recorded_runs_count_persisted_inputs_as_downloads(real_redis):
     assert all(t.download_bytes >= 8 * 10**6 for t in readers)  # what the predictor fits
     dag = recorded_dag(tasks, store.plan(run_id))  # the structure: tasks only
     assert len(dag) == n and all(d < n for t in dag.tasks for d in t.deps)
+
+
+@pytest.mark.skipif(os.environ.get("DS_BIG_TESTS") != "1",
+                    reason="190 MiB frame: run alone with DS_BIG_TESTS=1 (shared machine)")
+def test_issue_repro_a_190_mib_persisted_frame_on_1024_mb_workers(real_redis, tmp_path):
+    # issue 18: MemoryError in RunSpec.loads (every worker unpickled every partition),
+    # then in get_spec on repeated computes (specs piled up per container)
+    pdf, ddf = _frame(8_000_000, 16)  # 192 MB
+    p = ddf.persist(scheduler=serverless_get)
+    want = pdf.groupby("k").x.sum().sort_index()
+    with dask.config.set({"serverless.memory": 1024}):
+        for _ in range(6):
+            got = p.groupby("k").x.sum().compute(scheduler=serverless_get)
+            pd.testing.assert_series_equal(got.sort_index(), want)
+        assert p.assign(z=p.x * 2).z.sum().compute(scheduler=serverless_get) == \
+            pytest.approx(2 * pdf.x.sum())
+
+
+def test_mid_sized_results_stay_under_their_output_key(real_redis):
+    # above embed-max-bytes, below the size outputs are stored in parts (1 MiB)
+    y = (da.ones((1000, 1000), chunks=(250, 250)) * 3).persist(scheduler=serverless_get)
+    nodes = _stored_nodes(y)
+    assert len(nodes) == 16 and all(not n.ref.parts for n in nodes)  # 500 KB each
+    assert y.sum().compute(scheduler=serverless_get) == 3.0 * 10**6
+    assert all(redis.Redis.from_url(real_redis).exists(n.ref.key) for n in nodes)
+
+
+def test_a_pickled_reference_names_its_redis_by_digest_not_password(monkeypatch):
+    import pickle
+
+    ref = StoredRef("redis://:s3cret-password@127.0.0.1:1/0", "ds:{x}:v", "data", "x", 10)
+    blob = pickle.dumps(StoredNode("k", ref))
+    assert b"s3cret-password" not in blob
+    assert pickle.loads(blob).ref.url == ref.url  # resolved in the process that made it
+    monkeypatch.setattr(stored, "_URLS", {})  # another process: it cannot load the value
+    with pytest.raises(PersistedDataLostError, match="not known in this process"):
+        pickle.loads(blob).ref.load()
+
+
+def test_persist_then_compute_on_the_lambda_backend(real_redis, lambda_backend):
+    # the local Lambda API server's functions: persisted chunks read by reference there too
+    x = da.random.RandomState(3).random_sample((1000, 1000), chunks=500)
+    y = x.persist(scheduler=serverless_get)
+    assert len(_stored_nodes(y)) == 4
+    assert y.sum().compute(scheduler=serverless_get) == pytest.approx(
+        x.sum().compute(scheduler="sync"))
+    assert _spec_bytes() < 100_000

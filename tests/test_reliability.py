@@ -4,6 +4,7 @@ correct result or a specific error, never a hang (each test has its own timeout)
 from __future__ import annotations
 
 import operator
+import os
 import shutil
 import subprocess
 import sys
@@ -137,6 +138,36 @@ def test_redis_restart_mid_run_gives_specific_error(backend):
         for p in restarted:
             p.kill()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_redis_lost_while_the_spec_is_stored_gives_specific_error(backend, monkeypatch):
+    """Redis dies while the client stores the run spec (a busy machine makes that phase
+    long): the caller gets RedisUnavailableError after the grace, no raw connection error."""
+    from dask_serverless.runtime.run import Run
+
+    binary = server_binary()
+    port = free_port()
+    tmp = tempfile.mkdtemp()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--dir", tmp], stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    assert wait_ready(url, proc)
+    submit = Run._submit
+
+    def submit_without_redis(self):
+        proc.kill()
+        proc.wait()
+        submit(self)
+
+    monkeypatch.setattr(Run, "_submit", submit_without_redis)
+    t0 = time.monotonic()
+    try:
+        with dask.config.set({"serverless.redis-url": url, "serverless.redis-grace": 1}), \
+                pytest.raises(RedisUnavailableError, match="unreachable"):
+            dask.compute(tree(4), scheduler=serverless_get, backend=backend)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert time.monotonic() - t0 < 30
 
 
 def test_deadline_names_pending_tasks_and_stops_workers(any_redis, backend):
@@ -359,32 +390,47 @@ def test_tls_redis_with_password(tmp_path):
         proc.kill()
 
 
-def test_client_and_worker_from_different_code_is_a_clear_error(any_redis, monkeypatch):
-    """A spec laid out by other code (version skew) fails with a named error, no crash:
-    its slices carry another schema, checked before anything is unpickled."""
+def _one_task_run(redis_url: str, run_id: str, schema: str | None = None):
+    """A one-task run's spec stored as the client would (its slices written with
+    ``schema`` when given); (its store, its writer, the task's worker)."""
     from dask_serverless.adapter import to_dag
     from dask_serverless.layout import build_layout
     from dask_serverless.planners import get_planner
     from dask_serverless.protocol import slices
     from dask_serverless.storage.slices import SliceWriter, write_spec
     from dask_serverless.storage.store import RunStore, connect
-    from dask_serverless.worker.executor import execute
 
     x = delayed(sleepy)(1, 0)
     dag = to_dag(x.__dask_graph__(), x.key)
     plan = get_planner("wukong").plan(dag, parallelism=1, memory_mb=1024)
-    run_id = f"skew{free_port()}"
-    store = RunStore(connect(any_redis), run_id)
+    store = RunStore(connect(redis_url), run_id)
     writer = SliceWriter(store)
-    monkeypatch.setattr(slices, "SCHEMA", "0ld5chema")  # as if an older client wrote it
-    write_spec(writer, dag, plan, build_layout(dag, plan), slices.RunHeader(60, 10_000, False))
-    monkeypatch.undo()
-    report = execute(Invocation(run_id, plan.assignment[0], 1024, any_redis, [0]),
-                     invoker=None)
-    assert report.failed
+    with pytest.MonkeyPatch.context() as mp:
+        if schema is not None:
+            mp.setattr(slices, "SCHEMA", schema)
+        write_spec(writer, dag, plan, build_layout(dag, plan),
+                   slices.RunHeader(60, 10_000, False))
+    return store, writer, plan.assignment[0]
+
+
+def _error_of(store, writer) -> dict:
     record = store.get_error()
     writer.cleanup()
     store.cleanup([], [])
+    assert record is not None
+    return record
+
+
+def test_client_and_worker_from_different_code_is_a_clear_error(any_redis):
+    """A spec laid out by other code (version skew) fails with a named error, no crash:
+    its slices carry another schema, checked before anything is unpickled."""
+    from dask_serverless.worker.executor import execute
+
+    run_id = f"skew{free_port()}"
+    store, writer, worker = _one_task_run(any_redis, run_id, schema="0ld5chema")
+    report = execute(Invocation(run_id, worker, 1024, any_redis, [0]), invoker=None)
+    assert report.failed
+    record = _error_of(store, writer)
     assert "0ld5chema" in record["traceback"] and "different code" in record["traceback"]
     assert "SchemaMismatchError" in record["traceback"]
 
@@ -393,31 +439,80 @@ def test_a_fault_in_the_worker_driver_fails_the_run_with_its_error(any_redis, mo
     """An exception in the executor itself (not in a task) is stored as the run's error:
     the lease ends with it, so a retry that finds the lease ended cannot leave the client
     waiting for the deadline."""
-    from dask_serverless.adapter import to_dag
-    from dask_serverless.layout import build_layout
-    from dask_serverless.planners import get_planner
-    from dask_serverless.protocol import slices
-    from dask_serverless.storage.slices import SliceWriter, write_spec
-    from dask_serverless.storage.store import RunStore, connect
     from dask_serverless.worker import executor
 
-    x = delayed(sleepy)(1, 0)
-    dag = to_dag(x.__dask_graph__(), x.key)
-    plan = get_planner("wukong").plan(dag, parallelism=1, memory_mb=1024)
     run_id = f"drv{free_port()}"
-    store = RunStore(connect(any_redis), run_id)
-    writer = SliceWriter(store)
-    write_spec(writer, dag, plan, build_layout(dag, plan), slices.RunHeader(60, 10_000, False))
+    store, writer, worker = _one_task_run(any_redis, run_id)
 
     class Broken:
         def __init__(self, *args, **kwargs):
             raise AttributeError("driver fault")
 
     monkeypatch.setattr(executor, "TaskOutput", Broken)
-    inv = Invocation(run_id, plan.assignment[0], 1024, any_redis, [0], heartbeat_s=0.5)
+    inv = Invocation(run_id, worker, 1024, any_redis, [0], heartbeat_s=0.5)
     report = executor.execute(inv, invoker=None)
     assert report.failed
-    record = store.get_error()
-    writer.cleanup()
-    store.cleanup([], [])
-    assert record is not None and "driver fault" in record["traceback"]
+    assert "driver fault" in _error_of(store, writer)["traceback"]
+
+
+def slow_key(v):
+    time.sleep(0.01)
+    return v % 7
+
+
+DISK_DATA = list(range(90)) * 3
+
+
+def _disk_groupby():
+    import dask.bag as db
+
+    b = db.from_sequence(DISK_DATA, npartitions=6).groupby(slow_key, shuffle="disk")
+    want = {k: sorted(v for v in DISK_DATA if v % 7 == k) for k in range(7)}
+    return b, want
+
+
+def test_disk_shuffle_with_every_invocation_delivered_twice_keeps_every_element_once(
+        any_redis):
+    """Partitioning tasks that run twice (at once, on two workers) write the same pieces
+    of the shuffle store: no element appears twice."""
+    b = make_backend(DuplicatingPool)
+    try:
+        bag, want = _disk_groupby()
+        (got,) = dask.compute(bag, scheduler=serverless_get, backend=b, planner="per-task")
+        assert {k: sorted(v) for k, v in got} == want
+    finally:
+        b.close()
+
+
+def die_once(x, marker):
+    """Ends its worker process abruptly the first time it runs (anywhere)."""
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return x
+    os.close(fd)
+    os._exit(1)
+
+
+def test_disk_shuffle_task_whose_worker_dies_after_appending_is_retried_without_duplicates(
+        real_redis, backend, tmp_path):
+    """A partitioning task appends its pieces, then its worker dies before anything of
+    its invocation is stored: the retried invocation runs it again, and its pieces
+    replace the first attempt's instead of being added twice."""
+    import partd
+    from dask.bag import chunk
+    from dask.bag.core import collect, partition
+
+    parts = [DISK_DATA[i::3] for i in range(3)]
+    graph = {"store": (partd.Python, (partd.File,))}
+    for i, part in enumerate(parts):
+        graph[("part", i)] = (partition, slow_key, part, 4, "store", 2**20)
+        graph[("die", i)] = (die_once, ("part", i), str(tmp_path / f"died-{i}"))
+    graph["barrier"] = (chunk.barrier, *[("die", i) for i in range(3)])
+    graph.update({("collect", j): (collect, slow_key, j, "store", "barrier")
+                  for j in range(4)})
+    got = serverless_get(graph, [("collect", j) for j in range(4)], backend=backend,
+                         planner="wukong")
+    assert sorted(os.listdir(tmp_path)) == [f"died-{i}" for i in range(3)]
+    groups = {k: sorted(v) for result in got for k, v in result}
+    assert groups == {k: sorted(v for v in DISK_DATA if v % 7 == k) for k in range(7)}

@@ -31,6 +31,7 @@ from dask_serverless.backends.aws_lambda import (
     events,
     handler,
     local_auth,
+    local_server,
     local_service,
 )
 from dask_serverless.backends.aws_lambda.local_auth import AuthError, Credentials
@@ -362,3 +363,26 @@ def test_a_loopback_endpoint_another_user_listens_on_is_refused():
             assert other.received() == b""
     finally:
         local_auth.publish_in_process(url, None)
+
+
+def test_every_route_refuses_unsigned_requests_and_invoke_keys_outside_invoke(server):
+    """Each operation the server routes (new ones included) is refused unsigned, and a
+    function's own key may call nothing but Invoke."""
+    _create(_client(server), "sec-routes")
+    function_key = server.service._functions["sec-routes"].credentials
+    for method, pattern, operation in local_server._ROUTES:
+        path = pattern.pattern.rstrip("$").replace("/?", "").replace("([^/]+)", "sec-routes")
+        body = b"{}" if method in ("POST", "PUT") else None
+        req = urllib.request.Request(server.url + path, data=body, method=method,
+                                     headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(req, timeout=30)
+        assert info.value.code == 403, operation
+        signed = _signed(server, method, path, body or b"",
+                         {"Content-Type": "application/json"}, creds=function_key)
+        status, headers, _ = _send(server, signed)
+        if operation == "invoke":
+            assert status == 200
+        else:
+            assert (status, headers["x-amzn-ErrorType"]) == (403, "AccessDeniedException"), \
+                operation

@@ -112,3 +112,33 @@ def test_the_generated_secret_is_in_no_environment(real_redis, method, monkeypat
         backend.close()
     assert seen == (None, "None")
     assert "DASK_SERVERLESS__SECRET" not in os.environ
+
+
+@pytest.mark.parametrize("task", [fork_and_leave, spawn_and_leave])
+def test_what_a_lambda_task_forks_is_gone_when_its_execution_environment_ends(real_redis,
+                                                                                task):
+    """The same on the lambda backend: the local Lambda API server's containers."""
+    from dask_serverless import session
+    from dask_serverless.backends.aws_lambda import LambdaSettings
+    from dask_serverless.backends.aws_lambda.deploy import DeployOptions, deploy
+    from dask_serverless.backends.aws_lambda.local_auth import Credentials
+    from dask_serverless.backends.aws_lambda.local_server import LocalLambdaServer
+
+    server = LocalLambdaServer(max_containers=2, keep_alive=60,
+                               credentials=Credentials.generate()).start()
+    try:
+        settings = LambdaSettings(function_prefix="ds-orphans", endpoint_url=server.url,
+                                  region="us-east-1")
+        deploy(DeployOptions([1024], settings), say=lambda _: None)
+        with dask.config.set({"serverless.backend": "lambda",
+                              "serverless.lambda.endpoint-url": server.url,
+                              "serverless.lambda.function-prefix": "ds-orphans",
+                              "serverless.lambda.region": "us-east-1"}):
+            try:
+                (pid,) = dask.compute(delayed(task)(), scheduler=serverless_get)
+            finally:
+                session.reset_backend("lambda")
+        assert _alive(pid)  # its execution environment is warm: its group lives on
+    finally:
+        server.stop()
+    assert _gone(pid), f"process {pid} forked by a Lambda task outlived its environment"

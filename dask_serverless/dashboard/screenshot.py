@@ -237,7 +237,8 @@ def capture_pages(metrics_url: str, out_dir: str | Path, *, width: int = 1500,
         with Chromium(browser_binary, width=width, height=900) as browser:
             for name, path in PAGES:
                 target = out / f"{name}.png"
-                shot = browser.capture(f"{url}/{path}", target, PAGE_DONE, settle=settle)
+                shot = browser.capture(launcher.page_url(url, path), target, PAGE_DONE,
+                                       settle=settle)
                 say(f"{target}: {shot['charts']} charts, {shot['png']:,} bytes")
                 written.append(target)
     finally:

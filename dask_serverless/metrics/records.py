@@ -166,6 +166,8 @@ class RunRecord:
     complete: bool = True  # every invocation record arrived before the run was written
     functions: str = ""  # what the workflow runs: its outputs' functions <- the most used
     error: str = ""  # a failed run: which task failed and why (first line)
+    retries: int = 0  # invocations the client sent again after their lease expired
+    backups: int = 0  # straggler backups the client sent (runtime.monitor)
     schema: int = SCHEMA
 
     @property

@@ -76,3 +76,58 @@ def chain_work(dag: DAG, weight: list[float]) -> list[float]:
             if len(dag.tasks[f].deps) == 1:
                 work[t.id] += work[f]
     return work
+
+
+MEMORY_HEADROOM = 0.5  # share of a worker's memory its live task data may fill (the rest:
+# temporaries of the tasks themselves, allocator fragmentation under the container's cap)
+THREAD_RESERVE = 32 * 2**20  # per task thread: its stack and BLAS buffers (address space)
+
+
+def peak_bytes(dag: DAG, plan: Plan, out_bytes: list[int]) -> dict[str, int]:
+    """Per worker, the most bytes of task outputs it holds at once when it runs its tasks
+    in the DAG's order, ``threads`` at a time: an output computed or fetched there stays
+    until the last of its consumers there ran; one with none there (uploaded, final)
+    counts while its task runs; the outputs of the ``threads - 1`` tasks after the
+    current one count too (they run at the same time)."""
+    consumers: dict[tuple[str, int], int] = {}
+    order: dict[str, list[int]] = {}
+    for t in dag.tasks:
+        w = plan.assignment[t.id]
+        order.setdefault(w, []).append(t.id)
+        for d in t.deps:
+            consumers[w, d] = consumers.get((w, d), 0) + 1
+    live: dict[str, int] = {}
+    peak: dict[str, int] = {}
+    held: set[tuple[str, int]] = set()
+    position: dict[str, int] = {}
+    for t in dag.tasks:
+        w = plan.assignment[t.id]
+        now = live.get(w, 0)
+        for d in t.deps:
+            if (w, d) not in held:  # fetched from another worker
+                held.add((w, d))
+                now += out_bytes[d]
+        now += out_bytes[t.id]
+        i = position.get(w, 0)
+        position[w] = i + 1
+        alongside = order[w][i + 1:i + plan.workers[w].threads]
+        peak[w] = max(peak.get(w, 0), now + sum(out_bytes[x] for x in alongside))
+        for d in t.deps:
+            consumers[w, d] -= 1
+            if not consumers[w, d]:
+                now -= out_bytes[d]
+        if consumers.get((w, t.id), 0):
+            held.add((w, t.id))
+        else:
+            now -= out_bytes[t.id]
+        live[w] = now
+    return peak
+
+
+def fits(dag: DAG, plan: Plan, out_bytes: list[int],
+         headroom: float = MEMORY_HEADROOM) -> bool:
+    """Whether every worker's peak of live task data (``peak_bytes``) stays within
+    ``headroom`` of its memory less ``THREAD_RESERVE`` per task thread."""
+    return all(n + plan.workers[w].threads * THREAD_RESERVE
+               <= headroom * plan.workers[w].config.memory_mb * 2**20
+               for w, n in peak_bytes(dag, plan, out_bytes).items())

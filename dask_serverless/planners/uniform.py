@@ -7,8 +7,9 @@ tasks wait on I/O runs several at once instead of starting more workers), it pla
 with predictions so that the critical path avoids transfers and cold starts (at a fan-out
 the branch with the longest path to the end continues on the producer's worker; blocks
 are sized by predicted work), adds delayed I/O where it pays, simulates, and keeps the
-best plan for the objective. ``parallelism`` is thus an upper bound, as for Dask's
-``num_workers``.
+best plan for the objective among those whose workers hold their predicted data
+(``base.fits``; the first candidate is kept when none does). ``parallelism`` is thus an
+upper bound, as for Dask's ``num_workers``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ..dag import DAG
 from ..estimates import Estimates
 from ..plan import Plan, ResourceConfig
 from ..simulator import SimResult, Simulator
-from .base import cost_model_of
+from .base import cost_model_of, fits
 from .objective import Objective
 from .passes import delayed_io
 from .placement import Placement
@@ -59,11 +60,12 @@ class UniformPlanner:
         objective = Objective.parse(self.objective, self.budget_s)
         sim = Simulator(dag, est, warm=warm)
         best: tuple[Plan, SimResult] | None = None
+        best_fits = False
         memories = [memory_mb, *(m for m in self.memories if m != memory_mb)]
         counts = [threads] if threads else sorted(set(self.threads) | {1})
         for mb, width, k in ((m, w, k) for m in memories for w in widths(parallelism)
                              for k in counts):
-            if best is not None and sim.simulated_tasks > SIM_TASKS_PER_S * min(
+            if best_fits and sim.simulated_tasks > SIM_TASKS_PER_S * min(
                     self.search_s, max(self.min_search_s, self.search_share * best[1].makespan)):
                 break  # planning longer than it could save
             min_block = 0.0
@@ -72,11 +74,15 @@ class UniformPlanner:
             plan = Placement(dag, width, mb, est, critical_first=True,
                              min_block_s=min_block, threads=k).plan(self.name)
             plan = delayed_io(dag, plan, sim, objective)
+            ok = fits(dag, plan, est.out_bytes)
+            if best_fits and not ok:
+                continue  # its workers would not hold their data
             result = sim.run(plan)
             plan.options.update(memory_mb=mb, objective=objective.kind)
             margin = self.switch_margin if mb != memory_mb else 0.0
-            if best is None or objective.better(result, best[1], margin):
-                best = (plan, result)
+            if best is None or (ok and not best_fits) or objective.better(result, best[1],
+                                                                          margin):
+                best, best_fits = (plan, result), ok
         assert best is not None
         return best
 

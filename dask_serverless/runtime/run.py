@@ -24,7 +24,7 @@ from ..errors import DeadlineExceededError, RedisUnavailableError, RunDataLostEr
 from ..layout import Layout, build_layout
 from ..metrics.cost import Prices
 from ..metrics.plans import plan_record
-from ..metrics.records import RunRecord
+from ..metrics.records import InvocationRecord, RunRecord
 from ..metrics.runs import record_run, workflow_functions
 from ..metrics.store import MetricsStore
 from ..plan import Plan, ResourceConfig, Warmup
@@ -100,7 +100,7 @@ class Run:
             if self.live is not None:
                 self.live.announce(self.dag, self.plan, self.dag.signature(),
                                    self.submit_time)
-            self._submit()
+            self._store_and_start()
             self._wait(pubsub)
             if self.monitor is not None:
                 self.monitor.finish()  # cancel executions that lost to another attempt
@@ -154,6 +154,17 @@ class Run:
             cancel_run(self.run_id)
 
     # -- steps ------------------------------------------------------------------------
+    def _store_and_start(self) -> None:
+        """``_submit``, with a Redis outage while the spec is stored a named error (the
+        same as one while the run waits), never a raw connection error."""
+        try:
+            self._submit()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._ride_out_outage(exc)  # raises when Redis stays away or lost the run
+            raise RunDataLostError(
+                f"run {self.run_id}: lost Redis at {redact(self.redis_url)!r} while storing "
+                f"the run spec ({exc}); compute again") from exc
+
     def _submit(self) -> None:
         """Store the run header, then the slices (``storage.slices.store_slices``) in
         pipelined batches, root groups first: each root invocation goes out as soon as
@@ -207,7 +218,17 @@ class Run:
         self.monitor = Monitor(self.store, self.dag, self.redis_url, self.recovery,
                                self.backend.invoke_many,
                                getattr(self.backend, "cancel_invocation", None),
-                               config.get("start-timeout"))
+                               config.get("start-timeout"),
+                               self._record_invocation if self.metrics_url else None,
+                               self.plan)
+
+    def _record_invocation(self, record: InvocationRecord) -> None:
+        """Record an invocation the client killed (a straggler that lost to its backup)."""
+        try:
+            MetricsStore.from_url(self.metrics_url).write_invocation(record, None)
+        except (redis.RedisError, OSError) as exc:
+            logger.warning("run %s: could not record a cancelled invocation: %s",
+                           self.run_id, exc)
 
     def _track(self, invocations: list[Invocation]) -> None:
         """Give root invocations their lease interval and register them (queued until
@@ -301,9 +322,13 @@ class Run:
         cut_off = "".join(f"; output {self.dag.tasks[t].key!r} streamed by {head.describe()} "
                           f"stopped at {n} of {head.chunks} chunks (its producer died or "
                           "stalled mid-stream)" for t, head, n in cut[:10])
+        queued = self.monitor.queued if self.monitor is not None else 0
+        waiting = (f"; {queued} invocation(s) sent but never started (throttled or queued: "
+                   "serverless.start-timeout bounds that)" if queued else "")
         raise DeadlineExceededError(
             f"run {self.run_id} did not finish within serverless.deadline={self.deadline} s; "
-            f"{len(pending)} of {len(self.dag.outputs)} outputs pending: {shown}{more}{cut_off}")
+            f"{len(pending)} of {len(self.dag.outputs)} outputs pending: {shown}{more}{cut_off}"
+            f"{waiting}")
 
     def _raise_if_failed(self) -> None:
         info = self.store.get_error()
@@ -359,6 +384,8 @@ class Run:
                         len(self.plan.workers), self.submit_time, self.makespan,
                         "ok" if ok else "failed", functions=workflow_functions(self.dag),
                         error=self.failure)
+        if self.monitor is not None:
+            run.retries, run.backups = self.monitor.retries, self.monitor.backups
         wait = self.metrics_wait if ok else min(self.metrics_wait, 0.2)
         try:
             plan = plan_record(self.dag, self.plan, capacity=self.backend.capacity())

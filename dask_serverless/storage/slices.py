@@ -17,8 +17,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import redis
-
 from .. import config
 from ..dag import DAG
 from ..errors import DeadlineExceededError, RunDataLostError
@@ -299,7 +297,8 @@ class SpecCache:
                 pipe.exists(store.keys.dag)
             try:
                 present = pipe.execute()
-            except (redis.RedisError, OSError):
+            except Exception:  # best effort (a gone cluster raises RedisClusterException,
+                # which is no RedisError): an unanswered Redis keeps its runs
                 logger.debug("spec cache: could not check %d runs", len(runs), exc_info=True)
                 continue
             ended += [run_id for (run_id, _), n in zip(runs, present, strict=True) if not n]

@@ -115,17 +115,26 @@ class RunStore:
     def resolve(self, task: int, blob: bytes) -> bytes | bytearray | mmap.mmap:
         """What ``o:<task>`` holds as the output's blob: ``blob`` itself, or the parts its
         manifest names, read into one buffer (``RunDataLostError`` when one is gone)."""
-        if not serialize.is_raw(blob):
+        parts = self.parts_of(task, blob)
+        if parts is None:
             return blob
         k = self.keys
-        token, sizes = _manifest(serialize.unseal(blob, Purpose.OUTPUT, k.run_id,
-                                                  k.output(task), "output manifest"))
+        names, sizes = parts
         buf = bulk.buffer(sum(sizes))
-        names = [k.output_part(task, token, i) for i in range(len(sizes))]
         if not bulk.read(self.r, names, sizes, memoryview(buf)):
             raise RunDataLostError(f"run {k.run_id}: a part of output {task} is missing "
                                    "from Redis (run cancelled, expired or Redis restarted)")
         return buf
+
+    def parts_of(self, task: int, blob: bytes) -> tuple[list[str], list[int]] | None:
+        """The parts' keys and sizes when ``blob`` (what ``o:<task>`` holds) is the
+        manifest of a large output; None when it is the output itself."""
+        if not serialize.is_raw(blob):
+            return None
+        k = self.keys
+        token, sizes = _manifest(serialize.unseal(blob, Purpose.OUTPUT, k.run_id,
+                                                  k.output(task), "output manifest"))
+        return [k.output_part(task, token, i) for i in range(len(sizes))], sizes
 
     def _stage(self, task: int, data: Encoded) -> tuple[bytes, list[str]]:
         """What to ``SET NX`` under ``o:<task>`` for ``data``: its frame, or for a large
@@ -333,6 +342,10 @@ class RunStore:
                  k.running, k.ended, k.durations]
         names += [k.output(t) for t in task_ids_with_outputs]
         names += [x.decode() for x in self.r.smembers(k.parts)]
+        for f in self.r.hkeys(k.running):  # leases of executions still wrapping up
+            inv_id, _, attempt = f.decode().rpartition(":")
+            if attempt.isdigit():
+                names.append(k.lease(inv_id, int(attempt)))
         for e in entry_ids:
             names += [k.fanin(e), k.fired(e)]
         heads = [k.stream(t) for t in streamed]

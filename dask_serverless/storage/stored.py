@@ -8,12 +8,14 @@ Two kinds of stored values:
 - **embedded data**: a value a graph carries (a numpy array given to ``from_array`` or
   ``delayed``, a DataNode) larger than ``serverless.embed-max-bytes`` is stored once as
   its own object (``ds:{<id>}:v``, sealed ``Purpose.DATA``) and the run spec holds a
-  reference; it is deleted when the run ends.
+  reference; it lives while the value lives in the client (or for the run, when the
+  value cannot be weakly referenced): ``runtime.persisted.prepare``.
 
 A ``StoredRef`` names one value: the Redis URL, its key, the purpose and run id its seal
-is bound to, its sealed size, and its chunk count. A value over Redis's 512 MiB string
-limit (``MAX_STRING_BYTES``) is stored in chunks ``<key>:<i>`` and read back into one
-writable buffer (numpy arrays then view it: no second copy).
+is bound to, its sealed size, and the keys of its parts when it is stored in parts: a
+persisted output of 1 MiB or more (``store.LARGE_BYTES``), or embedded data over Redis's
+512 MiB string limit (``MAX_STRING_BYTES``; ``CHUNK_BYTES`` parts ``<key>:<i>``). Parts
+are read back into one writable buffer (``bulk.read``; numpy arrays then view it).
 
 Workers read a stored value as they read any upstream output: ``adapter.to_dag`` turns a
 graph's stored nodes into the DAG's stored inputs (``dag.StoredInput``), the decision core
@@ -30,6 +32,7 @@ value is gone raises ``PersistedDataLostError``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 import weakref
@@ -40,37 +43,51 @@ from typing import Any
 from dask._task_spec import DataNode
 
 from ..errors import PersistedDataLostError
-from . import serialize
+from . import bulk, serialize
 from .serialize import Purpose
 
 logger = logging.getLogger(__name__)
 
 MAX_STRING_BYTES = 512 * 2**20  # Redis's limit on one string value (proto-max-bulk-len)
-CHUNK_BYTES = 256 * 2**20  # a value over MAX_STRING_BYTES is stored in chunks this large
+CHUNK_BYTES = 64 * 2**20  # a value over MAX_STRING_BYTES is stored in parts this large
 
 
 @dataclass(frozen=True, slots=True, weakref_slot=True)
 class StoredRef:
-    """Where a stored value is: ``key`` in the Redis at ``url``, sealed for ``purpose``,
-    ``run_id`` and ``key``; ``nbytes`` sealed bytes, in ``chunks`` keys (0: one value)."""
+    """Where a stored value is: in the Redis at ``url``, sealed for ``purpose``,
+    ``run_id`` and ``key``; ``nbytes`` sealed bytes, under ``key`` itself or, when
+    ``parts`` is set, in those keys in order (``sizes`` bytes each: a value stored in
+    parts, as a large output is, or over Redis's string limit)."""
 
     url: str
     key: str
     purpose: str
     run_id: str
     nbytes: int
-    chunks: int = 0
+    parts: tuple[str, ...] = ()
+    sizes: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.url:
+            _URLS.setdefault(_url_id(self.url), self.url)
+
+    def __reduce__(self) -> tuple:
+        # the URL may hold a password: a pickled reference (in a run spec, a slice, a
+        # pickled collection) names it by digest; this process resolves it (``load``)
+        return _restore, (_url_id(self.url) if self.url else "", self.key, self.purpose,
+                          self.run_id, self.nbytes, self.parts, self.sizes)
 
     def redis_keys(self) -> list[str]:
         """The Redis keys holding the value."""
-        if not self.chunks:
-            return [self.key]
-        return [f"{self.key}:{i}" for i in range(self.chunks)]
+        return list(self.parts) if self.parts else [self.key]
 
     def load(self) -> Any:
         """The value (read from Redis in this process)."""
         from .store import connect
 
+        if not self.url:
+            raise lost([self], [f"{self.key} (its Redis URL is not known in this process: "
+                                "a reference unpickled away from the client that made it)"])
         (blob,) = read(connect(self.url), [self])
         return decode(self, blob)
 
@@ -79,6 +96,18 @@ class StoredRef:
 
     def __dask_tokenize__(self) -> tuple[str, str]:
         return ("StoredRef", self.key)
+
+
+_URLS: dict[str, str] = {}  # digest -> Redis URL of the references made in this process
+
+
+def _url_id(url: str) -> str:
+    return hashlib.blake2b(url.encode(), digest_size=12).hexdigest()
+
+
+def _restore(url_id: str, key: str, purpose: str, run_id: str, nbytes: int,
+             parts: tuple[str, ...], sizes: tuple[int, ...]) -> StoredRef:
+    return StoredRef(_URLS.get(url_id, ""), key, purpose, run_id, nbytes, parts, sizes)
 
 
 class StoredNode(DataNode):
@@ -119,7 +148,7 @@ def ref_of(node: Any) -> StoredRef | None:
 
 # -- writing -------------------------------------------------------------------------------
 def write(r: Any, url: str, value: Any, ttl: int) -> StoredRef:
-    """Store ``value`` as its own object (sealed ``Purpose.DATA``; in chunks when over
+    """Store ``value`` as its own object (sealed ``Purpose.DATA``; in parts when over
     ``MAX_STRING_BYTES``) for ``ttl`` seconds; its reference."""
     with Writer(r, url, ttl) as writer:
         return writer.write(value)
@@ -158,44 +187,35 @@ class Writer:
             if self.pending >= self.BATCH_BYTES:
                 self.flush()
             return StoredRef(self.url, key, Purpose.DATA.value, vid, data.nbytes)
-        n = 0
-        for piece in data.chunks(CHUNK_BYTES):  # one chunk's copy at a time at most
-            self.r.set(f"{key}:{n}", bytes(piece), ex=self.ttl)
-            n += 1
-        return StoredRef(self.url, key, Purpose.DATA.value, vid, data.nbytes, n)
+        items = [(f"{key}:{i}", views) for i, views in enumerate(data.pieces(CHUNK_BYTES))]
+        bulk.write(self.r, items, self.ttl)  # the value's views as they are: no copy
+        return StoredRef(self.url, key, Purpose.DATA.value, vid, data.nbytes,
+                         tuple(name for name, _ in items),
+                         tuple(sum(v.nbytes for v in views) for _, views in items))
 
 
 # -- reading -------------------------------------------------------------------------------
 def read(r: Any, refs: Sequence[StoredRef], what: Sequence[str] | None = None
-         ) -> list[bytes | bytearray]:
-    """The sealed bytes of ``refs`` (whole values in one round trip, chunked ones each
+         ) -> list[Any]:
+    """The sealed bytes of ``refs`` (whole values in one round trip, those in parts each
     into one writable buffer); ``PersistedDataLostError`` for a value that is gone."""
-    whole = [i for i, ref in enumerate(refs) if not ref.chunks]
+    whole = [i for i, ref in enumerate(refs) if not ref.parts]
     out: list[Any] = [None] * len(refs)
-    if whole:
-        blobs = r.mget([refs[i].key for i in whole])
-        for i, blob in zip(whole, blobs, strict=True):
+    if whole:  # a pipeline, not MGET: values of other runs are in other cluster slots
+        pipe = r.pipeline(transaction=False)
+        for i in whole:
+            pipe.get(refs[i].key)
+        for i, blob in zip(whole, pipe.execute(), strict=True):
             out[i] = blob
     for i, ref in enumerate(refs):
-        if ref.chunks:
-            out[i] = _read_chunks(r, ref)
+        if ref.parts:
+            buf = bulk.buffer(ref.nbytes)
+            if bulk.read(r, ref.parts, ref.sizes, memoryview(buf)):
+                out[i] = buf
     for i, blob in enumerate(out):
         if blob is None:
             raise lost([refs[i]], [what[i]] if what else None)
     return out
-
-
-def _read_chunks(r: Any, ref: StoredRef) -> bytearray | None:
-    buf = bytearray(ref.nbytes)
-    at = 0
-    for k in ref.redis_keys():
-        piece = r.get(k)
-        if piece is None:
-            return None
-        buf[at:at + len(piece)] = piece
-        at += len(piece)
-        del piece
-    return buf if at == ref.nbytes else None
 
 
 def decode(ref: StoredRef, blob: Any, what: str = "stored value") -> Any:
@@ -241,7 +261,10 @@ def release(url: str, keys: Iterable[str]) -> None:
     if not names:
         return
     try:
-        connect(url).unlink(*names)
+        pipe = connect(url).pipeline(transaction=False)
+        for name in names:  # one by one: keys of several values are in several slots
+            pipe.unlink(name)
+        pipe.execute()
     except Exception as exc:  # Redis gone (e.g. the embedded one stopped at exit)
         logger.debug("could not release stored values %s: %s", names[:3], exc)
 

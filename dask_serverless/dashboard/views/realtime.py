@@ -11,7 +11,8 @@ import time
 
 import streamlit as st
 
-from dask_serverless.dashboard import figures_run, live, ui
+from dask_serverless import config
+from dask_serverless.dashboard import access, figures_run, live, ui
 from dask_serverless.storage.keys import MetricsKeys
 
 REDRAW_S = 0.5  # at most this often while events pour in
@@ -82,4 +83,6 @@ finally:
     pubsub.close()
 draw()
 if state.status != "running":
-    st.markdown(f"[Analyse this run](/?workflow={state.signature}&run={run_id})")
+    analysis = access.page_url("", config.get("dashboard.token"),
+                               workflow=state.signature, run=run_id)
+    st.markdown(f"[Analyse this run]({analysis})")
