@@ -143,3 +143,23 @@ def test_a_near_tie_goes_to_the_plan_that_moves_less():
     assert _preferred(local, own, makespan)  # 3% slower in prediction, 1000x less moved
     assert not _preferred(slow, own, makespan)  # 20% slower: not a tie
     assert _preferred(fast, own, makespan) and not _preferred(own, local, makespan)
+
+
+
+@pytest.mark.parametrize("name", ["uniform", "wukong"])
+def test_when_no_candidate_fits_the_plan_of_least_memory_pressure_is_kept(name):
+    """Predicted outputs no worker can hold (2 GB each): rather than the fastest candidate
+    (more threads, each holding its outputs at once; with history an 800 MB array's std
+    was planned on one 1 GB worker with 16 threads and ran out of memory at once), the
+    planner keeps the one least likely to run out: one task at a time, on the largest
+    memory it considers."""
+    from dask_serverless.planners.base import pressure
+    from dask_serverless.planners.uniform import UniformPlanner
+
+    dag = dag_of([[] for _ in range(16)] + [list(range(16))])
+    model = FixedCostModel(exec_s=1.0, out_bytes=2 * 10**9)
+    plan = get_planner(name).plan(dag, parallelism=2, memory_mb=1024, predictor=model)
+    out = Estimates(dag, model).out_bytes
+    assert pressure(dag, plan, out) > 1.0  # nothing fits
+    assert {w.threads for w in plan.workers.values()} == {1}
+    assert {w.config.memory_mb for w in plan.workers.values()} == {max(UniformPlanner.memories)}

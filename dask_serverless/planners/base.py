@@ -124,10 +124,19 @@ def peak_bytes(dag: DAG, plan: Plan, out_bytes: list[int]) -> dict[str, int]:
     return peak
 
 
+def pressure(dag: DAG, plan: Plan, out_bytes: list[int],
+             headroom: float = MEMORY_HEADROOM) -> float:
+    """The largest share, over workers, of ``headroom`` of its memory that its peak of
+    live task data (``peak_bytes``) plus ``THREAD_RESERVE`` per task thread takes: at
+    most 1.0 when the plan fits (``fits``). When no candidate fits, planners keep the
+    one of least pressure (the most likely to run), not the fastest."""
+    return max((n + plan.workers[w].threads * THREAD_RESERVE)
+               / (headroom * plan.workers[w].config.memory_mb * 2**20)
+               for w, n in peak_bytes(dag, plan, out_bytes).items())
+
+
 def fits(dag: DAG, plan: Plan, out_bytes: list[int],
          headroom: float = MEMORY_HEADROOM) -> bool:
     """Whether every worker's peak of live task data (``peak_bytes``) stays within
     ``headroom`` of its memory less ``THREAD_RESERVE`` per task thread."""
-    return all(n + plan.workers[w].threads * THREAD_RESERVE
-               <= headroom * plan.workers[w].config.memory_mb * 2**20
-               for w, n in peak_bytes(dag, plan, out_bytes).items())
+    return pressure(dag, plan, out_bytes, headroom) <= 1.0

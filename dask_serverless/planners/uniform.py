@@ -21,7 +21,7 @@ from ..dag import DAG
 from ..estimates import Estimates
 from ..plan import Plan, ResourceConfig
 from ..simulator import SimResult, Simulator
-from .base import cost_model_of, fits
+from .base import cost_model_of, pressure
 from .objective import Objective
 from .passes import delayed_io
 from .placement import Placement
@@ -60,7 +60,7 @@ class UniformPlanner:
         objective = Objective.parse(self.objective, self.budget_s)
         sim = Simulator(dag, est, warm=warm)
         best: tuple[Plan, SimResult] | None = None
-        best_fits = False
+        best_fits, best_load = False, float("inf")
         memories = [memory_mb, *(m for m in self.memories if m != memory_mb)]
         counts = [threads] if threads else sorted(set(self.threads) | {1})
         for mb, width, k in ((m, w, k) for m in memories for w in widths(parallelism)
@@ -74,15 +74,18 @@ class UniformPlanner:
             plan = Placement(dag, width, mb, est, critical_first=True,
                              min_block_s=min_block, threads=k).plan(self.name)
             plan = delayed_io(dag, plan, sim, objective)
-            ok = fits(dag, plan, est.out_bytes)
+            load = pressure(dag, plan, est.out_bytes)
+            ok = load <= 1.0
             if best_fits and not ok:
                 continue  # its workers would not hold their data
+            if best is not None and not ok and load > best_load:
+                continue  # none fits so far: keep the least pressure
             result = sim.run(plan)
             plan.options.update(memory_mb=mb, objective=objective.kind)
             margin = self.switch_margin if mb != memory_mb else 0.0
-            if best is None or (ok and not best_fits) or objective.better(result, best[1],
-                                                                          margin):
-                best, best_fits = (plan, result), ok
+            if (best is None or (ok and not best_fits) or (not ok and load < best_load)
+                    or objective.better(result, best[1], margin)):
+                best, best_fits, best_load = (plan, result), ok, load
         assert best is not None
         return best
 

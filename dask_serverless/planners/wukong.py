@@ -29,7 +29,7 @@ from ..dag import DAG
 from ..estimates import Estimates
 from ..plan import Plan, ResourceConfig
 from ..simulator import SimResult, Simulator
-from .base import fits
+from .base import pressure
 from .objective import Objective
 from .passes import delayed_io
 from .placement import Placement
@@ -77,14 +77,17 @@ class WukongPlanner:
             dag, parallelism, memory_mb, sim.est, threads, warm)
         out = sim.est.out_bytes
         best, best_r, picked = own, sim.run(own), "wukong"
-        best_fits = fits(dag, own, out)
+        best_load = pressure(dag, own, out)
         for name, plan in (("structural", structural), ("uniform", uniform)):
-            ok = fits(dag, plan, out)
-            if best_fits and not ok:
+            load = pressure(dag, plan, out)
+            if best_load <= 1.0 < load:
                 continue  # its workers would not hold their data
+            if load > 1.0 and load > best_load:
+                continue  # none fits so far: the least pressure is the likeliest to run
             r = sim.run(plan)
-            if (ok and not best_fits) or _preferred(r, best_r, objective):
-                best, best_r, picked, best_fits = plan, r, name, ok
+            if (load <= 1.0 < best_load or (load > 1.0 and load < best_load)
+                    or _preferred(r, best_r, objective)):
+                best, best_r, picked, best_load = plan, r, name, load
         if best is not own:
             best = Plan(best.assignment, best.workers, self.name, dict(best.options),
                         best.optimizations)
