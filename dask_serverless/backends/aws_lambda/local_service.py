@@ -194,21 +194,20 @@ class LocalLambdaService:
 
     def get_event_invoke_config(self, name: str) -> dict[str, Any]:
         with self._lock:
-            fn = self._get_locked(name)
-            if fn.event_invoke_config is None:
-                raise ApiError(404, "ResourceNotFoundException",
-                               f"The function {fn.config['FunctionArn']} doesn't have an "
-                               "EventInvokeConfig")
-            return dict(fn.event_invoke_config)
+            return dict(self._with_event_invoke_config_locked(name).event_invoke_config)
 
     def delete_event_invoke_config(self, name: str) -> None:
         with self._lock:
-            fn = self._get_locked(name)
-            if fn.event_invoke_config is None:
-                raise ApiError(404, "ResourceNotFoundException",
-                               f"The function {fn.config['FunctionArn']} doesn't have an "
-                               "EventInvokeConfig")
-            fn.event_invoke_config = None
+            self._with_event_invoke_config_locked(name).event_invoke_config = None
+
+    def _with_event_invoke_config_locked(self, name: str) -> _Function:
+        """Function ``name``, which has an async invoke config (AWS's 404 otherwise)."""
+        fn = self._get_locked(name)
+        if fn.event_invoke_config is None:
+            raise ApiError(404, "ResourceNotFoundException",
+                           f"The function {fn.config['FunctionArn']} doesn't have an "
+                           "EventInvokeConfig")
+        return fn
 
     def stats(self, name: str) -> dict[str, int]:
         fn = self._get(name)
