@@ -168,6 +168,27 @@ def test_a_disk_shuffle_of_an_unknown_form_is_refused_naming_the_fix():
     assert "dataframe.shuffle.method" in str(info.value)
 
 
+# -- da.store --------------------------------------------------------------------------------
+class Sink:
+    def __setitem__(self, index, value):
+        pass
+
+
+def test_store_into_an_in_memory_array_warns_that_it_fills_copies():
+    import dask.array as da
+    import numpy as np
+
+    x = da.ones((4, 4), chunks=2) + 1
+    target = np.zeros((4, 4))
+    with pytest.warns(UserWarning, match=r"task \('store-map-.*in-memory ndarray.*"
+                                         r"yours stays as it was.*Zarr"):
+        da.store(x, target, scheduler=serverless_get)
+    assert not target.any()  # as the warning says (distributed: the same, silently)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a target that is not an in-memory array: quiet
+        da.store(x, Sink(), scheduler=serverless_get, lock=False)
+
+
 # -- warnings ---------------------------------------------------------------------------------
 def careful(i):
     warnings.warn(f"careful with {i % 2}", UserWarning, stacklevel=1)
