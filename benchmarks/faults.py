@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['retry_s']:.2f} |" for r in rows]
     print("\n".join(lines), flush=True)
 
-    n, repeats = (2_000, 2) if args.quick else (10_000, 3)
+    n, repeats = (2_000, 2) if args.quick else (10_000, 5)
     cost = lease_cost(n, repeats)
     lines += ["", "## Lease cost", "",
               f"tree of {cost['tasks']} tasks, local backend, median of {repeats} "

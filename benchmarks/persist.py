@@ -90,13 +90,17 @@ def main() -> int:
     ap.add_argument("--side", type=int, default=10_000, help="array side (float64)")
     ap.add_argument("--chunk", type=int, default=2_500)
     ap.add_argument("--workers", type=int, default=2, help="LocalCluster workers")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="serverless.threads (None: the planner's; it may pick 8-16 threads "
+                         "of 50 MB chunks on a 1024 MB worker, which runs out of memory)")
     ap.add_argument("--label", default="")
     ap.add_argument("--json", default=None, help="append the result line to this file")
     args = ap.parse_args()
     x = da.random.RandomState(42).random_sample((args.side, args.side), chunks=args.chunk)
     out: dict[str, Any] = {"mode": args.mode, "label": args.label,
                            "array_mb": x.nbytes / 1e6, "chunks": x.npartitions}
-    with dask.config.set({"serverless.deadline": 1800.0}):
+    out["threads"] = args.threads
+    with dask.config.set({"serverless.deadline": 1800.0, "serverless.threads": args.threads}):
         if args.mode == "serverless":
             run_serverless(x, out)
         else:

@@ -94,8 +94,9 @@ def main() -> int:
                 for page, charts in (("workflow", 4), ("planners", 2), ("predictions", 2),
                                      ("simulator", 1)):
                     path = "" if page == "workflow" else page  # the default page is "/"
-                    shot = browser.capture(f"{dashboard}/{path}", out / f"{page}.png",
-                                           charts_ready(charts), settle=2.0)
+                    shot = browser.capture(launcher.page_url(dashboard, path),
+                                           out / f"{page}.png", charts_ready(charts),
+                                           settle=2.0)
                     print(f"{page}: {shot['charts']} charts, {shot['png']:,} bytes")
                 worker = threading.Thread(target=dask.compute, args=(live_workflow(),),
                                           kwargs={"scheduler": serverless_get,
@@ -104,7 +105,7 @@ def main() -> int:
                 worker.start()
                 time.sleep(4)  # part of the run is done
                 shot = browser.capture(
-                    f"{dashboard}/realtime", out / "realtime.png",
+                    launcher.page_url(dashboard, "realtime"), out / "realtime.png",
                     f"({CHARTS_DRAWN}) >= 1 && document.body.innerText.includes('running')",
                     settle=0.5)
                 print(f"realtime: {shot['charts']} charts, {shot['png']:,} bytes")

@@ -26,7 +26,7 @@ def take(c):
                 return
             sys.stdout.write(data.hex() + "\\n")
             sys.stdout.flush()
-            c.sendall(b"+PONG\\r\\n")  # what a Redis answers a PING
+            c.sendall(bytes.fromhex(sys.argv[2]))  # e.g. what a Redis answers a PING
 while True:
     threading.Thread(target=take, args=(s.accept()[0],), daemon=True).start()
 """
@@ -38,14 +38,15 @@ def available() -> bool:
 
 
 class Squatter:
-    """Listen on ``port`` as user ``nobody``; ``received()`` is everything sent to it."""
+    """Listen on ``port`` as user ``nobody``, answering ``reply`` to whatever comes;
+    ``received()`` is everything sent to it."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, reply: bytes = b"+PONG\r\n"):
         self.port = port
         self._out = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
         self.proc = subprocess.Popen(
             ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-             sys.executable, "-c", _SERVER, str(port)], stdout=self._out,
+             sys.executable, "-c", _SERVER, str(port), reply.hex()], stdout=self._out,
             stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while b"ready" not in self._read():

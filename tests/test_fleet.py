@@ -21,7 +21,7 @@ from dask_serverless.adapter import to_dag
 from dask_serverless.backends.local import LocalBackend
 from dask_serverless.backends.local.pool import LocalPool
 from dask_serverless.config import ConfigError
-from dask_serverless.errors import RunDataLostError, WorkerCrashedError
+from dask_serverless.errors import RunDataLostError, StartTimeoutError, WorkerCrashedError
 from dask_serverless.plan import Plan, ResourceConfig, WorkerSpec
 from dask_serverless.runtime import get as get_mod
 
@@ -231,7 +231,20 @@ def test_a_straggler_gets_a_backup(real_redis, tmp_path):
         assert got == sum(range(8))
         assert took <= 20, took  # default speculation: a backup after 10 s
         assert os.path.exists(marker)
-        assert get_mod.last_run.monitor.backups == 1
+        run = get_mod.last_run
+        assert run.monitor.backups == 1 and run.record.backups == 1
+        # the straggler's container was killed: its billed seconds are recorded for it
+        from dask_serverless.metrics.store import MetricsStore
+
+        records = MetricsStore.from_url(run.metrics_url).invocations(run.run_id)
+        part3 = [r for r in records if r.worker_id == "part-3"]
+        assert sorted(r.attempt for r in part3) == [0, 1]
+        loser = next(r for r in part3 if r.attempt == 0)
+        assert loser.duration_s >= 9  # from its start to the cancel, after the backup won
+        from dask_serverless.dashboard.report import build_report
+
+        page = build_report(MetricsStore.from_url(run.metrics_url), run.run_id)
+        assert "1 straggler backups" in page
         deadline = time.monotonic() + 10  # the loser's container is killed
         while backend.pool.busy_pids() and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -275,12 +288,19 @@ def test_a_longer_deadline_per_call_raises_the_ttl(real_redis):
 def test_keys_expiring_mid_run_are_run_data_lost(real_redis):
     client = redis.Redis.from_url(real_redis)
 
+    def run_of(key: bytes) -> str:
+        return key.decode().split("}")[0] + "}"
+
+    earlier = {run_of(k) for k in client.keys("ds:{*}")}  # other tests' leftovers
+
     def expire_the_run():
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            keys = client.keys("ds:{*}:l:*")  # a lease: the slow task is running
-            if keys:
-                run = keys[0].decode().split("}")[0] + "}"
+            # the quick input is stored, the spec written, the slow task running
+            keys = [k for k in client.keys("ds:{*}:o:*") if run_of(k) not in earlier]
+            if keys and client.exists(f"{run_of(keys[0])}:dag"):
+                run = run_of(keys[0])
+                time.sleep(0.5)
                 for k in client.keys(f"{run}*"):
                     client.pexpire(k, 10)  # as if output-ttl had passed
                 return
@@ -296,3 +316,84 @@ def test_keys_expiring_mid_run_are_run_data_lost(real_redis):
         dask.compute(x, scheduler=serverless_get)
     t.join()
     assert time.monotonic() - t0 < 30  # not the deadline
+
+
+def test_a_straggler_gets_a_backup_on_lambda(real_redis, lambda_backend, tmp_path):
+    """The backup goes through Lambda like any invocation; the loser (which Lambda cannot
+    kill) sees its invocation ended and its result is discarded."""
+    marker = str(tmp_path / "slow")
+    parts = [delayed(slow_first_time)(i, marker, 2, 15, dask_key_name=f"part-{i}")
+             for i in range(4)]
+    x = delayed(sum)(parts, dask_key_name="total")
+    graph, key = dict(x.dask), x.key
+    plan = plan_by_key(graph, key, lambda k: k)
+    with dask.config.set({**FAST_LEASES, "serverless.speculation.min-seconds": 1.0,
+                          "serverless.deadline": 120}):
+        t0 = time.monotonic()
+        assert serverless_get(graph, key, plan=plan) == sum(range(4))
+        took = time.monotonic() - t0
+    assert get_mod.last_run.monitor.backups == 1
+    assert took < 12, took  # not the straggler's 15 s
+
+
+def test_queued_is_not_dead_until_the_start_timeout(real_redis):
+    """One container for two 3 s roots: the second waits in the pool's queue longer than
+    a lease lasts (1.5 s), and is left alone; with a start timeout of 1 s it is an
+    error naming the worker."""
+    parts = [delayed(slow_inc)(i, 3, dask_key_name=f"part-{i}") for i in range(2)]
+    x = delayed(sum)(parts, dask_key_name="total")
+    graph, key = dict(x.dask), x.key
+    plan = plan_by_key(graph, key, lambda k: k)
+    backend = LocalBackend(max_containers=1, keep_alive=30)
+    try:
+        with dask.config.set(FAST_LEASES):
+            assert serverless_get(graph, key, plan=plan, backend=backend) == 3
+            assert get_mod.last_run.monitor.retries == 0
+        with dask.config.set({**FAST_LEASES, "serverless.start-timeout": 1.0}), \
+                pytest.raises(StartTimeoutError, match=r"worker part-\d .*has not started"):
+            serverless_get(graph, key, plan=plan, backend=backend)
+    finally:
+        backend.close()
+
+
+def test_forged_lease_entries_are_ignored(real_redis):
+    """Entries planted in a run's invocation registry (a worker the plan does not have,
+    tasks of another worker, garbage) and a dead execution of one: the client re-sends
+    nothing and the run completes."""
+    client = redis.Redis.from_url(real_redis)
+    earlier = {k.decode().split("}")[0] for k in client.keys("ds:{*}")}
+    planted = []
+
+    def plant():
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not planted:
+            runs = {k.decode().split("}")[0] for k in client.keys("ds:{*}:inv")} - earlier
+            for run in runs:
+                entry = '{"w":"%s","m":1024,"s":[%d],"a":0,"t":0,"hb":0.5,"by":"x"}'
+                client.hset(f"{run}}}:inv", mapping={
+                    "evil": entry % ("nowhere", 0), "other": entry % ("w1", 0),
+                    "junk": "not json"})
+                client.hset(f"{run}}}:run", mapping={"evil:0": "x", "other:0": "x",
+                                                     "junk:0": "x", "bad": "x"})
+                planted.append(run)
+            time.sleep(0.02)
+
+    t = threading.Thread(target=plant)
+    t.start()
+    x = delayed(operator.add)(delayed(slow_inc)(1, 1.5), delayed(slow_inc)(2, 1.5))
+    with dask.config.set(FAST_LEASES):
+        assert dask.compute(x, scheduler=serverless_get) == (5,)
+    t.join()
+    assert planted and get_mod.last_run.monitor.retries == 0
+
+
+def test_a_finished_run_leaves_no_lease_keys(real_redis):
+    """Workers release their leases after the client may have cleaned up: nothing of the
+    run's leases is left behind (the cancel flag aside, none of its keys are)."""
+    client = redis.Redis.from_url(real_redis)
+    x = delayed(sum)([delayed(slow_inc)(i, 0.05) for i in range(6)])
+    with dask.config.set(FAST_LEASES):
+        assert dask.compute(x, scheduler=serverless_get) == (sum(range(1, 7)),)
+    run = get_mod.last_run
+    time.sleep(1.0)  # the last invocations end after the outputs are in
+    assert client.keys(f"ds:{{{run.run_id}}}:*") == []

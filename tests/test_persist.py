@@ -215,18 +215,36 @@ def test_a_tampered_stored_value_is_refused(real_redis):
 
 
 # -- embedded data -------------------------------------------------------------------------
-def test_embedded_values_are_stored_apart_and_deleted_after_the_run(real_redis):
+def test_embedded_values_are_stored_apart_once_while_they_live(real_redis):
     arr = np.random.default_rng(1).random((1000, 1000))  # 8 MB
     before = _keys(real_redis)
+    r = redis.Redis.from_url(real_redis)
     total = dask.delayed(np.sum)(arr).compute(scheduler=serverless_get)
     assert total == pytest.approx(arr.sum())
     assert _spec_bytes() < 100_000
     x = da.from_array(arr, chunks=250)  # chunks embedded inside fused tasks
+    first_in = r.info("stats")["total_net_input_bytes"]
     assert x.sum().compute(scheduler=serverless_get) == pytest.approx(arr.sum())
     assert _spec_bytes() < 200_000
+    uploaded = r.info("stats")["total_net_input_bytes"] - first_in
+    assert uploaded > 8 * 10**6  # the 16 chunks, stored
+    again_in = r.info("stats")["total_net_input_bytes"]
+    assert (x + 1).sum().compute(scheduler=serverless_get) == pytest.approx(arr.sum() + 1e6)
+    assert r.info("stats")["total_net_input_bytes"] - again_in < 10**6  # not again
     items = [arr, arr]  # one value used twice is stored once
     dag = to_dag(*_graph(dask.delayed(sum)(items)), embed_max_bytes=2**20)
     assert len(dag.stored) == 1
+    assert len(_keys(real_redis) - before) == 17  # arr and its 16 chunks, while they live
+    del x, arr, items, dag
+    gc.collect()
+    assert _keys(real_redis) - before == set()
+
+
+def test_embedded_values_that_cannot_be_watched_are_deleted_after_the_run(real_redis):
+    blob = b"x" * 500_000  # bytes: no weak references
+    before = _keys(real_redis)
+    assert dask.delayed(len)(blob).compute(scheduler=serverless_get) == 500_000
+    assert _spec_bytes() < 100_000
     assert _keys(real_redis) - before == set()
 
 
@@ -361,3 +379,25 @@ def test_mid_sized_results_stay_under_their_output_key(real_redis):
     assert len(nodes) == 16 and all(not n.ref.parts for n in nodes)  # 500 KB each
     assert y.sum().compute(scheduler=serverless_get) == 3.0 * 10**6
     assert all(redis.Redis.from_url(real_redis).exists(n.ref.key) for n in nodes)
+
+
+def test_a_pickled_reference_names_its_redis_by_digest_not_password(monkeypatch):
+    import pickle
+
+    ref = StoredRef("redis://:s3cret-password@127.0.0.1:1/0", "ds:{x}:v", "data", "x", 10)
+    blob = pickle.dumps(StoredNode("k", ref))
+    assert b"s3cret-password" not in blob
+    assert pickle.loads(blob).ref.url == ref.url  # resolved in the process that made it
+    monkeypatch.setattr(stored, "_URLS", {})  # another process: it cannot load the value
+    with pytest.raises(PersistedDataLostError, match="not known in this process"):
+        pickle.loads(blob).ref.load()
+
+
+def test_persist_then_compute_on_the_lambda_backend(real_redis, lambda_backend):
+    # the local Lambda API server's functions: persisted chunks read by reference there too
+    x = da.random.RandomState(3).random_sample((1000, 1000), chunks=500)
+    y = x.persist(scheduler=serverless_get)
+    assert len(_stored_nodes(y)) == 4
+    assert y.sum().compute(scheduler=serverless_get) == pytest.approx(
+        x.sum().compute(scheduler="sync"))
+    assert _spec_bytes() < 100_000

@@ -105,3 +105,28 @@ def test_lambda_backend_on_redis_cluster(redis_cluster, lambda_backend):
     with dask.config.set({"serverless.redis-url": redis_cluster}):
         got = dask.compute(_graph(), scheduler=serverless_get)
     assert got == dask.compute(_graph(), scheduler="sync")
+
+
+def test_persist_and_embedded_values_on_redis_cluster(redis_cluster):
+    """Persisted chunks (several runs' slots) and embedded values (a slot each) are read,
+    renewed and released across the cluster's nodes."""
+    import gc
+
+    import dask.array as da
+
+    from dask_serverless.storage.stored import StoredNode
+
+    with dask.config.set({"serverless.redis-url": redis_cluster}):
+        x = da.random.RandomState(5).random_sample((1000, 1000), chunks=500)
+        y = x.persist(scheduler=serverless_get)
+        assert sum(isinstance(v, StoredNode) for v in dict(y.__dask_graph__()).values()) == 4
+        arr = np.arange(200_000.0)  # embedded: stored apart
+        got = dask.compute(y.sum(), delayed(np.sum)(arr), scheduler=serverless_get)
+    assert got[0] == pytest.approx(x.sum().compute(scheduler="sync"))
+    assert got[1] == arr.sum()
+    client = connect(redis_cluster)
+    assert client.keys("ds:*", target_nodes=client.ALL_NODES)  # held while they live
+    del y, arr
+    gc.collect()
+    assert not [k for k in client.keys("ds:*", target_nodes=client.ALL_NODES)
+                if b":op:" in k or b":o:" in k or k.endswith(b":v")]

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import base64
 import http.client
+import json
 import os
 from urllib.parse import urlsplit
 
 import dask
 import pytest
+import squatter
 from dask import delayed
 
 pytest.importorskip("streamlit")
@@ -24,6 +26,8 @@ from dask_serverless.metrics.store import MetricsStore
 from dask_serverless.runtime import get as get_mod
 from dask_serverless.storage import serialize
 from dask_serverless.storage.embedded import EmbeddedRedis, free_port
+from dask_serverless.storage.keys import MetricsKeys
+from dask_serverless.storage.store import connect
 
 
 def _descendants(pid: int) -> set[int]:
@@ -180,3 +184,22 @@ def test_no_secret_on_any_command_line_while_a_run_and_its_dashboard_are_up(monk
         launcher._stop_children()
         launcher._known.clear()
         server.stop()
+
+
+@pytest.mark.skipif(not squatter.available(),
+                    reason="needs root and setpriv to act as another user")
+def test_a_dashboard_port_another_user_took_is_neither_opened_nor_sent_the_token(
+        redis_server):
+    port = free_port()
+    health = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+    dashboard = f"http://127.0.0.1:{port}"
+    with squatter.Squatter(port, health) as other:
+        assert not launcher.healthy(dashboard)  # it answers "ok", but it is not ours
+        r = connect(redis_server)
+        r.set(MetricsKeys.dashboard, json.dumps({"url": dashboard, "pid": 1,
+                                                  "token": "t" * 32}))
+        try:
+            assert launcher.registered(redis_server) is None
+        finally:
+            r.delete(MetricsKeys.dashboard)
+        assert other.received() == b""

@@ -154,6 +154,16 @@ def test_loopback_owner_tells_ours_nobody_and_unknown():
     assert loopback.owner(f"redis://127.0.0.1:{port}/0") is Owner.NOBODY
     assert loopback.owner("redis://redis.example.com:6379/0") is Owner.UNKNOWN
     assert loopback.owner("unix:///tmp/x/redis.sock?db=0") is Owner.UNKNOWN
+    if socket.has_ipv6:
+        with socket.socket(socket.AF_INET6) as s6:
+            try:
+                s6.bind(("::1", 0))
+            except OSError:  # no IPv6 loopback here
+                return
+            s6.listen(1)
+            port6 = s6.getsockname()[1]
+            assert loopback.owner(f"http://[::1]:{port6}") is Owner.OURS
+            assert loopback.owner(f"http://localhost:{port6}") is Owner.OURS
 
 
 @needs_another_user

@@ -35,8 +35,10 @@ from urllib.parse import urlsplit
 import redis
 
 from .. import config
+from ..storage import loopback
 from ..storage.embedded import free_port
 from ..storage.keys import MetricsKeys
+from ..storage.loopback import Owner
 from ..storage.private import state_dir
 from ..storage.store import connect
 from . import access
@@ -51,7 +53,10 @@ _children: list[subprocess.Popen] = []
 
 
 def healthy(url: str, timeout: float = 1.0) -> bool:
-    """Whether a Streamlit server answers at ``url``."""
+    """Whether a Streamlit server of this user answers at ``url`` (another user's on a
+    port ours left is not ours to open, nor to hand our token)."""
+    if loopback.owner(url) is Owner.FOREIGN:
+        return False
     try:
         with urllib.request.urlopen(f"{url}/_stcore/health", timeout=timeout) as resp:
             return resp.status == 200 and resp.read().strip() == b"ok"

@@ -66,7 +66,10 @@ def _summary(page: _Page, run: RunData) -> None:
             ("submitted", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.submit_time))),
             ("makespan", f"{r.makespan:.3f} s"), ("tasks", str(r.tasks)),
             ("workers", f"{r.workers} ({r.workers_planned} planned)"),
-            ("invocations", f"{r.invocations} ({r.cold_starts} cold, {r.warm_starts} warm)"),
+            ("invocations", f"{r.invocations} ({r.cold_starts} cold, {r.warm_starts} warm"
+                            + (f"; {r.retries} re-sent after a death" if r.retries else "")
+                            + (f"; {r.backups} straggler backups" if r.backups else "")
+                            + ")"),
             ("data moved", f"{format_size(r.bytes_moved)} (up {format_size(r.upload_bytes)}, "
                            f"down {format_size(r.download_bytes)}, inline "
                            f"{format_size(r.inline_bytes)})"),

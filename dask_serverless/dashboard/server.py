@@ -57,6 +57,9 @@ def serve(redis_url: str | None = None, port: int = 8501, host: str = "127.0.0.1
              "client_toolbarMode": "viewer", "server_enableAgentApi": False}
     if host in ("127.0.0.1", "localhost", "::1"):  # a web page cannot rebind a name to it
         flags["server_allowedHosts"] = ["127.0.0.1", "localhost", "::1"]
+    else:
+        logger.warning("the dashboard serves %s, beyond loopback: its pages and access token "
+                       "travel unencrypted (plain HTTP); put it behind TLS", host)
     try:
         bootstrap.load_config_options(flag_options=flags)
         bootstrap.run(str(APP), False, [], flags)

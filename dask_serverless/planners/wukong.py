@@ -14,7 +14,8 @@ With a predictor (history, or on a first run ``costmodel.SizePrior`` from the da
 its roots declare) it also simulates the alternatives, the structural plan and
 ``uniform``'s best (width, threads, memory searched), and keeps whichever the objective
 prefers among those whose workers hold their predicted data (``base.fits``), its own plan
-unless another is ``CHOICE_MARGIN`` better: so where moving data
+unless another is ``CHOICE_MARGIN`` better (or within that margin and moving that much
+less data): so where moving data
 costs more than spreading it saves (a GEMM on few cores), it keeps the data local.
 ``plan.options["picked"]`` names the candidate kept.
 """
@@ -27,7 +28,7 @@ from typing import Any
 from ..dag import DAG
 from ..estimates import Estimates
 from ..plan import Plan, ResourceConfig
-from ..simulator import Simulator
+from ..simulator import SimResult, Simulator
 from .base import fits
 from .objective import Objective
 from .passes import delayed_io
@@ -82,7 +83,7 @@ class WukongPlanner:
             if best_fits and not ok:
                 continue  # its workers would not hold their data
             r = sim.run(plan)
-            if (ok and not best_fits) or objective.better(r, best_r, CHOICE_MARGIN):
+            if (ok and not best_fits) or _preferred(r, best_r, objective):
                 best, best_r, picked, best_fits = plan, r, name, ok
         if best is not own:
             best = Plan(best.assignment, best.workers, self.name, dict(best.options),
@@ -90,3 +91,14 @@ class WukongPlanner:
         best.options.update(picked=picked, clustering=self.clustering,
                             objective=objective.kind)
         return best
+
+
+def _preferred(r: SimResult, best: SimResult, objective: Objective) -> bool:
+    """``r`` beats ``best`` by ``CHOICE_MARGIN``, or neither beats the other by that much
+    and ``r`` moves that much less data (a near tie goes to the plan that keeps data
+    local: predictions fitted on noisy runs would otherwise flip between them)."""
+    if objective.better(r, best, CHOICE_MARGIN):
+        return True
+    if objective.better(best, r, CHOICE_MARGIN):
+        return False
+    return r.bytes_moved < best.bytes_moved * (1 - CHOICE_MARGIN)

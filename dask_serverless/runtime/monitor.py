@@ -28,6 +28,8 @@ import redis
 
 from ..dag import DAG
 from ..errors import RunDataLostError, StartTimeoutError, WorkerCrashedError
+from ..metrics.records import InvocationRecord
+from ..plan import Plan
 from ..protocol.constants import SPECULATION_MIN_SAMPLES
 from ..protocol.wire import Invocation
 from ..simulator import Recovery
@@ -45,12 +47,17 @@ class Monitor:
     def __init__(self, store: RunStore, dag: DAG, redis_url: str, recovery: Recovery,
                  send: Callable[[list[Invocation]], None],
                  cancel: Callable[[str, str, list[int]], None] | None = None,
-                 start_timeout: float | None = None):
+                 start_timeout: float | None = None,
+                 record: Callable[[InvocationRecord], None] | None = None,
+                 plan: Plan | None = None):
         self.store, self.dag, self.redis_url = store, dag, redis_url
+        self.plan = plan  # registry entries that do not fit it are ignored (forged)
+        self.record = record  # writes a metrics record for an execution killed here
+        self.known: dict[str, Registered] = {}  # backed-up invocations as registered
         self.recovery = recovery
         self.send, self.cancel = send, cancel
         self.start_timeout = start_timeout
-        self.period = max(recovery.poll_s, (recovery.heartbeat_s or 0) / 5)
+        self.period = recovery.poll_s  # every fallback check, as the simulator assumes
         self.next_check = 0.0
         self.seen: dict[tuple[str, int], Execution] = {}  # last live lease per execution
         self.top_attempt: dict[str, int] = {}  # highest attempt sent per invocation
@@ -78,6 +85,7 @@ class Monitor:
         wall = time.time()
         self._send_due(wall)
         snap = leases.snapshot(self.store)
+        snap.registered = {i: r for i, r in snap.registered.items() if self._fits(r)}
         live: dict[str, list[Execution]] = {}
         for e in snap.executions:
             if e.alive:
@@ -133,6 +141,22 @@ class Monitor:
                     or time.monotonic() >= give_up:
                 return
             time.sleep(0.05)
+
+    def _fits(self, reg: Registered) -> bool:
+        """A registered invocation the plan could have sent: its worker and memory, start
+        tasks of that worker (anyone reaching Redis could plant an entry; the client
+        sends nothing else)."""
+        if self.plan is None:
+            return True
+        spec = self.plan.workers.get(reg.worker_id)
+        n = len(self.plan.assignment)
+        ok = (spec is not None and spec.config.memory_mb == reg.memory_mb and reg.start
+              and all(0 <= t < n and self.plan.assignment[t] == reg.worker_id
+                      for t in reg.start))
+        if not ok:
+            logger.warning("run %s: ignored a registered invocation %s that does not fit "
+                           "the plan", self.store.keys.run_id, reg.id)
+        return bool(ok)
 
     # -- dead executions ---------------------------------------------------------------
     def _retry(self, e: Execution, reg: Registered, wall: float) -> None:
@@ -194,6 +218,7 @@ class Monitor:
                 if median is None or running <= r.min_s or running <= r.factor * median:
                     continue
                 self.backed_up.add(inv_id)
+                self.known[inv_id] = reg
                 self.backups += 1
                 attempt = self.top_attempt.get(inv_id, 0) + 1
                 self.top_attempt[inv_id] = attempt
@@ -222,8 +247,23 @@ class Monitor:
         for inv_id, execs in live.items():
             if inv_id not in ended:
                 continue
-            attempts = [e.attempt for e in execs if (inv_id, e.attempt) not in self.cancelled]
-            if attempts and self.cancel is not None:
-                self.cancelled.update((inv_id, a) for a in attempts)
-                self.cancel(self.store.keys.run_id, inv_id, attempts)
+            losers = [e for e in execs if (inv_id, e.attempt) not in self.cancelled]
+            if losers and self.cancel is not None:
+                self.cancelled.update((inv_id, e.attempt) for e in losers)
+                self.cancel(self.store.keys.run_id, inv_id, [e.attempt for e in losers])
+                self._record_killed(losers)
+
+    def _record_killed(self, losers: list[Execution]) -> None:
+        """A killed execution writes no metrics record: write one for it (billed from
+        its start to now, no tasks), so the run's cost counts the straggler."""
+        reg = self.known.get(losers[0].id)
+        if self.record is None or reg is None:
+            return
+        now = time.time()
+        for e in losers:
+            start = e.started or reg.invoke_time
+            self.record(InvocationRecord(
+                self.store.keys.run_id, e.id, e.worker_id or reg.worker_id, reg.invoker,
+                reg.memory_mb, reg.invoke_time, start, now, False, 0.0, 0,
+                attempt=e.attempt))
 

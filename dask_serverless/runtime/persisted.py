@@ -4,9 +4,11 @@ stores before its run and renews, and what it reads without a run (``storage.sto
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from ..dag import DAG
+from ..errors import PersistedDataLostError
 from ..storage import stored, streams
 from ..storage.serialize import Purpose
 from ..storage.stored import StoredNode, StoredRef
@@ -79,28 +81,73 @@ def _kept(run: Run, tid: int, ref: StoredRef, ttl: int) -> StoredNode:
 
 
 def prepare(dag: DAG, r: Any, url: str, ttl: int, persist_ttl: int) -> list[StoredRef]:
-    """Before a run: store the embedded values ``to_dag`` set apart (for ``ttl``: the
-    run's), renew the persisted ones it reads (``persist_ttl``; ``PersistedDataLostError``
-    naming those gone). Returns the references to release when the run ends."""
+    """Before a run: store the embedded values ``to_dag`` set apart, renew the persisted
+    ones it reads (``persist_ttl``; ``PersistedDataLostError`` naming those gone).
+
+    An embedded value this process can watch (a numpy array, a pandas object: anything
+    weakly referenceable) is stored once for as long as it lives here, like a persisted
+    one (renewed by each compute, released when it is garbage-collected); any other is
+    stored for this run (``ttl``). Returns the references to release when the run ends."""
     persisted = [s for s in dag.stored if s.ref is not None]
     persisted_refs = [s.ref for s in persisted] + list(dag.stored_outputs.values())
     names = [s.key for s in persisted] + list(dag.stored_outputs)
     stored.touch(r, persisted_refs, persist_ttl, names)
     made: list[StoredRef] = []
+    kept: list[StoredRef] = []
     try:
         with stored.Writer(r, url, ttl) as writer:
             for s in dag.stored:
-                if s.ref is None:
-                    s.ref = writer.write(s.value)
-                    s.value, s.nbytes = None, s.ref.nbytes
-                    made.append(s.ref)
+                if s.ref is not None:
+                    continue
+                ref = _cached(s.value, r, url, persist_ttl)
+                if ref is None:
+                    ref = writer.write(s.value)
+                    (kept if _remember(s.value, ref) else made).append(ref)
+                s.ref, s.value, s.nbytes = ref, None, ref.nbytes
     except BaseException:
-        release(made)
+        release(made + kept)
         raise
-    if made:
+    if kept:
+        stored.touch(r, kept, persist_ttl)
+    if made or kept:
         logger.debug("stored %d embedded values (%d bytes) apart from the run spec",
-                     len(made), sum(m.nbytes for m in made))
+                     len(made) + len(kept), sum(m.nbytes for m in made + kept))
     return made
+
+
+# embedded values stored while they live in this process: id -> (weak reference, ref)
+_EMBEDDED: dict[int, tuple[weakref.ref, StoredRef]] = {}
+
+
+def _cached(value: Any, r: Any, url: str, ttl: int) -> StoredRef | None:
+    """The reference of ``value`` stored by an earlier compute (renewed), if any."""
+    entry = _EMBEDDED.get(id(value))
+    if entry is None or entry[0]() is not value or entry[1].url != url:
+        return None
+    try:
+        stored.touch(r, [entry[1]], ttl)
+    except PersistedDataLostError:  # expired or flushed: store it again
+        _EMBEDDED.pop(id(value), None)
+        return None
+    return entry[1]
+
+
+def _remember(value: Any, ref: StoredRef) -> bool:
+    """Keep ``value`` stored while it lives here; False when it cannot be watched."""
+    try:
+        watch = weakref.ref(value)
+    except TypeError:
+        return False
+    _EMBEDDED[id(value)] = (watch, ref)
+    weakref.finalize(value, _dropped, id(value), ref)
+    return True
+
+
+def _dropped(vid: int, ref: StoredRef) -> None:
+    entry = _EMBEDDED.get(vid)
+    if entry is not None and entry[1] is ref:
+        del _EMBEDDED[vid]
+    stored.release(ref.url, ref.redis_keys())
 
 
 def release(refs: list[StoredRef]) -> None:

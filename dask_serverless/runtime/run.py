@@ -24,7 +24,7 @@ from ..errors import DeadlineExceededError, RedisUnavailableError, RunDataLostEr
 from ..layout import Layout, build_layout
 from ..metrics.cost import Prices
 from ..metrics.plans import plan_record
-from ..metrics.records import RunRecord
+from ..metrics.records import InvocationRecord, RunRecord
 from ..metrics.runs import record_run, workflow_functions
 from ..metrics.store import MetricsStore
 from ..plan import Plan, ResourceConfig, Warmup
@@ -207,7 +207,17 @@ class Run:
         self.monitor = Monitor(self.store, self.dag, self.redis_url, self.recovery,
                                self.backend.invoke_many,
                                getattr(self.backend, "cancel_invocation", None),
-                               config.get("start-timeout"))
+                               config.get("start-timeout"),
+                               self._record_invocation if self.metrics_url else None,
+                               self.plan)
+
+    def _record_invocation(self, record: InvocationRecord) -> None:
+        """Record an invocation the client killed (a straggler that lost to its backup)."""
+        try:
+            MetricsStore.from_url(self.metrics_url).write_invocation(record, None)
+        except (redis.RedisError, OSError) as exc:
+            logger.warning("run %s: could not record a cancelled invocation: %s",
+                           self.run_id, exc)
 
     def _track(self, invocations: list[Invocation]) -> None:
         """Give root invocations their lease interval and register them (queued until
@@ -301,9 +311,13 @@ class Run:
         cut_off = "".join(f"; output {self.dag.tasks[t].key!r} streamed by {head.describe()} "
                           f"stopped at {n} of {head.chunks} chunks (its producer died or "
                           "stalled mid-stream)" for t, head, n in cut[:10])
+        queued = self.monitor.queued if self.monitor is not None else 0
+        waiting = (f"; {queued} invocation(s) sent but never started (throttled or queued: "
+                   "serverless.start-timeout bounds that)" if queued else "")
         raise DeadlineExceededError(
             f"run {self.run_id} did not finish within serverless.deadline={self.deadline} s; "
-            f"{len(pending)} of {len(self.dag.outputs)} outputs pending: {shown}{more}{cut_off}")
+            f"{len(pending)} of {len(self.dag.outputs)} outputs pending: {shown}{more}{cut_off}"
+            f"{waiting}")
 
     def _raise_if_failed(self) -> None:
         info = self.store.get_error()

@@ -57,6 +57,7 @@ class Execution:
     alive: bool
     tasks: dict[int, float] = field(default_factory=dict)  # running task -> start (epoch)
     beat: float = 0.0  # epoch of the last renewal seen
+    started: float = 0.0  # epoch the execution started
 
 
 def _registered(inv: Invocation) -> str:
@@ -77,8 +78,10 @@ def register(store: RunStore, invocations: Sequence[Invocation]) -> None:
     pipe.execute()
 
 
-def lease_value(inv: Invocation, tasks: dict[int, float], now: float) -> str:
-    return json.dumps({"w": inv.worker_id, "a": inv.attempt, "b": now,
+def lease_value(inv: Invocation, started: float, tasks: dict[int, float], now: float) -> str:
+    """What a lease holds: worker, attempt, when the execution started, its last beat and
+    its running tasks with their starts."""
+    return json.dumps({"w": inv.worker_id, "a": inv.attempt, "s": started, "b": now,
                        "t": {str(t): s for t, s in tasks.items()}}, separators=(",", ":"))
 
 
@@ -91,24 +94,26 @@ def acquire(store: RunStore, inv: Invocation, value: str, ms: int) -> str:
     delivery does nothing) or "taken" (another delivery of this attempt runs it)."""
     k = store.keys
     lease = k.lease(inv.id, inv.attempt)
-    pipe = store.r.pipeline(transaction=True)
+    field = f"{inv.id}:{inv.attempt}"
+    pipe = store.r.pipeline(transaction=True)  # one round trip in the common case
     pipe.sismember(k.ended, inv.id)
     pipe.set(lease, value, nx=True, px=ms)
+    pipe.hset(k.running, field, inv.worker_id)  # (a taken lease's holder set it too)
+    pipe.expire(k.running, store.ttl)
+    pipe.exists(k.dag)
     res = pipe.execute()
+    if not res[4]:  # a late delivery after the run's cleanup: nothing to do, nothing left
+        store.r.delete(k.running, *([lease] if res[1] else []))
+        return "ended"
     if res[0]:
         pipe = store.r.pipeline(transaction=True)
         if res[1]:
             pipe.delete(lease)
+            pipe.hdel(k.running, field)
         pipe.hdel(k.invocations, inv.id)  # sent again after it ended: no longer queued
         pipe.execute()
         return "ended"
-    if not res[1]:
-        return "taken"
-    pipe = store.r.pipeline(transaction=False)
-    pipe.hset(k.running, f"{inv.id}:{inv.attempt}", inv.worker_id)
-    pipe.expire(k.running, store.ttl)
-    pipe.execute()
-    return "ok"
+    return "ok" if res[1] else "taken"
 
 
 def renew(store: RunStore, inv: Invocation, value: str, ms: int,
@@ -122,7 +127,10 @@ def renew(store: RunStore, inv: Invocation, value: str, ms: int,
     if durations:
         pipe.rpush(k.durations, *(f"{t}:{s:.4f}" for t, s in durations))
         pipe.expire(k.durations, store.ttl)
+        pipe.exists(k.dag)
     res = pipe.execute()
+    if durations and not res[-1]:  # renewed after the run's cleanup: leave nothing behind
+        store.r.delete(k.durations)
     return bool(res[0]), bool(res[1])
 
 
@@ -132,6 +140,7 @@ def release(store: RunStore, inv: Invocation, ended: bool,
     good); else another attempt takes over (its lease was lost, or it was cancelled)."""
     k = store.keys
     pipe = store.r.pipeline(transaction=True)
+    pipe.exists(k.dag)  # the run is still there (else: its keys were cleaned up)
     if ended:
         pipe.sadd(k.ended, inv.id)
         pipe.expire(k.ended, store.ttl)
@@ -141,11 +150,19 @@ def release(store: RunStore, inv: Invocation, ended: bool,
         pipe.expire(k.durations, store.ttl)
     pipe.hdel(k.running, f"{inv.id}:{inv.attempt}")
     pipe.delete(k.lease(inv.id, inv.attempt))
-    pipe.execute()
+    if not pipe.execute()[0]:  # ended after the client cleaned up: leave nothing behind
+        store.r.delete(k.ended, k.durations)
 
 
-def ended(store: RunStore, inv_id: str) -> bool:
-    return bool(store.r.sismember(store.keys.ended, inv_id))
+def halted(store: RunStore, inv_id: str) -> bool:
+    """The run was cancelled or is over (its spec cleaned up), or invocation ``inv_id``
+    ended (another execution did its work): one round trip."""
+    pipe = store.r.pipeline(transaction=False)
+    pipe.exists(store.keys.cancel)
+    pipe.sismember(store.keys.ended, inv_id)
+    pipe.exists(store.keys.dag)
+    cancelled, ended, present = pipe.execute()
+    return bool(cancelled) or bool(ended) or not present
 
 
 # -- the client's view -------------------------------------------------------------------
@@ -198,7 +215,7 @@ def snapshot(store: RunStore) -> Snapshot:
             d: dict[str, Any] = json.loads(value)
             tasks = {int(t): float(s) for t, s in d["t"].items()}
             executions.append(Execution(inv_id, attempt, str(d["w"]), True, tasks,
-                                        float(d["b"])))
+                                        float(d["b"]), float(d.get("s", 0.0))))
         except (ValueError, KeyError, TypeError, AttributeError):
             logger.warning("run %s: a malformed lease of %s; taken as alive", k.run_id,
                            inv_id)

@@ -342,6 +342,10 @@ class RunStore:
                  k.running, k.ended, k.durations]
         names += [k.output(t) for t in task_ids_with_outputs]
         names += [x.decode() for x in self.r.smembers(k.parts)]
+        for f in self.r.hkeys(k.running):  # leases of executions still wrapping up
+            inv_id, _, attempt = f.decode().rpartition(":")
+            if attempt.isdigit():
+                names.append(k.lease(inv_id, int(attempt)))
         for e in entry_ids:
             names += [k.fanin(e), k.fired(e)]
         heads = [k.stream(t) for t in streamed]

@@ -8,7 +8,8 @@ Two kinds of stored values:
 - **embedded data**: a value a graph carries (a numpy array given to ``from_array`` or
   ``delayed``, a DataNode) larger than ``serverless.embed-max-bytes`` is stored once as
   its own object (``ds:{<id>}:v``, sealed ``Purpose.DATA``) and the run spec holds a
-  reference; it is deleted when the run ends.
+  reference; it lives while the value lives in the client (or for the run, when the
+  value cannot be weakly referenced): ``runtime.persisted.prepare``.
 
 A ``StoredRef`` names one value: the Redis URL, its key, the purpose and run id its seal
 is bound to, its sealed size, and the keys of its parts when it is stored in parts: a
@@ -31,6 +32,7 @@ value is gone raises ``PersistedDataLostError``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 import weakref
@@ -65,6 +67,16 @@ class StoredRef:
     parts: tuple[str, ...] = ()
     sizes: tuple[int, ...] = ()
 
+    def __post_init__(self) -> None:
+        if self.url:
+            _URLS.setdefault(_url_id(self.url), self.url)
+
+    def __reduce__(self) -> tuple:
+        # the URL may hold a password: a pickled reference (in a run spec, a slice, a
+        # pickled collection) names it by digest; this process resolves it (``load``)
+        return _restore, (_url_id(self.url) if self.url else "", self.key, self.purpose,
+                          self.run_id, self.nbytes, self.parts, self.sizes)
+
     def redis_keys(self) -> list[str]:
         """The Redis keys holding the value."""
         return list(self.parts) if self.parts else [self.key]
@@ -73,6 +85,9 @@ class StoredRef:
         """The value (read from Redis in this process)."""
         from .store import connect
 
+        if not self.url:
+            raise lost([self], [f"{self.key} (its Redis URL is not known in this process: "
+                                "a reference unpickled away from the client that made it)"])
         (blob,) = read(connect(self.url), [self])
         return decode(self, blob)
 
@@ -81,6 +96,18 @@ class StoredRef:
 
     def __dask_tokenize__(self) -> tuple[str, str]:
         return ("StoredRef", self.key)
+
+
+_URLS: dict[str, str] = {}  # digest -> Redis URL of the references made in this process
+
+
+def _url_id(url: str) -> str:
+    return hashlib.blake2b(url.encode(), digest_size=12).hexdigest()
+
+
+def _restore(url_id: str, key: str, purpose: str, run_id: str, nbytes: int,
+             parts: tuple[str, ...], sizes: tuple[int, ...]) -> StoredRef:
+    return StoredRef(_URLS.get(url_id, ""), key, purpose, run_id, nbytes, parts, sizes)
 
 
 class StoredNode(DataNode):

@@ -534,8 +534,8 @@ class _Execution:
         straggler whose backup won)."""
         if now >= self.next_cancel_check:
             self.next_cancel_check = now + CANCEL_CHECK_S
-            if self.store.cancelled() or (self.beat is not None and (
-                    self.beat.stopped or leases.ended(self.store, self.inv.id))):
+            if (self.beat.stopped or leases.halted(self.store, self.inv.id)
+                    if self.beat is not None else self.store.cancelled()):
                 self.report.cancelled = True
         return self.report.cancelled
 

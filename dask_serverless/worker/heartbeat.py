@@ -34,6 +34,7 @@ class Heartbeat:
         self.lost = False
         self.ended = False
         self.beats = 0
+        self.started = time.time()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -52,7 +53,7 @@ class Heartbeat:
         return self.lost or self.ended
 
     def _value(self) -> str:
-        return leases.lease_value(self.inv, self.running.copy(), time.time())
+        return leases.lease_value(self.inv, self.started, self.running.copy(), time.time())
 
     def _drain(self) -> list[tuple[int, float]]:
         out = []
@@ -76,10 +77,10 @@ class Heartbeat:
             self.finished.extendleft(reversed(done))
             return
         self.beats += 1
-        if not held and not self.lost:
-            logger.warning("worker %s: its lease expired before renewal (attempt %d); "
-                           "stopping: another attempt takes over", self.inv.worker_id,
-                           self.inv.attempt)
+        if not held and not self.lost:  # (or the run is over: its keys were cleaned up)
+            logger.info("worker %s: its lease is gone (attempt %d): stopping; another "
+                        "attempt takes over, or the run is over", self.inv.worker_id,
+                        self.inv.attempt)
         self.lost = self.lost or not held
         self.ended = self.ended or ended
 
