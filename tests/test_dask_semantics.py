@@ -168,6 +168,20 @@ def test_a_disk_shuffle_of_an_unknown_form_is_refused_naming_the_fix():
     assert "dataframe.shuffle.method" in str(info.value)
 
 
+# -- persist ---------------------------------------------------------------------------------
+def test_persisted_chunks_are_read_from_the_graph_as_dask_reads_futures():
+    """Dask's ``assert_eq`` persists an array and reads each chunk from its graph
+    (``.result()`` on a distributed Future): a chunk kept in Redis answers the same
+    (Dask's test_vindex_preserve_chunksize failed on serverless only)."""
+    import dask.array as da
+    import numpy as np
+    from dask.array.utils import assert_eq
+
+    values = np.arange(10_000 * 40, dtype="float64").reshape(10_000, 40)
+    x = da.from_array(values, chunks=(2500, 20)) + 1  # chunks over embed-max-bytes
+    assert_eq(x, values + 1, scheduler=serverless_get)
+
+
 # -- da.store --------------------------------------------------------------------------------
 class Sink:
     def __setitem__(self, index, value):
