@@ -140,6 +140,36 @@ def test_redis_restart_mid_run_gives_specific_error(backend):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def test_redis_lost_while_the_spec_is_stored_gives_specific_error(backend, monkeypatch):
+    """Redis dies while the client stores the run spec (a busy machine makes that phase
+    long): the caller gets RedisUnavailableError after the grace, no raw connection error."""
+    from dask_serverless.runtime.run import Run
+
+    binary = server_binary()
+    port = free_port()
+    tmp = tempfile.mkdtemp()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--dir", tmp], stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    assert wait_ready(url, proc)
+    submit = Run._submit
+
+    def submit_without_redis(self):
+        proc.kill()
+        proc.wait()
+        submit(self)
+
+    monkeypatch.setattr(Run, "_submit", submit_without_redis)
+    t0 = time.monotonic()
+    try:
+        with dask.config.set({"serverless.redis-url": url, "serverless.redis-grace": 1}), \
+                pytest.raises(RedisUnavailableError, match="unreachable"):
+            dask.compute(tree(4), scheduler=serverless_get, backend=backend)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert time.monotonic() - t0 < 30
+
+
 def test_deadline_names_pending_tasks_and_stops_workers(any_redis, backend):
     x = delayed(sleepy)(1, 30, dask_key_name="stuck")
     t0 = time.monotonic()

@@ -591,3 +591,19 @@ def test_the_simulator_charges_each_invocation_its_slice():
         loaded = sum(sizes.of_group(g) for g in {layout.group[t] for t in starts})
         assert slow_s - fast_s == pytest.approx(loaded / 1e5, rel=0.05)
     assert after.makespan > before.makespan
+
+
+def test_a_loaded_spec_is_left_out_of_garbage_collections_until_its_run_is_dropped(
+        real_redis, empty_spec_cache):
+    import gc
+
+    run = store_run(real_redis, f"frozen{time.monotonic_ns()}")
+    gc.unfreeze()
+    view, _ = load_root(run)
+    some_task = next(iter(view.own.values()))
+    assert gc.get_freeze_count() > 0 and gc.is_tracked(some_task)
+    frozen = gc.get_freeze_count()
+    assert not any(o is some_task for o in gc.get_objects())  # frozen: not scanned
+    end_run(run)
+    stored.forget(run[2].keys.run_id)
+    assert gc.get_freeze_count() == 0 < frozen

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import difflib
-import gc
 import logging
 import warnings
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 from dask.callbacks import local_callbacks, unpack_callbacks
@@ -15,6 +13,7 @@ from dask.callbacks import local_callbacks, unpack_callbacks
 from .. import config, session
 from ..adapter import graph_and_annotations, to_dag
 from ..dag import DAG
+from ..gcutil import gc_paused
 from ..metrics.task_logs import level_number
 from ..plan import Plan
 from ..planners import Objective, apply_passes, get_planner
@@ -48,24 +47,11 @@ def serverless_get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
     ``dask.persist`` (and ``.persist()``) call ``serverless_get.persist``: the results stay
     in Redis and the persisted collections' graphs reference them (``serverless_persist``).
     """
-    with _gc_paused():  # preparing a large graph makes millions of objects, no garbage
+    with gc_paused():  # preparing a large graph makes millions of objects, no garbage
         return _get(dsk, keys, callbacks=callbacks, planner=planner, plan=plan,
                     backend=backend, redis_url=redis_url, memory=memory,
                     parallelism=parallelism, deadline=deadline, optimizations=optimizations,
                     serverless_dashboard=serverless_dashboard, **kwargs)
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Python's cyclic collector off (as it was after): with it on, building a DAG of
-    100k tasks spends about half its time in collections that find nothing."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def _get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,

@@ -212,9 +212,12 @@ class Monitor:
             reg = snap.registered.get(inv_id)
             if reg is None:
                 continue
+            seen = execs[0].beat or wall
             for tid, started in execs[0].tasks.items():
                 median = self._median(self.dag.tasks[tid].func_name)
-                running = wall - started
+                # as of the last beat, both times the worker's: a worker whose heartbeat
+                # is held up (GC, a long decode) shows a stale task, not a straggler
+                running = seen - started
                 if median is None or running <= r.min_s or running <= r.factor * median:
                     continue
                 self.backed_up.add(inv_id)

@@ -100,7 +100,7 @@ class Run:
             if self.live is not None:
                 self.live.announce(self.dag, self.plan, self.dag.signature(),
                                    self.submit_time)
-            self._submit()
+            self._store_and_start()
             self._wait(pubsub)
             if self.monitor is not None:
                 self.monitor.finish()  # cancel executions that lost to another attempt
@@ -154,6 +154,17 @@ class Run:
             cancel_run(self.run_id)
 
     # -- steps ------------------------------------------------------------------------
+    def _store_and_start(self) -> None:
+        """``_submit``, with a Redis outage while the spec is stored a named error (the
+        same as one while the run waits), never a raw connection error."""
+        try:
+            self._submit()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._ride_out_outage(exc)  # raises when Redis stays away or lost the run
+            raise RunDataLostError(
+                f"run {self.run_id}: lost Redis at {redact(self.redis_url)!r} while storing "
+                f"the run spec ({exc}); compute again") from exc
+
     def _submit(self) -> None:
         """Store the run header, then the slices (``storage.slices.store_slices``) in
         pipelined batches, root groups first: each root invocation goes out as soon as

@@ -10,6 +10,7 @@ set (then it is lost), the run is cancelled, or the run's deadline passes.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections import OrderedDict
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from .. import config
 from ..dag import DAG
 from ..errors import DeadlineExceededError, RunDataLostError
+from ..gcutil import gc_paused
 from ..layout import Layout
 from ..plan import Plan
 from ..protocol.slices import (
@@ -264,7 +266,8 @@ class SpecCache:
         self._runs.move_to_end(run_id)
 
     def forget(self, run_id: str) -> None:
-        self._runs.pop(run_id, None)
+        if self._runs.pop(run_id, None) is not None:
+            gc.unfreeze()  # its objects may be collected again (``load_view`` freezes)
 
     def trim(self, max_bytes: int, keep: str) -> None:
         """Drop the least recently used runs until the rest fit ``max_bytes``; ``keep``
@@ -274,9 +277,10 @@ class SpecCache:
             if total <= max_bytes:
                 return
             if run_id != keep:
-                total -= self._runs.pop(run_id)[0].nbytes
+                total -= self._runs[run_id][0].nbytes
+                self.forget(run_id)
         if total > max_bytes:  # the current run alone is too large to keep after this call
-            self._runs.pop(keep, None)
+            self.forget(keep)
 
     def drop_ended(self, now: float, keep: str = "") -> list[str]:
         """Drop the runs that ended (see class docstring); their ids. One round trip per
@@ -299,7 +303,7 @@ class SpecCache:
                 continue
             ended += [run_id for (run_id, _), n in zip(runs, present, strict=True) if not n]
         for run_id in ended:
-            self._runs.pop(run_id, None)
+            self.forget(run_id)
         return ended
 
 
@@ -326,16 +330,18 @@ def load_view(run_id: str, worker_id: str, invoker: str, start: Iterable[int],
     if view is None:
         SPECS.drop_ended(time.time())
         reader = SliceReader(store, what=f"worker {worker_id}")
-        header, slices = reader.header_and_slices(names, inline)
-        view = SlicedView(header, lambda more: _load_more(reader, view, more))
-        for s in slices:
-            view.add(s)
+        with gc_paused():
+            header, slices = reader.header_and_slices(names, inline)
+            view = SlicedView(header, lambda more: _load_more(reader, view, more))
+            for s in slices:
+                view.add(s)
         view.nbytes = reader.nbytes
         view.load_s = time.perf_counter() - t0
         SPECS.put(run_id, view, store)
     else:
         view.ensure(names)
     SPECS.trim(limit, keep=run_id)
+    gc.freeze()  # what is loaded lives as long as the run: later collections skip it
     return view, before
 
 
@@ -343,7 +349,8 @@ def _load_more(reader: SliceReader, view: SlicedView | None,
                names: list[str]) -> list[GroupSlice]:
     """A view's lazy load: more slices of its run (e.g. a floating fan-in's)."""
     t0 = time.perf_counter()
-    slices = reader.slices(names)
+    with gc_paused():
+        slices = reader.slices(names)
     if view is not None:
         view.nbytes = reader.nbytes
         view.load_s += time.perf_counter() - t0

@@ -45,6 +45,8 @@ cols[4].metric("data moved", format_size(rec.bytes_moved))
 cols[5].metric("cost (µ$)", f"{rec.cost_usd * 1e6:.2f}")
 st.caption(f"run {rec.run_id} · planner {rec.planner} {rec.planner_options} · backend "
            f"{rec.backend} · status {rec.status}"
+           + (f" · {rec.retries} invocations re-sent after a death" if rec.retries else "")
+           + (f" · {rec.backups} straggler backups" if rec.backups else "")
            + ("" if rec.complete else " · some invocation records arrived late or never"))
 
 tasks = timeline.task_table(run)
