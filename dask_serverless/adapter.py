@@ -108,6 +108,7 @@ class _Tasks:
         self.by_func: dict[int, tuple[Any, str | None, dict, Any, bool]] = {}  # id(func)
         self.names: dict[str, str] = {}
         self.shuffle_stores = 0  # disk shuffles' stores moved to Redis
+        self.warned_store = False  # da.store into an in-memory array (once a graph)
         self.limit = embed_max_bytes
         self.stored: list[StoredInput] = []
         self.literals: dict[int, tuple[Any, Hashable]] = {}  # id(value) -> (value, its key)
@@ -159,6 +160,8 @@ class _Tasks:
                     self.shuffle_stores += 1
                 name = known[1] or self._intern(_name(node))
                 annotations, declared = known[2], known[3]
+                if "load_store_chunk" in name and not self.warned_store:
+                    self.warned_store = _warn_store_into_memory(k, node)
             else:
                 name, annotations, declared = self._intern(_name(node)), NO_ANNOTATIONS, None
             annotated = per_task.get(k) if per_task else None
@@ -415,6 +418,51 @@ def _partd_layers(node: Task) -> list[Any] | None:
             return None
         layers.append(f)
         current = args[0]
+    return None
+
+
+def _warn_store_into_memory(key: Hashable, node: Task) -> bool:
+    """Warn when a ``da.store`` task writes into an in-memory NumPy array: the workers
+    write into their copies of it and the caller's stays as it was (as with
+    ``distributed``). True when it warned."""
+    import sys
+    import warnings
+
+    numpy = sys.modules.get("numpy")
+    from dask.array.core import load_store_chunk
+
+    target = _store_target(node, {}, load_store_chunk)
+    if numpy is None or not isinstance(target, numpy.ndarray):
+        return False
+    warnings.warn(
+        f"task {key!r} stores into an in-memory {type(target).__name__} (da.store): "
+        "serverless workers write into their own copies of it, and yours stays as it "
+        "was. Store into a target the workers reach (Zarr, HDF5, files on shared "
+        "storage), or assign the computed array: target[:] = x.compute()",
+        UserWarning, stacklevel=2)
+    return True
+
+
+def _store_target(node: Task, bound: dict, load_store_chunk: Any) -> Any:
+    """What the ``load_store_chunk`` call in ``node`` (perhaps in nested fused
+    subgraphs) stores into, when it is given as data; ``bound``: the values of the
+    enclosing subgraph's inputs."""
+    def value(x: Any) -> Any:
+        if isinstance(x, DataNode):
+            return x.value
+        key = getattr(x, "key", None)  # a TaskRef: an input of the subgraph
+        return bound.get(key) if key is not None else x
+
+    if node.func is load_store_chunk and len(node.args) > 1:
+        return value(node.args[1])
+    if node.func is _execute_subgraph and len(node.args) >= 3:
+        inner, _out, inkeys, *values = node.args
+        inner_bound = {k: value(v) for k, v in zip(inkeys, values, strict=False)}
+        for t in inner.values():
+            if isinstance(t, Task):
+                found = _store_target(t, inner_bound, load_store_chunk)
+                if found is not None:
+                    return found
     return None
 
 

@@ -168,6 +168,41 @@ def test_a_disk_shuffle_of_an_unknown_form_is_refused_naming_the_fix():
     assert "dataframe.shuffle.method" in str(info.value)
 
 
+# -- persist ---------------------------------------------------------------------------------
+def test_persisted_chunks_are_read_from_the_graph_as_dask_reads_futures():
+    """Dask's ``assert_eq`` persists an array and reads each chunk from its graph
+    (``.result()`` on a distributed Future): a chunk kept in Redis answers the same
+    (Dask's test_vindex_preserve_chunksize failed on serverless only)."""
+    import dask.array as da
+    import numpy as np
+    from dask.array.utils import assert_eq
+
+    values = np.arange(10_000 * 40, dtype="float64").reshape(10_000, 40)
+    x = da.from_array(values, chunks=(2500, 20)) + 1  # chunks over embed-max-bytes
+    assert_eq(x, values + 1, scheduler=serverless_get)
+
+
+# -- da.store --------------------------------------------------------------------------------
+class Sink:
+    def __setitem__(self, index, value):
+        pass
+
+
+def test_store_into_an_in_memory_array_warns_that_it_fills_copies():
+    import dask.array as da
+    import numpy as np
+
+    x = da.ones((4, 4), chunks=2) + 1
+    target = np.zeros((4, 4))
+    with pytest.warns(UserWarning, match=r"task \('store-map-.*in-memory ndarray.*"
+                                         r"yours stays as it was.*Zarr"):
+        da.store(x, target, scheduler=serverless_get)
+    assert not target.any()  # as the warning says (distributed: the same, silently)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a target that is not an in-memory array: quiet
+        da.store(x, Sink(), scheduler=serverless_get, lock=False)
+
+
 # -- warnings ---------------------------------------------------------------------------------
 def careful(i):
     warnings.warn(f"careful with {i % 2}", UserWarning, stacklevel=1)
