@@ -209,6 +209,33 @@ def test_task_dup_skips_a_candidate_already_in_the_set_or_failing():
     assert step(s, core.TaskFailed(1)) == [] and s.done
 
 
+def test_task_dup_leaves_a_candidate_running_here_to_finish_and_store_itself():
+    """The fan-in's missing input runs on this invocation's other thread: duplicating it
+    would run it twice here and lose track of the first run (found by hypothesis)."""
+    opt = Optimizations(duplicate={2: (1,)})
+    s = state_for([[], [], [0, 1]], ["w0", "w0", "w2"], floating={"w2"}, opt=opt, width=2)
+    assert step(s, core.Begin((0, 1))) == [core.Execute(0), core.Execute(1)]
+    step(s, core.TaskDone(0, 8, 30))
+    assert step(s, core.Published((1,))) == [core.QueryDup(2, (1,), ((),))]
+    assert step(s, core.DupStatus(frozenset({0}), frozenset({1}))) == []
+    assert step(s, core.TaskDone(1, 8, 30))[0] == core.Store(1, (2,))
+
+
+def test_task_dup_leaves_a_candidate_queued_here_to_run_once():
+    """The fan-in's missing input is next in this invocation's own queue: duplicating it
+    ran it twice, and its second store claimed the fan-in again (found by hypothesis)."""
+    opt = Optimizations(duplicate={2: (1,)})
+    s = state_for([[], [0], [0, 1]], ["w0", "w0", "w2"], floating={"w2"}, opt=opt)
+    assert step(s, core.Begin((0,))) == [core.Execute(0)]
+    step(s, core.TaskDone(0, 8, 30))
+    assert step(s, core.Published((1,)))[-1] == core.QueryDup(2, (1,), ((),))
+    out = step(s, core.DupStatus(frozenset({0}), frozenset({1})))
+    assert core.Execute(1, duplicate=True) not in out and core.Execute(1) in out
+    assert step(s, core.TaskDone(1, 8, 30))[-1] == core.Store(1, (2,))
+    assert step(s, core.Published((2,)))[-1] == core.Claim((2,))
+    assert s.duplicates == 0
+
+
 def test_streamed_output_fires_its_consumer_before_the_chunks_are_written():
     opt = Optimizations(stream={0: 10})
     s = state_for([[], [0]], ["w0", "w1"], opt=opt, inline_bytes=0)

@@ -504,8 +504,9 @@ class InvocationState:
         status = yield QueryDup(fanin, candidates, missing)
         assert isinstance(status, DupStatus)
         for b, need in zip(candidates, missing, strict=True):
-            if b in status.members or b not in status.available or b in self.memory:
-                continue
+            if (b in status.members or b not in status.available or b in self.memory
+                    or b in self.running or b in self.ready):
+                continue  # there, or about to run here (it stores itself): not twice
             need = tuple(d for d in self.reads[b] if d not in self.memory)
             if need:
                 self._emit(Fetch(need, b))
