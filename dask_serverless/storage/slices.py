@@ -193,10 +193,13 @@ class SliceReader:
         keys, r = self.store.keys, self.store.r
         pause = 0.001
         while True:
-            pipe = r.pipeline(transaction=False)
-            pipe.mget([keys.slice(n) for n in names])
-            pipe.exists(keys.slices_done, keys.cancel)
-            blobs, flags = pipe.execute()
+            pipe = r.pipeline(transaction=False)  # GETs, not MGET: Redis Cluster pipelines
+            for n in names:  # refuse multi-key commands
+                pipe.get(keys.slice(n))
+            pipe.exists(keys.slices_done)
+            pipe.exists(keys.cancel)
+            *blobs, done, cancelled = pipe.execute()
+            flags = done or cancelled
             if all(b is not None for b in blobs):
                 return blobs
             if flags:
