@@ -16,7 +16,7 @@ import pytest
 import redis
 from dask import delayed
 
-from dask_serverless import serverless_get, session
+from dask_serverless import serverless_get
 from dask_serverless.adapter import to_dag
 from dask_serverless.backends.local import LocalBackend
 from dask_serverless.backends.local.pool import LocalPool
@@ -216,13 +216,19 @@ def slow_first_time(i, marker, slow_i, seconds):
     return i
 
 
+def straggler_run(marker: str, parts: int, seconds: float, slow: int = 3):
+    """``parts`` tasks of 0.2 s, ``part-<slow>`` taking ``seconds`` on its first attempt,
+    and their sum, every task on its own worker: (graph, key, plan)."""
+    tasks = [delayed(slow_first_time)(i, marker, slow, seconds, dask_key_name=f"part-{i}")
+             for i in range(parts)]
+    x = delayed(sum)(tasks, dask_key_name="total")
+    graph, key = dict(x.dask), x.key
+    return graph, key, plan_by_key(graph, key, lambda k: k)
+
+
 def test_a_straggler_gets_a_backup(real_redis, tmp_path):
     marker = str(tmp_path / "slow")
-    parts = [delayed(slow_first_time)(i, marker, 3, 60, dask_key_name=f"part-{i}")
-             for i in range(8)]
-    x = delayed(sum)(parts, dask_key_name="total")
-    graph, key = dict(x.dask), x.key
-    plan = plan_by_key(graph, key, lambda k: k)  # every task on its own worker
+    graph, key, plan = straggler_run(marker, 8, 60)
     backend = make_backend(retries=2, retry_backoff=0.05)
     try:
         t0 = time.monotonic()
@@ -254,12 +260,7 @@ def test_a_straggler_gets_a_backup(real_redis, tmp_path):
 
 
 def test_speculation_off_waits_for_the_straggler(real_redis, tmp_path):
-    marker = str(tmp_path / "slow")
-    parts = [delayed(slow_first_time)(i, marker, 3, 4, dask_key_name=f"part-{i}")
-             for i in range(4)]
-    x = delayed(sum)(parts, dask_key_name="total")
-    graph, key = dict(x.dask), x.key
-    plan = plan_by_key(graph, key, lambda k: k)
+    graph, key, plan = straggler_run(str(tmp_path / "slow"), 4, 4)
     with dask.config.set({"serverless.speculation.enabled": False,
                           "serverless.speculation.min-seconds": 1.0,
                           "serverless.heartbeat-interval": 0.5}):
@@ -267,7 +268,6 @@ def test_speculation_off_waits_for_the_straggler(real_redis, tmp_path):
         assert serverless_get(graph, key, plan=plan) == sum(range(4))
         assert time.monotonic() - t0 >= 4
         assert get_mod.last_run.monitor.backups == 0
-    _ = session
 
 
 # -- output TTL and deadline -------------------------------------------------------------
@@ -321,12 +321,7 @@ def test_keys_expiring_mid_run_are_run_data_lost(real_redis):
 def test_a_straggler_gets_a_backup_on_lambda(real_redis, lambda_backend, tmp_path):
     """The backup goes through Lambda like any invocation; the loser (which Lambda cannot
     kill) sees its invocation ended and its result is discarded."""
-    marker = str(tmp_path / "slow")
-    parts = [delayed(slow_first_time)(i, marker, 2, 15, dask_key_name=f"part-{i}")
-             for i in range(4)]
-    x = delayed(sum)(parts, dask_key_name="total")
-    graph, key = dict(x.dask), x.key
-    plan = plan_by_key(graph, key, lambda k: k)
+    graph, key, plan = straggler_run(str(tmp_path / "slow"), 4, 15, slow=2)
     with dask.config.set({**FAST_LEASES, "serverless.speculation.min-seconds": 1.0,
                           "serverless.deadline": 120}):
         t0 = time.monotonic()

@@ -7,7 +7,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 
 import dask
@@ -136,32 +135,17 @@ def test_persist_and_embedded_values_on_redis_cluster(redis_cluster):
 def test_a_reader_waits_for_a_late_slice_on_redis_cluster(redis_cluster):
     """A worker that asks for a slice the client has not stored yet polls for it with
     commands a cluster pipeline accepts (an MGET in a pipeline is refused there)."""
-    from test_slices import sliced, tree_dag
+    from test_slices import load_while_the_top_slice_arrives_late
 
-    from dask_serverless.protocol import slices
     from dask_serverless.storage import slices as stored
     from dask_serverless.storage.store import RunStore, connect
 
-    dag, plan = tree_dag(1001, 100)
     run_id = f"cwait{time.monotonic_ns()}"
-    _, blobs = sliced(dag, plan, run_id)
     store = RunStore(connect(redis_cluster), run_id, 60)
-    writer = stored.SliceWriter(store)
-    writer.header(slices.RunHeader(60, 1024, False, deadline_at=time.time() + 30))
-    top = slices.entry_slice(dag.outputs[0])
-
-    def store_later():
-        time.sleep(0.3)
-        writer.add(top, blobs[top], {})
-        writer.flush()
-
-    later = threading.Thread(target=store_later)
-    later.start()
     try:
-        view, _ = stored.load_view(run_id, "w9", "w0", [dag.outputs[0]], store, 1024)
-    finally:
-        later.join()
-        stored.forget(run_id)
+        view, top, _, writer, _ = load_while_the_top_slice_arrives_late(store)
         writer.cleanup()
+    finally:
+        stored.forget(run_id)
         store.cleanup([], [])
     assert view.loaded == {top}

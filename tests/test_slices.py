@@ -297,11 +297,12 @@ def test_a_function_pickled_by_value_is_one_shared_piece(real_redis):
     store.r.delete(*writer.cleanup_keys(), store.keys.dag)
 
 
-def test_a_reader_waits_for_a_slice_the_client_has_not_stored(any_redis):
+def load_while_the_top_slice_arrives_late(store: RunStore):
+    """A worker loads the top fan-in's slice of a 1001-task tree while the client stores
+    it 0.3 s late (the header is there): (its view, that slice's name and sealed bytes,
+    the client's writer, the plan)."""
     dag, plan = tree_dag(1001, 100)
-    run_id = f"wait{time.monotonic_ns()}"
-    _, blobs = sliced(dag, plan, run_id)
-    store = RunStore(redis.Redis.from_url(any_redis), run_id, 60)
+    _, blobs = sliced(dag, plan, store.keys.run_id)
     writer = stored.SliceWriter(store)
     writer.header(slices.RunHeader(60, 1024, False, deadline_at=time.time() + 30))
     top = slices.entry_slice(dag.outputs[0])
@@ -313,9 +314,18 @@ def test_a_reader_waits_for_a_slice_the_client_has_not_stored(any_redis):
 
     later = threading.Thread(target=store_later)
     later.start()
-    view, _ = stored.load_view(store.keys.run_id, "w9", "w0", [dag.outputs[0]], store, 1024)
-    later.join()
-    assert view.loaded == {top} and view.nbytes >= len(blobs[top])
+    try:
+        view, _ = stored.load_view(store.keys.run_id, "w9", "w0", [dag.outputs[0]], store,
+                                   1024)
+    finally:
+        later.join()
+    return view, top, blobs[top], writer, plan
+
+
+def test_a_reader_waits_for_a_slice_the_client_has_not_stored(any_redis):
+    store = RunStore(redis.Redis.from_url(any_redis), f"wait{time.monotonic_ns()}", 60)
+    view, top, blob, writer, plan = load_while_the_top_slice_arrives_late(store)
+    assert view.loaded == {top} and view.nbytes >= len(blob)
     writer.finish()  # every slice stored: one still missing is lost, not awaited
     stored.forget(store.keys.run_id)
     missing = slices.root_slice(plan.assignment[0])

@@ -341,17 +341,23 @@ class RunStore:
         names = [k.dag, k.error, k.outputs_done, k.task_output, k.parts, k.invocations,
                  k.running, k.ended, k.durations]
         names += [k.output(t) for t in task_ids_with_outputs]
-        names += [x.decode() for x in self.r.smembers(k.parts)]
-        for f in self.r.hkeys(k.running):  # leases of executions still wrapping up
+        heads = [k.stream(t) for t in streamed]
+        pipe = self.r.pipeline(transaction=False)  # what the run registered: one round trip
+        pipe.smembers(k.parts)
+        pipe.hkeys(k.running)
+        if heads:
+            pipe.smembers(k.streams)
+        parts, running, *chunk_lists = pipe.execute()
+        names += [x.decode() for x in parts]
+        for f in running:  # leases of executions still wrapping up
             inv_id, _, attempt = f.decode().rpartition(":")
             if attempt.isdigit():
                 names.append(k.lease(inv_id, int(attempt)))
         for e in entry_ids:
             names += [k.fanin(e), k.fired(e)]
-        heads = [k.stream(t) for t in streamed]
         if heads:
             names += [*heads, k.streams]
-            names += [x.decode() for x in self.r.smembers(k.streams)]
+            names += [x.decode() for x in chunk_lists[0]]
         deleted = 0
         for i in range(0, len(names), 2000):
             deleted += int(self.r.unlink(*names[i:i + 2000]))
