@@ -334,6 +334,7 @@ class _Run:
         self.task_end = [-1.0] * n
         self.task_invocation = [-1] * n
         self.transfers: list[InputTransfer] = []
+        self.read_early: set[int] = set()  # outputs fetched before anything stored them
         self.bytes_uploaded = self.bytes_downloaded = self.duplicates = 0
         self.records: list[PredictedInvocation] = []
         self.containers: ContainerPolicy = ContainerPolicy(cap.containers, sim.keep_alive)
@@ -381,6 +382,9 @@ class _Run:
                 self._run_on(self.containers.ready(obj, t))
             else:
                 self._warmup(obj)
+        never = sorted(d for d in self.read_early if self.stored_at[d] == _INF)
+        if never:  # a worker would fail with RunDataLostError: the protocol is wrong
+            raise core.InvalidEvent(f"outputs {never} were fetched but never stored")
         return self._totals()
 
     def _step(self, p: _Proc) -> None:
@@ -520,12 +524,18 @@ class _Run:
         again = p.arrival.attempt > 0 or p.arrival.backup  # earlier work may be stored
         todo = list(reversed(p.state.handle(core.Begin(tuple(starts), tuple(sorted(inline)),
                                                        recheck=again))))
+        held = set(inline)  # the values a worker would hold: the core's own is checked
         while True:
             while todo:
                 inst = todo.pop()
                 kind = type(inst)
                 if kind is core.Release:
-                    continue  # memory is not modelled
+                    held.difference_update(inst.ids)
+                    continue
+                if kind is core.Fetch:
+                    held.update(inst.ids)
+                elif kind is core.Execute:
+                    self._check_held(p, inst.task, held)
                 if kind is core.Execute and self.cores is None:
                     answer = self._execute(p, inst)
                 elif kind in _MAY_WAIT:
@@ -545,6 +555,15 @@ class _Run:
             todo.extend(reversed(p.state.handle(self._task_done(p, tid, end))))
         p.rec.end_time = p.clock
         self._push(p.clock, _FINISHED, p)
+
+    def _check_held(self, p: _Proc, tid: int, held: set[int]) -> None:
+        """A task starts with every value it reads held (what a worker's executor needs to
+        build its arguments); then its own value will be."""
+        missing = [d for d in p.state.reads[tid] if d not in held]
+        if missing:
+            raise core.InvalidEvent(f"worker {p.arrival.worker}: task {tid} starts without "
+                                    f"its inputs {missing} (released or never fetched)")
+        held.add(tid)
 
     def _step_now(self, p: _Proc, inst: core.Instruction) -> core.Event | None:
         """An instruction that needs no look at shared state in event order."""
@@ -712,6 +731,8 @@ class _Run:
             b = self.out_bytes[d]
             self.bytes_downloaded += b
             got.append((d, b))
+            if d < len(self.stored_at) and self.stored_at[d] == _INF:  # not a stored input
+                self.read_early.add(d)  # stored later, one hopes: checked at the end
             if d in self.streams:
                 streamed.append(d)
                 self.transfers.append(InputTransfer(task, d, "stream", b, p.idx))

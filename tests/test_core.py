@@ -32,7 +32,44 @@ def state_for(deps, assignment, worker="w0", floating=(), width=1, opt=None,
 def step(state, event):
     out = state.handle(event)
     state.validate_state()
+    asks = [i for i, inst in enumerate(out) if is_question(inst)]
+    assert asks in ([], [len(out) - 1]), f"a question is not last: {out}"
     return out
+
+
+def is_question(inst):
+    return isinstance(inst, core.QUESTIONS) or (isinstance(inst, core.Execute)
+                                                and inst.duplicate)
+
+
+def drive_like_executor(state, begin, answer, size=8):
+    """Perform instructions in ``worker.executor``'s order (one thread: a task's end is
+    the answer to its ``Execute``; a question's answer is handled before the rest of its
+    list) over the values a worker holds; a task must find every value it reads."""
+    values = set(begin.inline)
+    ran, written = set(), set()  # a value made here is fetched only once written
+    todo = list(reversed(step(state, begin)))
+    while todo:
+        inst = todo.pop()
+        event = None
+        if isinstance(inst, core.Store) and inst.write:
+            written.add(inst.task)
+        if isinstance(inst, core.Fetch):
+            lost = (set(inst.ids) & ran) - written
+            assert not lost, f"{inst}: never stored"
+            values.update(inst.ids)
+        elif isinstance(inst, core.Release):
+            values.difference_update(inst.ids)
+        elif isinstance(inst, core.Execute):
+            assert set(state.reads[inst.task]) <= values, (inst, values)
+            values.add(inst.task)
+            ran.add(inst.task)
+            event = core.TaskDone(inst.task, size(inst.task) if callable(size) else size, 10)
+        elif is_question(inst):
+            event = answer(inst)
+        if event is not None:
+            todo.extend(reversed(step(state, event)))
+    assert state.done
 
 
 def kinds(instructions):
@@ -141,6 +178,24 @@ def test_kept_values_are_evicted_oldest_first_past_their_share_of_memory():
     assert list(s.kept) == [1, 2, 3] and 0 not in s.memory  # the oldest (0) was dropped
 
 
+def test_a_value_evicted_then_fetched_again_is_not_dropped_by_a_late_release():
+    # 0 and 1 feed two floating fan-ins 2 and 3; keeping 1 evicts 0 (128 MB worker) while
+    # 1's store is asked; both fan-ins then run here: 3 fetches 0 again and 2 reads it
+    # after (a Release told behind the question used to drop it in between: KeyError)
+    deps = [[], [], [0, 1], [0, 1]]
+    s = state_for(deps, ["w0", "w0", "f", "f"], floating={"f"}, mb=128, inline_bytes=0)
+    big = s.kept_budget * 2 // 3
+
+    def answer(inst):
+        if isinstance(inst, core.Store):
+            n = 1 if inst.task == 0 else 2
+            return core.Published((n,) * len(inst.fanins), won=(True,) * len(inst.claims))
+        assert isinstance(inst, core.Claim)
+        return core.Claimed((True,) * len(inst.entries))
+
+    drive_like_executor(s, core.Begin((0, 1)), answer, size=lambda t: big)
+
+
 def test_delayed_io_holds_then_releases_without_writing_when_the_others_are_in():
     opt = Optimizations(delay={0: 5.0})
     s = state_for([[], [], [0, 1]], ["w0", "w1", "w2"], floating={"w2"}, opt=opt)
@@ -149,9 +204,49 @@ def test_delayed_io_holds_then_releases_without_writing_when_the_others_are_in()
     assert out == [core.Hold(0, 2, 5.0), core.PollHeld((2,))]
     assert step(s, core.HeldStatus((0,))) == [core.PollHeld((2,), wait=True)]
     assert step(s, core.HeldStatus((1,))) == [core.Store(0, (2,), write=False)]
-    # the held bytes are no longer needed: the fan-in runs here
-    assert step(s, core.Published((2,))) == [core.DropBlobs((0,)), core.Claim((2,))]
-    assert step(s, core.Claimed((True,))) == [core.Fetch((1,), 2), core.Execute(2)]
+    assert step(s, core.Published((2,))) == [core.Claim((2,))]
+    # the held bytes are no longer needed: the fan-in runs here, reading the value
+    assert step(s, core.Claimed((True,))) == [core.DropBlobs((0,)), core.Fetch((1,), 2),
+                                              core.Execute(2)]
+
+
+def test_a_held_output_registered_unwritten_is_stored_when_another_runs_the_fan_in():
+    opt = Optimizations(delay={0: 5.0})
+    s = state_for([[], [], [0, 1]], ["w0", "w1", "w2"], floating={"w2"}, opt=opt)
+    step(s, core.Begin((0,)))
+    step(s, core.TaskDone(0, 8, 30))
+    step(s, core.HeldStatus((1,)))
+    step(s, core.Published((2,)))
+    assert step(s, core.Claimed((False,))) == [core.Store(0)]  # its reader needs it stored
+    assert kinds(step(s, core.Published(()))) == ["DropBlobs"] and s.done
+
+
+@pytest.mark.parametrize("retry", [False, True])
+def test_a_held_output_evicted_from_kept_values_stays_for_its_fan_in_here(retry):
+    # 1's output is held for fan-in 5 while 0, 2 and 3 are kept for their fan-ins and
+    # evict it (128 MB worker); when 5's other input lands, 1 is registered unwritten
+    # and must still be here when 5 runs (it was released before the claim: data lost)
+    deps = [[], [], [], [], [], [1, 4], [0, 4], [2, 4], [3, 4]]
+    assignment = ["w0"] * 4 + ["w1"] + ["f"] * 4
+    s = state_for(deps, assignment, floating={"f"}, mb=128, inline_bytes=0,
+                  opt=Optimizations(delay={1: 5.0}))
+    big = s.kept_budget // 3
+    state = {"polls": 0}
+
+    def answer(inst):
+        if isinstance(inst, core.Store):
+            return core.Published((1,) * len(inst.fanins) if inst.write else (2,))
+        if isinstance(inst, core.PollHeld):
+            state["polls"] += 1
+            return core.HeldStatus((1,))  # 5 is in: 1 completes the set
+        if isinstance(inst, core.CheckStored):  # a retry: nothing of it is stored
+            return core.Stored(frozenset())
+        assert isinstance(inst, core.Claim)
+        return core.Claimed((True,) * len(inst.entries))
+
+    drive_like_executor(s, core.Begin((1, 0, 2, 3), recheck=retry), answer,
+                        size=lambda t: big)
+    assert state["polls"] == 1 and s.tasks_done == 5
 
 
 def test_delayed_io_writes_the_output_when_its_bound_passes():

@@ -21,6 +21,10 @@ At most one question is outstanding at a time, so a step that takes several roun
 trips (store, then claim, then task-dup) reads top to bottom as a generator that yields
 its questions (``_flow``); its data (``memory``, ``uses``, ``ready``...) stays in plain
 attributes that ``validate_state`` checks.
+
+Memory: each read of a value by a task here is counted once in ``uses``, when the task
+is queued (``counted``) or else when it starts, and uncounted when it ends; a value made
+here is dropped (``Release``) only once no count is left and no fan-in here may need it.
 """
 
 from __future__ import annotations
@@ -267,6 +271,9 @@ class InvocationState:
         self.kept_budget = int(worker.config.memory_mb * 2**20 * KEPT_MEMORY_FRACTION)
         self.memory: dict[int, int] = {}  # values held here -> their size in memory
         self.uses: dict[int, int] = {}  # held value -> tasks here still to read it
+        # task not started yet -> the reads already counted in ``uses`` for it (the rest
+        # are counted when it starts): each read is counted once, and its end uncounts it
+        self.counted: dict[int, list[int]] = {}
         self.fetched: set[int] = set()  # held values that came from elsewhere
         self.kept: OrderedDict[int, int] = OrderedDict()  # evictable values, oldest first
         self.kept_bytes = 0
@@ -284,6 +291,7 @@ class InvocationState:
         self.fired: list[int] = []  # entries this invocation fired, in order
         self.recheck = False  # a retry: groups check for stored outputs before running
         self.to_recheck: list[int] = []  # entries fired here whose groups are to check
+        self.recheck_pins: list[int] = []  # their producers, held until the groups start
         self.skipped: set[int] = set()  # tasks a retry does not run again
         self.tasks_done = 0
         self.duplicates = 0
@@ -305,7 +313,8 @@ class InvocationState:
             raise InvalidEvent(f"{event!r} answers no question")
         if self._flow is None:
             self._schedule()
-        self._tell_released()
+        if self._flow is None:  # never after a question: its answer's instructions come
+            self._tell_released()  # first, and may fetch a value released here again
         return out
 
     def _emit(self, instruction: Instruction) -> None:
@@ -345,6 +354,7 @@ class InvocationState:
         for s in start:
             for d in reads[s]:
                 self.uses[d] = self.uses.get(d, 0) + 1
+            self.counted[s] = list(reads[s])
         self.ready.extend(reversed(start))
 
     def _recheck_groups(self) -> _Flow:
@@ -365,6 +375,9 @@ class InvocationState:
         skipped = [t for t in group if t not in needed]
         self.skipped.update(skipped)
         self._start_group([s for s in starts if s in needed])
+        pins, self.recheck_pins = self.recheck_pins, []
+        for p in pins:  # the groups counted their own reads
+            self._read(p)
         for t in skipped:
             for d in view.local_dependents[t]:
                 self._input_done(d)
@@ -383,11 +396,13 @@ class InvocationState:
                     todo.append(d)
         return sorted(seen)
 
-    def _input_done(self, d: int) -> None:
-        """One input of same-group task ``d`` is done; ``d`` is ready after its last
-        (unless a retry skips it)."""
+    def _input_done(self, d: int, producer: int | None = None) -> None:
+        """One input of same-group task ``d`` is done (``producer``: made here, its read
+        by ``d`` counted); ``d`` is ready after its last (unless a retry skips it)."""
         if d in self.skipped:
             return
+        if producer is not None:
+            self.counted.setdefault(d, []).append(producer)
         left = self.waiting.get(d, len(self.view.deps[d])) - 1
         if left:
             self.waiting[d] = left
@@ -409,7 +424,7 @@ class InvocationState:
         if local:
             self.uses[t] = len(local)
         for d in local:
-            self._input_done(d)
+            self._input_done(d, t)
         if entries and any(len(view.deps[e]) > 1 and view.runs_in(e, self.worker)
                            for e in entries):
             self._keep(t)
@@ -482,11 +497,15 @@ class InvocationState:
         for e in fired:
             self.fired.append(e)
             if view.runs_in(e, self.worker):
+                # its read of the producer is counted now: a held output registered
+                # unwritten must stay until the fan-in runs here
+                self.uses[producer] = self.uses.get(producer, 0) + 1
                 if self.recheck:  # its group checks for stored outputs first
                     self.to_recheck.append(e)
+                    self.recheck_pins.append(producer)
                 else:
                     self.ready.append(e)
-                    self.uses[producer] = self.uses.get(producer, 0) + 1
+                    self.counted.setdefault(e, []).append(producer)
             else:
                 remote.setdefault(view.assignment[e], []).append(e)
         for wid, starts in remote.items():
@@ -508,12 +527,12 @@ class InvocationState:
                     or b in self.running or b in self.ready):
                 continue  # there, or about to run here (it stores itself): not twice
             need = tuple(d for d in self.reads[b] if d not in self.memory)
+            for d in self.reads[b]:
+                if d in self.memory:
+                    self.uses[d] = self.uses.get(d, 0) + 1
             if need:
                 self._emit(Fetch(need, b))
                 self._hold_fetched(need)
-            else:
-                for d in self.reads[b]:
-                    self.uses[d] = self.uses.get(d, 0) + 1
             self.running.add(b)
             outcome = yield Execute(b, duplicate=True)
             self.running.discard(b)
@@ -587,13 +606,17 @@ class InvocationState:
         passed) and claim ``e`` when that completed it."""
         answer = yield Store(p, (e,), write=write)
         assert isinstance(answer, Published)
-        self._blob_unref(p)
-        self._read(p)
+        won = False
         if answer.sizes[0] == len(self.view.deps[e]):
             claimed = yield Claim((e,))
             assert isinstance(claimed, Claimed)
-            if claimed.won[0]:
+            won = claimed.won[0]
+            if won:  # before the hold's read ends: ``p`` may exist only here
                 self._dispatch([e], p)
+        if not (write or won):  # registered unwritten, and another invocation runs ``e``
+            yield Store(p)
+        self._blob_unref(p)
+        self._read(p)
         self._settle(p)
 
     def _preload(self, fanins: tuple[int, ...], members: tuple[frozenset[int], ...]) -> None:
@@ -607,8 +630,7 @@ class InvocationState:
     def _schedule(self) -> None:
         """Start ready tasks while threads are free; when nothing runs or is ready, wait
         for held fan-ins or finish."""
-        deps, memory, kept, uses, out = (self.reads, self.memory, self.kept, self.uses,
-                                         self._out)
+        deps, memory, uses, out = self.reads, self.memory, self.uses, self._out
         ready, running = self.ready, self.running
         if self.to_recheck:
             self._start(self._recheck_groups())
@@ -616,14 +638,16 @@ class InvocationState:
                 return
         if ready:
             self._tell_released()  # dropped before the next task takes memory
+        counted = self.counted
         while ready and len(running) < self.width:
             t = ready.pop()
             missing = []
+            already = counted.pop(t, ())
             for d in deps[t]:
                 if d not in memory:
                     missing.append(d)
-                elif d in kept and d not in uses:  # a kept value serves a task here
-                    uses[d] = 1
+                elif d not in already:
+                    uses[d] = uses.get(d, 0) + 1
             if missing:
                 out.append(Fetch(tuple(missing), t))
                 self._hold_fetched(missing)
@@ -672,9 +696,11 @@ class InvocationState:
         self._released.append(v)
 
     def _tell_released(self) -> None:
-        if self._released:
-            self._out.append(Release(tuple(self._released)))
-            self._released = []
+        # a value fetched again since it was settled is held once more: not dropped
+        released = tuple(v for v in self._released if v not in self.memory)
+        self._released = []
+        if released:
+            self._out.append(Release(released))
 
     def _keep(self, v: int) -> None:
         """Keep value ``v`` evictable; the oldest go when kept values pass their share of
@@ -742,6 +768,10 @@ class InvocationState:
         assert {p for p, _ in self.held} <= set(self.blobs)
         assert self.held_producers == dict(Counter(p for p, _ in self.held))
         assert not set(self.ready) & self.running
+        assert set(self.counted) <= set(self.ready) | set(self.waiting), \
+            set(self.counted) - set(self.ready) - set(self.waiting)
+        assert all(d in self.uses for ds in self.counted.values() for d in ds)
+        assert all(p in self.uses for p in self.recheck_pins)
         if self.done:
             assert not (self.ready or self.running or self.held or self.final_batch)
             assert set(self.blobs) == set(self.inline_cache)
