@@ -86,6 +86,11 @@ class Estimates:
             self._cpu[config.memory_mb] = cpu
         return cpu
 
+    def cpu_share(self, config: ResourceConfig) -> float:
+        """The share of the DAG's predicted run time that needs a core."""
+        total = sum(self.exec_times(config))
+        return sum(self.cpu_times(config)) / total if total > 0 else 1.0
+
     def exec_time(self, task_id: int, config: ResourceConfig) -> float:
         return self.exec_times(config)[task_id]
 

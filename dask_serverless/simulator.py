@@ -286,6 +286,7 @@ class Simulator:
         self.keep_alive = config.get("local.keep-alive", keep_alive)
         self.warm = dict(warm or {})
         self.simulated_tasks = 0  # work done so far: planners budget their search by it
+        self.task_bytes: dict[str, float] = {}  # per function, for every plan's SliceSizes
 
     def run(self, plan: Plan, layout: Layout | None = None,
             faults: Faults | None = None) -> SimResult:
@@ -453,7 +454,8 @@ class _Run:
         if not starts:
             return 0.0
         if self.slice_sizes is None:
-            self.slice_sizes = SliceSizes(self.sim.dag, self.plan, self.layout)
+            self.slice_sizes = SliceSizes(self.sim.dag, self.plan, self.layout,
+                                          self.sim.task_bytes)
         group = self.layout.group
         return self.est.spec_load(sum(self.slice_sizes.of_group(g)
                                       for g in {group[t] for t in starts}))

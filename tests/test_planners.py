@@ -153,6 +153,26 @@ def test_uniform_gives_waiting_tasks_threads_instead_of_cold_workers():
     assert best.makespan < 1.2 * bound < single.makespan
 
 
+def test_uniform_runs_computing_tasks_on_no_more_threads_than_shared_cores():
+    """Tasks that compute half their time (a CPU share as recorded under contention)
+    on 2 shared cores: more threads than cores are predicted faster but run no faster
+    (SVD: 1 worker x 4 threads predicted 1.3 s, ran 1.4 s; x 2 threads 1.2 s), so they are
+    not candidates; on Lambda (a core per container) they still are."""
+    from dask_serverless.capacity import Capacity
+
+    dag = dag_of(fan_out_fan_in(16, 1), {0: "src", 17: "sink"})
+    kw = dict(exec_s={"src": 0.01, "sink": 0.01, "*": 0.5}, cold_s=0.4, warm_s=0.01,
+              cpu_fraction=0.5)
+    shared = FixedCostModel(**kw, capacity=Capacity(cores=2))
+    plan = get_planner("uniform").plan(dag, parallelism=16, memory_mb=1024,
+                                       predictor=shared)
+    threads = max(w.threads for w in plan.workers.values())
+    assert threads == 1 or plan.options["parallelism"] * threads <= 2
+    lam = get_planner("uniform").plan(dag, parallelism=2, memory_mb=1024,
+                                      predictor=FixedCostModel(**kw))
+    assert max(w.threads for w in lam.workers.values()) > 1
+
+
 def test_uniform_plans_no_longer_than_a_share_of_the_makespan_it_predicts():
     """A search may not cost more than it could save: with no time allowed beyond the
     first candidate, that one (the default memory, full width, one thread) is kept."""

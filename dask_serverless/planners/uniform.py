@@ -27,6 +27,10 @@ from .passes import delayed_io
 from .placement import Placement
 
 CANDIDATE_MB = (512, 1024, 1769, 3008)
+# on cores shared by every container, tasks that compute this much of their time run no
+# faster with more threads than cores: recorded CPU shares read low under contention
+# (waiting for a core looks like waiting for I/O), so predictions would favour threads
+WAITING_SHARE = 0.2
 SIM_TASKS_PER_S = 100_000  # tasks the simulator replays per second (a quiet machine)
 THREADS = (1, 2, 4, 8, 16)
 
@@ -63,8 +67,9 @@ class UniformPlanner:
         best_fits, best_load = False, float("inf")
         memories = [memory_mb, *(m for m in self.memories if m != memory_mb)]
         counts = [threads] if threads else sorted(set(self.threads) | {1})
+        busy = _busy_cores(est, memory_mb) if threads is None else None
         for mb, width, k in ((m, w, k) for m in memories for w in widths(parallelism)
-                             for k in counts):
+                             for k in counts if k == 1 or busy is None or w * k <= busy):
             if best_fits and sim.simulated_tasks > SIM_TASKS_PER_S * min(
                     self.search_s, max(self.min_search_s, self.search_share * best[1].makespan)):
                 break  # planning longer than it could save
@@ -88,6 +93,15 @@ class UniformPlanner:
                 best, best_fits, best_load = (plan, result), ok, load
         assert best is not None
         return best
+
+
+def _busy_cores(est: Estimates, memory_mb: int) -> int | None:
+    """The most task threads worth running at once: the shared cores when the tasks
+    mostly compute (``WAITING_SHARE``), else None (no bound)."""
+    cores = est.capacity.cores
+    if not est.capacity.shared or est.cpu_share(ResourceConfig(memory_mb)) < WAITING_SHARE:
+        return None
+    return max(1, int(cores))
 
 
 def widths(parallelism: int) -> list[int]:

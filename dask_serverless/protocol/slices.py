@@ -675,11 +675,14 @@ class SliceSizes:
     """Predicted bytes of each group's slice without encoding the run: a task costs what
     tasks of its function cost on average in a sample (each encoded alone, as slices
     encode it), plus fixed parts per slice, entry and input. ``of_group(g)`` /
-    ``of_task(t)`` (the slice of ``t``'s group)."""
+    ``of_task(t)`` (the slice of ``t``'s group). ``per_function``: the samples' sizes,
+    shared by the plans of one DAG (a planner simulates hundreds; the layout changes a
+    task's size by a few bytes only)."""
 
-    def __init__(self, dag: DAG, plan: Plan, layout: Layout):
+    def __init__(self, dag: DAG, plan: Plan, layout: Layout,
+                 per_function: dict[str, float] | None = None):
         self.dag, self.plan, self.layout = dag, plan, layout
-        self._per_function: dict[str, float] = {}
+        self._per_function = per_function if per_function is not None else {}
         self._groups: dict[int, int] = {}
         self._members: list[list[int]] | None = None
 
