@@ -173,6 +173,33 @@ def test_uniform_runs_computing_tasks_on_no_more_threads_than_shared_cores():
     assert max(w.threads for w in lam.workers.values()) > 1
 
 
+def test_uniform_keeps_the_memory_size_of_warm_containers_unless_another_is_better():
+    """Predictions fitted on noisy runs put near-equal sizes within a few per cent of
+    each other: a size other than the warm containers' must be ``switch_margin`` better
+    (SVD flipped between 1769 and 3008 MB, starting a cold container each time)."""
+    from dataclasses import dataclass
+
+    from dask_serverless.planners import UniformPlanner
+
+    @dataclass
+    class BigIsFaster(FixedCostModel):
+        speedup: float = 0.97
+
+        def exec_time(self, function, input_bytes, resource_config, size=0):
+            base = super().exec_time(function, input_bytes, resource_config, size)
+            return base * (self.speedup if resource_config.memory_mb >= 3008 else 1.0)
+
+    dag = dag_of(fan_out_fan_in(4, 1), {0: "src", 5: "sink"})
+
+    def pick(speedup, warm):
+        cm = BigIsFaster(exec_s=0.5, cold_s=0.01, warm_s=0.01, speedup=speedup)
+        return UniformPlanner(threads=(1,)).plan(dag, parallelism=4, memory_mb=1024,
+                                                 predictor=cm, warm=warm)
+    assert pick(0.97, {1769: 1}).options["memory_mb"] == 1769
+    assert pick(0.97, {}).options["memory_mb"] == 1024
+    assert pick(0.5, {1769: 1}).options["memory_mb"] == 3008
+
+
 def test_uniform_plans_no_longer_than_a_share_of_the_makespan_it_predicts():
     """A search may not cost more than it could save: with no time allowed beyond the
     first candidate, that one (the default memory, full width, one thread) is kept."""

@@ -48,8 +48,9 @@ class UniformPlanner:
     search_s: float = 1.0
     search_share: float = 0.1
     min_search_s: float = 0.02
-    switch_margin: float = 0.05  # another memory size must be this much better (plans
-    # that flip between near-equal sizes keep starting cold)
+    switch_margin: float = 0.05  # another memory size than the warm one (else the
+    # default) must be this much better: plans that flip between near-equal sizes keep
+    # starting cold
 
     def plan(self, dag: DAG, *, parallelism: int, memory_mb: int,
              predictor: Any = None, threads: int | None = None,
@@ -65,7 +66,9 @@ class UniformPlanner:
         sim = Simulator(dag, est, warm=warm)
         best: tuple[Plan, SimResult] | None = None
         best_fits, best_load = False, float("inf")
-        memories = [memory_mb, *(m for m in self.memories if m != memory_mb)]
+        home = _home_memory(memory_mb, warm)
+        memories = [home, *(m for m in (memory_mb, *self.memories) if m != home)]
+        memories = list(dict.fromkeys(memories))
         counts = [threads] if threads else sorted(set(self.threads) | {1})
         busy = _busy_cores(est, memory_mb) if threads is None else None
         for mb, width, k in ((m, w, k) for m in memories for w in widths(parallelism)
@@ -87,12 +90,19 @@ class UniformPlanner:
                 continue  # none fits so far: keep the least pressure
             result = sim.run(plan)
             plan.options.update(memory_mb=mb, objective=objective.kind)
-            margin = self.switch_margin if mb != memory_mb else 0.0
+            margin = self.switch_margin if mb != home else 0.0
             if (best is None or (ok and not best_fits) or (not ok and load < best_load)
                     or objective.better(result, best[1], margin)):
                 best, best_fits, best_load = (plan, result), ok, load
         assert best is not None
         return best
+
+
+def _home_memory(memory_mb: int, warm: dict[int, int] | None) -> int:
+    """The memory size other sizes must beat by ``switch_margin``: the one most warm
+    containers have (an earlier run's pick: switching starts cold), else the default."""
+    held = {mb: n for mb, n in (warm or {}).items() if n > 0}
+    return max(held, key=lambda mb: (held[mb], mb == memory_mb)) if held else memory_mb
 
 
 def _busy_cores(est: Estimates, memory_mb: int) -> int | None:
