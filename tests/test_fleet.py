@@ -20,6 +20,7 @@ from dask_serverless import serverless_get
 from dask_serverless.adapter import to_dag
 from dask_serverless.backends.local import LocalBackend
 from dask_serverless.backends.local.pool import LocalPool
+from dask_serverless.bench.faults import slow_first_time
 from dask_serverless.config import ConfigError
 from dask_serverless.errors import RunDataLostError, StartTimeoutError, WorkerCrashedError
 from dask_serverless.plan import Plan, ResourceConfig, WorkerSpec
@@ -206,16 +207,6 @@ def test_lambda_container_killed_mid_task_is_retried(real_redis, lambda_backend,
 
 
 # -- straggler backups -----------------------------------------------------------------
-def slow_first_time(i, marker, slow_i, seconds):
-    if i == slow_i and not os.path.exists(marker):
-        with open(marker, "w") as f:
-            f.write("slow")
-        time.sleep(seconds)
-    else:
-        time.sleep(0.2)
-    return i
-
-
 def straggler_run(marker: str, parts: int, seconds: float, slow: int = 3):
     """``parts`` tasks of 0.2 s, ``part-<slow>`` taking ``seconds`` on its first attempt,
     and their sum, every task on its own worker: (graph, key, plan)."""
