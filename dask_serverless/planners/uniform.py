@@ -67,8 +67,7 @@ class UniformPlanner:
         best: tuple[Plan, SimResult] | None = None
         best_fits, best_load = False, float("inf")
         home = _home_memory(memory_mb, warm)
-        memories = [home, *(m for m in (memory_mb, *self.memories) if m != home)]
-        memories = list(dict.fromkeys(memories))
+        memories = list(dict.fromkeys((home, memory_mb, *self.memories)))
         counts = [threads] if threads else sorted(set(self.threads) | {1})
         busy = _busy_cores(est, memory_mb) if threads is None else None
         for mb, width, k in ((m, w, k) for m in memories for w in widths(parallelism)
@@ -108,10 +107,9 @@ def _home_memory(memory_mb: int, warm: dict[int, int] | None) -> int:
 def _busy_cores(est: Estimates, memory_mb: int) -> int | None:
     """The most task threads worth running at once: the shared cores when the tasks
     mostly compute (``WAITING_SHARE``), else None (no bound)."""
-    cores = est.capacity.cores
     if not est.capacity.shared or est.cpu_share(ResourceConfig(memory_mb)) < WAITING_SHARE:
         return None
-    return max(1, int(cores))
+    return max(1, int(est.capacity.cores))
 
 
 def widths(parallelism: int) -> list[int]:
