@@ -135,6 +135,19 @@ def pressure(dag: DAG, plan: Plan, out_bytes: list[int],
                for w, n in peak_bytes(dag, plan, out_bytes).items())
 
 
+def versus(load: float, best_load: float) -> str:
+    """How a candidate of ``pressure`` ``load`` stands against the best so far (of
+    ``best_load``; ``inf`` before any): "skip" when it does not fit where the best does,
+    or presses more when neither fits; "take" when it fits where the best does not, or
+    presses less when neither fits; else "compare" (the objective decides)."""
+    fit, best_fit = load <= 1.0, best_load <= 1.0
+    if fit != best_fit:
+        return "take" if fit else "skip"
+    if fit or load == best_load:
+        return "compare"
+    return "take" if load < best_load else "skip"
+
+
 def fits(dag: DAG, plan: Plan, out_bytes: list[int],
          headroom: float = MEMORY_HEADROOM) -> bool:
     """Whether every worker's peak of live task data (``peak_bytes``) stays within

@@ -21,7 +21,7 @@ from ..dag import DAG
 from ..estimates import Estimates
 from ..plan import Plan, ResourceConfig
 from ..simulator import SimResult, Simulator
-from .base import cost_model_of, pressure
+from .base import cost_model_of, pressure, versus
 from .objective import Objective
 from .passes import delayed_io
 from .placement import Placement
@@ -65,14 +65,14 @@ class UniformPlanner:
         objective = Objective.parse(self.objective, self.budget_s)
         sim = Simulator(dag, est, warm=warm)
         best: tuple[Plan, SimResult] | None = None
-        best_fits, best_load = False, float("inf")
+        best_load = float("inf")
         home = _home_memory(memory_mb, warm)
         memories = list(dict.fromkeys((home, memory_mb, *self.memories)))
         counts = [threads] if threads else sorted(set(self.threads) | {1})
         busy = _busy_cores(est, memory_mb) if threads is None else None
         for mb, width, k in ((m, w, k) for m in memories for w in widths(parallelism)
                              for k in counts if k == 1 or busy is None or w * k <= busy):
-            if best_fits and sim.simulated_tasks > SIM_TASKS_PER_S * min(
+            if best_load <= 1.0 and sim.simulated_tasks > SIM_TASKS_PER_S * min(
                     self.search_s, max(self.min_search_s, self.search_share * best[1].makespan)):
                 break  # planning longer than it could save
             min_block = 0.0
@@ -82,17 +82,14 @@ class UniformPlanner:
                              min_block_s=min_block, threads=k).plan(self.name)
             plan = delayed_io(dag, plan, sim, objective)
             load = pressure(dag, plan, est.out_bytes)
-            ok = load <= 1.0
-            if best_fits and not ok:
-                continue  # its workers would not hold their data
-            if best is not None and not ok and load > best_load:
-                continue  # none fits so far: keep the least pressure
+            verdict = versus(load, best_load)
+            if verdict == "skip":
+                continue  # its workers would not hold their data (or less likely so)
             result = sim.run(plan)
             plan.options.update(memory_mb=mb, objective=objective.kind)
             margin = self.switch_margin if mb != home else 0.0
-            if (best is None or (ok and not best_fits) or (not ok and load < best_load)
-                    or objective.better(result, best[1], margin)):
-                best, best_fits, best_load = (plan, result), ok, load
+            if verdict == "take" or objective.better(result, best[1], margin):
+                best, best_load = (plan, result), load
         assert best is not None
         return best
 

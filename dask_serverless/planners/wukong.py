@@ -29,7 +29,7 @@ from ..dag import DAG
 from ..estimates import Estimates
 from ..plan import Plan, ResourceConfig
 from ..simulator import SimResult, Simulator
-from .base import pressure
+from .base import pressure, versus
 from .objective import Objective
 from .passes import delayed_io
 from .placement import Placement
@@ -80,13 +80,11 @@ class WukongPlanner:
         best_load = pressure(dag, own, out)
         for name, plan in (("structural", structural), ("uniform", uniform)):
             load = pressure(dag, plan, out)
-            if best_load <= 1.0 < load:
-                continue  # its workers would not hold their data
-            if load > 1.0 and load > best_load:
-                continue  # none fits so far: the least pressure is the likeliest to run
+            verdict = versus(load, best_load)
+            if verdict == "skip":
+                continue  # its workers would not hold their data (or less likely so)
             r = sim.run(plan)
-            if (load <= 1.0 < best_load or (load > 1.0 and load < best_load)
-                    or _preferred(r, best_r, objective)):
+            if verdict == "take" or _preferred(r, best_r, objective):
                 best, best_r, picked, best_load = plan, r, name, load
         if best is not own:
             best = Plan(best.assignment, best.workers, self.name, dict(best.options),
