@@ -1,9 +1,10 @@
 """How much compute a backend has: shared CPU cores and a cap on live containers.
 
-Lambda gives every container its own CPU share and starts any number of them at once
-(``UNLIMITED``). The local backend runs all containers as processes on this machine's
-cores: busy containers time-share them, and a cold start (process spawn plus imports)
-needs CPU too, so starting many containers at once is slower than starting one.
+Lambda gives every container its own CPU share, in proportion to its memory, and starts
+any number of them at once (``UNLIMITED``). The local backend runs all containers as
+processes on this machine's cores: busy containers time-share them, and a cold start
+(process spawn plus imports) needs CPU too, so starting many containers at once is slower
+than starting one; a container's memory cap does not change its speed.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ from dataclasses import dataclass
 class Capacity:
     """``cores``: CPU cores shared by every container (``inf``: each has its own);
     ``containers``: most containers alive at once (``0``: no limit; more invocations
-    queue until one finishes)."""
+    queue until one finishes); ``cpu_follows_memory``: a container's CPU share grows with
+    its memory (Lambda's rule), else every container computes as fast whatever its memory
+    (local processes under a memory cap only)."""
 
     cores: float = math.inf
     containers: int = 0
+    cpu_follows_memory: bool = True
 
     def __post_init__(self) -> None:
         if not self.cores > 0:

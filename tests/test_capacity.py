@@ -70,3 +70,21 @@ def test_capacity_is_validated_and_defaults_to_unlimited():
         Capacity(cores=0)
     with pytest.raises(ValueError, match="containers"):
         Capacity(containers=-1)
+
+
+def test_the_plan_record_keeps_whether_memory_buys_cpu():
+    """Replays predict with the capacity recorded beside the plan: the local backend's
+    (memory buys no CPU) survives the round trip, and a record from before the field
+    reads as local when it had shared cores."""
+    import json
+
+    from dask_serverless.metrics.plans import PlanRecord, plan_record
+
+    local = Capacity(cores=2, containers=4, cpu_follows_memory=False)
+    dag, plan = dag_of(FOUR_ROOTS), plan_of(["w0", "w0", "w1", "w1"])
+    for capacity in (local, UNLIMITED):
+        text = plan_record(dag, plan, capacity=capacity)
+        assert PlanRecord.loads(text).capacity == capacity
+        old = json.loads(text)
+        del old["capacity"]["cpu_follows_memory"]
+        assert PlanRecord.loads(json.dumps(old)).capacity == capacity

@@ -77,6 +77,7 @@ def test_real_runs_record_cpu_time_and_a_local_predictor_uses_it(any_redis):
     assert recorded["spinner"].cpu_s >= 0.05
     capacity = session.backend().capacity()
     assert capacity.shared and capacity.containers > 0
+    assert not capacity.cpu_follows_memory  # a memory cap does not slow a process
     p = Predictor.from_store(store, signature=run.record.signature, limit=3,
                              capacity=capacity)
     # a spinner's share is its CPU over its wall time: below 1 on a busy machine, but
@@ -85,6 +86,8 @@ def test_real_runs_record_cpu_time_and_a_local_predictor_uses_it(any_redis):
     assert p.cpu_share("spinner") <= 1.0
     assert p.cpu_share("never-seen") == 1.0
     assert p.exec_time("spinner", 0, ResourceConfig(1024)) >= 0.045
+    assert p.exec_time("spinner", 0, ResourceConfig(512)) == p.exec_time(
+        "spinner", 0, ResourceConfig(3008))
     shared = simulate(run.dag, run.plan, p)
     alone = simulate(run.dag, run.plan, p, capacity=Capacity())
     assert shared.makespan >= alone.makespan - 1e-9  # float rounding

@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from dask_serverless.capacity import Capacity
 from dask_serverless.metrics.fitting import inliers, weighted_quantile
 from dask_serverless.metrics.predictor import (
     Prediction,
@@ -113,6 +114,30 @@ def test_one_config_falls_back_to_the_lambda_rule():
     at_half = p.exec_time("f", 1e6, ResourceConfig(884))  # half a vCPU: twice the time
     assert at_half == pytest.approx(0.02, rel=0.06)
     assert p.exec_time("f", 1e6, ResourceConfig(3538)) == pytest.approx(0.01, rel=0.06)
+
+
+def test_where_memory_buys_no_cpu_one_config_predicts_every_config():
+    """On the local backend a container's memory cap does not change its speed: samples
+    at 1769 MB say the same for 884 and 3538 MB (Lambda's rule would double one)."""
+    local = Capacity(cores=2, containers=4, cpu_follows_memory=False)
+    p = Predictor(synthetic("f", lambda x: 1e-8 * x, lambda x: x, memory=1769),
+                  settings=Settings(), capacity=local)
+    for mb in (884, 1769, 3538):
+        assert p.exec_time("f", 1e6, ResourceConfig(mb)) == pytest.approx(0.01, rel=0.06)
+
+
+def test_where_memory_buys_no_cpu_configs_pool_into_one_fit():
+    """Noise that differs between two configs is not learned as a memory exponent: every
+    config gets the pooled prediction, and at a size seen often, the observed one."""
+    samples = []
+    for i, (mem, factor) in enumerate(((1024, 0.9), (3008, 1.1))):
+        samples += synthetic("f", lambda x, k=factor: k * 1e-8 * x, lambda x: x, memory=mem,
+                             seed=i, outliers=0.0)
+    local = Capacity(cores=2, containers=4, cpu_follows_memory=False)
+    p = Predictor(samples, settings=Settings(), capacity=local)
+    assert p.exec_fit("f").c is None
+    at = {mb: p.exec_time("f", 1e6, ResourceConfig(mb)) for mb in (512, 1024, 3008)}
+    assert at[512] == at[1024] == at[3008] == pytest.approx(0.01, rel=0.06)
 
 
 def test_too_few_samples_use_the_hint_then_the_default():

@@ -200,6 +200,31 @@ def test_uniform_keeps_the_memory_size_of_warm_containers_unless_another_is_bett
     assert pick(0.5, {1769: 1}).options["memory_mb"] == 3008
 
 
+def test_uniform_tries_one_memory_size_where_memory_buys_no_cpu():
+    """On the local backend a size other than the warm containers' computes no faster,
+    it only starts cold: once a plan fits, uniform simulates no other size for the
+    makespan (SVD: 31 simulations down to 11); for cost, and on Lambda, it still does."""
+    from dask_serverless.capacity import Capacity
+    from dask_serverless.planners import UniformPlanner
+
+    dag = dag_of(fan_out_fan_in(4, 1), {0: "src", 5: "sink"})
+    local = Capacity(cores=2, containers=4, cpu_follows_memory=False)
+
+    def sizes_simulated(capacity, objective):
+        cm = FixedCostModel(exec_s=0.5, cold_s=0.4, warm_s=0.01, capacity=capacity)
+        sim = Simulator(dag, cm, warm={1769: 1})
+        seen = []
+        run = sim.run
+        sim.run = lambda plan, *a, **k: (
+            seen.extend(w.config.memory_mb for w in plan.workers.values()), run(plan))[1]
+        UniformPlanner(objective=objective).best(dag, 4, 1024, sim)
+        return set(seen)
+
+    assert sizes_simulated(local, "makespan") == {1769}
+    assert len(sizes_simulated(local, "cost")) > 1
+    assert len(sizes_simulated(Capacity(cores=2, containers=4), "makespan")) > 1
+
+
 def test_uniform_plans_no_longer_than_a_share_of_the_makespan_it_predicts():
     """A search may not cost more than it could save: with no time allowed beyond the
     first candidate, that one (the default memory, full width, one thread) is kept."""

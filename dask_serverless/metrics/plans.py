@@ -39,7 +39,8 @@ def plan_record(dag: DAG, plan: Plan, *, capacity: Capacity | None = None,
                             "hints": hints, "memory": memory}
     if capacity is not None:  # JSON has no infinity: null cores = a core per container
         data["capacity"] = {"cores": capacity.cores if capacity.shared else None,
-                            "containers": capacity.containers}
+                            "containers": capacity.containers,
+                            "cpu_follows_memory": capacity.cpu_follows_memory}
     if structure:
         data["keys"] = [repr(t.key) for t in dag.tasks]
         data["functions"] = [t.func_name for t in dag.tasks]
@@ -65,7 +66,9 @@ class PlanRecord:
         data = json.loads(text)
         cap = data.get("capacity")
         capacity = None if cap is None else Capacity(
-            math.inf if cap["cores"] is None else cap["cores"], cap["containers"])
+            math.inf if cap["cores"] is None else cap["cores"], cap["containers"],
+            # records from before the field: only the local backend shared its cores
+            cap.get("cpu_follows_memory", cap["cores"] is None))
         return cls(Plan.from_json(json.dumps(data["plan"])), list(data["outputs"]),
                    data.get("hints", {}), {int(k): v for k, v in data.get("memory", {}).items()},
                    capacity, data.get("keys"), data.get("functions"), data.get("deps"))

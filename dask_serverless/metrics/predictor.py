@@ -18,7 +18,10 @@ Samples weigh ``0.5 ** (age / half_life)``, ``age`` counting runs back from the 
 so after a change the new regime wins within about ``half_life`` runs. For a backend
 whose containers share cores (``capacity``), recorded task and cold-start times are first
 brought back to what each would take alone (``contention``): the simulator adds the
-contention of the plan it replays. Outliers are
+contention of the plan it replays. Task times scale with memory by Lambda's rule
+(``lambda_scaling``) until samples at two configs teach the exponent, except on a backend
+where memory buys no CPU (``Capacity.cpu_follows_memory``): there samples of every config
+pool into one memory-free fit. Outliers are
 dropped by robust z-score (median / MAD) and predictions are a configurable percentile
 (the median by default), never a plain mean.
 """
@@ -321,8 +324,8 @@ class Predictor:
         fit = self._exec_fit(function, sized)
         if fit is None:
             return Prediction(self.settings.default("exec-time"), 0, 0.0, "default")
-        return self._from_fit(fit, size if sized else input_bytes, resource_config.memory_mb,
-                              function, "time")
+        m = resource_config.memory_mb if self.capacity.cpu_follows_memory else 1.0
+        return self._from_fit(fit, size if sized else input_bytes, m, function, "time")
 
     def output_bytes(self, function: str, input_bytes: float, size: float = 0) -> Prediction:
         """Bytes ``function`` outputs for ``input_bytes`` of input (``size``: as in
@@ -413,6 +416,9 @@ class Predictor:
         samples = self._samples(function, sized)
         if not samples:
             return None
+        if not self.capacity.cpu_follows_memory:  # memory buys no CPU: one fit for all
+            points = [Point(x, 1.0, t.exec_s, self._weight(t.age)) for x, t in samples]
+            return self._fit(points, function, "time", None, learn_memory=False)
         points = [Point(x, t.memory_mb, t.exec_s, self._weight(t.age)) for x, t in samples]
         return self._fit(points, function, "time", lambda_scaling, learn_memory=True)
 

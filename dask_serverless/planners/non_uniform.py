@@ -39,9 +39,9 @@ class NonUniformPlanner:
         uniform = UniformPlanner(objective=objective, memories=self.memories,
                                  search_s=self.search_s / 2,
                                  search_share=self.search_share)
-        plan, result = uniform.best(dag, parallelism, memory_mb, est, threads, warm)
-        plan.planner = self.name
         sim = Simulator(dag, est, warm=warm)
+        plan, result = uniform.best(dag, parallelism, memory_mb, sim, threads)
+        plan.planner = self.name
         fixed = {plan.assignment[t.id] for t in dag.tasks if pinned(t)}
         ladder = sorted(set(self.memories) | {w.config.memory_mb for w in plan.workers.values()})
         budget = sim.simulated_tasks + SIM_TASKS_PER_S * self.search_s / 2  # as uniform's

@@ -38,18 +38,20 @@ def _with(plan: Plan, **changes: Any) -> Plan:
 
 
 def _keep_better(name: str, plan: Plan, base: SimResult, candidate: Plan | None,
-                 sim: Simulator, objective: Objective) -> Plan:
+                 sim: Simulator, objective: Objective) -> tuple[Plan, SimResult]:
+    """The candidate if the objective prefers it, else ``plan``; with its simulated run
+    (planners that simulate the pass's plan anyway take it from here)."""
     if candidate is None:
         plan.options.setdefault("passes", {})[name] = "nothing to do"
-        return plan
+        return plan, base
     result = sim.run(candidate)
     if objective.better(result, base):
         candidate.options.setdefault("passes", {})[name] = (
             f"predicted makespan {base.makespan:.3f}s -> {result.makespan:.3f}s, "
             f"cost {base.cost:.3g} -> {result.cost:.3g} USD")
-        return candidate
+        return candidate, result
     plan.options.setdefault("passes", {})[name] = "no predicted gain"
-    return plan
+    return plan, base
 
 
 def _fanins(dag: DAG, plan: Plan) -> list[int]:
@@ -73,10 +75,10 @@ def prewarm(dag: DAG, plan: Plan, sim: Simulator, objective: Objective) -> Plan:
             key = (round(at, 3), rec.memory_mb)
             warmups[key] = warmups.get(key, 0) + 1
     if not warmups:
-        return _keep_better("pre-warm", plan, base, None, sim, objective)
+        return _keep_better("pre-warm", plan, base, None, sim, objective)[0]
     listed = [Warmup(at, mb, n) for (at, mb), n in sorted(warmups.items())]
     candidate = _with(plan, prewarm=list(plan.optimizations.prewarm) + listed)
-    return _keep_better("pre-warm", plan, base, candidate, sim, objective)
+    return _keep_better("pre-warm", plan, base, candidate, sim, objective)[0]
 
 
 def task_dup(dag: DAG, plan: Plan, sim: Simulator, objective: Objective) -> Plan:
@@ -101,11 +103,11 @@ def task_dup(dag: DAG, plan: Plan, sim: Simulator, objective: Objective) -> Plan
             dup[e] = (last,)
     candidate = _with(plan, duplicate=dup) if len(dup) > len(plan.optimizations.duplicate) \
         else None
-    return _keep_better("task-dup", plan, base, candidate, sim, objective)
+    return _keep_better("task-dup", plan, base, candidate, sim, objective)[0]
 
 
 def _holds(dag: DAG, plan: Plan, sim: Simulator, objective: Objective, name: str,
-           preload: bool) -> Plan:
+           preload: bool) -> tuple[Plan, SimResult]:
     base = sim.run(plan)
     est, end = sim.est, base.task_end
     out = est.out_bytes
@@ -136,12 +138,18 @@ def _holds(dag: DAG, plan: Plan, sim: Simulator, objective: Objective, name: str
 
 def delayed_io(dag: DAG, plan: Plan, sim: Simulator, objective: Objective) -> Plan:
     """WUKONG's delayed I/O: hold a large output for the fan-in's other inputs."""
+    return simulated_delayed_io(dag, plan, sim, objective)[0]
+
+
+def simulated_delayed_io(dag: DAG, plan: Plan, sim: Simulator,
+                         objective: Objective) -> tuple[Plan, SimResult]:
+    """``delayed_io`` and the simulated run of the plan it returns."""
     return _holds(dag, plan, sim, objective, "delayed-io", preload=False)
 
 
 def preload(dag: DAG, plan: Plan, sim: Simulator, objective: Objective) -> Plan:
     """The earliest producer of a fan-in holds and downloads inputs as they land."""
-    return _holds(dag, plan, sim, objective, "pre-load", preload=True)
+    return _holds(dag, plan, sim, objective, "pre-load", preload=True)[0]
 
 
 def stream(dag: DAG, plan: Plan, sim: Simulator, objective: Objective) -> Plan:
@@ -155,7 +163,7 @@ def stream(dag: DAG, plan: Plan, sim: Simulator, objective: Objective) -> Plan:
     streamed = {t: chunk for t in range(len(dag)) if layout.entry_dependents[t] and out[t] > chunk}
     streamed = {**streamed, **plan.optimizations.stream}
     candidate = _with(plan, stream=streamed) if streamed != plan.optimizations.stream else None
-    return _keep_better("stream", plan, base, candidate, sim, objective)
+    return _keep_better("stream", plan, base, candidate, sim, objective)[0]
 
 
 PASSES: dict[str, Pass] = {"pre-warm": prewarm, "task-dup": task_dup,

@@ -9,7 +9,9 @@ the branch with the longest path to the end continues on the producer's worker; 
 are sized by predicted work), adds delayed I/O where it pays, simulates, and keeps the
 best plan for the objective among those whose workers hold their predicted data
 (``base.fits``; the first candidate is kept when none does). ``parallelism`` is thus an
-upper bound, as for Dask's ``num_workers``.
+upper bound, as for Dask's ``num_workers``. Where memory buys no CPU
+(``Capacity.cpu_follows_memory``) and only the makespan counts, other sizes than the warm
+one are tried only until a plan fits: they would compute no faster, only start cold.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from ..plan import Plan, ResourceConfig
 from ..simulator import SimResult, Simulator
 from .base import cost_model_of, pressure, versus
 from .objective import Objective
-from .passes import delayed_io
+from .passes import simulated_delayed_io
 from .placement import Placement
 
 CANDIDATE_MB = (512, 1024, 1769, 3008)
@@ -55,18 +57,19 @@ class UniformPlanner:
     def plan(self, dag: DAG, *, parallelism: int, memory_mb: int,
              predictor: Any = None, threads: int | None = None,
              warm: dict[int, int] | None = None) -> Plan:
-        plan, _ = self.best(dag, parallelism, memory_mb,
-                            Estimates(dag, cost_model_of(predictor)), threads, warm)
+        sim = Simulator(dag, Estimates(dag, cost_model_of(predictor)), warm=warm)
+        plan, _ = self.best(dag, parallelism, memory_mb, sim, threads)
         return plan
 
-    def best(self, dag: DAG, parallelism: int, memory_mb: int, est: Estimates,
-             threads: int | None = None,
-             warm: dict[int, int] | None = None) -> tuple[Plan, SimResult]:
+    def best(self, dag: DAG, parallelism: int, memory_mb: int, sim: Simulator,
+             threads: int | None = None) -> tuple[Plan, SimResult]:
+        """The best candidate and its simulated run (``sim`` knows the warm containers
+        and carries the caches shared with the caller's other simulations)."""
         objective = Objective.parse(self.objective, self.budget_s)
-        sim = Simulator(dag, est, warm=warm)
+        est = sim.est
         best: tuple[Plan, SimResult] | None = None
         best_load = float("inf")
-        home = _home_memory(memory_mb, warm)
+        home = _home_memory(memory_mb, sim.warm)
         memories = list(dict.fromkeys((home, memory_mb, *self.memories)))
         counts = [threads] if threads else sorted(set(self.threads) | {1})
         busy = _busy_cores(est, memory_mb) if threads is None else None
@@ -75,17 +78,18 @@ class UniformPlanner:
             if best_load <= 1.0 and sim.simulated_tasks > SIM_TASKS_PER_S * min(
                     self.search_s, max(self.min_search_s, self.search_share * best[1].makespan)):
                 break  # planning longer than it could save
+            if mb != home and best_load <= 1.0 and not _memory_matters(est, objective):
+                continue  # its containers would compute no faster, only start cold
             min_block = 0.0
             if objective.kind != "makespan":
                 min_block = est.invocation_time(ResourceConfig(mb), "cold")
             plan = Placement(dag, width, mb, est, critical_first=True,
                              min_block_s=min_block, threads=k).plan(self.name)
-            plan = delayed_io(dag, plan, sim, objective)
+            plan, result = simulated_delayed_io(dag, plan, sim, objective)
             load = pressure(dag, plan, est.out_bytes)
             verdict = versus(load, best_load)
             if verdict == "skip":
                 continue  # its workers would not hold their data (or less likely so)
-            result = sim.run(plan)
             plan.options.update(memory_mb=mb, objective=objective.kind)
             margin = self.switch_margin if mb != home else 0.0
             if verdict == "take" or objective.better(result, best[1], margin):
@@ -99,6 +103,12 @@ def _home_memory(memory_mb: int, warm: dict[int, int] | None) -> int:
     containers have (an earlier run's pick: switching starts cold), else the default."""
     held = {mb: n for mb, n in (warm or {}).items() if n > 0}
     return max(held, key=lambda mb: (held[mb], mb == memory_mb)) if held else memory_mb
+
+
+def _memory_matters(est: Estimates, objective: Objective) -> bool:
+    """Whether another memory size than the warm one can win once a plan fits: where
+    memory buys CPU (Lambda), or when cost counts (smaller sizes cost less)."""
+    return est.capacity.cpu_follows_memory or objective.kind != "makespan"
 
 
 def _busy_cores(est: Estimates, memory_mb: int) -> int | None:

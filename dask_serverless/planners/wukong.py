@@ -31,7 +31,7 @@ from ..plan import Plan, ResourceConfig
 from ..simulator import SimResult, Simulator
 from .base import pressure, versus
 from .objective import Objective
-from .passes import delayed_io
+from .passes import simulated_delayed_io
 from .placement import Placement
 from .uniform import UniformPlanner
 
@@ -62,28 +62,31 @@ class WukongPlanner:
         plan = placement.plan(self.name)
         plan.options.update(clustering=self.clustering, objective=objective.kind)
         sim = Simulator(dag, est, warm=warm)
+        own: tuple[Plan, SimResult | None] = (plan, None)
         if self.delayed_io:
-            plan = delayed_io(dag, plan, sim, objective)
+            own = simulated_delayed_io(dag, plan, sim, objective)
         if not self.choose:
-            return plan
-        return self._best(dag, plan, sim, objective, parallelism, memory_mb, threads, warm)
+            return own[0]
+        return self._best(dag, own, sim, objective, parallelism, memory_mb, threads)
 
-    def _best(self, dag: DAG, own: Plan, sim: Simulator, objective: Objective,
-              parallelism: int, memory_mb: int, threads: int | None,
-              warm: dict[int, int] | None) -> Plan:
-        """``own`` or a simulated alternative the objective prefers by ``CHOICE_MARGIN``."""
+    def _best(self, dag: DAG, own_run: tuple[Plan, SimResult | None], sim: Simulator,
+              objective: Objective, parallelism: int, memory_mb: int,
+              threads: int | None) -> Plan:
+        """``own`` or a simulated alternative the objective prefers by ``CHOICE_MARGIN``
+        (``own_run``: own plan and its simulated run, if one was made)."""
         structural = Placement(dag, parallelism, memory_mb, threads=threads).plan(self.name)
-        uniform, _ = UniformPlanner(objective=objective, budget_s=self.budget_s).best(
-            dag, parallelism, memory_mb, sim.est, threads, warm)
+        uniform = UniformPlanner(objective=objective, budget_s=self.budget_s).best(
+            dag, parallelism, memory_mb, sim, threads)
         out = sim.est.out_bytes
-        best, best_r, picked = own, sim.run(own), "wukong"
+        own, own_r = own_run
+        best, best_r, picked = own, own_r or sim.run(own), "wukong"
         best_load = pressure(dag, own, out)
-        for name, plan in (("structural", structural), ("uniform", uniform)):
+        for name, plan, r in (("structural", structural, None), ("uniform", *uniform)):
             load = pressure(dag, plan, out)
             verdict = versus(load, best_load)
             if verdict == "skip":
                 continue  # its workers would not hold their data (or less likely so)
-            r = sim.run(plan)
+            r = r or sim.run(plan)
             if verdict == "take" or _preferred(r, best_r, objective):
                 best, best_r, picked, best_load = plan, r, name, load
         if best is not own:

@@ -109,7 +109,8 @@ class LocalBackend:
 
     def capacity(self) -> Capacity:
         """This machine's cores, time-shared by every container, and the container cap."""
-        return Capacity(cores=usable_cores(), containers=self.max_containers)
+        return Capacity(cores=usable_cores(), containers=self.max_containers,
+                        cpu_follows_memory=False)
 
     def close(self) -> None:
         self.pool.close()
