@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from dask.sizeof import sizeof
 
+from .. import heap
 from ..errors import OutputTooLargeError, RunDataLostError
 from ..metrics.recorder import InvocationRecorder
 from ..protocol import core
@@ -125,6 +126,18 @@ def _execute(inv: Invocation, invoker: Invoker,
     if error is not None:
         store.fail(error)
     return report
+
+
+def _run_node(node: Callable[[dict], Any], args: dict) -> Any:
+    """Run a task's node; one that runs out of memory while the heap holds freed pages
+    (``heap``: a memory cap counts them) gets them back and one more try."""
+    try:
+        return node(args)
+    except MemoryError:
+        if not heap.release_free():
+            raise
+    logger.info("a task ran out of memory: freed heap pages given back, trying again")
+    return node(args)
 
 
 class _Stopped(Exception):
@@ -325,7 +338,7 @@ class _Execution:
         task = self.tasks[tid]
         try:
             with self.output.task(tid, task.key) if self.output is not None else nullcontext():
-                value = task.node(args)
+                value = _run_node(task.node, args)
         except BaseException as exc:
             return None, 0.0, 0.0, exc
         finally:

@@ -13,7 +13,6 @@ invocation is warm). To the pool: ("ready", startup_s), ("invoke", [invocation_b
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import os
 import pickle
@@ -24,8 +23,9 @@ import time
 from dataclasses import asdict
 from multiprocessing.connection import Connection
 
+from dask_serverless import heap
+
 _T0 = time.perf_counter()
-_M_ARENA_MAX, _ARENA_MAX = -8, 2  # glibc mallopt parameter, arenas allowed
 
 
 def _vm_size_bytes() -> int:
@@ -54,14 +54,10 @@ def _preload() -> None:
 
 
 def _cap_memory(memory_mb: int) -> None:
-    """Cap the address space at what the runtime uses now plus the config's memory.
-    glibc reserves 64 MB of address space per malloc arena, up to 8 per core: a worker
-    running tasks in threads would hit the cap with memory it never uses, so arenas are
-    limited first (as container runtimes advise)."""
-    try:
-        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, _ARENA_MAX)
-    except (OSError, AttributeError):  # not glibc
-        pass
+    """Cap the address space at what the runtime uses now plus the config's memory,
+    after setting the heap for a worker of that size (``heap.tune`` also limits malloc
+    arenas, whose reservations the cap would count)."""
+    heap.tune(memory_mb)
     limit = _vm_size_bytes() + memory_mb * 2**20
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
@@ -122,7 +118,11 @@ def serve(read_fd: int, write_fd: int, status_path: str, memory_mb: int, t0: flo
 
     invoker = _PipeInvoker(tx)
     tx.send_bytes(pickle.dumps(("ready", time.perf_counter() - t0)))
+    released = True  # the heap holds no memory freed since the last release
     while True:
+        if not released and not rx.poll(heap.IDLE_RELEASE_S):
+            heap.release_free()  # idle: hold only what is live
+            released = True
         try:
             msg = pickle.loads(rx.recv_bytes())
         except EOFError:
@@ -135,6 +135,7 @@ def serve(read_fd: int, write_fd: int, status_path: str, memory_mb: int, t0: flo
             use_secret(msg[1])
             continue
         cold = msg[-1]
+        released = False  # a call or a run: what it frees stays in the heap for the next
         if msg[0] == "call":
             os.pwrite(status_fd, b" " * 23 + b"\n", 0)
             ok, payload = handler_call.call(msg[1], msg[2], msg[3])
