@@ -41,7 +41,8 @@ def summarise(path: str, top: int) -> None:
             stack, _, count = line.rstrip("\n").rpartition(" ")
             frames = stack.split(";")
             procs = [fr for fr in frames if fr.startswith("process ")]
-            kind = "container" if procs and "backends.local.container" in procs[-1] \
+            kind = "container" if procs and any(  # spawned, or forked by the fork server
+                m in procs[-1] for m in ("backends.local.container", "backends.local.zygote")) \
                 else "client"
             ours = [fr for fr in frames if "dask_serverless" in fr or "dask/" in fr]
             per_kind[kind] += int(count)

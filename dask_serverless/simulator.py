@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import itertools
 import math
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -759,6 +760,16 @@ class _Run:
             self.bytes_downloaded += b
             got.append((d, b))
 
+    def _downloads(self, outs: list[int]) -> float:
+        """When the client holds every output: it downloads each batch of outputs stored
+        together as it lands (the "outputs" event), one batch after another."""
+        client = 0.0
+        for at, batch in itertools.groupby(sorted((self.stored_at[o], o) for o in set(outs)),
+                                           key=lambda x: x[0]):
+            client = self._move(max(at, client), sum(self.out_bytes[o] for _, o in batch),
+                                "download")
+        return client
+
     def _move(self, t: float, nbytes: int, direction: str) -> float:
         """When a transfer of ``nbytes`` asked for at ``t`` ends (one Redis round trip;
         on shared cores its bytes wait for the first core free long enough)."""
@@ -807,11 +818,8 @@ class _Run:
         failed = self.failed_at < _INF or bool(missing and self.faults.crash)
         if missing and not failed:
             raise SimulationError(f"plan never produces outputs {missing[:3]!r}")
-        if failed:  # the client's error: when it notices the last death it cannot retry
-            makespan = self.failed_at
-        else:
-            done = max((self.stored_at[o] for o in outs), default=0.0)
-            makespan = self._move(done, sum(self.out_bytes[o] for o in outs), "download")
+        # failed: the client's error, when it notices the last death it cannot retry
+        makespan = self.failed_at if failed else self._downloads(outs)
         gb_s = sum((r.end_time - r.start_time) * r.memory_mb / 1024 for r in self.records)
         gb_s += sum(w.count * w.memory_mb / 1024 * WARMUP_BILLED_S for w in self.opt.prewarm)
         requests = len(self.records) + self.warmups

@@ -218,3 +218,40 @@ def test_floating_fan_in_reuses_outputs_its_worker_made(any_redis):
     mine = [tasks[i.dep].worker_id == join.worker_id for i in join.inputs]
     assert sorted(mine) == [False, False, True, True]
     assert [i.source for i in join.inputs] == ["local" if m else "redis" for m in mine]
+
+
+def big_bytes(n):
+    return b"x" * n
+
+
+def wait_for_file(path, timeout):
+    """True once ``path`` exists (the client made it), False after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_the_client_downloads_an_output_while_the_others_compute(any_redis, tmp_path,
+                                                                 monkeypatch):
+    """A large final output reaches the client as soon as it is stored: the other task
+    only finishes once the client holds it (else it waits out its timeout, False)."""
+    from dask_serverless.protocol.constants import FINAL_FLUSH_BYTES
+    from dask_serverless.runtime.run import Run
+
+    flag = tmp_path / "landed"
+    download = Run._download
+
+    def spy(self, ids):
+        download(self, ids)
+        if any(self.dag.tasks[t].key == "early" for t in self.landed):
+            flag.touch()
+
+    monkeypatch.setattr(Run, "_download", spy)
+    early = delayed(big_bytes)(FINAL_FLUSH_BYTES, dask_key_name="early")
+    late = delayed(wait_for_file)(str(flag), 30)
+    got = dask.compute(early, late, scheduler=serverless_get, parallelism=2)
+    assert got == (b"x" * FINAL_FLUSH_BYTES, True)
+    assert not get_mod.last_run.landed  # handed over, not kept by ``last_run``

@@ -53,6 +53,8 @@ def bad_events(run_id: str) -> list[bytes]:
         run_events.encode({**tasks, "ids": [-1]}, run_id),
         run_events.encode({**tasks, "ids": [True]}, run_id),
         run_events.encode({"kind": "tasks"}, run_id),
+        run_events.encode({"kind": "outputs", "ids": [10**9]}, run_id),
+        run_events.encode({"kind": "outputs", "ids": "0"}, run_id),
         run_events.encode({"kind": "nonsense"}, run_id),
         run_events.encode(["kind", "error"], run_id),
         sealed(b"[1, 2"),
@@ -120,6 +122,10 @@ def test_decode_accepts_only_sealed_bounded_well_formed_events():
     assert run_events.decode(extra, "run", 3) == good  # unknown fields are dropped
     assert run_events.decode(run_events.encode({"kind": "error"}, "run"), "run", 3) == {
         "kind": "error"}
+    outputs = {"kind": "outputs", "ids": [2]}  # ids optional: older workers leave them out
+    assert run_events.decode(run_events.encode(outputs, "run"), "run", 3) == outputs
+    assert run_events.decode(run_events.encode({"kind": "outputs"}, "run"), "run", 3) == {
+        "kind": "outputs"}
     for bad in bad_events("run"):
         assert run_events.decode(bad, "run", 3) is None
     assert run_events.decode(None, "run", 3) is None

@@ -12,7 +12,7 @@ import math
 import pickle
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
@@ -85,6 +85,9 @@ class Run:
         # persist: (embed-max-bytes, persist TTL): large outputs stay in Redis (``kept``)
         self.keep = keep
         self.kept: set[int] = set()
+        # final outputs downloaded while the run went on (``_download``), until collected
+        self.landed: dict[int, Any] = {}
+        self._outputs = frozenset(dag.outputs)
         self._warmups: list[Warmup] = []
         self.recovery: Recovery | None = None
         self.monitor: Monitor | None = None  # set when the run is submitted
@@ -113,6 +116,7 @@ class Run:
             self.failure = self.failure or _first_line(f"{type(exc).__name__}: {exc}")
             raise
         finally:
+            self.landed.clear()
             if not ok:
                 self._cancel()
                 self.makespan = time.time() - self.submit_time
@@ -281,6 +285,7 @@ class Run:
                 self._raise_if_failed()
             elif kind == "outputs":
                 next_check = 0.0
+                self._download(event.get("ids", ()))
             elif kind == "tasks":
                 if self.on_progress is not None:
                     self.on_progress(event["ids"])
@@ -347,18 +352,38 @@ class Run:
             raise exc
         raise RuntimeError(info["traceback"])
 
+    def _download(self, ids: Iterable[int]) -> None:
+        """Fetch and decode the final outputs a worker just stored (its "outputs" event
+        names them), while the others are computed: the client's download of a large
+        result overlaps the run instead of following it. Persisting runs keep theirs
+        in Redis; streamed outputs are read whole at the end (``_collect``)."""
+        if self.keep is not None:
+            return
+        todo = [t for t in dict.fromkeys(ids) if t in self._outputs and t not in self.landed
+                and t not in self.plan.optimizations.stream]
+        if not todo:
+            return
+        for tid, blob in zip(todo, self.store.get_outputs(todo), strict=True):
+            if blob is not None:  # else: collected (and reported missing) at the end
+                self.landed[tid] = self.store.decode_output(
+                    tid, blob, f"output {self.dag.tasks[tid].key!r}")
+
     def _collect(self) -> list[Any]:
-        blobs = self.store.get_outputs(self.dag.outputs)
-        values = []
-        for tid, blob in zip(self.dag.outputs, blobs, strict=True):
+        """Every output's value, in ``dag.outputs`` order (those ``_download`` fetched
+        are handed over, not kept)."""
+        todo = [t for t in dict.fromkeys(self.dag.outputs) if t not in self.landed]
+        blobs = dict(zip(todo, self.store.get_outputs(todo), strict=True))
+        for tid, blob in blobs.items():
             if blob is None and tid in self.plan.optimizations.stream:  # marked done: complete
                 blob, _ = streams.read(self.store, tid, f"output {self.dag.tasks[tid].key!r}",
                                        self.submit_time + self.deadline)
             if blob is None:
                 raise RuntimeError(f"output {self.dag.tasks[tid].key!r} of run {self.run_id} "
                                    "is missing from Redis")
-            values.append(self.store.decode_output(
-                tid, blob, f"output {self.dag.tasks[tid].key!r}"))
+            self.landed[tid] = self.store.decode_output(
+                tid, blob, f"output {self.dag.tasks[tid].key!r}")
+        values = [self.landed[t] for t in self.dag.outputs]
+        self.landed.clear()  # the caller holds them now; ``last_run`` must not
         return values
 
     def _cleanup(self) -> None:

@@ -1,7 +1,9 @@
 """A run's pub/sub events (workers -> client): sealed JSON, bounded, schema-checked.
 
 Workers publish on the run's channel (``RunKeys.events``) what the client waits for:
-``{"kind": "error"}``, ``{"kind": "outputs"}`` and, when it asked for progress,
+``{"kind": "error"}``, ``{"kind": "outputs", "ids": [...]}`` (``ids``, optional: the
+final outputs just stored, which the client downloads while the run goes on) and, when
+it asked for progress,
 ``{"kind": "tasks", "ids": [...], "started": [...], "worker", "invocation", "cold",
 "end"}``. Anyone who can reach Redis can publish on that channel, so an event is sealed
 for the run and the channel, and the client's ``decode`` accepts it only once the seal
@@ -49,6 +51,8 @@ SCHEMA: dict[str, dict[str, Check]] = {
     "tasks": {"ids": _ids, "started": _ids, "worker": _text, "invocation": _text,
               "cold": _flag, "end": _flag},
 }
+# kind -> {field: check} of fields an event may leave out (older workers do)
+OPTIONAL: dict[str, dict[str, Check]] = {"outputs": {"ids": _ids}}
 
 
 def encode(message: Any, run_id: str) -> bytes:
@@ -73,10 +77,13 @@ def decode(raw: Any, run_id: str, n_tasks: int) -> dict[str, Any] | None:
     fields = SCHEMA.get(event.get("kind")) if isinstance(event, dict) else None
     if fields is None:
         return _refuse(run_id, "not an event of a known kind")
+    optional = OPTIONAL.get(event["kind"], {})
     if not all(name in event and check(event[name], n_tasks)
-               for name, check in fields.items()):
+               for name, check in fields.items()) or not all(
+            check(event[name], n_tasks) for name, check in optional.items() if name in event):
         return _refuse(run_id, f"a malformed {event['kind']!r} event")
-    return {"kind": event["kind"], **{name: event[name] for name in fields}}
+    return {"kind": event["kind"], **{name: event[name] for name in fields},
+            **{name: event[name] for name in optional if name in event}}
 
 
 def _refuse(run_id: str, why: str) -> None:

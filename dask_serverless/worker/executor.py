@@ -23,7 +23,7 @@ from .. import heap
 from ..errors import OutputTooLargeError, RunDataLostError
 from ..metrics.recorder import InvocationRecorder
 from ..protocol import core
-from ..protocol.constants import CANCEL_CHECK_S, HOLD_POLL_S, PROGRESS_S
+from ..protocol.constants import CANCEL_CHECK_S, EVENT_OUTPUT_IDS, HOLD_POLL_S, PROGRESS_S
 from ..protocol.slices import SlicedView
 from ..protocol.wire import Invocation, InvocationReport, error_record
 from ..storage import leases, streams
@@ -512,7 +512,7 @@ class _Execution:
             self.rec.batch_uploaded([(t, d.nbytes) for t, d in items],
                                     time.perf_counter() - t0
                                     + sum(self.seal_s.get(t, 0.0) for t in tasks))
-        self.store.event({"kind": "outputs"})
+        self.store.event({"kind": "outputs", "ids": list(tasks)[:EVENT_OUTPUT_IDS]})
 
     # -- delayed I/O and task-dup ------------------------------------------------------
     def _poll_held(self, poll: core.PollHeld) -> core.HeldStatus:
