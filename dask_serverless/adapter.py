@@ -51,7 +51,11 @@ def graph_and_annotations(dsk: Any) -> tuple[Mapping, dict[str, dict]]:
     return dsk, annotations
 
 
-def to_dag(dsk: Any, keys: Any, embed_max_bytes: int | None = None) -> DAG:
+FINALIZE_PREFIX = "finalize-"  # dask.compute's last task per collection: assembles it
+
+
+def to_dag(dsk: Any, keys: Any, embed_max_bytes: int | None = None,
+           client_finals: bool = False) -> DAG:
     """Convert the graph, cull it to what ``keys`` (possibly nested lists) need, order it;
     root tasks get their size (``sizes``). Linear in tasks above ``DASK_ORDER_MAX_TASKS``:
     one walk culls and orders, names and hints are computed once per function.
@@ -60,7 +64,13 @@ def to_dag(dsk: Any, keys: Any, embed_max_bytes: int | None = None) -> DAG:
     value it embeds above ``embed_max_bytes`` (``serverless.embed-max-bytes``: a large
     DataNode, a large literal argument of a task, also inside a fused task) become the
     DAG's stored inputs (``DAG.stored``), read by the tasks that need them; the client
-    stores the embedded ones before the run (``DAG.stored[i].value``)."""
+    stores the embedded ones before the run (``DAG.stored[i].value``).
+
+    ``client_finals``: requested ``finalize-`` tasks (``dask.compute`` assembles each
+    collection's result in one: blocks concatenated, partitions joined) are not tasks
+    either; their inputs are outputs and the client runs them (``DAG.client_finals``),
+    as Dask's ``compute`` did before its graphs carried them: the blocks then reach the
+    client as each is stored, not as one value after the last."""
     sizes = RootSizes.of(dsk)
     graph, annotations = graph_and_annotations(dsk)
     wanted = list(flatten(keys)) if isinstance(keys, list) else [keys]
@@ -68,6 +78,10 @@ def to_dag(dsk: Any, keys: Any, embed_max_bytes: int | None = None) -> DAG:
     missing = [k for k in wanted if k not in graph]
     if missing:
         raise KeyError(f"requested keys are not in the graph: {missing[:5]!r}")
+    finals = _finals(graph, wanted) if client_finals else {}
+    if finals:
+        wanted = list(dict.fromkeys(d for k in wanted for d in (
+            sorted(finals[k].dependencies, key=str) if k in finals else [k])))
     stored_outputs = {k: ref for k in wanted if (ref := ref_of(graph[k])) is not None}
     if stored_outputs:  # nothing to run for them: the client reads them
         wanted = [k for k in wanted if k not in stored_outputs]
@@ -75,7 +89,15 @@ def to_dag(dsk: Any, keys: Any, embed_max_bytes: int | None = None) -> DAG:
                    config.get("embed-max-bytes", embed_max_bytes))
     dag = _order(tasks, graph, wanted)
     dag.stored_outputs = stored_outputs
+    dag.client_finals = finals
     return dag
+
+
+def _finals(graph: dict, wanted: list) -> dict[Hashable, Task]:
+    """The requested ``finalize-`` tasks whose inputs are the graph's (``to_dag``)."""
+    return {k: node for k in wanted if isinstance(k, str) and k.startswith(FINALIZE_PREFIX)
+            and isinstance(node := graph[k], Task) and node.dependencies
+            and all(d in graph for d in node.dependencies)}
 
 
 def _order(tasks: _Tasks, graph: dict, wanted: list) -> DAG:

@@ -70,6 +70,8 @@ class DAG:
         # requested keys whose values are stored already (the client reads them): key ->
         # StoredRef; not part of the run
         self.stored_outputs: dict[Key, Any] = {}
+        # requested keys the client computes from the outputs (``adapter.to_dag``)
+        self.client_finals: dict[Key, Any] = {}
         self.outputs: list[int] = list(dict.fromkeys(outputs))
         self.output_set = frozenset(self.outputs)
         self._key_to_id: dict[Key, int] | None = None

@@ -397,3 +397,22 @@ def test_forged_task_output_entries_are_ignored(any_redis):
     entries, read = store.task_output()
     store.r.delete(store.keys.task_output)
     assert read == 2 and [e["key"] for e in entries] == ["'t'"]
+
+
+def test_dask_compute_assembles_each_collection_on_the_client(any_redis):
+    """dask.compute's ``finalize-`` task (blocks concatenated, partitions joined) runs on
+    the client, as Dask's compute did before graphs carried it: the blocks are the run's
+    outputs, each downloaded as it is stored. Persisting keeps them as they are."""
+    import dask.array as da
+    import numpy as np
+
+    x = da.arange(40, chunks=10) * 2
+    bag = db.from_sequence(range(6), npartitions=2).map(lambda v: v + 1)
+    got_x, got_bag = dask.compute(x, bag, scheduler=serverless_get)
+    np.testing.assert_array_equal(got_x, np.arange(40) * 2)
+    assert got_bag == [1, 2, 3, 4, 5, 6]
+    dag = get_mod.last_run.dag
+    assert dag.client_finals and all(k.startswith("finalize-") for k in dag.client_finals)
+    assert not any(str(t.key).startswith("finalize-") for t in dag.tasks)
+    (kept,) = dask.persist(x, scheduler=serverless_get)
+    np.testing.assert_array_equal(kept.compute(scheduler=serverless_get), np.arange(40) * 2)

@@ -69,7 +69,7 @@ def _get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
         _start_cbs, start_state_cbs, pretask_cbs, posttask_cbs, _finish_cbs = \
             unpack_callbacks(cbs)
         graph, _ = graph_and_annotations(dsk) if cbs else (None, None)
-        dag = to_dag(dsk, keys)
+        dag = to_dag(dsk, keys, client_finals=not persist)
         started = []
         state: dict[str, Any] = {}
         succeeded = False
@@ -83,7 +83,7 @@ def _get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
                     cb[0](graph)
                 started.append(cb)
             if not dag.tasks:  # every requested key is a stored value
-                results = persisted.read_stored_outputs(dag)
+                results = _finalized(dag, persisted.read_stored_outputs(dag))
                 state = _callback_state(dag)
                 state["cache"] = results
                 succeeded = True
@@ -125,6 +125,7 @@ def _get(dsk: Any, keys: Any, *, callbacks=None, planner: Any = None,
             results = {dag.tasks[t].key: v for t, v in zip(dag.outputs, values, strict=True)}
             if dag.stored_outputs:
                 results.update(persisted.read_stored_outputs(dag))
+            results = _finalized(dag, results)
             if on_progress is not None:
                 on_progress(None)  # tasks whose progress message was not seen
             state["cache"] = results
@@ -281,6 +282,14 @@ def _progress_reporter(dag: DAG, graph: Mapping | None, state: dict, pretask, po
                 f(key, None, graph, state, "serverless")
 
     return report
+
+
+def _finalized(dag: DAG, results: dict) -> dict:
+    """``results`` with the collections the client assembles (``DAG.client_finals``:
+    dask.compute's ``finalize-`` tasks) computed from their inputs."""
+    for key, node in dag.client_finals.items():
+        results[key] = node({d: results[d] for d in node.dependencies})
+    return results
 
 
 def _nested_get(keys: Any, results: dict) -> Any:
