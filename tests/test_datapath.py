@@ -6,6 +6,8 @@ through real workers."""
 
 from __future__ import annotations
 
+import os
+
 import dask
 import numpy as np
 import pytest
@@ -56,6 +58,20 @@ def test_chunked_value_round_trips_into_one_writable_buffer(any_redis, small_par
     y[0] = -1.0  # values are writable, as in Dask
     assert st.cleanup([3], []) >= 5
     assert parts_of(st) == [] and not st.r.exists(st.keys.parts)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads /proc/self/maps")
+def test_values_are_read_into_private_memory():
+    """Not shmem (``mmap``'s default shared mapping): no huge pages there, and reading
+    and copying what was received into it ran several times slower."""
+    import ctypes
+
+    buf = bulk.buffer(4 * 2**20)
+    at = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    with open("/proc/self/maps") as f:
+        perms = next(line.split()[1] for line in f
+                     if int(line.split("-")[0], 16) <= at < int(line.split()[0].split("-")[1], 16))
+    assert perms == "rw-p"
 
 
 def test_small_values_are_stored_whole(any_redis, small_parts):

@@ -40,10 +40,13 @@ class BulkError(redis.ResponseError):
 
 
 def buffer(nbytes: int) -> mmap.mmap:
-    """A writable buffer of ``nbytes`` for a value to be read into: anonymous memory the
-    kernel zeroes as it is first written (a ``bytearray`` would be zeroed twice), in huge
-    pages where the kernel offers them."""
-    buf = mmap.mmap(-1, max(nbytes, 1))
+    """A writable buffer of ``nbytes`` for a value to be read into: private anonymous
+    memory the kernel zeroes as it is first written (a ``bytearray`` would be zeroed
+    twice), in huge pages where the kernel offers them. Not ``mmap``'s default shared
+    mapping: that is shmem, without huge pages, and its pages filled, read and copied
+    slower (a 122 MiB GET 0.22 s against 0.17 s; concatenating 16 blocks read into it
+    0.2-0.45 s against 0.03-0.1 s)."""
+    buf = mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     if nbytes >= 2**21 and hasattr(mmap, "MADV_HUGEPAGE"):
         try:
             buf.madvise(mmap.MADV_HUGEPAGE)
