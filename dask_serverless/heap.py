@@ -21,6 +21,7 @@ pages would end in the function being killed rather than in a ``MemoryError``.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ IDLE_RELEASE_S = 2.0
 ARENAS = 2  # glibc reserves 64 MB of address space per arena, up to 8 per core
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL(None)
