@@ -183,8 +183,9 @@ def test_containers_reuse_freed_heap_instead_of_faulting_in_new_pages(real_redis
 
 
 def keep_heap_pid(_):
+    """-> (this container's pid, its resident MB with the freed heap still kept)."""
     keep_heap(_)
-    return os.getpid()
+    return os.getpid(), resident_mb(os.getpid())
 
 
 def resident_mb(pid: int) -> float:
@@ -201,9 +202,8 @@ def test_an_idle_container_gives_its_kept_heap_back(real_redis):
     b = backend_for("fork-server")
     try:
         with dask.config.set({"serverless.threads": 1}):
-            (pid,) = dask.compute(delayed(keep_heap_pid)(0), scheduler=serverless_get,
-                                  backend=b, memory=1024)
-        kept = resident_mb(pid)
+            ((pid, kept),) = dask.compute(delayed(keep_heap_pid)(0),
+                                          scheduler=serverless_get, backend=b, memory=1024)
         deadline = time.monotonic() + heap.IDLE_RELEASE_S + 10
         while resident_mb(pid) > kept - 80 and time.monotonic() < deadline:
             time.sleep(0.2)
