@@ -764,7 +764,7 @@ class _Run:
         """When the client holds every output: it downloads each batch of outputs stored
         together as it lands (the "outputs" event), one batch after another."""
         client = 0.0
-        for at, batch in itertools.groupby(sorted((self.stored_at[o], o) for o in set(outs)),
+        for at, batch in itertools.groupby(sorted((self.stored_at[o], o) for o in outs),
                                            key=lambda x: x[0]):
             client = self._move(max(at, client), sum(self.out_bytes[o] for _, o in batch),
                                 "download")

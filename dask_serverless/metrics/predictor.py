@@ -324,8 +324,8 @@ class Predictor:
         fit = self._exec_fit(function, sized)
         if fit is None:
             return Prediction(self.settings.default("exec-time"), 0, 0.0, "default")
-        m = resource_config.memory_mb if self.capacity.cpu_follows_memory else 1.0
-        return self._from_fit(fit, size if sized else input_bytes, m, function, "time")
+        return self._from_fit(fit, size if sized else input_bytes,
+                              self._memory_point(resource_config.memory_mb), function, "time")
 
     def output_bytes(self, function: str, input_bytes: float, size: float = 0) -> Prediction:
         """Bytes ``function`` outputs for ``input_bytes`` of input (``size``: as in
@@ -416,11 +416,16 @@ class Predictor:
         samples = self._samples(function, sized)
         if not samples:
             return None
-        if not self.capacity.cpu_follows_memory:  # memory buys no CPU: one fit for all
-            points = [Point(x, 1.0, t.exec_s, self._weight(t.age)) for x, t in samples]
-            return self._fit(points, function, "time", None, learn_memory=False)
-        points = [Point(x, t.memory_mb, t.exec_s, self._weight(t.age)) for x, t in samples]
-        return self._fit(points, function, "time", lambda_scaling, learn_memory=True)
+        points = [Point(x, self._memory_point(t.memory_mb), t.exec_s, self._weight(t.age))
+                  for x, t in samples]
+        follows = self.capacity.cpu_follows_memory
+        return self._fit(points, function, "time", lambda_scaling if follows else None,
+                         learn_memory=follows)
+
+    def _memory_point(self, memory_mb: int) -> float:
+        """A task time's memory coordinate: its config's memory, or one for every config
+        where memory buys no CPU (``Capacity.cpu_follows_memory``: one pooled fit)."""
+        return memory_mb if self.capacity.cpu_follows_memory else 1.0
 
     def _fit_output(self, function: str, sized: bool) -> PowerFit | None:
         samples = self._samples(function, sized)

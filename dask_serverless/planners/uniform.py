@@ -73,12 +73,13 @@ class UniformPlanner:
         memories = list(dict.fromkeys((home, memory_mb, *self.memories)))
         counts = [threads] if threads else sorted(set(self.threads) | {1})
         busy = _busy_cores(est, memory_mb) if threads is None else None
+        home_only = not _memory_matters(est, objective)  # once a plan fits
         for mb, width, k in ((m, w, k) for m in memories for w in widths(parallelism)
                              for k in counts if k == 1 or busy is None or w * k <= busy):
             if best_load <= 1.0 and sim.simulated_tasks > SIM_TASKS_PER_S * min(
                     self.search_s, max(self.min_search_s, self.search_share * best[1].makespan)):
                 break  # planning longer than it could save
-            if mb != home and best_load <= 1.0 and not _memory_matters(est, objective):
+            if mb != home and best_load <= 1.0 and home_only:
                 continue  # its containers would compute no faster, only start cold
             min_block = 0.0
             if objective.kind != "makespan":

@@ -62,24 +62,24 @@ class WukongPlanner:
         plan = placement.plan(self.name)
         plan.options.update(clustering=self.clustering, objective=objective.kind)
         sim = Simulator(dag, est, warm=warm)
-        own: tuple[Plan, SimResult | None] = (plan, None)
+        result = None
         if self.delayed_io:
-            own = simulated_delayed_io(dag, plan, sim, objective)
+            plan, result = simulated_delayed_io(dag, plan, sim, objective)
         if not self.choose:
-            return own[0]
-        return self._best(dag, own, sim, objective, parallelism, memory_mb, threads)
+            return plan
+        return self._best(dag, plan, result or sim.run(plan), sim, objective, parallelism,
+                          memory_mb, threads)
 
-    def _best(self, dag: DAG, own_run: tuple[Plan, SimResult | None], sim: Simulator,
+    def _best(self, dag: DAG, own: Plan, own_r: SimResult, sim: Simulator,
               objective: Objective, parallelism: int, memory_mb: int,
               threads: int | None) -> Plan:
-        """``own`` or a simulated alternative the objective prefers by ``CHOICE_MARGIN``
-        (``own_run``: own plan and its simulated run, if one was made)."""
+        """``own`` (simulated: ``own_r``) or a simulated alternative the objective
+        prefers by ``CHOICE_MARGIN``."""
         structural = Placement(dag, parallelism, memory_mb, threads=threads).plan(self.name)
         uniform = UniformPlanner(objective=objective, budget_s=self.budget_s).best(
             dag, parallelism, memory_mb, sim, threads)
         out = sim.est.out_bytes
-        own, own_r = own_run
-        best, best_r, picked = own, own_r or sim.run(own), "wukong"
+        best, best_r, picked = own, own_r, "wukong"
         best_load = pressure(dag, own, out)
         for name, plan, r in (("structural", structural, None), ("uniform", *uniform)):
             load = pressure(dag, plan, out)

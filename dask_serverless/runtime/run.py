@@ -87,7 +87,6 @@ class Run:
         self.kept: set[int] = set()
         # final outputs downloaded while the run went on (``_download``), until collected
         self.landed: dict[int, Any] = {}
-        self._outputs = frozenset(dag.outputs)
         self._warmups: list[Warmup] = []
         self.recovery: Recovery | None = None
         self.monitor: Monitor | None = None  # set when the run is submitted
@@ -359,32 +358,32 @@ class Run:
         in Redis; streamed outputs are read whole at the end (``_collect``)."""
         if self.keep is not None:
             return
-        todo = [t for t in dict.fromkeys(ids) if t in self._outputs and t not in self.landed
-                and t not in self.plan.optimizations.stream]
+        todo = [t for t in dict.fromkeys(ids) if t in self.dag.output_set
+                and t not in self.landed and t not in self.plan.optimizations.stream]
         if not todo:
             return
         for tid, blob in zip(todo, self.store.get_outputs(todo), strict=True):
             if blob is not None:  # else: collected (and reported missing) at the end
-                self.landed[tid] = self.store.decode_output(
-                    tid, blob, f"output {self.dag.tasks[tid].key!r}")
+                self.landed[tid] = self._decode(tid, blob)
 
     def _collect(self) -> list[Any]:
         """Every output's value, in ``dag.outputs`` order (those ``_download`` fetched
         are handed over, not kept)."""
-        todo = [t for t in dict.fromkeys(self.dag.outputs) if t not in self.landed]
-        blobs = dict(zip(todo, self.store.get_outputs(todo), strict=True))
-        for tid, blob in blobs.items():
+        todo = [t for t in self.dag.outputs if t not in self.landed]
+        for tid, blob in zip(todo, self.store.get_outputs(todo), strict=True):
             if blob is None and tid in self.plan.optimizations.stream:  # marked done: complete
                 blob, _ = streams.read(self.store, tid, f"output {self.dag.tasks[tid].key!r}",
                                        self.submit_time + self.deadline)
             if blob is None:
                 raise RuntimeError(f"output {self.dag.tasks[tid].key!r} of run {self.run_id} "
                                    "is missing from Redis")
-            self.landed[tid] = self.store.decode_output(
-                tid, blob, f"output {self.dag.tasks[tid].key!r}")
+            self.landed[tid] = self._decode(tid, blob)
         values = [self.landed[t] for t in self.dag.outputs]
         self.landed.clear()  # the caller holds them now; ``last_run`` must not
         return values
+
+    def _decode(self, tid: int, blob: Any) -> Any:
+        return self.store.decode_output(tid, blob, f"output {self.dag.tasks[tid].key!r}")
 
     def _cleanup(self) -> None:
         layout = self.layout

@@ -77,13 +77,13 @@ def decode(raw: Any, run_id: str, n_tasks: int) -> dict[str, Any] | None:
     fields = SCHEMA.get(event.get("kind")) if isinstance(event, dict) else None
     if fields is None:
         return _refuse(run_id, "not an event of a known kind")
-    optional = OPTIONAL.get(event["kind"], {})
+    given = {name: check for name, check in OPTIONAL.get(event["kind"], {}).items()
+             if name in event}
+    checks = {**fields, **given}
     if not all(name in event and check(event[name], n_tasks)
-               for name, check in fields.items()) or not all(
-            check(event[name], n_tasks) for name, check in optional.items() if name in event):
+               for name, check in checks.items()):
         return _refuse(run_id, f"a malformed {event['kind']!r} event")
-    return {"kind": event["kind"], **{name: event[name] for name in fields},
-            **{name: event[name] for name in optional if name in event}}
+    return {"kind": event["kind"], **{name: event[name] for name in checks}}
 
 
 def _refuse(run_id: str, why: str) -> None:
